@@ -1,0 +1,98 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+
+from app import db, metrics
+from app.errors import ApiError, TutorflowApi, register_error_handlers
+from app.schemas import TimeSlot
+from core.config import settings
+from core.logs import configure_logging, request_id_var
+from models import init_engine
+
+API_PREFIX = "/api/v1"
+
+
+def default_config() -> dict[str, Any]:
+    return {
+        "API_TITLE": "Tutorflow",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "ADMIN_TOKEN": settings.admin_token,
+        "WEBHOOK_SECRET": settings.webhook_secret,
+        "CONFIGURE_LOGGING": True,
+    }
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(default_config())
+    if test_config:
+        app.config.update(test_config)
+    if app.config["CONFIGURE_LOGGING"]:
+        configure_logging(settings.log_level, settings.log_json)
+    init_engine(app.config["DATABASE_URL"])
+
+    api = TutorflowApi(
+        app,
+        spec_kwargs={
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}}
+        },
+    )
+    api.register_field(TimeSlot, "string", None)
+    app.extensions["tutorflow_api"] = api
+
+    from app.views import catalogue, health, payments, webhooks
+
+    for blueprint in (catalogue.blp, payments.blp, webhooks.blp):
+        api.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    app.register_blueprint(health.blp)
+
+    db.init_app(app)
+    metrics.init_app(app)
+    register_error_handlers(app)
+    _register_request_context(app)
+
+    from app.cli import register_cli
+
+    register_cli(app)
+    return app
+
+
+def _register_request_context(app: Flask) -> None:
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 64 else uuid.uuid4().hex
+        g.request_id_token = request_id_var.set(g.request_id)
+
+    @app.before_request
+    def _require_json_body() -> None:
+        if (
+            request.method in ("POST", "PUT", "PATCH")
+            and request.content_length
+            and (not request.is_json)
+        ):
+            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    @app.teardown_request
+    def _reset_request_id(_: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)

@@ -1,0 +1,28 @@
+"""Admin bearer token, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import current_app, request
+
+from app.errors import ApiError
+
+ADMIN_SECURITY = [{"bearerAuth": []}]
+
+
+def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expected = current_app.config["ADMIN_TOKEN"]
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            raise ApiError(401, "unauthorized", "A valid admin bearer token is required.")
+        return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,85 @@
+"""Prometheus metrics of the API process(es).
+
+Under gunicorn set PROMETHEUS_MULTIPROC_DIR so every worker's samples are summed.
+Gauges that describe shared state (open dead letters, outbox backlog) are read from
+PostgreSQL at scrape time, so any process reports the same truth.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from models import DeadLetter, DeadLetterStatus, OutboxMessage, open_session
+
+REQUEST_LATENCY = Histogram(
+    "tutorflow_http_request_duration_seconds",
+    "API request latency by endpoint and status.",
+    ["method", "endpoint", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class DatabaseStateCollector(Collector):
+    def collect(self):
+        with open_session() as session:
+            open_letters = session.scalar(
+                select(func.count()).where(DeadLetter.status == DeadLetterStatus.OPEN)
+            )
+            oldest = session.scalar(
+                select(
+                    func.extract("epoch", func.now() - func.min(OutboxMessage.created_at))
+                ).where(OutboxMessage.published_at.is_(None))
+            )
+        yield GaugeMetricFamily(
+            "tutorflow_dead_letters_open",
+            "Dead letters waiting for an operator.",
+            value=open_letters or 0,
+        )
+        yield GaugeMetricFamily(
+            "tutorflow_outbox_oldest_unpublished_seconds",
+            "Age of the oldest outbox row not yet published (0 when none).",
+            value=float(oldest or 0),
+        )
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(REQUEST_LATENCY)
+    registry.register(DatabaseStateCollector())
+    return registry
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.get("request_started")
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
+            REQUEST_LATENCY.labels(request.method, endpoint, response.status_code).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,225 @@
+"""Marshmallow schemas: what the API accepts and answers (and its OpenAPI document)."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, pre_dump, validate
+
+from domain.calendar import is_valid_timezone
+from models import TIERS
+
+MAX_ID = 2**63 - 1
+_SLOT = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class TimeSlot(fields.Field):
+    """A wall-clock time "HH:MM" (24-hour), in the student's timezone."""
+
+    def _serialize(self, value: time | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else value.strftime("%H:%M")
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> time:
+        if not isinstance(value, str) or not _SLOT.match(value):
+            raise ValidationError('Must be a time "HH:MM" (24-hour).')
+        return time(int(value[:2]), int(value[3:]))
+
+
+def Id(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
+
+
+def Text(max_length: int, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(1, max_length), **kwargs)
+
+
+def _timezone(value: str) -> None:
+    if not is_valid_timezone(value):
+        raise ValidationError("Must be an IANA timezone name, e.g. Europe/Berlin.")
+
+
+# --- catalogue ---------------------------------------------------------------------
+
+
+class StudentIn(Schema):
+    name = Text(200, required=True)
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    timezone = fields.String(required=True, validate=_timezone)
+
+
+class StudentOut(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    email = fields.String()
+    timezone = fields.String()
+
+
+class CourseIn(Schema):
+    title = Text(200, required=True)
+
+
+class CourseOut(Schema):
+    id = fields.Integer()
+    title = fields.String()
+
+
+class TrainerIn(Schema):
+    name = Text(200, required=True)
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    max_students = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1000))
+    course_ids = fields.List(Id(), required=True, validate=validate.Length(1, 100))
+    is_active = fields.Boolean(load_default=True)
+
+
+class TrainerOut(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    email = fields.String()
+    max_students = fields.Integer()
+    active_students = fields.Integer()
+    is_active = fields.Boolean()
+    course_ids = fields.Method("_course_ids")
+
+    def _course_ids(self, trainer: Any) -> list[int]:
+        return sorted(c.id for c in trainer.courses)
+
+
+# --- payments ------------------------------------------------------------------------
+
+
+class PaymentIn(Schema):
+    student_id = Id(required=True)
+    course_id = Id(required=True)
+    tier = fields.Integer(strict=True, required=True, validate=validate.OneOf(TIERS))
+    time_slot = TimeSlot(required=True, metadata={"type": "string", "example": "17:30"})
+    amount_cents = fields.Integer(
+        strict=True, required=True, validate=validate.Range(1, 100_000_000)
+    )
+    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
+
+
+class ConfirmIn(Schema):
+    provider_payment_id = Text(255, required=True)
+
+
+class PaymentOut(Schema):
+    id = fields.UUID()
+    student_id = fields.Integer()
+    course_id = fields.Integer()
+    tier = fields.Integer()
+    time_slot = TimeSlot(metadata={"type": "string"})
+    amount_cents = fields.Integer()
+    currency = fields.String()
+    status = fields.String()
+    provider_payment_id = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    confirmed_at = fields.DateTime(allow_none=True)
+
+
+class TrainerBrief(Schema):
+    id = fields.Integer()
+    name = fields.String()
+
+
+class AllocationOut(Schema):
+    id = fields.Integer()
+    status = fields.String()
+    time_slot = TimeSlot(metadata={"type": "string"})
+    sessions_total = fields.Integer()
+    trainer = fields.Nested(TrainerBrief)
+
+
+class PurchaseOut(Schema):
+    id = fields.Integer()
+    is_active = fields.Boolean()
+    created_at = fields.DateTime()
+
+
+class SessionOut(Schema):
+    id = fields.Integer()
+    date = fields.Date(attribute="scheduled_date")
+    time = TimeSlot(attribute="scheduled_time", metadata={"type": "string"})
+    starts_at = fields.DateTime()
+    status = fields.String()
+
+
+class DeadLetterBrief(Schema):
+    id = fields.Integer()
+    task_name = fields.String()
+    status = fields.String()
+    exception_type = fields.String()
+    exception_message = fields.String()
+
+
+class FulfilmentOut(Schema):
+    state = fields.String(
+        metadata={
+            "enum": [
+                "awaiting_payment",
+                "confirmed",
+                "purchased",
+                "allocated",
+                "scheduled",
+                "needs_attention",
+                "refunded",
+                "failed",
+            ]
+        }
+    )
+    purchase = fields.Nested(PurchaseOut, allow_none=True)
+    allocation = fields.Nested(AllocationOut, allow_none=True)
+    sessions_scheduled = fields.Integer()
+    upcoming_sessions = fields.List(fields.Nested(SessionOut))
+    dead_letters = fields.List(fields.Nested(DeadLetterBrief))
+
+
+class EventOut(Schema):
+    type = fields.String(attribute="event_type")
+    at = fields.DateTime(attribute="occurred_at")
+    payload = fields.Dict()
+
+
+class PaymentDetailOut(PaymentOut):
+    fulfilment = fields.Nested(FulfilmentOut)
+    timeline = fields.List(fields.Nested(EventOut))
+
+    @pre_dump
+    def _flatten(self, detail: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        payment = detail["payment"]
+        flat = {name: getattr(payment, name) for name in PaymentOut().fields}
+        return {**flat, "fulfilment": detail["fulfilment"], "timeline": detail["timeline"]}
+
+
+# --- webhooks ------------------------------------------------------------------------
+
+
+class WebhookData(Schema):
+    payment_id = fields.UUID(required=True)
+    provider_payment_id = Text(255, required=True)
+
+
+class WebhookIn(Schema):
+    id = Text(255, required=True)
+    type = fields.String(
+        required=True, validate=validate.OneOf(["payment.succeeded", "payment.refunded"])
+    )
+    data = fields.Nested(WebhookData, required=True)
+
+
+class WebhookOut(Schema):
+    received = fields.Boolean()
+    duplicate = fields.Boolean()
+    payment_id = fields.UUID(allow_none=True)
+    status = fields.String(allow_none=True)
+
+
+class ErrorBody(Schema):
+    code = fields.String()
+    message = fields.String()
+    details = fields.Dict()
+
+
+class ErrorOut(Schema):
+    error = fields.Nested(ErrorBody)

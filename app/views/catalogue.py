@@ -1,0 +1,55 @@
+"""Catalogue endpoints (admin): students, courses, trainers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from app.auth import ADMIN_SECURITY, require_admin
+from app.db import db
+from app.schemas import CourseIn, CourseOut, StudentIn, StudentOut, TrainerIn, TrainerOut
+from domain import catalogue
+
+blp = Blueprint("catalogue", __name__, description="Students, courses and trainers (admin).")
+
+
+@blp.route("/students", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.arguments(StudentIn)
+@blp.response(201, StudentOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def create_student(data: dict[str, Any]):
+    session = db()
+    student = catalogue.create_student(session, **data)
+    session.commit()
+    return student
+
+
+@blp.route("/courses", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.arguments(CourseIn)
+@blp.response(201, CourseOut)
+@blp.alt_response(401, schema="Error")
+@require_admin
+def create_course(data: dict[str, Any]):
+    session = db()
+    course = catalogue.create_course(session, **data)
+    session.commit()
+    return course
+
+
+@blp.route("/trainers", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.arguments(TrainerIn)
+@blp.response(201, TrainerOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def create_trainer(data: dict[str, Any]):
+    session = db()
+    trainer = catalogue.create_trainer(session, **data)
+    session.commit()
+    return trainer

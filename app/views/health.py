@@ -1,0 +1,58 @@
+"""Liveness, readiness and metrics (outside /api/v1)."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+from app.metrics import metrics_response
+from models import open_session
+
+log = logging.getLogger(__name__)
+blp = Blueprint("health", __name__)
+
+_HEAD: list[str] = []
+
+
+def migrations_head() -> str:
+    if not _HEAD:
+        _HEAD.append(ScriptDirectory.from_config(Config("alembic.ini")).get_current_head() or "")
+    return _HEAD[0]
+
+
+@blp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@blp.get("/readyz")
+def readyz():
+    checks: dict[str, str] = {}
+    try:
+        with open_session() as session:
+            version = session.scalar(text("SELECT version_num FROM alembic_version"))
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if version == migrations_head() else f"at {version}"
+    except Exception as exc:  # any failure means not ready; the reason is reported
+        log.warning("readiness: database", exc_info=True)
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    try:
+        client = redis.Redis.from_url(
+            current_app.config["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1
+        )
+        client.ping()
+        checks["broker"] = "ok"
+    except redis.RedisError as exc:
+        checks["broker"] = f"unavailable: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503
+
+
+@blp.get("/metrics")
+def metrics():
+    return metrics_response()

@@ -1,0 +1,76 @@
+"""Checkout, confirmation and the payment's fulfilment view."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import jsonify
+from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from app.db import db
+from app.schemas import ConfirmIn, PaymentDetailOut, PaymentIn, PaymentOut
+from domain import idempotency
+from domain.payments import Checkout, start_checkout
+from domain.read_models import payment_detail
+from tasks.handoff import confirm_and_hand_off
+
+blp = Blueprint("payments", __name__, description="Checkout and payment confirmation.")
+
+
+class IdempotencyHeader(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Length(1, 255),
+        metadata={"description": "Same key and body → the same answer; other body → 422."},
+    )
+
+
+@blp.route("/payments", methods=["POST"])
+@blp.arguments(IdempotencyHeader, location="headers", as_kwargs=True)
+@blp.arguments(PaymentIn)
+@blp.response(201, PaymentOut)
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
+    session = db()
+    key = idempotency_key
+    if key is not None:
+        stored = idempotency.claim_key(
+            session, key, idempotency.fingerprint(PaymentIn().dump(data))
+        )
+        if stored is not None:
+            session.rollback()
+            replay = jsonify(stored.body)
+            replay.status_code = stored.status
+            return replay
+    payment = start_checkout(session, Checkout(**data))
+    if key is not None:
+        idempotency.store_response(session, key, 201, PaymentOut().dump(payment))
+    session.commit()
+    return payment
+
+
+@blp.route("/payments/<uuid:payment_id>/confirm", methods=["POST"])
+@blp.arguments(ConfirmIn)
+@blp.response(202, PaymentOut)
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
+    session = db()
+    confirmation = confirm_and_hand_off(
+        session, payment_id, data["provider_payment_id"], source="client"
+    )
+    session.commit()  # the chain is published right after this commit
+    return confirmation.payment
+
+
+@blp.route("/payments/<uuid:payment_id>", methods=["GET"])
+@blp.response(200, PaymentDetailOut)
+@blp.alt_response(404, schema="Error")
+def get_payment(payment_id: uuid.UUID):
+    return payment_detail(db(), payment_id)

@@ -1,0 +1,62 @@
+"""Celery settings (Redis broker). Why each value: README, "Delivery guarantees"."""
+
+from kombu import Exchange, Queue
+
+from core.config import settings
+
+broker_url = settings.redis_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # Redis redelivers an unacked message only after this. It must exceed the longest
+    # task (task_time_limit) plus the longest retry countdown (retry_backoff_max): a
+    # retry waiting for its ETA is an unacked message too, and would otherwise run twice.
+    "visibility_timeout": settings.visibility_timeout,
+    # Sweep for expired unacked messages every 10 s (kombu's default is ~100 s).
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,
+}
+# The API publishes after commit; if Redis is down it gives up quickly and leaves the
+# outbox row to the relay instead of holding the request.
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+# Nobody reads task results: chains pass values along in messages.
+result_backend = None
+task_ignore_result = True
+task_serializer = "json"
+accept_content = ["json"]
+
+task_acks_late = True
+# A pool child killed mid-task (OOM, SIGKILL) requeues its message instead of acking it.
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_time_limit = settings.task_time_limit
+task_soft_time_limit = max(1, settings.task_time_limit - 10)
+
+# Deploys: on SIGTERM (remapped to SIGQUIT by REMAP_SIGTERM) a worker finishes what it
+# can for 10 s, then requeues the rest at once instead of waiting for visibility_timeout.
+worker_soft_shutdown_timeout = 10.0
+worker_enable_soft_shutdown_on_idle = True
+worker_hijack_root_logger = False
+worker_send_task_events = True  # Flower's task view
+
+task_default_queue = "pipeline"
+# Each queue has its own direct exchange and routing key: a message goes to one queue.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("pipeline", "dead_letter", "maintenance")
+)
+task_default_exchange = "pipeline"
+task_default_routing_key = "pipeline"
+task_routes = {
+    "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
+    "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
+}
+
+timezone = "UTC"
+enable_utc = True

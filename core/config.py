@@ -1,0 +1,75 @@
+"""Every setting Tutorflow reads from the environment, in one place.
+
+Defaults work on a developer machine with PostgreSQL and Redis on localhost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    cache_url: str
+    admin_token: str
+    webhook_secret: str
+    flower_basic_auth: str
+    # Pool per process: gunicorn workers and Celery pool children each own one.
+    db_pool_size: int
+    db_max_overflow: int
+    # Celery delivery semantics (see README, "Delivery guarantees").
+    visibility_timeout: int
+    retry_backoff: int
+    retry_backoff_max: int
+    task_time_limit: int
+    # Rolling session window.
+    session_window: int
+    top_up_threshold: int
+    top_up_interval_seconds: float
+    outbox_relay_interval_seconds: float
+    log_level: str
+    log_json: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        redis_url = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+        return cls(
+            database_url=_env(
+                "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
+            ),
+            redis_url=redis_url,
+            cache_url=_env("CACHE_URL", redis_url),
+            admin_token=_env("ADMIN_TOKEN", "dev-admin-token"),
+            webhook_secret=_env("WEBHOOK_SECRET", "dev-webhook-secret"),
+            flower_basic_auth=_env("FLOWER_BASIC_AUTH", "admin:admin"),
+            db_pool_size=_int("DB_POOL_SIZE", 5),
+            db_max_overflow=_int("DB_MAX_OVERFLOW", 10),
+            visibility_timeout=_int("CELERY_VISIBILITY_TIMEOUT", 300),
+            retry_backoff=_int("CELERY_RETRY_BACKOFF", 2),
+            retry_backoff_max=_int("CELERY_RETRY_BACKOFF_MAX", 60),
+            task_time_limit=_int("CELERY_TASK_TIME_LIMIT", 120),
+            session_window=_int("SESSION_WINDOW", 7),
+            top_up_threshold=_int("TOP_UP_THRESHOLD", 3),
+            top_up_interval_seconds=_float("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
+            outbox_relay_interval_seconds=_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
+            log_level=_env("LOG_LEVEL", "INFO"),
+            log_json=_env("LOG_JSON", "1") not in ("0", "false", "no"),
+        )
+
+
+settings = Settings.from_env()

@@ -1,0 +1,47 @@
+"""Domain events: written with the change they record, announced after its commit."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.cache import notify_student
+from models import DomainEvent, after_commit
+
+
+class EventType(StrEnum):
+    PURCHASE_CONFIRMED = "PURCHASE_CONFIRMED"
+    PURCHASE_CREATED = "PURCHASE_CREATED"
+    TRAINER_ALLOCATED = "TRAINER_ALLOCATED"
+    SESSIONS_GENERATED = "SESSIONS_GENERATED"
+
+
+def record_event(
+    session: Session,
+    *,
+    correlation_id: uuid.UUID,
+    student_id: int,
+    event_type: EventType,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """Add the event to the current transaction; after commit, refresh the student."""
+    payload = payload or {}
+    session.add(
+        DomainEvent(
+            correlation_id=correlation_id,
+            student_id=student_id,
+            event_type=event_type,
+            payload=payload,
+        )
+    )
+    live_event = {
+        "type": str(event_type),
+        "payment_id": str(correlation_id),
+        "student_id": student_id,
+        **payload,
+    }
+    after_commit(session, partial(notify_student, student_id, live_event))

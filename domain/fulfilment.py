@@ -1,0 +1,242 @@
+"""The pipeline's effects: purchase, trainer allocation, session scheduling.
+
+Each function runs inside the caller's transaction (a task's, opened by the base
+task), writes its event with its change, and is idempotent on its own: called twice
+for the same input, it returns what the first call created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from domain.allocation import TrainerLoad, rank_trainers
+from domain.calendar import plan_sessions, sessions_needed
+from domain.errors import NoTrainerAvailable, PermanentStepError
+from domain.events import EventType, record_event
+from models import (
+    HOLDING_STATUSES,
+    Allocation,
+    AllocationStatus,
+    Payment,
+    PaymentStatus,
+    Purchase,
+    SessionStatus,
+    Student,
+    Trainer,
+    TrainerCourse,
+    TutoringSession,
+)
+
+
+def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
+    payment = session.get(Payment, payment_id)
+    if payment is None:
+        raise PermanentStepError(f"payment {payment_id} does not exist")
+    if payment.status != PaymentStatus.SUCCEEDED:
+        raise PermanentStepError(f"payment {payment_id} is {payment.status}, not succeeded")
+    # ON CONFLICT covers both a purchase already made for this payment (redelivery)
+    # and another active purchase of the same course (told apart just below).
+    purchase_id = session.scalar(
+        pg_insert(Purchase)
+        .values(
+            payment_id=payment.id,
+            student_id=payment.student_id,
+            course_id=payment.course_id,
+            tier=payment.tier,
+            time_slot=payment.time_slot,
+        )
+        .on_conflict_do_nothing()
+        .returning(Purchase.id)
+    )
+    if purchase_id is None:
+        existing = session.scalar(select(Purchase).where(Purchase.payment_id == payment.id))
+        if existing is not None:
+            return existing
+        raise PermanentStepError(
+            f"student {payment.student_id} already has course {payment.course_id} active "
+            "through another payment"
+        )
+    record_event(
+        session,
+        correlation_id=payment.id,
+        student_id=payment.student_id,
+        event_type=EventType.PURCHASE_CREATED,
+        payload={"purchase_id": purchase_id},
+    )
+    return session.get_one(Purchase, purchase_id)
+
+
+def _trainer_loads(session: Session, purchase: Purchase, trainer_id: int | None = None):
+    slot_taken = exists().where(
+        Allocation.trainer_id == Trainer.id,
+        Allocation.time_slot == purchase.time_slot,
+        Allocation.status.in_(HOLDING_STATUSES),
+    )
+    teaches = exists().where(
+        TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == purchase.course_id
+    )
+    query = select(
+        Trainer.id,
+        Trainer.is_active,
+        teaches.label("teaches"),
+        Trainer.active_students,
+        Trainer.max_students,
+        slot_taken.label("slot_taken"),
+    )
+    if trainer_id is None:
+        query = query.where(teaches, Trainer.is_active)
+    else:
+        query = query.where(Trainer.id == trainer_id)
+    return [TrainerLoad(*row) for row in session.execute(query)]
+
+
+def allocate_trainer(session: Session, purchase_id: int) -> Allocation:
+    """Give the purchase the least-loaded trainer who can take it.
+
+    Each candidate is locked (FOR UPDATE) inside a savepoint and re-checked with a
+    fresh statement, so every allocation of one trainer is serialized and sees the
+    ones committed before it; an unsuitable trainer's lock is released at once by
+    rolling the savepoint back, so a transaction waits on one trainer at a time and
+    cannot deadlock. The CHECK on `active_students` and the partial unique index on
+    (trainer, slot) back this up in the database.
+    """
+    purchase = session.get(Purchase, purchase_id)
+    if purchase is None:
+        raise PermanentStepError(f"purchase {purchase_id} does not exist")
+    existing = session.scalar(select(Allocation).where(Allocation.purchase_id == purchase_id))
+    if existing is not None:
+        return existing
+    if not purchase.is_active:
+        raise PermanentStepError(f"purchase {purchase_id} is no longer active")
+
+    for candidate in rank_trainers(_trainer_loads(session, purchase)):
+        savepoint = session.begin_nested()
+        session.execute(
+            select(Trainer.id).where(Trainer.id == candidate.trainer_id).with_for_update()
+        )
+        [locked] = _trainer_loads(session, purchase, trainer_id=candidate.trainer_id)
+        if not locked.eligible:
+            savepoint.rollback()
+            continue
+        session.execute(
+            update(Trainer)
+            .where(Trainer.id == locked.trainer_id)
+            .values(active_students=Trainer.active_students + 1)
+        )
+        allocation = Allocation(
+            purchase_id=purchase.id,
+            student_id=purchase.student_id,
+            course_id=purchase.course_id,
+            trainer_id=locked.trainer_id,
+            time_slot=purchase.time_slot,
+            sessions_total=purchase.tier,
+            status=AllocationStatus.APPROVED,
+        )
+        session.add(allocation)
+        session.flush()
+        savepoint.commit()
+        record_event(
+            session,
+            correlation_id=purchase.payment_id,
+            student_id=purchase.student_id,
+            event_type=EventType.TRAINER_ALLOCATED,
+            payload={"allocation_id": allocation.id, "trainer_id": locked.trainer_id},
+        )
+        return allocation
+    raise NoTrainerAvailable(
+        f"no trainer free for course {purchase.course_id} at {purchase.time_slot:%H:%M}"
+    )
+
+
+def schedule_sessions(
+    session: Session, allocation_id: int, *, now: datetime, window: int
+) -> list[TutoringSession]:
+    """Top the allocation up to `window` future sessions, within its tier.
+
+    The allocation row is locked, so two schedulers of one allocation (the chain and
+    a beat top-up) run one after the other; the unique slot per allocation backs it.
+    Returns the sessions this call created (none when the window is already full).
+    """
+    allocation = session.scalar(
+        select(Allocation).where(Allocation.id == allocation_id).with_for_update()
+    )
+    if allocation is None:
+        raise PermanentStepError(f"allocation {allocation_id} does not exist")
+    if allocation.status not in HOLDING_STATUSES:
+        return []
+    timezone = session.get_one(Student, allocation.student_id).timezone
+    not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
+    used, future, last_date = session.execute(
+        select(
+            func.count().filter(not_cancelled),
+            func.count().filter(
+                and_(
+                    TutoringSession.status == SessionStatus.SCHEDULED,
+                    TutoringSession.starts_at > now,
+                )
+            ),
+            func.max(TutoringSession.scheduled_date),
+        ).where(TutoringSession.allocation_id == allocation.id)
+    ).one()
+    needed = sessions_needed(
+        future=future, used=used, total=allocation.sessions_total, window=window
+    )
+    created: list[TutoringSession] = []
+    skip: set[date] = set()
+    # A date is skipped when the trainer is already booked at that instant (another
+    # student's slot in another timezone); a few rounds find free weekdays.
+    for _ in range(5):
+        if len(created) >= needed:
+            break
+        planned = plan_sessions(
+            now=now,
+            timezone=timezone,
+            slot=allocation.time_slot,
+            count=needed - len(created),
+            last_scheduled=max(
+                (d for d in (last_date, *(s.scheduled_date for s in created)) if d), default=None
+            ),
+            skip=frozenset(skip),
+        )
+        rows = [
+            {
+                "allocation_id": allocation.id,
+                "student_id": allocation.student_id,
+                "trainer_id": allocation.trainer_id,
+                "scheduled_date": p.scheduled_date,
+                "scheduled_time": p.scheduled_time,
+                "starts_at": p.starts_at,
+            }
+            for p in planned
+        ]
+        inserted = session.scalars(
+            pg_insert(TutoringSession)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(TutoringSession)
+        ).all()
+        created.extend(inserted)
+        skip.update(p.scheduled_date for p in planned)
+    if allocation.status == AllocationStatus.APPROVED:
+        allocation.status = AllocationStatus.ACTIVE
+    if created:
+        payment_id = session.scalar(
+            select(Purchase.payment_id).where(Purchase.id == allocation.purchase_id)
+        )
+        record_event(
+            session,
+            correlation_id=payment_id,
+            student_id=allocation.student_id,
+            event_type=EventType.SESSIONS_GENERATED,
+            payload={
+                "allocation_id": allocation.id,
+                "count": len(created),
+                "dates": [s.scheduled_date.isoformat() for s in created],
+            },
+        )
+    return created

@@ -1,0 +1,57 @@
+"""Tasks that spent their retries (or failed for good), parked for an operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+class DeadLetterStatus(StrEnum):
+    OPEN = "open"
+    REPLAYED = "replayed"
+    DISCARDED = "discarded"
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'replayed', 'discarded')", name="status_known"),
+        Index("ix_dead_letters_status_id", "status", "id"),
+        Index("ix_dead_letters_correlation", "correlation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # The failed task's id: a redelivered failure updates its dead letter, never adds one.
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    args: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # The chain links that had not run yet, as Celery signature dicts (replay runs them).
+    chain: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    exception_type: Mapped[str] = mapped_column(String(255))
+    exception_message: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), server_default=DeadLetterStatus.OPEN)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replay_task_id: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,90 @@
+"""Domain events (a payment's timeline), the outbox and the consumers' inbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, created_at_column
+
+
+class DomainEvent(Base):
+    """Written in the same transaction as the state change it records."""
+
+    __tablename__ = "domain_events"
+    __table_args__ = (
+        Index("ix_domain_events_correlation", "correlation_id", "id"),
+        Index("ix_domain_events_student", "student_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    correlation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    student_id: Mapped[int | None] = mapped_column(ForeignKey("students.id"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    occurred_at: Mapped[datetime] = created_at_column()
+
+
+class OutboxMessage(Base):
+    """A hand-off to the broker, committed with the change that calls for it.
+
+    The API publishes it right after commit and stamps `published_at`; the beat relay
+    re-publishes rows left unpublished (crash between commit and publish, broker down).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_unpublished",
+            "next_attempt_at",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    correlation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    # What to publish: "start_pipeline" (more kinds come with refunds).
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = created_at_column()
+    next_attempt_at: Mapped[datetime] = created_at_column()
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEvent(Base):
+    """The inbox: one row per (consumer, correlation id, consumed event).
+
+    Claimed in the same transaction as the step's effect, and keeping the step's
+    result, so a redelivered message returns that result and does nothing again.
+    """
+
+    __tablename__ = "processed_events"
+    __table_args__ = (
+        UniqueConstraint("consumer", "correlation_id", "event_type", name="uq_processed_events"),
+        Index("ix_processed_events_processed_at", "processed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(128))
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    result: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    processed_at: Mapped[datetime] = created_at_column()

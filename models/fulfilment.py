@@ -1,0 +1,134 @@
+"""What a confirmed payment turns into: a purchase, a trainer allocation, sessions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    SmallInteger,
+    String,
+    Time,
+    UniqueConstraint,
+    text,
+    true,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, created_at_column
+
+
+class Purchase(Base):
+    __tablename__ = "student_course_purchases"
+    __table_args__ = (
+        # A student holds a course at most once at a time.
+        Index(
+            "uq_purchases_active_student_course",
+            "student_id",
+            "course_id",
+            unique=True,
+            postgresql_where=text("is_active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.id"), unique=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id"), index=True)
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    tier: Mapped[int] = mapped_column(SmallInteger)
+    time_slot: Mapped[time] = mapped_column(Time)
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    created_at: Mapped[datetime] = created_at_column()
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AllocationStatus(StrEnum):
+    APPROVED = "approved"  # trainer chosen, no session scheduled yet
+    ACTIVE = "active"  # sessions on the calendar
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+HOLDING_STATUSES = (AllocationStatus.APPROVED, AllocationStatus.ACTIVE)
+
+
+class Allocation(Base):
+    __tablename__ = "trainer_allocations"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('approved', 'active', 'completed', 'cancelled')", name="status_known"
+        ),
+        # One live allocation per student and course.
+        Index(
+            "uq_allocations_live_student_course",
+            "student_id",
+            "course_id",
+            unique=True,
+            postgresql_where=text("status IN ('approved', 'active')"),
+        ),
+        # A trainer never holds two live allocations at the same time slot.
+        Index(
+            "uq_allocations_live_trainer_slot",
+            "trainer_id",
+            "time_slot",
+            unique=True,
+            postgresql_where=text("status IN ('approved', 'active')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("student_course_purchases.id"), unique=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    trainer_id: Mapped[int] = mapped_column(ForeignKey("trainers.id"), index=True)
+    time_slot: Mapped[time] = mapped_column(Time)
+    sessions_total: Mapped[int] = mapped_column(SmallInteger)
+    status: Mapped[str] = mapped_column(String(16), server_default=AllocationStatus.APPROVED)
+    created_at: Mapped[datetime] = created_at_column()
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SessionStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class TutoringSession(Base):
+    __tablename__ = "tutoring_sessions"
+    __table_args__ = (
+        CheckConstraint("status IN ('scheduled', 'completed', 'cancelled')", name="status_known"),
+        UniqueConstraint(
+            "allocation_id", "scheduled_date", "scheduled_time", name="uq_sessions_allocation_slot"
+        ),
+        # No trainer is booked twice at the same moment.
+        Index(
+            "uq_sessions_trainer_moment",
+            "trainer_id",
+            "starts_at",
+            unique=True,
+            postgresql_where=text("status <> 'cancelled'"),
+        ),
+        Index("ix_sessions_student_starts_at", "student_id", "starts_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("trainer_allocations.id"))
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    trainer_id: Mapped[int] = mapped_column(ForeignKey("trainers.id"))
+    # Local date and time in the student's timezone, as the student sees them...
+    scheduled_date: Mapped[date] = mapped_column(Date)
+    scheduled_time: Mapped[time] = mapped_column(Time)
+    # ...and the instant, for "is it in the future" and trainer clashes across zones.
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), server_default=SessionStatus.SCHEDULED)
+    created_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,1 @@
+"""Celery app, the fulfilment pipeline, beat jobs and dead letters."""

@@ -1,0 +1,109 @@
+"""The base task of every pipeline step: one place for delivery semantics.
+
+It owns, for each run: the log context (correlation id, task id), the transaction,
+the inbox claim that makes a redelivery return the stored result, the post-commit
+side effects (queued with `models.after_commit`), retries with exponential backoff
+and jitter, and — once retries are spent or the error is permanent — the dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Task
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from core.config import settings
+from core.logs import log_context
+from domain.clock import utcnow
+from domain.errors import TransientStepError
+from models import open_session
+from tasks import inbox
+
+log = logging.getLogger(__name__)
+
+# Errors that a later attempt can get past: the database or broker was briefly away,
+# a lock or race was lost (a retry re-reads the state), no trainer was free.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    IntegrityError,
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    TransientStepError,
+)
+
+FIRST_FAILED_AT = "x_first_failed_at"
+
+
+class PipelineTask(Task):
+    acks_late = True
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = settings.retry_backoff
+    retry_backoff_max = settings.retry_backoff_max
+    retry_jitter = True
+    # The event this step consumes: names its inbox rows. None: no inbox (no DB effect).
+    consumes: ClassVar[str | None] = None
+    # False for steps whose failure harms nothing (the cache refresh): logged only.
+    dead_letter_on_failure: ClassVar[bool] = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):
+            return super().__call__(*args, **kwargs)
+
+    def run_step(self, effect: Callable[[Session], Any], *, correlation_id: str) -> Any:
+        """Run `effect` in one transaction with its inbox row; return its result.
+
+        A step that already committed (redelivery after a crash, a duplicate publish,
+        a replay) returns the result it stored, so the chain continues unchanged.
+        """
+        with open_session() as session, session.begin():
+            claim = None
+            if self.consumes:
+                claim = inbox.claim(
+                    session,
+                    consumer=self.name,
+                    correlation_id=correlation_id,
+                    event_type=self.consumes,
+                )
+                if not claim.claimed:
+                    log.info("already processed, returning stored result")
+                    return claim.stored_result
+            result = effect(session)
+            if claim is not None:
+                inbox.store_result(session, claim, result)
+            # Committed: the after-commit callbacks (cache, live events) have run.
+        log.info("step done", extra={"result": result})
+        return result
+
+    def retry(self, *args: Any, **options: Any) -> Any:
+        # Carry the first failure's time across retries, for the dead letter.
+        first = getattr(self.request, FIRST_FAILED_AT, None) or utcnow().isoformat()
+        options["headers"] = {**(options.get("headers") or {}), FIRST_FAILED_AT: first}
+        return super().retry(*args, **options)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        log.warning(
+            "step failed, will retry",
+            extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
+        )
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+        if not self.dead_letter_on_failure:
+            log.error("step failed for good (no dead letter: non-critical)", exc_info=exc)
+            return
+        from tasks.dead_letters import park  # the dead-letter task imports this module
+
+        park(
+            task=self,
+            exc=exc,
+            traceback=str(einfo),
+            args=list(args),
+            kwargs=dict(kwargs),
+            first_failed_at=getattr(self.request, FIRST_FAILED_AT, None),
+        )

@@ -1,0 +1,80 @@
+"""Publishing outbox messages to the broker, after the commit that wrote them.
+
+The API (and the dead-letter replay) commit an outbox row with their change and call
+`publish_after_commit`; a message the broker did not take stays unpublished for the
+beat relay. Publishing twice is harmless: every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.orm import Session
+
+from domain.payments import START_PIPELINE, Confirmation, confirm_payment
+from models import OutboxMessage, after_commit, open_session
+from tasks.celery_app import celery_app
+from tasks.dead_letters import REPLAY_DEAD_LETTER
+from tasks.pipeline import fulfilment_chain
+
+log = logging.getLogger(__name__)
+
+
+def _start_pipeline(payload: dict[str, Any]) -> None:
+    fulfilment_chain(payload["payment_id"]).apply_async()
+
+
+def _replay_dead_letter(payload: dict[str, Any]) -> None:
+    # The chain option carries the links that had not run: the pipeline runs to its end.
+    celery_app.send_task(
+        payload["task_name"], args=payload["args"], kwargs=payload["kwargs"], chain=payload["chain"]
+    )
+
+
+PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    START_PIPELINE: _start_pipeline,
+    REPLAY_DEAD_LETTER: _replay_dead_letter,
+}
+
+
+def confirm_and_hand_off(
+    session: Session, payment_id: uuid.UUID, provider_payment_id: str, *, source: str
+) -> Confirmation:
+    """Confirm the payment in the caller's transaction; start the chain after its commit."""
+    confirmation = confirm_payment(session, payment_id, provider_payment_id, source=source)
+    if confirmation.outbox is not None:
+        publish_after_commit(session, confirmation.outbox)
+    return confirmation
+
+
+def publish_after_commit(session: Session, message: OutboxMessage) -> None:
+    after_commit(session, partial(publish, message.id, message.kind, message.payload))
+
+
+def publish(outbox_id: int, kind: str, payload: dict[str, Any]) -> bool:
+    """Publish one outbox message and stamp it; False (and logged) if the broker failed."""
+    try:
+        PUBLISHERS[kind](payload)
+    except Exception:
+        log.warning(
+            "outbox publish failed; the relay will retry",
+            exc_info=True,
+            extra={"outbox_id": outbox_id},
+        )
+        return False
+    try:
+        with open_session() as session, session.begin():
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == outbox_id, OutboxMessage.published_at.is_(None))
+                .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
+            )
+    except Exception:
+        # Published but not stamped: the relay publishes it again, which is harmless.
+        log.warning("outbox stamp failed", exc_info=True, extra={"outbox_id": outbox_id})
+    return True
