@@ -94,7 +94,7 @@ def confirm_payment(
             updated_at=now,
         )
         .returning(Payment)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     try:
         payment = session.scalars(flip).one_or_none()

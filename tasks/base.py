@@ -47,6 +47,8 @@ class PipelineTask(Task):
     retry_backoff = settings.retry_backoff
     retry_backoff_max = settings.retry_backoff_max
     retry_jitter = True
+    # Used only when retry_backoff is 0 (tests): retry at once.
+    default_retry_delay = 0
     # The event this step consumes: names its inbox rows. None: no inbox (no DB effect).
     consumes: ClassVar[str | None] = None
     # False for steps whose failure harms nothing (the cache refresh): logged only.

@@ -1,0 +1,141 @@
+"""Test fixtures: real PostgreSQL (schema built by Alembic), real Redis.
+
+Most tests run inside one outer transaction that is rolled back at the end (the
+application's sessions join it through savepoints). Tests that need other processes
+or threads to see their data (a real worker, races) use `committed`, which truncates.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Test settings, before any project module reads the environment.
+os.environ["DATABASE_URL"] = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_test"
+)
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ["CACHE_URL"] = os.environ["REDIS_URL"]
+os.environ["ADMIN_TOKEN"] = "test-admin-token"
+os.environ["WEBHOOK_SECRET"] = "test-webhook-secret"
+os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retries at once; real backoff is unit-tested
+os.environ["LOG_JSON"] = "0"
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from app import create_app
+from app.cli import ensure_database, upgrade_database
+from core.config import settings
+from models import Base, SessionFactory, get_engine
+from tasks.celery_app import celery_app
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """The test database, rebuilt from scratch by the Alembic migrations."""
+    ensure_database(settings.database_url)
+    bootstrap = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+    with bootstrap.connect() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    bootstrap.dispose()
+    upgrade_database()
+    return get_engine()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture
+def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connection]:
+    connection = engine.connect()
+    outer = connection.begin()
+    SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield connection
+    finally:
+        SessionFactory.configure(bind=engine)
+        outer.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def db_session(db_connection: Connection) -> Iterator[Session]:
+    session = SessionFactory()
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def committed(engine: Engine, redis_client: redis.Redis) -> Iterator[Engine]:
+    """Data that other connections, threads and processes see; wiped afterwards."""
+    redis_client.flushdb()
+    try:
+        yield engine
+    finally:
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        redis_client.flushdb()
+
+
+def _make_app() -> Flask:
+    return create_app({"TESTING": True, "CONFIGURE_LOGGING": False})
+
+
+@pytest.fixture
+def app(db_connection: Connection) -> Flask:
+    return _make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def live_app(committed: Engine) -> Flask:
+    return _make_app()
+
+
+@pytest.fixture
+def live_client(live_app: Flask) -> FlaskClient:
+    return live_app.test_client()
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Run published tasks in-process, at once (logic only: no delivery semantics)."""
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = False
+        celery_app.conf.task_eager_propagates = False
+
+
+@pytest.fixture
+def clock():
+    """A controllable clock: `clock(datetime)` freezes the domain's time there."""
+    from domain import clock as domain_clock
+
+    yield domain_clock.travel_to
+    domain_clock.travel_to(None)

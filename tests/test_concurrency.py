@@ -1,0 +1,149 @@
+"""Races, for real: threads with their own connections, a real worker process.
+
+Invariant 1: a payment confirmed any number of times, by any path, concurrently,
+yields one purchase, one allocation and exactly the right sessions.
+Invariant 4: a trainer is never over capacity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time as time_module
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from domain import fulfilment
+from domain.errors import NoTrainerAvailable
+from models import (
+    Allocation,
+    DomainEvent,
+    OutboxMessage,
+    Purchase,
+    Trainer,
+    TutoringSession,
+    open_session,
+)
+from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain
+from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.webhook_client import deliver, succeeded_event
+from tests.worker import celery_worker, wait_until
+
+
+def race(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run every call at the same moment, each in its own thread; results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        try:
+            return call()
+        except Exception as exc:  # collected and asserted on by the caller
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def counts(*models) -> list[int]:
+    with open_session() as session:
+        return [session.scalar(select(func.count()).select_from(m)) for m in models]
+
+
+@pytest.mark.worker
+def test_twenty_concurrent_confirmations_by_api_and_webhook_fulfil_once(live_app):
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        make_trainer(session, [course])
+        payment_id = make_payment(session, student, course).id
+
+    def confirm() -> int:
+        response = live_app.test_client().post(
+            f"/api/v1/payments/{payment_id}/confirm", json={"provider_payment_id": "pp_race"}
+        )
+        return response.status_code
+
+    def webhook() -> int:
+        return deliver(live_app.test_client(), succeeded_event(payment_id, "pp_race")).status_code
+
+    with celery_worker() as worker:
+        statuses = race([confirm] * 10 + [webhook] * 10)
+        assert statuses == [202] * 10 + [200] * 10
+        wait_until(lambda: counts(TutoringSession) == [7], 30, "sessions never reached 7")
+
+        # Publish the whole chain twice more: duplicate messages must change nothing.
+        fulfilment_chain(str(payment_id)).apply_async()
+        fulfilment_chain(str(payment_id)).apply_async()
+
+        def three_chains_finished() -> bool:
+            return worker.log().count("refresh_student_views[") >= 6  # received + succeeded
+
+        wait_until(three_chains_finished, 30, "the duplicate chains never ran")
+
+    assert counts(Purchase, Allocation, TutoringSession, OutboxMessage) == [1, 1, 7, 1]
+    with open_session() as session:
+        confirmed_events = session.scalar(
+            select(func.count()).where(DomainEvent.event_type == "PURCHASE_CONFIRMED")
+        )
+        assert confirmed_events == 1
+        assert session.scalar(select(Trainer.active_students)) == 1
+
+
+def test_ten_concurrent_allocations_never_overfill_a_trainer(committed, monkeypatch):
+    with open_session() as session, session.begin():
+        course = make_course(session)
+        trainer = make_trainer(session, [course], max_students=3)
+        payment_ids = [
+            str(
+                make_payment(
+                    session, make_student(session), course, slot=time(8 + h, 0), confirmed=True
+                ).id
+            )
+            for h in range(10)
+        ]  # different slots: only capacity can refuse
+    # The purchases are made (and committed) first; only the allocations race.
+    steps = [(pid, create_purchase.run(pid, correlation_id=pid)) for pid in payment_ids]
+
+    # Widen the race: each thread pauses right after its re-check of the trainer, so
+    # without the trainer's row lock all ten would pass it before anyone commits.
+    loads = fulfilment._trainer_loads
+
+    def slow_recheck(session, purchase, trainer_id=None):
+        result = loads(session, purchase, trainer_id)
+        if trainer_id is not None:
+            time_module.sleep(0.1)
+        return result
+
+    monkeypatch.setattr(fulfilment, "_trainer_loads", slow_recheck)
+    results = race(
+        [lambda p=p, pid=pid: allocate_trainer.run(p, correlation_id=pid) for pid, p in steps]
+    )
+
+    allocated = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, NoTrainerAvailable)]
+    assert len(allocated) == 3, results
+    assert len(refused) == 7, results
+    assert counts(Allocation) == [3]
+    with open_session() as session:
+        assert session.get_one(Trainer, trainer.id).active_students == 3
+
+
+def test_duplicate_deliveries_of_one_step_at_once_have_one_effect(committed):
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        make_trainer(session, [course])
+        payment_id = str(make_payment(session, student, course, confirmed=True).id)
+
+    results = race([lambda: create_purchase.run(payment_id, correlation_id=payment_id)] * 8)
+
+    assert len(set(results)) == 1 and isinstance(results[0], int), results
+    assert counts(Purchase) == [1]
+    with open_session() as session:
+        created = session.scalar(
+            select(func.count()).where(DomainEvent.event_type == "PURCHASE_CREATED")
+        )
+    assert created == 1

@@ -1,0 +1,48 @@
+"""A real worker: a payment confirmed over HTTP ends with 7 sessions on the calendar."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from models import open_session
+from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.worker import celery_worker, wait_until
+
+pytestmark = pytest.mark.worker
+
+
+def seed_payment():
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        trainer = make_trainer(session, [course])
+        payment = make_payment(session, student, course)
+        return payment.id, trainer.id
+
+
+def test_confirm_over_http_schedules_seven_sessions(live_client):
+    payment_id, _ = seed_payment()
+    with celery_worker():
+        started = time.monotonic()
+        response = live_client.post(
+            f"/api/v1/payments/{payment_id}/confirm", json={"provider_payment_id": "pp_live"}
+        )
+        assert response.status_code == 202
+
+        def scheduled() -> bool:
+            detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+            return detail["fulfilment"]["sessions_scheduled"] == 7
+
+        wait_until(scheduled, 30, "the payment never got its 7 sessions")
+        print(f"\nconfirm → 7 sessions visible: {time.monotonic() - started:.3f} s")
+
+    detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+    assert detail["fulfilment"]["state"] == "scheduled"
+    assert len(detail["fulfilment"]["upcoming_sessions"]) == 7
+    assert [e["type"] for e in detail["timeline"]] == [
+        "PURCHASE_CONFIRMED",
+        "PURCHASE_CREATED",
+        "TRAINER_ALLOCATED",
+        "SESSIONS_GENERATED",
+    ]

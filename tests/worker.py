@@ -1,0 +1,81 @@
+"""A real Celery worker in a subprocess, for tests of delivery semantics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_QUEUES = "pipeline,dead_letter,maintenance"
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"worker log never said {text!r}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group: the main process and its pool children."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+@contextmanager
+def celery_worker(
+    queues: str = ALL_QUEUES, concurrency: int = 2, env: dict[str, str] | None = None
+) -> Iterator[WorkerProcess]:
+    log_path = Path(tempfile.mkstemp(prefix="tutorflow-worker-", suffix=".log")[1])
+    command = [
+        sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+        "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-l", "INFO",
+        "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole
+        )
+    worker = WorkerProcess(process, log_path)
+    try:
+        worker.wait_for_log(" ready.", timeout=60)
+        yield worker
+    finally:
+        worker.stop()
