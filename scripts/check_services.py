@@ -1,0 +1,50 @@
+"""Fail fast, with a clear message, when PostgreSQL or Redis is not reachable."""
+
+from __future__ import annotations
+
+import sys
+
+import psycopg2
+import redis
+from sqlalchemy.engine import make_url
+
+from core.config import settings
+
+POSTGRES_HINT = (
+    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+)
+REDIS_HINT = (
+    'start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+    "--appendonly no"
+)
+
+
+def main() -> int:
+    problems = []
+    url = make_url(settings.database_url)
+    try:
+        psycopg2.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname="postgres",
+            connect_timeout=3,
+        ).close()
+    except psycopg2.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        problems.append(
+            f"PostgreSQL at {url.host}:{url.port or 5432} is not reachable "
+            f"({first_line}); {POSTGRES_HINT}"
+        )
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis at {settings.redis_url} is not reachable ({exc}); {REDIS_HINT}")
+    for problem in problems:
+        print(f"tutorflow: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
