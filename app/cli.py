@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from alembic import command
 from alembic.config import Config
@@ -9,8 +11,13 @@ from flask import Flask, current_app
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from app.schemas import DeadLetterOut
 from domain import catalogue
-from models import Course, open_session
+from domain.errors import Conflict, DomainError
+from domain.read_models import get_dead_letter, list_dead_letters
+from models import Course, DeadLetter, DeadLetterStatus, open_session
+from tasks import dead_letters
+from tasks.handoff import publish_after_commit
 
 
 def ensure_database(url: str) -> bool:
@@ -67,7 +74,109 @@ def seed_demo() -> dict[str, int]:
         return {"created": 1, "student_id": student.id, "course_id": courses[0].id}
 
 
+dead_letters_cli = click.Group("dead-letters", help="List, show, replay or discard dead letters.")
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    return (
+        f"{letter.id:>6}  {letter.status:<9}  {letter.last_failed_at:%Y-%m-%d %H:%M:%S}  "
+        f"{letter.task_name}  {letter.correlation_id}  {letter.exception_type}: "
+        f"{letter.exception_message[:80]}"
+    )
+
+
+@dead_letters_cli.command("list")
+@click.option("--status", type=click.Choice(["open", "replayed", "discarded"]), default=None)
+@click.option("--task", "task_name", default=None, help="Full task name.")
+@click.option("--correlation-id", default=None, help="The payment id.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+def list_command(
+    status: str | None, task_name: str | None, correlation_id: str | None, limit: int
+) -> None:
+    """Newest first."""
+    with open_session() as session:
+        letters, total = list_dead_letters(
+            session,
+            status=status,
+            task_name=task_name,
+            correlation_id=correlation_id,
+            per_page=limit,
+        )
+    for letter in letters:
+        click.echo(_letter_line(letter))
+    click.echo(f"{len(letters)} of {total} shown")
+
+
+@dead_letters_cli.command("show")
+@click.argument("letter_id", type=int)
+def show_command(letter_id: int) -> None:
+    with open_session() as session:
+        letter = _or_fail(lambda: get_dead_letter(session, letter_id))
+        click.echo(json.dumps(DeadLetterOut().dump(letter), indent=2))
+
+
+def _or_fail(action):
+    try:
+        return action()
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+
+
+def _replay_one(letter_id: int) -> None:
+    with open_session() as session, session.begin():
+        _, message = dead_letters.replay(session, letter_id)
+        publish_after_commit(session, message)
+
+
+@dead_letters_cli.command("replay")
+@click.argument("letter_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Every open letter matching the filters.")
+@click.option("--task", "task_name", default=None)
+@click.option("--correlation-id", default=None)
+def replay_command(
+    letter_id: int | None, replay_all: bool, task_name: str | None, correlation_id: str | None
+) -> None:
+    """Re-publish the failed task with its arguments and the rest of its chain."""
+    if (letter_id is None) == (not replay_all):
+        raise click.UsageError("give either a LETTER_ID or --all")
+    if letter_id is not None:
+        _or_fail(lambda: _replay_one(letter_id))
+        click.echo(f"replayed {letter_id}")
+        return
+    with open_session() as session:
+        ids = session.scalars(
+            select(DeadLetter.id)
+            .where(
+                DeadLetter.status == DeadLetterStatus.OPEN,
+                *([DeadLetter.task_name == task_name] if task_name else []),
+                *([DeadLetter.correlation_id == correlation_id] if correlation_id else []),
+            )
+            .order_by(DeadLetter.id)
+        ).all()
+    skipped = 0
+    with click.progressbar(ids, label=f"replaying {len(ids)} dead letters") as bar:
+        for one in bar:
+            try:
+                _replay_one(one)
+            except Conflict:
+                skipped += 1  # replayed or discarded meanwhile by someone else
+    click.echo(f"replayed {len(ids) - skipped}, skipped {skipped}")
+
+
+@dead_letters_cli.command("discard")
+@click.argument("letter_id", type=int)
+def discard_command(letter_id: int) -> None:
+    def discard() -> None:
+        with open_session() as session, session.begin():
+            dead_letters.discard(session, letter_id)
+
+    _or_fail(discard)
+    click.echo(f"discarded {letter_id}")
+
+
 def register_cli(app: Flask) -> None:
+    app.cli.add_command(dead_letters_cli)
+
     @app.cli.command("ensure-db")
     def ensure_db_command() -> None:
         """Create the database if missing and migrate it to head."""

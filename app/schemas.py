@@ -223,3 +223,39 @@ class ErrorBody(Schema):
 
 class ErrorOut(Schema):
     error = fields.Nested(ErrorBody)
+
+
+# --- admin ---------------------------------------------------------------------------
+
+
+class DeadLetterQuery(Schema):
+    status = fields.String(validate=validate.OneOf(["open", "replayed", "discarded"]))
+    task_name = Text(255)
+    correlation_id = Text(64)
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 1_000_000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+
+
+class DeadLetterOut(Schema):
+    id = fields.Integer()
+    status = fields.String()
+    task_name = fields.String()
+    task_id = fields.String()
+    correlation_id = fields.String(allow_none=True)
+    args = fields.List(fields.Raw())
+    kwargs = fields.Dict()
+    chain = fields.List(fields.Raw(), metadata={"description": "Links that had not run yet."})
+    exception_type = fields.String()
+    exception_message = fields.String()
+    traceback = fields.String()
+    retries = fields.Integer()
+    first_failed_at = fields.DateTime()
+    last_failed_at = fields.DateTime()
+    resolved_at = fields.DateTime(allow_none=True)
+
+
+class DeadLetterPage(Schema):
+    items = fields.List(fields.Nested(DeadLetterOut))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()

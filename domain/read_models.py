@@ -112,3 +112,38 @@ def payment_detail(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
         },
         "timeline": list(events),
     }
+
+
+def list_dead_letters(
+    session: Session,
+    *,
+    status: str | None = None,
+    task_name: str | None = None,
+    correlation_id: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> tuple[list[DeadLetter], int]:
+    """One page of dead letters, newest first, and the total matching the filters."""
+    conditions = []
+    if status:
+        conditions.append(DeadLetter.status == status)
+    if task_name:
+        conditions.append(DeadLetter.task_name == task_name)
+    if correlation_id:
+        conditions.append(DeadLetter.correlation_id == correlation_id)
+    total = session.scalar(select(func.count()).select_from(DeadLetter).where(*conditions)) or 0
+    letters = session.scalars(
+        select(DeadLetter)
+        .where(*conditions)
+        .order_by(DeadLetter.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    return list(letters), total
+
+
+def get_dead_letter(session: Session, letter_id: int) -> DeadLetter:
+    letter = session.get(DeadLetter, letter_id)
+    if letter is None:
+        raise NotFound("dead_letter_not_found", "No dead letter has this id.", id=letter_id)
+    return letter

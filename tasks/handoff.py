@@ -31,9 +31,8 @@ def _start_pipeline(payload: dict[str, Any]) -> None:
 
 def _replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
-    celery_app.send_task(
-        payload["task_name"], args=payload["args"], kwargs=payload["kwargs"], chain=payload["chain"]
-    )
+    task = celery_app.tasks[payload["task_name"]]
+    task.apply_async(args=payload["args"], kwargs=payload["kwargs"], chain=payload["chain"])
 
 
 PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {

@@ -74,3 +74,34 @@ def payment_body(student_id: int, course_id: int, **overrides: object) -> dict[s
         "currency": "EUR",
         **overrides,
     }
+
+
+def make_dead_letter(session: Session, **overrides: object):
+    """A parked create_purchase failure (what `tasks.dead_letters.park` records)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from models import DeadLetter
+    from tasks.dead_letters import store_dead_letter
+
+    n = next(_seq)
+    now = datetime.now(UTC).isoformat()
+    letter = {
+        "task_name": "tutorflow.pipeline.create_purchase",
+        "exception_type": "domain.errors.PermanentStepError",
+        "exception_message": "payment does not exist",
+        "correlation_id": f"00000000-0000-4000-8000-{n:012d}",
+        "task_id": f"task-{n}",
+        "args": [f"00000000-0000-4000-8000-{n:012d}"],
+        "kwargs": {"correlation_id": f"00000000-0000-4000-8000-{n:012d}"},
+        "chain": [],
+        "traceback": "Traceback ...",
+        "retries": 0,
+        "first_failed_at": now,
+        "last_failed_at": now,
+        **overrides,
+    }
+    store_dead_letter(session, letter)
+    session.flush()
+    return session.scalars(select(DeadLetter).where(DeadLetter.task_id == letter["task_id"])).one()

@@ -1,0 +1,66 @@
+"""Operator actions on dead letters (admin token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from app.auth import ADMIN_SECURITY, require_admin
+from app.db import db
+from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery
+from domain.read_models import get_dead_letter, list_dead_letters
+from tasks import dead_letters
+from tasks.handoff import publish_after_commit
+
+blp = Blueprint("admin", __name__, description="Dead letters: list, replay, discard (admin).")
+
+
+@blp.route("/admin/dead-letters", methods=["GET"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.arguments(DeadLetterQuery, location="query")
+@blp.response(200, DeadLetterPage)
+@blp.alt_response(401, schema="Error")
+@require_admin
+def list_letters(query: dict[str, Any]):
+    items, total = list_dead_letters(db(), **query)
+    return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
+
+
+@blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>", methods=["GET"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, DeadLetterOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@require_admin
+def show_letter(letter_id: int):
+    return get_dead_letter(db(), letter_id)
+
+
+@blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>/replay", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, DeadLetterOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def replay_letter(letter_id: int):
+    session = db()
+    letter, message = dead_letters.replay(session, letter_id)
+    publish_after_commit(session, message)
+    session.commit()
+    return letter
+
+
+@blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>/discard", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, DeadLetterOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def discard_letter(letter_id: int):
+    session = db()
+    letter = dead_letters.discard(session, letter_id)
+    session.commit()
+    return letter
