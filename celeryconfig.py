@@ -1,5 +1,7 @@
 """Celery settings (Redis broker). Why each value: README, "Delivery guarantees"."""
 
+import os
+
 from kombu import Exchange, Queue
 
 from core.config import settings
@@ -56,6 +58,24 @@ task_default_routing_key = "pipeline"
 task_routes = {
     "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
     "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
+}
+
+# Beat: one process (docker-compose, Procfile); a second one finds the leader lock held.
+beat_scheduler = "tasks.beat_scheduler:SingleBeatScheduler"
+beat_schedule_filename = os.environ.get("BEAT_SCHEDULE_FILE", ".beat-schedule")
+beat_max_loop_interval = 10
+beat_schedule = {
+    "top-up-sessions": {
+        "task": "tutorflow.beat.top_up_sessions",
+        "schedule": settings.top_up_interval_seconds,
+    },
+    "relay-outbox": {
+        "task": "tutorflow.beat.relay_outbox",
+        "schedule": settings.outbox_relay_interval_seconds,
+        # If workers are down, don't pile up relays: the next one covers it.
+        "options": {"expires": max(1.0, settings.outbox_relay_interval_seconds * 2)},
+    },
+    "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
 }
 
 timezone = "UTC"

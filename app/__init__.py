@@ -53,9 +53,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_field(TimeSlot, "string", None)
     app.extensions["tutorflow_api"] = api
 
-    from app.views import admin, catalogue, health, payments, webhooks
+    from app.views import admin, catalogue, health, payments, sessions, webhooks
 
-    for blueprint in (catalogue.blp, payments.blp, webhooks.blp, admin.blp):
+    for blueprint in (catalogue.blp, payments.blp, webhooks.blp, sessions.blp, admin.blp):
         api.register_blueprint(blueprint, url_prefix=API_PREFIX)
     app.register_blueprint(health.blp)
 

@@ -52,3 +52,18 @@ def notify_student(student_id: int, event: dict[str, Any]) -> None:
         publish_student_event(student_id, event)
     except redis.RedisError:
         log.warning("student notification failed", exc_info=True, extra={"student_id": student_id})
+
+
+def notify_students(events: list[tuple[int, dict[str, Any]]]) -> None:
+    """`notify_student` for many students in one Redis round trip (beat jobs)."""
+    if not events:
+        return
+    try:
+        pipe = cache_client().pipeline(transaction=False)
+        for student_id, event in events:
+            pipe.delete(*student_keys(student_id))
+            pipe.publish(student_channel(student_id), json.dumps(event, default=str))
+        pipe.execute()
+        log.info("cache invalidate", extra={"students": len(events), "reason": "batch"})
+    except redis.RedisError:
+        log.warning("batch student notification failed", exc_info=True)

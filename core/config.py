@@ -41,7 +41,12 @@ class Settings:
     session_window: int
     top_up_threshold: int
     top_up_interval_seconds: float
+    top_up_batch_size: int
     outbox_relay_interval_seconds: float
+    # An outbox row younger than this is left to the API's own post-commit publish.
+    outbox_relay_grace_seconds: float
+    outbox_retention_days: float
+    inbox_retention_days: float
     log_level: str
     log_json: bool
 
@@ -66,7 +71,11 @@ class Settings:
             session_window=_int("SESSION_WINDOW", 7),
             top_up_threshold=_int("TOP_UP_THRESHOLD", 3),
             top_up_interval_seconds=_float("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
+            top_up_batch_size=_int("TOP_UP_BATCH_SIZE", 1000),
             outbox_relay_interval_seconds=_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
+            outbox_relay_grace_seconds=_float("OUTBOX_RELAY_GRACE_SECONDS", 10),
+            outbox_retention_days=_float("OUTBOX_RETENTION_DAYS", 7),
+            inbox_retention_days=_float("INBOX_RETENTION_DAYS", 30),
             log_level=_env("LOG_LEVEL", "INFO"),
             log_json=_env("LOG_JSON", "1") not in ("0", "false", "no"),
         )

@@ -7,7 +7,7 @@ from core.config import settings
 from core.logs import configure_logging
 from models.session import dispose_engine_after_fork
 
-celery_app = Celery("tutorflow", include=["tasks.pipeline", "tasks.dead_letters"])
+celery_app = Celery("tutorflow", include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat"])
 celery_app.config_from_object("celeryconfig")
 
 

@@ -55,8 +55,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, message: str) ->
 
 @contextmanager
 def celery_worker(
-    queues: str = ALL_QUEUES, concurrency: int = 2, env: dict[str, str] | None = None
+    queues: str = ALL_QUEUES,
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    beat: bool = False,
 ) -> Iterator[WorkerProcess]:
+    """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well."""
     log_path = Path(tempfile.mkstemp(prefix="tutorflow-worker-", suffix=".log")[1])
     command = [
         sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
@@ -64,6 +68,8 @@ def celery_worker(
         "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
+    if beat:
+        command += ["-B", "--schedule", str(log_path.with_suffix(".beat"))]
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             command,

@@ -1,0 +1,42 @@
+"""A session's life after scheduling (admin: the trainer's back office)."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from app.auth import ADMIN_SECURITY, require_admin
+from app.db import db
+from app.schemas import SessionOut
+from domain import sessions
+from domain.clock import utcnow
+
+blp = Blueprint("sessions", __name__, description="Complete or cancel a tutoring session.")
+ID = "<int(max=9223372036854775807):session_id>"
+
+
+@blp.route(f"/sessions/{ID}/complete", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, SessionOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def complete(session_id: int):
+    session = db()
+    tutoring = sessions.complete_session(session, session_id, now=utcnow())
+    session.commit()
+    return tutoring
+
+
+@blp.route(f"/sessions/{ID}/cancel", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, SessionOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def cancel(session_id: int):
+    session = db()
+    tutoring = sessions.cancel_session(session, session_id, now=utcnow())
+    session.commit()
+    return tutoring

@@ -1,0 +1,161 @@
+"""Beat jobs: keep the session window full, relay stranded outbox rows, prune.
+
+Each job holds a PostgreSQL advisory lock while it runs, so a second copy (a second
+beat by accident, a manual run) does nothing; the jobs are idempotent regardless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import OperationalError
+
+from core.config import settings
+from domain.clock import utcnow
+from domain.top_up import TopUpReport, top_up_batch
+from models import OutboxMessage, ProcessedEvent, WebhookEvent, get_engine, open_session
+from tasks.celery_app import celery_app
+from tasks.handoff import PUBLISHERS
+
+log = logging.getLogger(__name__)
+
+# Stable keys for pg_try_advisory_lock (any bigint; these spell the job names).
+LOCK_KEYS = {"top_up_sessions": 0x7475746F7570, "relay_outbox": 0x72656C6179, "prune": 0x7072756E65}
+RELAY_BATCH = 200
+PRUNE_BATCH = 5000
+
+
+def job(name: str):
+    """A beat job: acks late, retried if the database is briefly away."""
+    return celery_app.task(
+        name=name,
+        acks_late=True,
+        autoretry_for=(OperationalError,),
+        retry_backoff=True,
+        retry_backoff_max=60,
+        max_retries=3,
+    )
+
+
+@contextmanager
+def exclusive(job_name: str) -> Iterator[bool]:
+    """True if this process holds the job's advisory lock for the duration."""
+    with get_engine().connect() as connection:
+        key = LOCK_KEYS[job_name]
+        acquired = connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+        try:
+            if not acquired:
+                log.info("%s already running elsewhere; skipping", job_name)
+            yield bool(acquired)
+        finally:
+            if acquired:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()
+
+
+def run_top_up(*, batch_size: int | None = None) -> TopUpReport:
+    """Top up every active allocation, one batch per transaction."""
+    now = utcnow()
+    report = TopUpReport()
+    after = 0
+    while True:
+        with open_session() as session, session.begin():
+            batch, last = top_up_batch(
+                session,
+                now=now,
+                after_id=after,
+                limit=batch_size or settings.top_up_batch_size,
+                window=settings.session_window,
+                threshold=settings.top_up_threshold,
+            )
+        report.add(batch)
+        if last is None:
+            return report
+        after = last
+
+
+@job(name="tutorflow.beat.top_up_sessions")
+def top_up_sessions() -> dict[str, Any]:
+    with exclusive("top_up_sessions") as mine:
+        if not mine:
+            return {"skipped": True}
+        report = run_top_up()
+    log.info("top-up done", extra={"report": vars(report)})
+    return vars(report)
+
+
+@job(name="tutorflow.beat.relay_outbox")
+def relay_outbox() -> dict[str, int]:
+    """Publish outbox rows the API did not (crash after commit, broker down)."""
+    published = failed = 0
+    with exclusive("relay_outbox") as mine:
+        if not mine:
+            return {"skipped": 1}
+        with open_session() as session, session.begin():
+            now = func.now()
+            rows = session.scalars(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.published_at.is_(None),
+                    OutboxMessage.next_attempt_at <= now,
+                    OutboxMessage.created_at
+                    <= now - timedelta(seconds=settings.outbox_relay_grace_seconds),
+                )
+                .order_by(OutboxMessage.id)
+                .limit(RELAY_BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.attempts += 1
+                try:
+                    PUBLISHERS[row.kind](row.payload)
+                except Exception as exc:  # broker down: back off, keep the row
+                    failed += 1
+                    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                    delay = min(2**row.attempts, 300)
+                    row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+                    log.warning("relay publish failed", extra={"outbox_id": row.id})
+                    break  # the broker is likely down for the rest too
+                row.published_at = utcnow()
+                published += 1
+    if published or failed:
+        log.info("outbox relay", extra={"published": published, "failed": failed})
+    return {"published": published, "failed": failed}
+
+
+@job(name="tutorflow.beat.prune_retention")
+def prune_retention() -> dict[str, int]:
+    """Drop published outbox rows and old inbox/webhook rows, in short batches.
+
+    A pruned inbox row only means a very late redelivery runs its step again, which
+    the domain functions absorb (they are idempotent on their own).
+    """
+    now = utcnow()
+    targets = [
+        (OutboxMessage, OutboxMessage.published_at, settings.outbox_retention_days),
+        (ProcessedEvent, ProcessedEvent.processed_at, settings.inbox_retention_days),
+        (WebhookEvent, WebhookEvent.received_at, settings.inbox_retention_days),
+    ]
+    removed: dict[str, int] = {}
+    with exclusive("prune") as mine:
+        if not mine:
+            return {"skipped": 1}
+        for model, stamp, days in targets:
+            cutoff = now - timedelta(days=days)
+            key = model.__mapper__.primary_key[0]
+            total = 0
+            while True:
+                with open_session() as session, session.begin():
+                    doomed = select(key).where(stamp < cutoff).limit(PRUNE_BATCH)
+                    deleted = session.execute(delete(model).where(key.in_(doomed))).rowcount
+                total += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+            removed[model.__tablename__] = total
+    log.info("retention", extra={"removed": removed})
+    return removed

@@ -1,0 +1,260 @@
+"""Beat jobs: the rolling window over time, completion, concurrency, retention, leader."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, text
+
+from domain import fulfilment
+from domain.payments import has_active_course
+from domain.top_up import TopUpReport, top_up_batch
+from models import (
+    OutboxMessage,
+    ProcessedEvent,
+    Purchase,
+    TrainerCourse,
+    TutoringSession,
+    open_session,
+)
+from tasks.beat import LOCK_KEYS, prune_retention, run_top_up, top_up_sessions
+from tasks.beat_scheduler import LOCK_KEY, LeaderLock
+from tests.factories import make_course, make_payment, make_student, make_trainer
+
+MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def allocate(session, *, tier=20, timezone="Europe/Berlin", slot=time(17, 30), trainer=None):
+    course = make_course(session)
+    trainer = trainer or make_trainer(session, [course], max_students=5)
+    if course.id not in {c.id for c in trainer.courses}:
+        session.add(TrainerCourse(trainer_id=trainer.id, course_id=course.id))
+        session.flush()
+    payment = make_payment(
+        session, make_student(session, timezone=timezone), course, tier=tier, slot=slot,
+        confirmed=True,
+    )  # fmt: skip
+    purchase = fulfilment.create_purchase(session, payment.id)
+    allocation = fulfilment.allocate_trainer(session, purchase.id)
+    fulfilment.schedule_sessions(session, allocation.id, now=MONDAY, window=7)
+    return allocation
+
+
+def future(session, allocation_id: int, now: datetime) -> list[TutoringSession]:
+    return list(
+        session.scalars(
+            select(TutoringSession)
+            .where(
+                TutoringSession.allocation_id == allocation_id,
+                TutoringSession.status == "scheduled",
+                TutoringSession.starts_at > now,
+            )
+            .order_by(TutoringSession.starts_at)
+        )
+    )
+
+
+def top_up_all(session, now: datetime, batch: int = 100) -> TopUpReport:
+    report, after = TopUpReport(), 0
+    while True:
+        part, last = top_up_batch(session, now=now, after_id=after, limit=batch, window=7,
+                                  threshold=3)  # fmt: skip
+        report.add(part)
+        if last is None:
+            return report
+        after = last
+
+
+def test_after_five_weekdays_the_top_up_restores_seven_future_sessions(db_session):
+    allocation = allocate(db_session, tier=20)
+    assert len(future(db_session, allocation.id, MONDAY)) == 7
+    # Monday 18:00 UTC a week later: five weekdays of sessions (Tue to Mon) have passed.
+    next_monday = MONDAY + timedelta(days=7, hours=6)
+    assert len(future(db_session, allocation.id, next_monday)) == 2
+    report = top_up_all(db_session, next_monday)
+    assert report.sessions_created == 5
+    upcoming = future(db_session, allocation.id, next_monday)
+    assert len(upcoming) == 7
+    dates = [s.scheduled_date for s in upcoming]
+    assert all(d.weekday() < 5 for d in dates)
+    assert dates == sorted(set(dates))
+    assert dates[-1] == date(2026, 12, 9)  # continues after the last one, skipping the weekend
+
+
+def test_allocations_with_enough_future_sessions_are_left_alone(db_session):
+    allocation = allocate(db_session, tier=20)
+    wednesday = MONDAY + timedelta(days=2)  # Tuesday's session past, 6 still ahead (≥ 3)
+    assert top_up_all(db_session, wednesday).sessions_created == 0
+    assert len(future(db_session, allocation.id, wednesday)) == 6
+
+
+def test_a_session_today_whose_time_has_passed_is_not_future(db_session):
+    allocation = allocate(db_session, tier=20, timezone="UTC", slot=time(9, 0))
+    sessions = future(db_session, allocation.id, MONDAY)
+    fifth = sessions[4]
+    at_start = fifth.starts_at  # exactly at its start it no longer counts
+    assert len(future(db_session, allocation.id, at_start)) == 2
+    report = top_up_all(db_session, at_start)
+    assert report.sessions_created == 5
+    assert len(future(db_session, allocation.id, at_start)) == 7
+    just_before = at_start - timedelta(microseconds=1)
+    assert fifth in future(db_session, allocation.id, just_before)
+
+
+def test_a_ten_session_tier_ends_at_exactly_ten_and_completes(db_session):
+    trainer_course = make_course(db_session)
+    trainer = make_trainer(db_session, [trainer_course], max_students=1)
+    allocation = allocate(db_session, tier=10, trainer=trainer)
+    db_session.refresh(trainer)
+    assert trainer.active_students == 1
+
+    for weeks in (1, 2, 3, 4):
+        top_up_all(db_session, MONDAY + timedelta(weeks=weeks))
+    total = db_session.scalar(
+        select(func.count()).where(TutoringSession.allocation_id == allocation.id)
+    )
+    assert total == 10
+
+    db_session.refresh(allocation)
+    assert allocation.status == "completed"
+    purchase = db_session.get_one(Purchase, allocation.purchase_id)
+    assert purchase.is_active is False
+    db_session.refresh(trainer)
+    assert trainer.active_students == 0  # the place is free again
+    assert not has_active_course(db_session, allocation.student_id, allocation.course_id)
+
+
+def test_sessions_land_on_weekdays_in_the_students_timezone(db_session):
+    tokyo = allocate(db_session, tier=20, timezone="Asia/Tokyo", slot=time(8, 0))
+    for s in future(db_session, tokyo.id, MONDAY):
+        local = s.starts_at.astimezone(ZoneInfo("Asia/Tokyo"))
+        assert (local.hour, local.minute) == (8, 0)
+        assert local.date() == s.scheduled_date
+        assert local.weekday() < 5
+
+
+def test_cancelled_session_is_replaced_by_the_top_up(db_session, client, clock):
+    from tests.conftest import ADMIN
+
+    allocation = allocate(db_session, tier=20)
+    clock(MONDAY)
+    upcoming = future(db_session, allocation.id, MONDAY)
+    for s in upcoming[:5]:
+        assert client.post(f"/api/v1/sessions/{s.id}/cancel", headers=ADMIN).status_code == 200
+    again = client.post(f"/api/v1/sessions/{upcoming[0].id}/cancel", headers=ADMIN)
+    assert again.status_code == 409
+    too_early = client.post(f"/api/v1/sessions/{upcoming[5].id}/complete", headers=ADMIN)
+    assert too_early.status_code == 409
+    assert top_up_all(db_session, MONDAY).sessions_created == 5
+    assert len(future(db_session, allocation.id, MONDAY)) == 7
+
+
+def test_two_concurrent_top_ups_create_no_duplicate_sessions(committed):
+    with open_session() as session, session.begin():
+        course = make_course(session)
+        trainers = [make_trainer(session, [course], max_students=40) for _ in range(2)]
+        ids = [
+            allocate(session, tier=30, slot=time(6 + i % 12, 5 * (i // 12)),
+                     trainer=trainers[i % 2]).id
+            for i in range(60)
+        ]  # fmt: skip
+    later = MONDAY + timedelta(days=7, hours=6)  # every allocation is down to 2 future
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            after = 0
+            while True:
+                with open_session() as session, session.begin():
+                    _, last = top_up_batch(session, now=later, after_id=after, limit=7,
+                                           window=7, threshold=3)  # fmt: skip
+                if last is None:
+                    return
+                after = last
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with open_session() as session:
+        for allocation_id in ids:
+            assert len(future(session, allocation_id, later)) == 7
+        duplicates = session.execute(
+            text(
+                "SELECT allocation_id, scheduled_date FROM tutoring_sessions "
+                "GROUP BY 1, 2 HAVING count(*) > 1"
+            )
+        ).all()
+        assert duplicates == []
+
+
+def test_a_second_top_up_job_does_nothing_while_one_runs(committed):
+    with open_session() as session, session.begin():
+        allocate(session, tier=20)
+    with committed.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEYS["top_up_sessions"]})
+        assert top_up_sessions.run() == {"skipped": True}
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEYS["top_up_sessions"]})
+        holder.commit()
+    assert top_up_sessions.run()["allocations_seen"] == 1
+
+
+def test_the_job_tops_up_in_batches(committed, clock):
+    with open_session() as session, session.begin():
+        ids = [allocate(session, tier=20, slot=time(6 + i, 0)).id for i in range(5)]
+    clock(MONDAY + timedelta(days=7))
+    report = run_top_up(batch_size=2)
+    assert report.allocations_seen == 5
+    assert report.sessions_created == 25
+    with open_session() as session:
+        assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids)
+
+
+def test_retention_prunes_only_old_published_and_processed_rows(db_session, clock):
+    clock(MONDAY)
+    old = MONDAY - timedelta(days=40)
+    db_session.add_all(
+        [
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
+                          published_at=old),
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
+                          published_at=None),
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
+                          published_at=MONDAY),
+            ProcessedEvent(consumer="c", correlation_id="x", event_type="E", processed_at=old),
+            ProcessedEvent(consumer="c", correlation_id="y", event_type="E",
+                           processed_at=MONDAY),
+        ]
+    )  # fmt: skip
+    db_session.flush()
+    removed = prune_retention.run()
+    assert removed["outbox"] == 1
+    assert removed["processed_events"] == 1
+    assert db_session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
+    assert db_session.scalar(select(func.count()).select_from(ProcessedEvent)) == 1
+
+
+def test_only_one_beat_leads(redis_client):
+    redis_client.delete(LOCK_KEY)
+    first, second = LeaderLock(_url()), LeaderLock(_url())
+    assert first.hold() is True
+    assert second.hold() is False
+    assert first.hold() is True  # renewal
+    first.release()
+    assert second.hold() is True
+    second.release()
+
+
+def _url() -> str:
+    from core.config import settings
+
+    return settings.redis_url

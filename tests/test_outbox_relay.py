@@ -1,0 +1,90 @@
+"""A hand-off whose post-commit publish was lost is recovered by the beat relay, after
+a real Redis broker is stopped and started again (a private redis-server of the test)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from domain.payments import confirm_payment
+from models import OutboxMessage, TutoringSession, open_session
+from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.flower import free_port
+from tests.worker import celery_worker, wait_until
+
+pytestmark = pytest.mark.worker
+
+
+class PrivateRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def up() -> bool:
+            try:
+                return redis.Redis.from_url(self.url).ping()
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, 10, "redis-server did not start")
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process and server.process.poll() is None:
+            server.stop()
+
+
+def test_relay_publishes_a_lost_hand_off_once_the_broker_is_back(committed):
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        make_trainer(session, [course])
+        payment_id = make_payment(session, student, course).id
+
+    with private_redis() as broker:
+        env = {
+            "REDIS_URL": broker.url,
+            "CACHE_URL": broker.url,
+            "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "0",
+        }
+        with celery_worker(env=env, beat=True) as worker:
+            broker.stop()
+            # Committed, never published: the process died right after its commit.
+            with open_session() as session, session.begin():
+                confirm_payment(session, payment_id, "pp_lost", source="test")
+            worker.wait_for_log("Cannot connect to redis", timeout=30)
+            broker.start()
+
+            def fulfilled() -> bool:
+                with open_session() as session:
+                    return session.scalar(select(func.count()).select_from(TutoringSession)) == 7
+
+            wait_until(fulfilled, 90, "the relay never recovered the hand-off")
+
+    with open_session() as session:
+        message = session.scalars(select(OutboxMessage)).one()
+        assert message.published_at is not None
