@@ -60,8 +60,8 @@ def notify_students(events: list[tuple[int, dict[str, Any]]]) -> None:
         return
     try:
         pipe = cache_client().pipeline(transaction=False)
+        pipe.delete(*(key for student_id, _ in events for key in student_keys(student_id)))
         for student_id, event in events:
-            pipe.delete(*student_keys(student_id))
             pipe.publish(student_channel(student_id), json.dumps(event, default=str))
         pipe.execute()
         log.info("cache invalidate", extra={"students": len(events), "reason": "batch"})

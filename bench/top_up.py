@@ -1,0 +1,129 @@
+"""Session top-up over N active allocations (default 100,000): time and memory.
+
+Every allocation has 5 past and 2 future sessions, so each needs 5 more. Reference in
+the same run: one INSERT ... SELECT writing the same number of session rows — the floor
+for getting that many rows into tutoring_sessions.
+
+    python -m bench.top_up [--allocations 100000] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+import bench.common as common
+from domain import clock
+from models import get_engine
+from tasks.beat import run_top_up
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
+PER_TRAINER = 50
+
+SEED = """
+INSERT INTO courses (title) VALUES ('Bench course');
+INSERT INTO trainers (name, email, max_students, active_students)
+SELECT 'T' || t, 't' || t || '@bench.example', :per_trainer, :per_trainer
+FROM generate_series(1, :trainers) t;
+INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
+INSERT INTO students (name, email, timezone)
+SELECT 'S' || n, 's' || n || '@bench.example',
+       (ARRAY[{zones}])[1 + ((n - 1) / :per_trainer) % {zone_count}]
+FROM generate_series(1, :n) n;
+INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, currency, status,
+                      provider_payment_id, confirmed_at)
+SELECT n, 1, 30, time '06:00' + ((n - 1) % :per_trainer) * interval '15 minutes', 100, 'EUR',
+       'succeeded', 'pp' || n, now()
+FROM generate_series(1, :n) n;
+INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)
+SELECT id, student_id, course_id, tier, time_slot FROM payments;
+INSERT INTO trainer_allocations (purchase_id, student_id, course_id, trainer_id, time_slot,
+                                 sessions_total, status)
+SELECT p.id, p.student_id, p.course_id, 1 + (p.student_id - 1) / :per_trainer, p.time_slot,
+       30, 'active'
+FROM student_course_purchases p;
+-- 5 past and 2 future sessions each (Wed 18 .. Tue 24 Nov, Thu 26 .. Fri 27 Nov).
+INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
+                               scheduled_time, starts_at)
+SELECT a.id, a.student_id, a.trainer_id, d::date, a.time_slot,
+       (d::date + a.time_slot) AT TIME ZONE s.timezone
+FROM trainer_allocations a
+JOIN students s ON s.id = a.student_id
+CROSS JOIN unnest(ARRAY[date '2026-11-18', date '2026-11-19', date '2026-11-20',
+                        date '2026-11-23', date '2026-11-24',
+                        date '2026-11-26', date '2026-11-27']) d;
+ANALYZE;
+"""
+
+REFERENCE = """
+INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
+                               scheduled_time, starts_at)
+SELECT a.id, a.student_id, a.trainer_id, d::date, a.time_slot,
+       (d::date + a.time_slot) AT TIME ZONE s.timezone
+FROM trainer_allocations a
+JOIN students s ON s.id = a.student_id
+CROSS JOIN unnest(ARRAY[date '2027-03-01', date '2027-03-02', date '2027-03-03',
+                        date '2027-03-04', date '2027-03-05']) d
+"""
+
+
+def seed(allocations: int) -> None:
+    zones = ", ".join(f"'{z}'" for z in ZONES)
+    sql = SEED.format(zones=zones, zone_count=len(ZONES))
+    params = {"n": allocations, "per_trainer": PER_TRAINER,
+              "trainers": -(-allocations // PER_TRAINER)}  # fmt: skip
+    with get_engine().begin() as connection:
+        for statement in filter(str.strip, sql.split(";")):
+            connection.execute(text(statement), params)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--allocations", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+
+    common.fresh_database()
+    started = time.perf_counter()
+    seed(args.allocations)
+    print(f"seeded {args.allocations:,} allocations in {time.perf_counter() - started:.1f} s")
+
+    clock.travel_to(NOW)
+    # Memory: peak RSS of this process (tracemalloc would slow the run several-fold).
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    report = run_top_up(batch_size=args.batch)
+    elapsed = time.perf_counter() - started
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    with get_engine().begin() as connection:
+        started = time.perf_counter()
+        reference_rows = connection.execute(text(REFERENCE)).rowcount
+        reference = time.perf_counter() - started
+        connection.rollback()
+
+    print()
+    print(
+        common.table(
+            ["what", "allocations", "sessions written", "seconds", "rows/s"],
+            [
+                [f"top_up_sessions (batches of {args.batch})", f"{report.allocations_seen:,}",
+                 f"{report.sessions_created:,}", f"{elapsed:.1f}",
+                 f"{report.sessions_created / elapsed:,.0f}"],
+                ["reference: one INSERT ... SELECT", f"{args.allocations:,}",
+                 f"{reference_rows:,}", f"{reference:.1f}", f"{reference_rows / reference:,.0f}"],
+            ],
+        )
+    )  # fmt: skip
+    grew = (rss_after - rss_before) / 1024
+    print(f"\nratio top-up / reference: {elapsed / reference:.2f}x; "
+          f"peak RSS grew by {grew:.1f} MiB during the top-up")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
