@@ -53,11 +53,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_field(TimeSlot, "string", None)
     app.extensions["tutorflow_api"] = api
 
-    from app.views import admin, catalogue, health, payments, sessions, webhooks
+    from app.views import admin, catalogue, health, pages, payments, sessions, students, webhooks
 
-    for blueprint in (catalogue.blp, payments.blp, webhooks.blp, sessions.blp, admin.blp):
+    for blueprint in (
+        catalogue.blp,
+        payments.blp,
+        webhooks.blp,
+        students.blp,
+        sessions.blp,
+        admin.blp,
+    ):
         api.register_blueprint(blueprint, url_prefix=API_PREFIX)
     app.register_blueprint(health.blp)
+    app.register_blueprint(pages.blp)
 
     db.init_app(app)
     metrics.init_app(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import redis
 from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,10 +19,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from core.cache import read_model_stats
 from models import DeadLetter, DeadLetterStatus, OutboxMessage, open_session
 
 REQUEST_LATENCY = Histogram(
@@ -32,7 +34,7 @@ REQUEST_LATENCY = Histogram(
 )
 
 
-class DatabaseStateCollector(Collector):
+class SharedStateCollector(Collector):
     def collect(self):
         with open_session() as session:
             open_letters = session.scalar(
@@ -43,6 +45,7 @@ class DatabaseStateCollector(Collector):
                     func.extract("epoch", func.now() - func.min(OutboxMessage.created_at))
                 ).where(OutboxMessage.published_at.is_(None))
             )
+        yield from _read_model_metrics()
         yield GaugeMetricFamily(
             "tutorflow_dead_letters_open",
             "Dead letters waiting for an operator.",
@@ -55,13 +58,35 @@ class DatabaseStateCollector(Collector):
         )
 
 
+def _read_model_metrics():
+    try:
+        stats = read_model_stats()
+    except redis.RedisError:
+        return
+    total = CounterMetricFamily(
+        "tutorflow_read_model_cache", "Read-model cache lookups.", labels=["view", "result"]
+    )
+    ratio = GaugeMetricFamily(
+        "tutorflow_read_model_cache_hit_ratio",
+        "Hits / lookups since Redis started.",
+        labels=["view"],
+    )
+    for view, counts in stats.items():
+        for result, value in counts.items():
+            total.add_metric([view, result], value)
+        lookups = counts.get("hit", 0) + counts.get("miss", 0)
+        ratio.add_metric([view], counts.get("hit", 0) / lookups if lookups else 0.0)
+    yield total
+    yield ratio
+
+
 def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(REQUEST_LATENCY)
-    registry.register(DatabaseStateCollector())
+    registry.register(SharedStateCollector())
     return registry
 
 

@@ -259,3 +259,68 @@ class DeadLetterPage(Schema):
     page = fields.Integer()
     per_page = fields.Integer()
     total = fields.Integer()
+
+
+# --- students --------------------------------------------------------------------------
+
+
+class StudentBrief(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    timezone = fields.String()
+
+
+class UpcomingSessionOut(Schema):
+    id = fields.Integer()
+    date = fields.String(metadata={"format": "date"})
+    time = fields.String(metadata={"example": "17:30"})
+    starts_at = fields.String(metadata={"format": "date-time"})
+    course = fields.String()
+    trainer = fields.String()
+
+
+class StudentCourseOut(Schema):
+    course_id = fields.Integer()
+    title = fields.String()
+    payment_id = fields.String()
+    tier = fields.Integer()
+    time_slot = fields.String()
+    active = fields.Boolean()
+    status = fields.String()
+    trainer = fields.String(allow_none=True)
+    sessions_done = fields.Integer()
+    sessions_upcoming = fields.Integer()
+    sessions_remaining = fields.Integer()
+    next_session_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
+class HomeOut(Schema):
+    student = fields.Nested(StudentBrief)
+    upcoming_sessions = fields.List(fields.Nested(UpcomingSessionOut))
+    active_courses = fields.List(fields.Nested(StudentCourseOut))
+    generated_at = fields.String(metadata={"format": "date-time"})
+
+
+class LearningOut(Schema):
+    student_id = fields.Integer()
+    courses = fields.List(fields.Nested(StudentCourseOut))
+    generated_at = fields.String(metadata={"format": "date-time"})
+
+
+class RecentQuery(Schema):
+    # Query strings are text: these integers are parsed, not strict.
+    student_id = fields.Integer(required=True, validate=validate.Range(1, MAX_ID))
+    since = fields.Integer(load_default=0, validate=validate.Range(0, MAX_ID))
+
+
+class RecentEventOut(Schema):
+    id = fields.Integer()
+    type = fields.String()
+    payment_id = fields.String()
+    at = fields.String(metadata={"format": "date-time"})
+    payload = fields.Dict()
+
+
+class RecentOut(Schema):
+    events = fields.List(fields.Nested(RecentEventOut))
+    next_since = fields.Integer()

@@ -1,12 +1,17 @@
-"""Redis as cache and live-event bus: the student's read-model keys and pub/sub.
+"""Redis as cache and live-event bus: the student's read models and pub/sub.
 
-Every call here runs after the database commit it depends on (see models.session).
+Read models are cache-aside with a *version per student*. A reader notes the version
+before it reads the database and may store what it read only if the version has not
+moved since (a compare-and-set in Lua). Invalidation, which runs after the commit it
+depends on, bumps the version and deletes the entries in one MULTI. So a slow reader
+that loaded data from before a commit can never write it back over the invalidation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -15,7 +20,26 @@ from core.config import settings
 
 log = logging.getLogger(__name__)
 
+READ_MODEL_TTL = 300  # a fallback only: every change invalidates explicitly
+READ_MODELS = ("home", "learning")
+STATS_KEY = "stats:read_model"
+
 _client: redis.Redis | None = None
+
+# KEYS: entry, version, hit counter, miss counter → [entry or nil, version or nil]
+_LOOKUP = """
+local entry = redis.call('get', KEYS[1])
+if entry then redis.call('incr', KEYS[3]) else redis.call('incr', KEYS[4]) end
+return {entry, redis.call('get', KEYS[2])}
+"""
+# KEYS: entry, version; ARGV: version seen before the read, value, ttl → 1 if stored
+_FILL = """
+if (redis.call('get', KEYS[2]) or '0') == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+    return 1
+end
+return 0
+"""
 
 
 def cache_client() -> redis.Redis:
@@ -27,17 +51,63 @@ def cache_client() -> redis.Redis:
     return _client
 
 
-def student_keys(student_id: int) -> tuple[str, str]:
-    return f"student:home:{student_id}", f"student:learning:{student_id}"
+def read_model_key(kind: str, student_id: int) -> str:
+    return f"student:{kind}:{student_id}"
+
+
+def version_key(student_id: int) -> str:
+    return f"student:version:{student_id}"
+
+
+def student_keys(student_id: int) -> tuple[str, ...]:
+    return tuple(read_model_key(kind, student_id) for kind in READ_MODELS)
 
 
 def student_channel(student_id: int) -> str:
     return f"student:{student_id}:events"
 
 
+def cached_read_model(
+    kind: str, student_id: int, load: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The read model from the cache, or `load()`ed and stored if still current.
+
+    Returns (model, hit). If Redis is down the model is loaded from the database.
+    """
+    client = cache_client()
+    key, version = read_model_key(kind, student_id), version_key(student_id)
+    try:
+        entry, seen = client.eval(
+            _LOOKUP, 4, key, version, f"{STATS_KEY}:{kind}:hit", f"{STATS_KEY}:{kind}:miss"
+        )
+    except redis.RedisError:
+        log.warning("cache unavailable, reading the database", exc_info=True)
+        return load(), False
+    if entry is not None:
+        log.debug("cache hit", extra={"student_id": student_id, "view": kind})
+        return json.loads(entry), True
+    log.info("cache miss", extra={"student_id": student_id, "view": kind})
+    model = load()
+    try:
+        stored = client.eval(
+            _FILL, 2, key, version, (seen or b"0").decode(), json.dumps(model, default=str),
+            READ_MODEL_TTL,
+        )  # fmt: skip
+    except redis.RedisError:
+        return model, False
+    log.info(
+        "cache fill" if stored else "cache fill skipped: invalidated meanwhile",
+        extra={"student_id": student_id, "view": kind},
+    )
+    return model, False
+
+
 def invalidate_student(student_id: int, reason: str) -> None:
-    """Drop the student's read models; raises if Redis is unreachable."""
-    cache_client().delete(*student_keys(student_id))
+    """Bump the student's version and drop the entries; raises if Redis is unreachable."""
+    pipe = cache_client().pipeline(transaction=True)
+    pipe.incr(version_key(student_id))
+    pipe.delete(*student_keys(student_id))
+    pipe.execute()
     log.info("cache invalidate", extra={"student_id": student_id, "reason": reason})
 
 
@@ -59,11 +129,26 @@ def notify_students(events: list[tuple[int, dict[str, Any]]]) -> None:
     if not events:
         return
     try:
-        pipe = cache_client().pipeline(transaction=False)
-        pipe.delete(*(key for student_id, _ in events for key in student_keys(student_id)))
+        pipe = cache_client().pipeline(transaction=True)
+        students = {student_id for student_id, _ in events}
+        for student_id in students:
+            pipe.incr(version_key(student_id))
+        pipe.delete(*(key for student_id in students for key in student_keys(student_id)))
         for student_id, event in events:
             pipe.publish(student_channel(student_id), json.dumps(event, default=str))
         pipe.execute()
-        log.info("cache invalidate", extra={"students": len(events), "reason": "batch"})
+        log.info("cache invalidate", extra={"students": len(students), "reason": "batch"})
     except redis.RedisError:
         log.warning("batch student notification failed", exc_info=True)
+
+
+def read_model_stats() -> dict[str, dict[str, int]]:
+    """Hit and miss counts per read model, shared by every API process."""
+    client = cache_client()
+    names = [f"{STATS_KEY}:{kind}:{result}" for kind in READ_MODELS for result in ("hit", "miss")]
+    values = client.mget(names)
+    stats: dict[str, dict[str, int]] = {kind: {} for kind in READ_MODELS}
+    for name, value in zip(names, values, strict=True):
+        _, _, kind, result = name.split(":")
+        stats[kind][result] = int(value or 0)
+    return stats

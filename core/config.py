@@ -47,6 +47,10 @@ class Settings:
     outbox_relay_grace_seconds: float
     outbox_retention_days: float
     inbox_retention_days: float
+    # Server-Sent Event streams one API process serves at once, and for how long each
+    # stays open: streams never hold more than these threads (see app/views/students.py).
+    stream_slots_per_process: int
+    stream_seconds: float
     log_level: str
     log_json: bool
 
@@ -76,6 +80,8 @@ class Settings:
             outbox_relay_grace_seconds=_float("OUTBOX_RELAY_GRACE_SECONDS", 10),
             outbox_retention_days=_float("OUTBOX_RETENTION_DAYS", 7),
             inbox_retention_days=_float("INBOX_RETENTION_DAYS", 30),
+            stream_slots_per_process=_int("STREAM_SLOTS_PER_PROCESS", 2),
+            stream_seconds=_float("STREAM_SECONDS", 55),
             log_level=_env("LOG_LEVEL", "INFO"),
             log_json=_env("LOG_JSON", "1") not in ("0", "false", "no"),
         )

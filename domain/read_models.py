@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
 from domain.errors import NotFound
 from models import (
     Allocation,
+    Course,
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
@@ -19,6 +20,7 @@ from models import (
     PaymentStatus,
     Purchase,
     SessionStatus,
+    Student,
     Trainer,
     TutoringSession,
 )
@@ -147,3 +149,153 @@ def get_dead_letter(session: Session, letter_id: int) -> DeadLetter:
     if letter is None:
         raise NotFound("dead_letter_not_found", "No dead letter has this id.", id=letter_id)
     return letter
+
+
+UPCOMING_ON_HOME = 10
+
+
+def get_student(session: Session, student_id: int) -> Student:
+    student = session.get(Student, student_id)
+    if student is None:
+        raise NotFound("student_not_found", "No student has this id.", id=student_id)
+    return student
+
+
+def _session_counts(session: Session, allocation_ids: list[int], now) -> dict[int, dict]:
+    if not allocation_ids:
+        return {}
+    done = or_(
+        TutoringSession.status == SessionStatus.COMPLETED,
+        and_(TutoringSession.status == SessionStatus.SCHEDULED, TutoringSession.starts_at <= now),
+    )
+    upcoming = and_(
+        TutoringSession.status == SessionStatus.SCHEDULED, TutoringSession.starts_at > now
+    )
+    rows = session.execute(
+        select(
+            TutoringSession.allocation_id,
+            func.count().filter(done),
+            func.count().filter(upcoming),
+            func.min(TutoringSession.starts_at).filter(upcoming),
+        )
+        .where(TutoringSession.allocation_id.in_(allocation_ids))
+        .group_by(TutoringSession.allocation_id)
+    )
+    return {a: {"done": d, "upcoming": u, "next": n} for a, d, u, n in rows}
+
+
+def _courses(session: Session, student_id: int, now, *, active_only: bool) -> list[dict]:
+    query = (
+        select(Purchase, Course.title, Allocation, Trainer.name)
+        .join(Course, Course.id == Purchase.course_id)
+        .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
+        .outerjoin(Trainer, Trainer.id == Allocation.trainer_id)
+        .where(Purchase.student_id == student_id)
+        .order_by(Purchase.id)
+    )
+    if active_only:
+        query = query.where(Purchase.is_active)
+    rows = session.execute(query).all()
+    counts = _session_counts(session, [a.id for _, _, a, _ in rows if a is not None], now)
+    courses = []
+    for purchase, title, allocation, trainer_name in rows:
+        numbers = counts.get(allocation.id if allocation else -1, {})
+        done = numbers.get("done", 0)
+        courses.append(
+            {
+                "course_id": purchase.course_id,
+                "title": title,
+                "payment_id": str(purchase.payment_id),
+                "tier": purchase.tier,
+                "time_slot": purchase.time_slot.strftime("%H:%M"),
+                "active": purchase.is_active,
+                "status": allocation.status if allocation else "awaiting_trainer",
+                "trainer": trainer_name,
+                "sessions_done": done,
+                "sessions_upcoming": numbers.get("upcoming", 0),
+                "sessions_remaining": purchase.tier - done,
+                "next_session_at": numbers.get("next"),
+            }
+        )
+    return courses
+
+
+def student_home(session: Session, student_id: int, *, now) -> dict[str, Any]:
+    """Overview, upcoming sessions with trainer and course, active courses."""
+    student = get_student(session, student_id)
+    upcoming = session.execute(
+        select(
+            TutoringSession.id,
+            TutoringSession.scheduled_date,
+            TutoringSession.scheduled_time,
+            TutoringSession.starts_at,
+            Course.title,
+            Trainer.name,
+        )
+        .join(Allocation, Allocation.id == TutoringSession.allocation_id)
+        .join(Course, Course.id == Allocation.course_id)
+        .join(Trainer, Trainer.id == TutoringSession.trainer_id)
+        .where(
+            TutoringSession.student_id == student_id,
+            TutoringSession.status == SessionStatus.SCHEDULED,
+            TutoringSession.starts_at > now,
+        )
+        .order_by(TutoringSession.starts_at)
+        .limit(UPCOMING_ON_HOME)
+    ).all()
+    courses = _courses(session, student_id, now, active_only=True)
+    return {
+        "student": {"id": student.id, "name": student.name, "timezone": student.timezone},
+        "upcoming_sessions": [
+            {
+                "id": row.id,
+                "date": row.scheduled_date.isoformat(),
+                "time": row.scheduled_time.strftime("%H:%M"),
+                "starts_at": row.starts_at.isoformat(),
+                "course": row.title,
+                "trainer": row.name,
+            }
+            for row in upcoming
+        ],
+        "active_courses": courses,
+        "generated_at": now.isoformat(),
+    }
+
+
+def student_learning(session: Session, student_id: int, *, now) -> dict[str, Any]:
+    """Per course: tier, sessions done and remaining, next session."""
+    get_student(session, student_id)
+    courses = _courses(session, student_id, now, active_only=False)
+    for course in courses:
+        if course["next_session_at"] is not None:
+            course["next_session_at"] = course["next_session_at"].isoformat()
+    return {"student_id": student_id, "courses": courses, "generated_at": now.isoformat()}
+
+
+RECENT_LIMIT = 100
+
+
+def recent_events(
+    session: Session, student_id: int, *, since: int, limit: int = RECENT_LIMIT
+) -> dict[str, Any]:
+    """Events after the cursor `since` (an event id), oldest first: the polling fallback."""
+    get_student(session, student_id)
+    events = session.scalars(
+        select(DomainEvent)
+        .where(DomainEvent.student_id == student_id, DomainEvent.id > since)
+        .order_by(DomainEvent.id)
+        .limit(limit)
+    ).all()
+    return {
+        "events": [
+            {
+                "id": e.id,
+                "type": e.event_type,
+                "payment_id": str(e.correlation_id),
+                "at": e.occurred_at.isoformat(),
+                "payload": e.payload,
+            }
+            for e in events
+        ],
+        "next_since": events[-1].id if events else since,
+    }

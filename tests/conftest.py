@@ -60,6 +60,7 @@ def redis_client() -> redis.Redis:
 
 @pytest.fixture
 def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connection]:
+    redis_client.flushdb()  # cached read models are keyed by ids that tests reuse
     connection = engine.connect()
     outer = connection.begin()
     SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")

@@ -1,0 +1,94 @@
+"""Student read models (cached), live updates (SSE) and the polling fallback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response
+from flask_smorest import Blueprint
+
+from app.db import db
+from app.errors import ApiError
+from app.schemas import HomeOut, LearningOut, RecentOut, RecentQuery
+from core.cache import cache_client, cached_read_model, student_channel
+from core.config import settings
+from domain.clock import utcnow
+from domain.read_models import get_student, recent_events, student_home, student_learning
+
+blp = Blueprint("students", __name__, description="Student home screen and live updates.")
+ID = "<int(max=9223372036854775807):student_id>"
+KEEP_ALIVE_SECONDS = 15
+
+# Streams hold a request thread each: never more than this many per process, so the
+# other threads keep serving requests. A client turned away falls back to polling.
+_stream_slots = threading.BoundedSemaphore(settings.stream_slots_per_process)
+
+
+def _cached(kind: str, student_id: int, loader) -> tuple[dict[str, Any], int, dict[str, str]]:
+    model, hit = cached_read_model(kind, student_id, lambda: loader(db(), student_id, now=utcnow()))
+    return model, 200, {"X-Cache": "hit" if hit else "miss"}
+
+
+@blp.route(f"/students/{ID}/home", methods=["GET"])
+@blp.response(200, HomeOut)
+@blp.alt_response(404, schema="Error")
+def home(student_id: int):
+    return _cached("home", student_id, student_home)
+
+
+@blp.route(f"/students/{ID}/learning", methods=["GET"])
+@blp.response(200, LearningOut)
+@blp.alt_response(404, schema="Error")
+def learning(student_id: int):
+    return _cached("learning", student_id, student_learning)
+
+
+@blp.route("/events/recent", methods=["GET"])
+@blp.arguments(RecentQuery, location="query")
+@blp.response(200, RecentOut)
+@blp.alt_response(404, schema="Error")
+def recent(query: dict[str, Any]):
+    return recent_events(db(), query["student_id"], since=query["since"])
+
+
+@blp.route(f"/students/{ID}/events/stream", methods=["GET"])
+@blp.alt_response(200, description="Server-Sent Events: one `update` per domain event.")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(503, schema="Error")
+def stream(student_id: int):
+    get_student(db(), student_id)  # 404 before a slot is taken
+    if not _stream_slots.acquire(blocking=False):
+        raise ApiError(503, "streams_full", "No stream slot free; poll /events/recent.")
+    try:
+        pubsub = cache_client().pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(student_channel(student_id))
+    except Exception:
+        _stream_slots.release()
+        raise
+    return Response(
+        _events(pubsub),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _events(pubsub) -> Iterator[str]:
+    try:
+        yield "retry: 2000\n: connected\n\n"
+        deadline = time.monotonic() + settings.stream_seconds
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None:
+                yield f"event: update\ndata: {message['data'].decode()}\n\n"
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEP_ALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
+        # The browser's EventSource reconnects by itself after `retry`.
+    finally:
+        pubsub.close()
+        _stream_slots.release()
