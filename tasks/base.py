@@ -90,10 +90,11 @@ class PipelineTask(Task):
         return super().retry(*args, **options)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
-        log.warning(
-            "step failed, will retry",
-            extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
-        )
+        with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
+            log.warning(
+                "step failed, will retry",
+                extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
+            )
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
         if not self.dead_letter_on_failure:
@@ -101,11 +102,12 @@ class PipelineTask(Task):
             return
         from tasks.dead_letters import park  # the dead-letter task imports this module
 
-        park(
-            task=self,
-            exc=exc,
-            traceback=str(einfo),
-            args=list(args),
-            kwargs=dict(kwargs),
-            first_failed_at=getattr(self.request, FIRST_FAILED_AT, None),
-        )
+        with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
+            park(
+                task=self,
+                exc=exc,
+                traceback=str(einfo),
+                args=list(args),
+                kwargs=dict(kwargs),
+                first_failed_at=getattr(self.request, FIRST_FAILED_AT, None),
+            )
