@@ -18,13 +18,14 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 2,
 }
-# The API publishes after commit; if Redis is down it gives up quickly and leaves the
-# outbox row to the relay instead of holding the request.
+# Workers publish the next link of a chain before acking the current one: they wait
+# out a broker restart (about 15 s) rather than fail a step whose work is committed.
+# The API passes a short policy of its own (tasks.handoff.API_PUBLISH_RETRY).
 task_publish_retry_policy = {
-    "max_retries": 2,
+    "max_retries": 10,
     "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 2,
 }
 
 # Nobody reads task results: chains pass values along in messages.
@@ -74,6 +75,10 @@ beat_schedule = {
         "schedule": settings.outbox_relay_interval_seconds,
         # If workers are down, don't pile up relays: the next one covers it.
         "options": {"expires": max(1.0, settings.outbox_relay_interval_seconds * 2)},
+    },
+    "resume-stalled-pipelines": {
+        "task": "tutorflow.beat.resume_stalled_pipelines",
+        "schedule": max(1.0, settings.pipeline_stall_seconds / 4),
     },
     "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
 }

@@ -11,6 +11,9 @@ threads = int(os.environ.get("API_THREADS", "4"))
 timeout = 30
 graceful_timeout = 10
 accesslog = None  # request lines come from the app's structured log
+# gunicorn's control socket has one default path per user; several API processes on
+# one host (scaling out, tests, benchmarks) would fight over it, and nothing uses it.
+control_socket_disable = True
 
 # Prometheus: every worker writes its samples here; /metrics sums them.
 _metrics_dir = os.environ.setdefault(

@@ -37,6 +37,11 @@ class Settings:
     retry_backoff: int
     retry_backoff_max: int
     task_time_limit: int
+    retry_jitter: bool
+    # Fault tests only: the named step pauses this long inside its transaction, once per
+    # payment, so a test can SIGKILL it mid-step. Empty in every real deployment.
+    fault_pause_step: str
+    fault_pause_seconds: float
     # Rolling session window.
     session_window: int
     top_up_threshold: int
@@ -46,6 +51,9 @@ class Settings:
     # An outbox row younger than this is left to the API's own post-commit publish.
     outbox_relay_grace_seconds: float
     outbox_retention_days: float
+    # A confirmed payment whose pipeline has not finished (and is not dead-lettered)
+    # after this long is published again: it covers a chain link lost with the broker.
+    pipeline_stall_seconds: float
     inbox_retention_days: float
     # Server-Sent Event streams one API process serves at once, and for how long each
     # stays open: streams never hold more than these threads (see app/views/students.py).
@@ -72,6 +80,9 @@ class Settings:
             retry_backoff=_int("CELERY_RETRY_BACKOFF", 2),
             retry_backoff_max=_int("CELERY_RETRY_BACKOFF_MAX", 60),
             task_time_limit=_int("CELERY_TASK_TIME_LIMIT", 120),
+            retry_jitter=_env("CELERY_RETRY_JITTER", "1") not in ("0", "false", "no"),
+            fault_pause_step=_env("FAULT_PAUSE_STEP", ""),
+            fault_pause_seconds=_float("FAULT_PAUSE_SECONDS", 0),
             session_window=_int("SESSION_WINDOW", 7),
             top_up_threshold=_int("TOP_UP_THRESHOLD", 3),
             top_up_interval_seconds=_float("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
@@ -79,6 +90,7 @@ class Settings:
             outbox_relay_interval_seconds=_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
             outbox_relay_grace_seconds=_float("OUTBOX_RELAY_GRACE_SECONDS", 10),
             outbox_retention_days=_float("OUTBOX_RETENTION_DAYS", 7),
+            pipeline_stall_seconds=_float("PIPELINE_STALL_SECONDS", 600),
             inbox_retention_days=_float("INBOX_RETENTION_DAYS", 30),
             stream_slots_per_process=_int("STREAM_SLOTS_PER_PROCESS", 2),
             stream_seconds=_float("STREAM_SECONDS", 55),

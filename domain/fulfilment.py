@@ -8,9 +8,9 @@ for the same input, it returns what the first call created.
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,9 @@ from models import (
     HOLDING_STATUSES,
     Allocation,
     AllocationStatus,
+    DeadLetter,
+    DeadLetterStatus,
+    DomainEvent,
     Payment,
     PaymentStatus,
     Purchase,
@@ -240,3 +243,51 @@ def schedule_sessions(
             },
         )
     return created
+
+
+def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit: int) -> list:
+    """Confirmed payments whose chain has not reached its schedule after `stall`, with no
+    open dead letter (an operator owns those) and not resumed within `stall` either."""
+    resumed_recently = (
+        select(DomainEvent.id)
+        .where(
+            DomainEvent.correlation_id == Payment.id,
+            DomainEvent.event_type == EventType.PIPELINE_RESUMED,
+            DomainEvent.occurred_at > now - stall,
+        )
+        .exists()
+    )
+    parked = (
+        select(DeadLetter.id)
+        .where(
+            DeadLetter.correlation_id == cast(Payment.id, String),
+            DeadLetter.status == DeadLetterStatus.OPEN,
+        )
+        .exists()
+    )
+    return list(
+        session.execute(
+            select(Payment.id, Payment.student_id)
+            .outerjoin(Purchase, Purchase.payment_id == Payment.id)
+            .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
+            .where(
+                Payment.status == PaymentStatus.SUCCEEDED,
+                Payment.confirmed_at < now - stall,
+                or_(Purchase.id.is_(None), Allocation.id.is_(None),
+                    Allocation.status == AllocationStatus.APPROVED),
+                ~parked,
+                ~resumed_recently,
+            )
+            .order_by(Payment.confirmed_at)
+            .limit(limit)
+        )
+    )  # fmt: skip
+
+
+def mark_resumed(session: Session, payment_id: uuid.UUID, student_id: int) -> None:
+    record_event(
+        session,
+        correlation_id=payment_id,
+        student_id=student_id,
+        event_type=EventType.PIPELINE_RESUMED,
+    )

@@ -9,6 +9,8 @@ and jitter, and — once retries are spent or the error is permanent — the dea
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -18,6 +20,7 @@ from celery import Task
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from core.cache import cache_client
 from core.config import settings
 from core.logs import log_context
 from domain.clock import utcnow
@@ -41,12 +44,19 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 FIRST_FAILED_AT = "x_first_failed_at"
 
 
+def _pause_once_for_fault_test(step: str, correlation_id: str) -> None:
+    """Hold the open transaction so a fault test can kill this process mid-step."""
+    if cache_client().set(f"fault:paused:{step}:{correlation_id}", 1, nx=True, ex=600):
+        log.warning("fault pause pid=%s step=%s", os.getpid(), step)
+        time.sleep(settings.fault_pause_seconds)
+
+
 class PipelineTask(Task):
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = settings.retry_backoff
     retry_backoff_max = settings.retry_backoff_max
-    retry_jitter = True
+    retry_jitter = settings.retry_jitter
     # Used only when retry_backoff is 0 (tests): retry at once.
     default_retry_delay = 0
     # The event this step consumes: names its inbox rows. None: no inbox (no DB effect).
@@ -79,7 +89,9 @@ class PipelineTask(Task):
             result = effect(session)
             if claim is not None:
                 inbox.store_result(session, claim, result)
-            # Committed: the after-commit callbacks (cache, live events) have run.
+            if settings.fault_pause_step == self.name:
+                _pause_once_for_fault_test(self.name, correlation_id)
+        # Committed: the after-commit callbacks (cache, live events) have run.
         log.info("step done", extra={"result": result})
         return result
 

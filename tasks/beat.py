@@ -10,22 +10,36 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from core.config import settings
+from domain import fulfilment
 from domain.clock import utcnow
 from domain.top_up import TopUpReport, top_up_batch
-from models import OutboxMessage, ProcessedEvent, WebhookEvent, get_engine, open_session
+from models import (
+    OutboxMessage,
+    ProcessedEvent,
+    WebhookEvent,
+    after_commit,
+    get_engine,
+    open_session,
+)
 from tasks.celery_app import celery_app
-from tasks.handoff import PUBLISHERS
+from tasks.handoff import PUBLISHERS, start_pipeline
 
 log = logging.getLogger(__name__)
 
 # Stable keys for pg_try_advisory_lock (any bigint; these spell the job names).
-LOCK_KEYS = {"top_up_sessions": 0x7475746F7570, "relay_outbox": 0x72656C6179, "prune": 0x7072756E65}
+LOCK_KEYS = {
+    "top_up_sessions": 0x7475746F7570,
+    "relay_outbox": 0x72656C6179,
+    "resume_stalled": 0x726573756D65,
+    "prune": 0x7072756E65,
+}
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
 
@@ -126,6 +140,29 @@ def relay_outbox() -> dict[str, int]:
     if published or failed:
         log.info("outbox relay", extra={"published": published, "failed": failed})
     return {"published": published, "failed": failed}
+
+
+@job(name="tutorflow.beat.resume_stalled_pipelines")
+def resume_stalled_pipelines() -> dict[str, int]:
+    """Publish again the chain of any payment stuck half-way (a link lost with the
+    broker, a message dropped): every step returns its stored result, so only the
+    missing work is done. Payments with an open dead letter are left to operators."""
+    resumed = 0
+    with exclusive("resume_stalled") as mine:
+        if not mine:
+            return {"skipped": 1}
+        with open_session() as session, session.begin():
+            stalled = fulfilment.stalled_payments(
+                session, now=utcnow(), stall=timedelta(seconds=settings.pipeline_stall_seconds),
+                limit=RELAY_BATCH,
+            )  # fmt: skip
+            for payment_id, student_id in stalled:
+                fulfilment.mark_resumed(session, payment_id, student_id)
+                after_commit(session, partial(start_pipeline, {"payment_id": str(payment_id)}))
+                resumed += 1
+    if resumed:
+        log.warning("resumed stalled pipelines", extra={"count": resumed})
+    return {"resumed": resumed}
 
 
 @job(name="tutorflow.beat.prune_retention")

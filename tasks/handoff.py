@@ -25,18 +25,33 @@ from tasks.pipeline import fulfilment_chain
 log = logging.getLogger(__name__)
 
 
-def _start_pipeline(payload: dict[str, Any]) -> None:
-    fulfilment_chain(payload["payment_id"]).apply_async()
+# A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
+# row to the relay (the API has already committed and answers 202).
+API_PUBLISH_RETRY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+
+def start_pipeline(payload: dict[str, Any]) -> None:
+    fulfilment_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
 
 
 def _replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
     task = celery_app.tasks[payload["task_name"]]
-    task.apply_async(args=payload["args"], kwargs=payload["kwargs"], chain=payload["chain"])
+    task.apply_async(
+        args=payload["args"],
+        kwargs=payload["kwargs"],
+        chain=payload["chain"],
+        retry_policy=API_PUBLISH_RETRY,
+    )
 
 
 PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
-    START_PIPELINE: _start_pipeline,
+    START_PIPELINE: start_pipeline,
     REPLAY_DEAD_LETTER: _replay_dead_letter,
 }
 

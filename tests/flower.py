@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import requests
 
+from tests.services import free_port
 from tests.worker import ROOT, wait_until
 
 AUTH = ("ops", "secret")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from domain import fulfilment
 from domain.payments import has_active_course
 from domain.top_up import TopUpReport, top_up_batch
 from models import (
+    Allocation,
     OutboxMessage,
     ProcessedEvent,
     Purchase,
@@ -258,3 +259,36 @@ def _url() -> str:
     from core.config import settings
 
     return settings.redis_url
+
+
+def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, clock):
+    from tasks.beat import resume_stalled_pipelines
+
+    course = make_course(db_session)
+    make_trainer(db_session, [course])
+    stalled = make_payment(db_session, make_student(db_session), course, confirmed=True)
+    fulfilment.create_purchase(db_session, stalled.id)  # then the chain's next link was lost
+    parked = make_payment(db_session, make_student(db_session), course, slot=time(9, 0),
+                          confirmed=True)  # fmt: skip
+    from tests.factories import make_dead_letter
+
+    make_dead_letter(db_session, correlation_id=str(parked.id))
+    fresh = make_payment(db_session, make_student(db_session), course, slot=time(10, 0))
+    db_session.flush()
+
+    clock(utcnow_plus(minutes=11))
+    assert resume_stalled_pipelines.run() == {"resumed": 1}
+    assert len(future(db_session, _allocation_of(db_session, stalled.id), utcnow_plus())) == 7
+    assert resume_stalled_pipelines.run() == {"resumed": 0}  # done, and resumed recently
+    assert fresh.status == "pending"
+
+
+def utcnow_plus(**delta) -> datetime:
+    return datetime.now(UTC) + timedelta(**delta)
+
+
+def _allocation_of(session, payment_id) -> int:
+    return session.scalar(
+        select(Allocation.id).join(Purchase, Purchase.id == Allocation.purchase_id)
+        .where(Purchase.payment_id == payment_id)
+    )  # fmt: skip

@@ -3,59 +3,16 @@ a real Redis broker is stopped and started again (a private redis-server of the 
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from domain.payments import confirm_payment
 from models import OutboxMessage, TutoringSession, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.flower import free_port
+from tests.services import private_redis
 from tests.worker import celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-
-        def up() -> bool:
-            try:
-                return redis.Redis.from_url(self.url).ping()
-            except redis.ConnectionError:
-                return False
-
-        wait_until(up, 10, "redis-server did not start")
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process and server.process.poll() is None:
-            server.stop()
 
 
 def test_relay_publishes_a_lost_hand_off_once_the_broker_is_back(committed):

@@ -1,0 +1,233 @@
+"""Invariants 1, 2 and 5 under real faults: pool children and whole workers SIGKILLed
+mid-step, the broker stopped and restarted, PostgreSQL restarted mid-pipeline.
+
+Every process here is started by the test and killed by its pid; the machine's shared
+PostgreSQL and Redis are never stopped (private ones are started where a test must)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+from sqlalchemy import create_engine, func, select, text
+
+from domain.payments import confirm_payment
+from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession, open_session
+from tasks.handoff import publish_after_commit
+from tests.conftest import ADMIN
+from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.services import api_server, private_postgres, private_redis
+from tests.worker import ROOT, celery_worker, wait_until
+
+pytestmark = pytest.mark.worker
+STEPS = [
+    "tutorflow.pipeline.create_purchase",
+    "tutorflow.pipeline.allocate_trainer",
+    "tutorflow.pipeline.schedule_sessions",
+]
+
+
+def seed_payment() -> tuple[uuid.UUID, int]:
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        trainer = make_trainer(session, [course])
+        return make_payment(session, student, course).id, trainer.id
+
+
+def confirm_and_publish(payment_id: uuid.UUID) -> None:
+    with open_session() as session, session.begin():
+        outbox = confirm_payment(session, payment_id, f"pp_{payment_id}", source="test").outbox
+        publish_after_commit(session, outbox)
+
+
+def sessions_count() -> int:
+    with open_session() as session:
+        return session.scalar(select(func.count()).select_from(TutoringSession))
+
+
+def pipeline_report() -> dict[str, object]:
+    """Where each payment stands: printed when a fault test times out."""
+    with open_session() as session:
+        rows = session.execute(
+            text(
+                "SELECT p.status, pu.id IS NOT NULL, a.status, "
+                "(SELECT count(*) FROM tutoring_sessions t WHERE t.allocation_id = a.id), "
+                "(SELECT count(*) FROM dead_letters d WHERE d.correlation_id = p.id::text), "
+                "(SELECT count(*) FROM domain_events e WHERE e.correlation_id = p.id "
+                " AND e.event_type = 'PIPELINE_RESUMED'), o.published_at IS NOT NULL "
+                "FROM payments p LEFT JOIN student_course_purchases pu ON pu.payment_id = p.id "
+                "LEFT JOIN trainer_allocations a ON a.purchase_id = pu.id "
+                "LEFT JOIN outbox o ON o.correlation_id = p.id"
+            )
+        ).all()
+    summary: dict[str, int] = {}
+    for row in rows:
+        key = "status={} purchase={} allocation={} sessions={} letters={} resumed={} out={}".format(
+            *row
+        )
+        summary[key] = summary.get(key, 0) + 1
+    return summary
+
+
+def wait_for_sessions(total: int, timeout: float) -> None:
+    try:
+        wait_until(lambda: sessions_count() == total, timeout, "payments were lost")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {pipeline_report()}") from None
+
+
+def assert_fulfilled_exactly_once(trainer_id: int) -> None:
+    with open_session() as session:
+        counts = [
+            session.scalar(select(func.count()).select_from(model))
+            for model in (Purchase, Allocation, TutoringSession, ProcessedEvent)
+        ]
+        assert counts == [1, 1, 7, 3]
+        assert session.get_one(Trainer, trainer_id).active_students == 1
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.rsplit(".", 1)[1])
+def test_a_pool_child_killed_mid_step_is_redone_exactly_once(committed, step):
+    payment_id, trainer_id = seed_payment()
+    env = {"FAULT_PAUSE_STEP": step, "FAULT_PAUSE_SECONDS": "60"}
+    with celery_worker(env=env) as worker:
+        confirm_and_publish(payment_id)
+        worker.wait_for_log("fault pause pid=", timeout=30)
+        pid = int(re.search(r"fault pause pid=(\d+)", worker.log()).group(1))
+        os.kill(pid, signal.SIGKILL)  # the child dies with its transaction open
+        wait_until(lambda: sessions_count() == 7, 60, "the step was not redone")
+        assert "WorkerLostError" in worker.log() or "exited with" in worker.log()
+    assert_fulfilled_exactly_once(trainer_id)
+
+
+def test_a_whole_worker_killed_mid_step_recovers_after_the_visibility_timeout(committed):
+    payment_id, trainer_id = seed_payment()
+    pause = {"FAULT_PAUSE_STEP": STEPS[2], "FAULT_PAUSE_SECONDS": "60"}
+    with celery_worker(env=pause) as worker:
+        confirm_and_publish(payment_id)
+        worker.wait_for_log("fault pause pid=", timeout=30)
+        worker.kill()  # SIGKILL main process and pool: nobody acks or requeues
+    assert sessions_count() == 0
+    started = time.monotonic()
+    # The new worker restores the unacked message once it is older than its
+    # visibility timeout (shortened here from the production 300 s).
+    with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3"}):
+        wait_until(lambda: sessions_count() == 7, 60, "the message was never redelivered")
+    print(f"\nrecovered {time.monotonic() - started:.1f} s after the restart")
+    assert_fulfilled_exactly_once(trainer_id)
+
+
+def _seed_over_http(api: str, payments: int) -> list[str]:
+    course = requests.post(f"{api}/api/v1/courses", json={"title": "Fault"}, headers=ADMIN,
+                           timeout=10).json()  # fmt: skip
+    requests.post(
+        f"{api}/api/v1/trainers",
+        json={"name": "T", "email": f"t{uuid.uuid4().hex}@x.io", "max_students": 100,
+              "course_ids": [course["id"]]},
+        headers=ADMIN, timeout=10,
+    )  # fmt: skip
+    ids = []
+    for n in range(payments):
+        student = requests.post(
+            f"{api}/api/v1/students",
+            json={"name": f"S{n}", "email": f"s{n}-{uuid.uuid4().hex}@x.io", "timezone": "UTC"},
+            headers=ADMIN, timeout=10,
+        ).json()  # fmt: skip
+        payment = requests.post(
+            f"{api}/api/v1/payments",
+            json={"student_id": student["id"], "course_id": course["id"], "tier": 10,
+                  "time_slot": f"{6 + n // 4:02d}:{15 * (n % 4):02d}", "amount_cents": 100,
+                  "currency": "EUR"},
+            timeout=10,
+        ).json()  # fmt: skip
+        ids.append(payment["id"])
+    return ids
+
+
+def _confirm(api: str, payment_id: str) -> int:
+    return requests.post(
+        f"{api}/api/v1/payments/{payment_id}/confirm",
+        json={"provider_payment_id": f"pp_{payment_id}"},
+        timeout=10,
+    ).status_code
+
+
+def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
+    with private_redis() as broker:
+        env = {"REDIS_URL": broker.url, "CACHE_URL": broker.url,
+               "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "0"}  # fmt: skip
+        with api_server(env) as api:
+            payment_ids = _seed_over_http(api.base, 5)
+            broker.stop()
+            assert [_confirm(api.base, p) for p in payment_ids] == [202] * 5
+            assert requests.get(f"{api.base}/readyz", timeout=10).status_code == 503
+            broker.start()
+            assert requests.get(f"{api.base}/readyz", timeout=10).status_code == 200
+            with celery_worker(env=env, beat=True):
+                wait_for_sessions(35, 90)
+    with open_session() as session:
+        assert session.scalar(select(func.count()).select_from(Purchase)) == 5
+        assert session.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
+
+
+def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
+    with private_redis(aof=True) as broker:
+        env = {"REDIS_URL": broker.url, "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "5",
+               "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "2",
+               "PIPELINE_STALL_SECONDS": "8"}  # fmt: skip
+        with api_server(env) as api, celery_worker(env=env, beat=True):
+            payment_ids = _seed_over_http(api.base, 20)
+            for n, payment_id in enumerate(payment_ids):
+                if n == 10:
+                    broker.restart()  # messages queued and unacked survive in the AOF
+                assert _confirm(api.base, payment_id) == 202
+            # Queued and unacked messages survive in the AOF; a chain link whose publish
+            # failed while Redis was down is resumed by the stalled-pipeline sweep.
+            wait_for_sessions(140, 120)
+    with open_session() as session:
+        assert session.scalar(select(func.count()).select_from(Allocation)) == 20
+        duplicates = session.scalar(
+            text("SELECT count(*) FROM (SELECT allocation_id, scheduled_date FROM "
+                 "tutoring_sessions GROUP BY 1, 2 HAVING count(*) > 1) d")
+        )  # fmt: skip
+        assert duplicates == 0
+
+
+def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
+    with private_postgres() as database:
+        env = {"DATABASE_URL": database.url, "CELERY_RETRY_BACKOFF": "1",
+               "CELERY_RETRY_JITTER": "0", "FAULT_PAUSE_STEP": STEPS[1],
+               "FAULT_PAUSE_SECONDS": "3"}  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
+            cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True,
+        )  # fmt: skip
+        with api_server(env) as api, celery_worker(env=env) as worker:
+            payment_ids = _seed_over_http(api.base, 5)
+            assert [_confirm(api.base, p) for p in payment_ids] == [202] * 5
+            worker.wait_for_log("fault pause pid=", timeout=30)
+            database.stop()  # the paused transaction and every pooled connection die
+            assert requests.get(f"{api.base}/readyz", timeout=10).status_code == 503
+            database.start()
+            wait_until(
+                lambda: requests.get(f"{api.base}/readyz", timeout=10).status_code == 200,
+                30, "the API did not become ready again",
+            )  # fmt: skip
+            engine = create_engine(database.url)
+
+            def fulfilled() -> int:
+                with engine.connect() as connection:
+                    return connection.scalar(text("SELECT count(*) FROM tutoring_sessions"))
+
+            wait_until(lambda: fulfilled() == 35, 90, "steps did not finish after the restart")
+            assert "will retry" in worker.log()
+            with engine.connect() as connection:
+                assert connection.scalar(text("SELECT count(*) FROM dead_letters")) == 0
+            engine.dispose()
