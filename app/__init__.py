@@ -9,6 +9,7 @@ from flask import Flask, g, request
 
 from app import db, metrics
 from app.errors import ApiError, TutorflowApi, register_error_handlers
+from app.limits import init_limiter
 from app.schemas import TimeSlot
 from core.config import settings
 from core.logs import configure_logging, request_id_var
@@ -32,6 +33,7 @@ def default_config() -> dict[str, Any]:
         "ADMIN_TOKEN": settings.admin_token,
         "WEBHOOK_SECRET": settings.webhook_secret,
         "CONFIGURE_LOGGING": True,
+        "RATE_LIMIT_PUBLIC": settings.rate_limit_public,
     }
 
 
@@ -55,6 +57,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from app.views import admin, catalogue, health, pages, payments, sessions, students, webhooks
 
+    limiter = init_limiter(app)
+    for public in (payments.blp, students.blp):
+        limiter.limit(lambda: app.config["RATE_LIMIT_PUBLIC"])(public)
     for blueprint in (
         catalogue.blp,
         payments.blp,

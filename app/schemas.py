@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import time
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, pre_dump, validate
+from marshmallow import Schema, ValidationError, fields, pre_dump, pre_load, validate
 
 from domain.calendar import is_valid_timezone
 from models import TIERS
@@ -27,6 +28,26 @@ class TimeSlot(fields.Field):
         return time(int(value[:2]), int(value[3:]))
 
 
+class InputSchema(Schema):
+    """Base of every request schema: PostgreSQL text cannot hold NUL characters."""
+
+    @pre_load
+    def _refuse_nul(self, data: Any, **kwargs: Any) -> Any:
+        if _has_nul(data):
+            raise ValidationError("Text may not contain NUL (\\u0000) characters.")
+        return data
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):  # JSON objects, and webargs' query/header proxies
+        return any(_has_nul(k) or _has_nul(value[k]) for k in value)
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def Id(**kwargs: Any) -> fields.Integer:
     return fields.Integer(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
 
@@ -43,7 +64,7 @@ def _timezone(value: str) -> None:
 # --- catalogue ---------------------------------------------------------------------
 
 
-class StudentIn(Schema):
+class StudentIn(InputSchema):
     name = Text(200, required=True)
     email = fields.Email(required=True, validate=validate.Length(max=254))
     timezone = fields.String(required=True, validate=_timezone)
@@ -56,7 +77,7 @@ class StudentOut(Schema):
     timezone = fields.String()
 
 
-class CourseIn(Schema):
+class CourseIn(InputSchema):
     title = Text(200, required=True)
 
 
@@ -65,7 +86,7 @@ class CourseOut(Schema):
     title = fields.String()
 
 
-class TrainerIn(Schema):
+class TrainerIn(InputSchema):
     name = Text(200, required=True)
     email = fields.Email(required=True, validate=validate.Length(max=254))
     max_students = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1000))
@@ -89,7 +110,7 @@ class TrainerOut(Schema):
 # --- payments ------------------------------------------------------------------------
 
 
-class PaymentIn(Schema):
+class PaymentIn(InputSchema):
     student_id = Id(required=True)
     course_id = Id(required=True)
     tier = fields.Integer(strict=True, required=True, validate=validate.OneOf(TIERS))
@@ -100,7 +121,7 @@ class PaymentIn(Schema):
     currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
 
 
-class ConfirmIn(Schema):
+class ConfirmIn(InputSchema):
     provider_payment_id = Text(255, required=True)
 
 
@@ -195,12 +216,12 @@ class PaymentDetailOut(PaymentOut):
 # --- webhooks ------------------------------------------------------------------------
 
 
-class WebhookData(Schema):
+class WebhookData(InputSchema):
     payment_id = fields.UUID(required=True)
     provider_payment_id = Text(255, required=True)
 
 
-class WebhookIn(Schema):
+class WebhookIn(InputSchema):
     id = Text(255, required=True)
     type = fields.String(
         required=True, validate=validate.OneOf(["payment.succeeded", "payment.refunded"])
@@ -228,7 +249,7 @@ class ErrorOut(Schema):
 # --- admin ---------------------------------------------------------------------------
 
 
-class DeadLetterQuery(Schema):
+class DeadLetterQuery(InputSchema):
     status = fields.String(validate=validate.OneOf(["open", "replayed", "discarded"]))
     task_name = Text(255)
     correlation_id = Text(64)
@@ -307,7 +328,7 @@ class LearningOut(Schema):
     generated_at = fields.String(metadata={"format": "date-time"})
 
 
-class RecentQuery(Schema):
+class RecentQuery(InputSchema):
     # Query strings are text: these integers are parsed, not strict.
     student_id = fields.Integer(required=True, validate=validate.Range(1, MAX_ID))
     since = fields.Integer(load_default=0, validate=validate.Range(0, MAX_ID))

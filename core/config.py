@@ -59,6 +59,8 @@ class Settings:
     # stays open: streams never hold more than these threads (see app/views/students.py).
     stream_slots_per_process: int
     stream_seconds: float
+    # Per client address on the public (non-admin, non-webhook) endpoints.
+    rate_limit_public: str
     log_level: str
     log_json: bool
 
@@ -94,6 +96,7 @@ class Settings:
             inbox_retention_days=_float("INBOX_RETENTION_DAYS", 30),
             stream_slots_per_process=_int("STREAM_SLOTS_PER_PROCESS", 2),
             stream_seconds=_float("STREAM_SECONDS", 55),
+            rate_limit_public=_env("RATE_LIMIT_PUBLIC", "600/minute"),
             log_level=_env("LOG_LEVEL", "INFO"),
             log_json=_env("LOG_JSON", "1") not in ("0", "false", "no"),
         )

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 
 TOLERANCE_SECONDS = 300
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# ASCII digits only: str.isdigit() accepts "¹" and other digits int() refuses.
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")
 
 
 class BadSignatureHeader(ValueError):
@@ -40,11 +42,11 @@ def parse_signature_header(header: str | None) -> SignatureHeader:
         if not sep:
             raise BadSignatureHeader("X-Signature parts must be key=value")
         if key == "t":
-            if timestamp is not None or not value.isdigit() or len(value) > 12:
+            if timestamp is not None or not _UNIX_TIME.fullmatch(value):
                 raise BadSignatureHeader("X-Signature needs one numeric t=")
             timestamp = int(value)
         elif key == "v1":
-            if not _HEX64.match(value):
+            if not _HEX64.fullmatch(value):
                 raise BadSignatureHeader("v1= must be 64 lowercase hex digits")
             signatures.append(value)
         # Unknown schemes (v0=, future versions) are ignored, as providers advise.

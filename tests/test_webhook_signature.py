@@ -58,6 +58,8 @@ def test_within_tolerance_passes():
         "t=1,t=2,v1=" + "0" * 64,
         "t=1,v1=" + "A" * 64,
         "t=1," + "v1=" + "0" * 5000,
+        "t=\u00b9,v1=" + "0" * 64,  # a superscript digit: isdigit() but not int()
+        "t=1 2,v1=" + "0" * 64,
     ],
 )
 def test_malformed_headers_are_rejected_as_bad_headers(bad):

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import jsonify
 from flask_smorest import Blueprint
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, fields, validate
 
 from app.db import db
-from app.schemas import ConfirmIn, PaymentDetailOut, PaymentIn, PaymentOut
+from app.schemas import ConfirmIn, InputSchema, PaymentDetailOut, PaymentIn, PaymentOut
 from domain import idempotency
 from domain.payments import Checkout, start_checkout
 from domain.read_models import payment_detail
@@ -19,7 +19,7 @@ from tasks.handoff import confirm_and_hand_off
 blp = Blueprint("payments", __name__, description="Checkout and payment confirmation.")
 
 
-class IdempotencyHeader(Schema):
+class IdempotencyHeader(InputSchema):
     class Meta:
         unknown = EXCLUDE
 
