@@ -38,3 +38,8 @@ class NoTrainerAvailable(TransientStepError):
 
 class PermanentStepError(Exception):
     """Retrying cannot help; the step goes to the dead-letter queue at once."""
+
+
+class StepCancelled(Exception):
+    """The payment was refunded: the forward step does nothing and the chain stops
+    (neither a retry nor a dead letter; the compensation owns the outcome)."""

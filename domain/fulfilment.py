@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.calendar import plan_sessions, sessions_needed
-from domain.errors import NoTrainerAvailable, PermanentStepError
+from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from domain.events import EventType, record_event
 from models import (
     HOLDING_STATUSES,
@@ -36,12 +36,27 @@ from models import (
 )
 
 
-def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
-    payment = session.get(Payment, payment_id)
+def lock_live_payment(session: Session, payment_id: uuid.UUID) -> Payment:
+    """Share-lock the payment and insist it is still paid for.
+
+    Every forward step calls this first, and a refund updates the same row: so either
+    the step sees the refund and stops, or it commits before the refund does and the
+    compensation (which runs after the refund's commit) undoes what it made.
+    """
+    payment = session.scalar(
+        select(Payment).where(Payment.id == payment_id).with_for_update(read=True)
+    )
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
+    if payment.status == PaymentStatus.REFUNDED:
+        raise StepCancelled(f"payment {payment_id} was refunded")
     if payment.status != PaymentStatus.SUCCEEDED:
         raise PermanentStepError(f"payment {payment_id} is {payment.status}, not succeeded")
+    return payment
+
+
+def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
+    payment = lock_live_payment(session, payment_id)
     # ON CONFLICT covers both a purchase already made for this payment (redelivery)
     # and another active purchase of the same course (told apart just below).
     purchase_id = session.scalar(
@@ -111,6 +126,7 @@ def allocate_trainer(session: Session, purchase_id: int) -> Allocation:
     purchase = session.get(Purchase, purchase_id)
     if purchase is None:
         raise PermanentStepError(f"purchase {purchase_id} does not exist")
+    lock_live_payment(session, purchase.payment_id)
     existing = session.scalar(select(Allocation).where(Allocation.purchase_id == purchase_id))
     if existing is not None:
         return existing
@@ -165,11 +181,17 @@ def schedule_sessions(
     a beat top-up) run one after the other; the unique slot per allocation backs it.
     Returns the sessions this call created (none when the window is already full).
     """
+    payment_id = session.scalar(
+        select(Purchase.payment_id)
+        .join(Allocation, Allocation.purchase_id == Purchase.id)
+        .where(Allocation.id == allocation_id)
+    )
+    if payment_id is None:
+        raise PermanentStepError(f"allocation {allocation_id} does not exist")
+    lock_live_payment(session, payment_id)  # payment first: the order a refund locks in
     allocation = session.scalar(
         select(Allocation).where(Allocation.id == allocation_id).with_for_update()
     )
-    if allocation is None:
-        raise PermanentStepError(f"allocation {allocation_id} does not exist")
     if allocation.status not in HOLDING_STATUSES:
         return []
     timezone = session.get_one(Student, allocation.student_id).timezone
@@ -228,9 +250,6 @@ def schedule_sessions(
     if allocation.status == AllocationStatus.APPROVED:
         allocation.status = AllocationStatus.ACTIVE
     if created:
-        payment_id = session.scalar(
-            select(Purchase.payment_id).where(Purchase.id == allocation.purchase_id)
-        )
         record_event(
             session,
             correlation_id=payment_id,

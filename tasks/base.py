@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Task
+from celery.exceptions import Ignore
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -24,7 +25,7 @@ from core.cache import cache_client
 from core.config import settings
 from core.logs import log_context
 from domain.clock import utcnow
-from domain.errors import TransientStepError
+from domain.errors import StepCancelled, TransientStepError
 from models import open_session
 from tasks import inbox
 
@@ -86,7 +87,12 @@ class PipelineTask(Task):
                 if not claim.claimed:
                     log.info("already processed, returning stored result")
                     return claim.stored_result
-            result = effect(session)
+            try:
+                result = effect(session)
+            except StepCancelled as cancelled:
+                # Refunded: stop here, quietly. Rolled back; acked; the chain ends.
+                log.info("step cancelled: %s", cancelled)
+                raise Ignore() from cancelled
             if claim is not None:
                 inbox.store_result(session, claim, result)
             if settings.fault_pause_step == self.name:

@@ -17,10 +17,11 @@ from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from domain.payments import START_PIPELINE, Confirmation, confirm_payment
+from domain.refunds import START_COMPENSATION, Refund, refund_payment
 from models import OutboxMessage, after_commit, open_session
 from tasks.celery_app import celery_app
 from tasks.dead_letters import REPLAY_DEAD_LETTER
-from tasks.pipeline import fulfilment_chain
+from tasks.pipeline import compensation_chain, fulfilment_chain
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ def start_pipeline(payload: dict[str, Any]) -> None:
     fulfilment_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
 
 
+def start_compensation(payload: dict[str, Any]) -> None:
+    compensation_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
+
+
 def _replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
     task = celery_app.tasks[payload["task_name"]]
@@ -53,6 +58,7 @@ def _replay_dead_letter(payload: dict[str, Any]) -> None:
 PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     START_PIPELINE: start_pipeline,
     REPLAY_DEAD_LETTER: _replay_dead_letter,
+    START_COMPENSATION: start_compensation,
 }
 
 
@@ -64,6 +70,22 @@ def confirm_and_hand_off(
     if confirmation.outbox is not None:
         publish_after_commit(session, confirmation.outbox)
     return confirmation
+
+
+def refund_and_compensate(
+    session: Session,
+    payment_id: uuid.UUID,
+    *,
+    source: str,
+    provider_payment_id: str | None = None,
+) -> Refund:
+    """Refund in the caller's transaction; start the compensation after its commit."""
+    refund = refund_payment(
+        session, payment_id, source=source, provider_payment_id=provider_payment_id
+    )
+    if refund.outbox is not None:
+        publish_after_commit(session, refund.outbox)
+    return refund
 
 
 def publish_after_commit(session: Session, message: OutboxMessage) -> None:

@@ -13,7 +13,7 @@ from celery.canvas import Signature
 
 from core.cache import invalidate_student, publish_student_event
 from core.config import settings
-from domain import fulfilment
+from domain import fulfilment, refunds
 from domain.clock import utcnow
 from domain.events import EventType
 from tasks.base import PipelineTask
@@ -78,6 +78,27 @@ def refresh_student_views(self: PipelineTask, student_id: int, *, correlation_id
     invalidate_student(student_id, reason="pipeline_finished")
     publish_student_event(
         student_id, {"type": "STUDENT_VIEWS_REFRESHED", "payment_id": correlation_id}
+    )
+
+
+@celery_app.task(
+    base=PipelineTask,
+    bind=True,
+    name="tutorflow.pipeline.compensate_refund",
+    max_retries=5,
+    consumes=EventType.PAYMENT_REFUNDED,
+)
+def compensate_refund(self: PipelineTask, payment_id: str, *, correlation_id: str) -> int:
+    return self.run_step(
+        lambda session: refunds.compensate(session, uuid.UUID(payment_id)),
+        correlation_id=correlation_id,
+    )
+
+
+def compensation_chain(payment_id: str) -> Signature:
+    return chain(
+        compensate_refund.si(payment_id, correlation_id=payment_id),
+        refresh_student_views.s(correlation_id=payment_id),
     )
 
 

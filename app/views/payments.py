@@ -9,12 +9,13 @@ from flask import jsonify
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, fields, validate
 
+from app.auth import ADMIN_SECURITY, require_admin
 from app.db import db
 from app.schemas import ConfirmIn, InputSchema, PaymentDetailOut, PaymentIn, PaymentOut
 from domain import idempotency
 from domain.payments import Checkout, start_checkout
 from domain.read_models import payment_detail
-from tasks.handoff import confirm_and_hand_off
+from tasks.handoff import confirm_and_hand_off, refund_and_compensate
 
 blp = Blueprint("payments", __name__, description="Checkout and payment confirmation.")
 
@@ -74,3 +75,18 @@ def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
 @blp.alt_response(404, schema="Error")
 def get_payment(payment_id: uuid.UUID):
     return payment_detail(db(), payment_id)
+
+
+@blp.route("/payments/<uuid:payment_id>/refund", methods=["POST"])
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(202, PaymentOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(404, schema="Error")
+@blp.alt_response(409, schema="Error")
+@require_admin
+def refund_payment(payment_id: uuid.UUID):
+    """Refund (admin): the compensation undoes purchase, allocation and future sessions."""
+    session = db()
+    refund = refund_and_compensate(session, payment_id, source="admin")
+    session.commit()
+    return refund.payment

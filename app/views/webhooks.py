@@ -15,7 +15,7 @@ from app.errors import ApiError
 from app.schemas import WebhookIn, WebhookOut
 from domain.webhook_signature import BadSignatureHeader, InvalidSignature, verify_signature
 from models import WebhookEvent
-from tasks.handoff import confirm_and_hand_off
+from tasks.handoff import confirm_and_hand_off, refund_and_compensate
 
 blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
 
@@ -55,9 +55,6 @@ def receive_payment_event():
         raise ApiError(
             422, "validation_error", "The event does not validate.", json=exc.messages
         ) from exc
-    if event["type"] != "payment.succeeded":
-        raise ApiError(422, "unsupported_event", f"{event['type']} is not handled yet.")
-
     session = db()
     # Recorded in the same transaction as its effect: a failure leaves the id free
     # for the provider's next delivery; a success makes every redelivery a no-op.
@@ -70,16 +67,16 @@ def receive_payment_event():
     if first_delivery is None:
         session.rollback()
         return {"received": True, "duplicate": True, "payment_id": event["data"]["payment_id"]}
-    confirmation = confirm_and_hand_off(
-        session,
-        event["data"]["payment_id"],
-        event["data"]["provider_payment_id"],
-        source="webhook",
-    )
+    data = event["data"]
+    if event["type"] == "payment.succeeded":
+        payment = confirm_and_hand_off(
+            session, data["payment_id"], data["provider_payment_id"], source="webhook"
+        ).payment
+    else:  # payment.refunded
+        payment = refund_and_compensate(
+            session, data["payment_id"], source="webhook",
+            provider_payment_id=data["provider_payment_id"],
+        ).payment  # fmt: skip
     session.commit()
-    return {
-        "received": True,
-        "duplicate": False,
-        "payment_id": confirmation.payment.id,
-        "status": confirmation.payment.status,
-    }
+    return {"received": True, "duplicate": False, "payment_id": payment.id,
+            "status": payment.status}  # fmt: skip
