@@ -1,0 +1,205 @@
+"""Soak: N payments through the real stack while workers are SIGKILLed at random
+intervals and Redis (AOF) is restarted once. Prints what happened and exits non-zero
+on any duplicate or lost payment.
+
+    python -m scripts.soak [--payments 2000] [--seed 7]
+
+Everything runs on this machine against a database of its own (tutorflow_soak) and a
+private redis-server; the shared services are never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ["DATABASE_URL"] = os.environ.get(
+    "SOAK_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_soak"
+)
+
+import requests
+from sqlalchemy import create_engine, text
+
+from app.cli import ensure_database, upgrade_database
+from core.config import settings
+from tests.services import api_server, private_redis
+from tests.worker import celery_worker, wait_until
+
+CAPACITY = 50
+SLOTS = [f"{6 + i // 4:02d}:{15 * (i % 4):02d}" for i in range(64)]
+
+SEED = """
+INSERT INTO courses (title) VALUES ('Soak');
+INSERT INTO trainers (name, email, max_students)
+SELECT 'T' || t, 't' || t || '@soak.example', :capacity FROM generate_series(1, :trainers) t;
+INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
+INSERT INTO students (name, email, timezone)
+SELECT 'S' || n, 's' || n || '@soak.example', 'Europe/Berlin' FROM generate_series(1, :n) n;
+INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, currency)
+SELECT n, 1, 10, (:slots)[1 + (n - 1) % 64]::time, 100, 'EUR' FROM generate_series(1, :n) n
+"""
+
+REPORT = {
+    "payments": "SELECT count(*) FROM payments",
+    "fulfilled": """SELECT count(*) FROM payments p
+        JOIN student_course_purchases pu ON pu.payment_id = p.id
+        JOIN trainer_allocations a ON a.purchase_id = pu.id AND a.status = 'active'
+        WHERE (SELECT count(*) FROM tutoring_sessions t WHERE t.allocation_id = a.id) = 7""",
+    "duplicate rows": """SELECT
+        (SELECT count(*) FROM (SELECT payment_id FROM student_course_purchases
+                               GROUP BY 1 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT purchase_id FROM trainer_allocations
+                               GROUP BY 1 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT allocation_id, scheduled_date FROM tutoring_sessions
+                               GROUP BY 1, 2 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT trainer_id, starts_at FROM tutoring_sessions
+                               WHERE status <> 'cancelled' GROUP BY 1, 2 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM trainers t WHERE t.active_students <> (SELECT count(*)
+           FROM trainer_allocations a WHERE a.trainer_id = t.id
+           AND a.status IN ('approved', 'active')))
+      + (SELECT count(*) FROM (SELECT correlation_id FROM domain_events
+           WHERE event_type = 'PURCHASE_CREATED' GROUP BY 1 HAVING count(*) > 1) d)""",
+    "lost": """SELECT count(*) FROM payments p
+        WHERE p.status = 'succeeded'
+        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.correlation_id = p.id::text)
+        AND (SELECT count(*) FROM student_course_purchases pu
+             JOIN trainer_allocations a ON a.purchase_id = pu.id
+             JOIN tutoring_sessions t ON t.allocation_id = a.id
+             WHERE pu.payment_id = p.id) <> 7""",
+}
+
+
+def prepare(payments: int) -> list[str]:
+    ensure_database(settings.database_url)
+    engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    upgrade_database()
+    with engine.connect() as connection:
+        params = {"n": payments, "capacity": CAPACITY, "trainers": payments // CAPACITY + 2,
+                  "slots": SLOTS}  # fmt: skip
+        for statement in SEED.split(";"):
+            connection.execute(text(statement), params)
+        ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
+    engine.dispose()
+    return list(ids)
+
+
+def report() -> tuple[dict[str, int], Counter]:
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        figures = {name: connection.scalar(text(sql)) for name, sql in REPORT.items()}
+        by_reason = text(
+            "SELECT task_name || ': ' || exception_type, count(*) FROM dead_letters GROUP BY 1"
+        )
+        reasons = Counter(dict(connection.execute(by_reason).all()))
+    engine.dispose()
+    return figures, reasons
+
+
+def run(payments: int, seed: int, timeout: float) -> int:
+    rng = random.Random(seed)
+    payment_ids = prepare(payments)
+    kills: Counter = Counter()
+    with private_redis(aof=True) as broker:
+        env = {
+            "DATABASE_URL": settings.database_url, "REDIS_URL": broker.url,
+            "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "10",
+            "PIPELINE_STALL_SECONDS": "20", "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "2", "RATE_LIMIT_PUBLIC": "1000000/minute",
+        }  # fmt: skip
+        os.environ.update(env)
+        with api_server(env) as api:
+            worker_box = [celery_worker(env=env, beat=True)]
+            worker = worker_box[0].__enter__()
+            done = threading.Event()
+            http = requests.Session()
+
+            def confirm(payment_id: str) -> int:
+                for _ in range(20):  # a client retries a 5xx or a refused connection
+                    try:
+                        response = http.post(
+                            f"{api.base}/api/v1/payments/{payment_id}/confirm",
+                            json={"provider_payment_id": f"pp_{payment_id}"}, timeout=10,
+                        )  # fmt: skip
+                        if response.status_code < 500:
+                            return response.status_code
+                    except requests.RequestException:
+                        pass
+                    time.sleep(0.5)
+                return 0
+
+            def chaos() -> None:
+                nonlocal worker
+                restarted_redis = False
+                while not done.wait(rng.uniform(2, 6)):
+                    if not restarted_redis and rng.random() < 0.3:
+                        broker.restart()
+                        kills["redis restart"] += 1
+                        restarted_redis = True
+                    elif rng.random() < 0.7:
+                        children = [int(p) for p in os.popen(
+                            f"pgrep -P {worker.process.pid}").read().split()]  # fmt: skip
+                        if children:
+                            os.kill(rng.choice(children), signal.SIGKILL)
+                            kills["pool child SIGKILL"] += 1
+                    else:
+                        worker.kill()
+                        kills["whole worker SIGKILL"] += 1
+                        worker_box[0].__exit__(None, None, None)
+                        worker_box[0] = celery_worker(env=env, beat=True)
+                        worker = worker_box[0].__enter__()
+                if not restarted_redis:
+                    broker.restart()
+                    kills["redis restart"] += 1
+
+            chaos_thread = threading.Thread(target=chaos, daemon=True)
+            started = time.monotonic()
+            chaos_thread.start()
+            with ThreadPoolExecutor(8) as pool:
+                statuses = Counter(pool.map(confirm, payment_ids))
+            confirmed_in = time.monotonic() - started
+
+            def settled() -> bool:
+                figures, reasons = report()
+                return figures["fulfilled"] + sum(reasons.values()) >= payments
+
+            with contextlib.suppress(AssertionError):  # the report says what did not settle
+                wait_until(settled, timeout, "soak did not settle")
+            done.set()
+            chaos_thread.join(60)
+            elapsed = time.monotonic() - started
+            worker_box[0].__exit__(None, None, None)
+    figures, reasons = report()
+    print(f"confirm answers: {dict(statuses)} in {confirmed_in:.1f} s; chaos: {dict(kills)}")
+    print(f"payments        {figures['payments']}")
+    print(f"fulfilled       {figures['fulfilled']}")
+    print(f"dead-lettered   {sum(reasons.values())}")
+    for reason, count in reasons.most_common():
+        print(f"  {count:>5}  {reason}")
+    print(f"duplicate rows  {figures['duplicate rows']}")
+    print(f"lost            {figures['lost']}")
+    print(f"settled in      {elapsed:.1f} s")
+    return 1 if figures["duplicate rows"] or figures["lost"] else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    sys.exit(run(args.payments, args.seed, args.timeout))
+
+
+if __name__ == "__main__":
+    main()
