@@ -37,8 +37,24 @@ def ensure_database(url: str) -> bool:
         admin.dispose()
 
 
-def upgrade_database() -> None:
-    command.upgrade(Config("alembic.ini"), "head")
+def upgrade_database(url: str | None = None) -> None:
+    config = Config("alembic.ini")
+    if url is not None:
+        config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+
+
+def rebuild_database(url: str) -> None:
+    """Drop everything and migrate from scratch: tests, benchmarks and the soak."""
+    ensure_database(url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+    upgrade_database(url)
 
 
 DEMO_TRAINERS = [

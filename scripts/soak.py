@@ -28,7 +28,7 @@ os.environ["DATABASE_URL"] = os.environ.get(
 import requests
 from sqlalchemy import create_engine, text
 
-from app.cli import ensure_database, upgrade_database
+from app.cli import rebuild_database
 from core.config import settings
 from tests.services import api_server, private_redis
 from tests.worker import celery_worker, wait_until
@@ -78,12 +78,8 @@ REPORT = {
 
 
 def prepare(payments: int) -> list[str]:
-    ensure_database(settings.database_url)
+    rebuild_database(settings.database_url)
     engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    upgrade_database()
     with engine.connect() as connection:
         params = {"n": payments, "capacity": CAPACITY, "trainers": payments // CAPACITY + 2,
                   "slots": SLOTS}  # fmt: skip

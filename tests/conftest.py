@@ -17,7 +17,7 @@ os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:63
 os.environ["CACHE_URL"] = os.environ["REDIS_URL"]
 os.environ["ADMIN_TOKEN"] = "test-admin-token"
 os.environ["WEBHOOK_SECRET"] = "test-webhook-secret"
-os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retries at once; real backoff is unit-tested
+os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
 os.environ["LOG_JSON"] = "0"
 
 from collections.abc import Iterator
@@ -26,11 +26,11 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from app import create_app
-from app.cli import ensure_database, upgrade_database
+from app.cli import rebuild_database
 from core.config import settings
 from models import Base, SessionFactory, get_engine
 from tasks.celery_app import celery_app
@@ -41,13 +41,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token"}
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     """The test database, rebuilt from scratch by the Alembic migrations."""
-    ensure_database(settings.database_url)
-    bootstrap = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
-    with bootstrap.connect() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    bootstrap.dispose()
-    upgrade_database()
+    rebuild_database(settings.database_url)
     return get_engine()
 
 
