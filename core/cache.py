@@ -102,11 +102,17 @@ def cached_read_model(
     return model, False
 
 
+def _queue_invalidation(pipe: redis.client.Pipeline, student_ids: set[int]) -> None:
+    """Bump each student's version and drop their entries (inside the caller's MULTI)."""
+    for student_id in student_ids:
+        pipe.incr(version_key(student_id))
+    pipe.delete(*(key for student_id in student_ids for key in student_keys(student_id)))
+
+
 def invalidate_student(student_id: int, reason: str) -> None:
-    """Bump the student's version and drop the entries; raises if Redis is unreachable."""
+    """Invalidate the student's read models; raises if Redis is unreachable."""
     pipe = cache_client().pipeline(transaction=True)
-    pipe.incr(version_key(student_id))
-    pipe.delete(*student_keys(student_id))
+    _queue_invalidation(pipe, {student_id})
     pipe.execute()
     log.info("cache invalidate", extra={"student_id": student_id, "reason": reason})
 
@@ -116,10 +122,17 @@ def publish_student_event(student_id: int, event: dict[str, Any]) -> None:
 
 
 def notify_student(student_id: int, event: dict[str, Any]) -> None:
-    """Best effort: a stale entry expires by TTL and the last step retries its own."""
+    """Invalidate and announce in one round trip. Best effort: a stale entry expires by
+    TTL, and the chain's last step invalidates again with retries."""
     try:
-        invalidate_student(student_id, reason=event.get("type", "unknown"))
-        publish_student_event(student_id, event)
+        pipe = cache_client().pipeline(transaction=True)
+        _queue_invalidation(pipe, {student_id})
+        pipe.publish(student_channel(student_id), json.dumps(event, default=str))
+        pipe.execute()
+        log.info(
+            "cache invalidate",
+            extra={"student_id": student_id, "reason": event.get("type", "unknown")},
+        )
     except redis.RedisError:
         log.warning("student notification failed", exc_info=True, extra={"student_id": student_id})
 
@@ -131,9 +144,7 @@ def notify_students(events: list[tuple[int, dict[str, Any]]]) -> None:
     try:
         pipe = cache_client().pipeline(transaction=True)
         students = {student_id for student_id, _ in events}
-        for student_id in students:
-            pipe.incr(version_key(student_id))
-        pipe.delete(*(key for student_id in students for key in student_keys(student_id)))
+        _queue_invalidation(pipe, students)
         for student_id, event in events:
             pipe.publish(student_channel(student_id), json.dumps(event, default=str))
         pipe.execute()
