@@ -34,7 +34,7 @@ test: services  ## lint, migration drift check and the whole suite (real Postgre
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-bench: seed
+bench: services  ## figures for BENCHMARKS.md (own database and Redis db; wrk used if installed)
 	$(BIN)/python -m bench.run_all
 
 clean:

@@ -37,7 +37,10 @@ accept_content = ["json"]
 task_acks_late = True
 # A pool child killed mid-task (OOM, SIGKILL) requeues its message instead of acking it.
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 1
+# Each pool process may hold up to 4 reserved messages: the next task is already here
+# when one finishes. Reserved messages count against visibility_timeout; 8 short tasks
+# are far below it.
+worker_prefetch_multiplier = 4
 task_time_limit = settings.task_time_limit
 task_soft_time_limit = max(1, settings.task_time_limit - 10)
 

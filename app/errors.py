@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from flask_limiter.errors import RateLimitExceeded
 from flask_smorest import Api
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -64,6 +65,8 @@ class TutorflowApi(Api):
         response, status = error_response(status, HTTP_CODES.get(status, "error"), message, details)
         for name, value in (data.get("headers") or {}).items():
             response.headers[name] = value
+        if isinstance(error, RateLimitExceeded):
+            response.headers["Retry-After"] = str(error.limit.limit.get_expiry())
         return response, status
 
 

@@ -17,7 +17,9 @@ def init_limiter(app: Flask) -> Limiter:
         storage_uri=app.config.get("CACHE_URL") or app.config["REDIS_URL"],
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
         strategy="fixed-window",
-        headers_enabled=True,
+        # No X-RateLimit-* headers on every answer: each costs a Redis round trip.
+        # A 429 still says Retry-After (app.errors).
+        headers_enabled=False,
         # If Redis is down, serve rather than refuse: the limit is protection, not a gate.
         swallow_errors=True,
     )

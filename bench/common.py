@@ -1,6 +1,8 @@
 """Shared set-up: a database and Redis database of their own, rebuilt by the migrations.
 
-Import this before any project module: it points the settings at the bench stores.
+Import this before any project module: it points the settings at the bench stores. It
+also holds what several bench scripts need: the catalogue seed, a gunicorn and a
+Celery worker in subprocesses, a live-event collector and the Markdown table.
 """
 
 from __future__ import annotations
@@ -15,22 +17,88 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
 os.environ.setdefault("CACHE_URL", os.environ["REDIS_URL"])
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ.setdefault("LOG_JSON", "0")
+# All bench traffic comes from 127.0.0.1: the per-address limit of the public endpoints
+# would answer 429 within seconds. A limit never reached keeps the limiter's own cost
+# (its Redis counter per request) in the figures without tripping it.
+os.environ.setdefault("RATE_LIMIT_PUBLIC", "1000000000/minute")
 
+import http.client
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from app.cli import ensure_database, upgrade_database
+from app.cli import rebuild_database
 from core.config import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside its python
+HOST = "127.0.0.1"
+QUEUES = "pipeline,maintenance,dead_letter"
+SLOTS = 50  # distinct time slots: a trainer holds one allocation per slot
+FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}  # dev and test data
+FORBIDDEN_REDIS_DBS = {0, 9}
+
+
+def _redis_db(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path else 0
+
+
+def _refuse_shared_stores() -> None:
+    """A bench drops schemas and flushes Redis: never on the dev or test stores."""
+    database = make_url(settings.database_url).database
+    if database in FORBIDDEN_DATABASES:
+        raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
+    for name, url in (("REDIS_URL", settings.redis_url), ("CACHE_URL", settings.cache_url)):
+        if _redis_db(url) in FORBIDDEN_REDIS_DBS:
+            raise SystemExit(f"bench refuses {name} Redis db {_redis_db(url)}")
+
+
+_refuse_shared_stores()
 
 
 def fresh_database() -> None:
     """Drop and rebuild the bench schema with the Alembic migrations."""
-    ensure_database(settings.database_url)
-    engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    upgrade_database()
+    rebuild_database(settings.database_url)
+
+
+def bench_redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+
+
+def flush_bench_redis() -> None:
+    """Empty the bench Redis db (queues, cache keys): the guard above vetted its number."""
+    client = bench_redis()
+    client.flushdb()
+    client.close()
+
+
+def redis_calls() -> int:
+    """Commands the Redis server ran so far, INFO excluded. Server-wide (every db and
+    client): a dev stack busy beside the bench inflates the deltas taken from it."""
+    client = bench_redis()
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(v["calls"] for name, v in stats.items() if name not in ("cmdstat_info", "info"))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,3 +129,352 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
         for row in cells
     ]
     return "\n".join([line, rule, *body])
+
+
+def machine_note() -> str:
+    """One line of context: a busy machine (a test run beside the bench) skews figures."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"machine: {os.cpu_count()} CPUs, load average {load}; LOG_LEVEL={settings.log_level}; "
+        f"API_WORKERS={os.environ.get('API_WORKERS', '2')}, "
+        f"API_THREADS={os.environ.get('API_THREADS', '4')}"
+    )
+
+
+# --- catalogue ---------------------------------------------------------------------------
+
+
+def trainers_for(payments: int) -> int:
+    """Enough trainers that every payment finds a free (trainer, slot) with room to spare."""
+    return max(50, -(-payments * 5 // (4 * SLOTS)))
+
+
+def seed_catalogue(trainers: int, max_students: int = 100) -> int:
+    """One course taught by `trainers` trainers; returns the course id."""
+    with _engine().begin() as connection:
+        course_id = connection.scalar(
+            text("INSERT INTO courses (title) VALUES ('Bench course') RETURNING id")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO trainers (name, email, max_students) "
+                "SELECT 'Trainer ' || t, 'trainer' || t || '@bench.example', :max_students "
+                "FROM generate_series(1, :trainers) t"
+            ),
+            {"trainers": trainers, "max_students": max_students},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO trainer_courses (trainer_id, course_id) "
+                "SELECT id, :course_id FROM trainers"
+            ),
+            {"course_id": course_id},
+        )
+    return course_id
+
+
+def seed_pending_payments(
+    course_id: int, count: int, timezone: str = "Europe/Berlin"
+) -> list[tuple[uuid.UUID, int]]:
+    """`count` new students with one pending payment each, set-based; (payment, student).
+
+    One student per payment: a student holds a course once. Slots cycle over 06:00 +
+    15 min x (i % 50) so that a trainer's allocations never collide on a slot.
+    """
+    if count <= 0:
+        return []
+    with _engine().begin() as connection:
+        first = connection.scalar(text("SELECT coalesce(max(id), 0) + 1 FROM students"))
+        rows = connection.execute(
+            text(
+                """
+                WITH new_students AS (
+                    INSERT INTO students (name, email, timezone)
+                    SELECT 'Student ' || n, 'student' || n || '@bench.example', :timezone
+                    FROM generate_series(:first, :last) n
+                    RETURNING id
+                )
+                INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents,
+                                      currency)
+                SELECT id, :course_id, 10,
+                       time '06:00' + ((id - 1) % :slots) * interval '15 minutes', 9900, 'EUR'
+                FROM new_students
+                RETURNING id, student_id
+                """
+            ),
+            {
+                "first": first,
+                "last": first + count - 1,
+                "timezone": timezone,
+                "course_id": course_id,
+                "slots": SLOTS,
+            },
+        ).all()
+    return sorted(((r.id, r.student_id) for r in rows), key=lambda r: r[1])
+
+
+_bench_engine = None
+
+
+def _engine():
+    # The bench process's own engine (project code uses models.get_engine: same URL).
+    global _bench_engine
+    if _bench_engine is None:
+        _bench_engine = create_engine(settings.database_url)
+    return _bench_engine
+
+
+def scalar(sql: str, **params: Any) -> Any:
+    with _engine().connect() as connection:
+        return connection.scalar(text(sql), params)
+
+
+def create_reference_table() -> None:
+    """The small table of reference (b) in bench/reference_wsgi.py (bench DB only)."""
+    with _engine().begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS bench_reference ("
+                " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " token text NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT now())"
+            )
+        )
+
+
+def count_scheduled(window: int | None = None) -> int:
+    """Allocations that have their full window of sessions on the calendar."""
+    return scalar(
+        "SELECT count(*) FROM (SELECT allocation_id FROM tutoring_sessions "
+        "GROUP BY allocation_id HAVING count(*) >= :window) full_window",
+        window=window or settings.session_window,
+    )
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Process:
+    """A subprocess of ours, in its own process group, with its output in a file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to our own pid; SIGKILL to its group (its children) if it lingers."""
+        if self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def _spawn(name: str, command: list[str], env: dict[str, str]) -> Process:
+    log_path = Path(tempfile.mkstemp(prefix=f"tutorflow-bench-{name}-", suffix=".log")[1])
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: its children stop with it
+        )
+    return Process(name, process, log_path)
+
+
+def _wait(process: Process, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise RuntimeError(f"{process.name} exited:\n{process.log()[-3000:]}")
+        if ready():
+            return
+        time.sleep(0.01)
+    process.stop()
+    raise RuntimeError(f"{process.name} not ready in {timeout:.0f} s:\n{process.log()[-3000:]}")
+
+
+@dataclass
+class Server:
+    process: Process
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@contextmanager
+def gunicorn(app: str = "bench.reference_wsgi:app", timeout: float = 60.0) -> Iterator[Server]:
+    """The project's gunicorn.conf.py on a free loopback port, serving `app`."""
+    port = free_port()
+    env = {
+        "API_BIND": f"{HOST}:{port}",
+        # Not the shared default dir: gunicorn's on_starting wipes it (a dev stack's too).
+        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="tutorflow-bench-prom-"),
+    }
+    command = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", app]
+    process = _spawn("gunicorn", command, env)
+
+    def healthy() -> bool:
+        try:
+            status, _ = http_request(port, "GET", "/healthz", timeout=1)
+        except OSError:
+            return False
+        return status == 200
+
+    try:
+        _wait(process, healthy, timeout)
+        yield Server(process, port)
+    finally:
+        process.stop()
+        shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    process.log_path.unlink()  # kept only when something failed, for the traceback
+
+
+@dataclass
+class Worker:
+    process: Process
+    ready_at: float  # time.time() of the worker's worker_ready signal
+
+
+@contextmanager
+def celery_worker(concurrency: int = 2, timeout: float = 60.0) -> Iterator[Worker]:
+    """A real worker with the production flags, plus the bench's no-op tasks.
+
+    Its readiness (and the start of timed work) is the worker_ready signal, stamped in
+    Redis by bench.noop_tasks: exact, and independent of the log level.
+    """
+    from bench.noop_tasks import READY_KEY
+
+    client = bench_redis()
+    client.delete(READY_KEY)
+    command = [
+        str(BIN / "celery"), "-A", "tasks.celery_app", "worker",
+        "-Q", QUEUES, "-c", str(concurrency), "-P", "prefork",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--include", "bench.noop_tasks", "-n", f"bench-{uuid.uuid4().hex[:8]}@%h",
+    ]  # fmt: skip
+    process = _spawn("worker", command, {})
+    try:
+        _wait(process, lambda: client.exists(READY_KEY) == 1, timeout)
+        yield Worker(process, float(client.get(READY_KEY)))
+    finally:
+        process.stop()
+        client.close()
+    process.log_path.unlink()  # kept only when something failed, for the traceback
+
+
+# --- HTTP and live events ----------------------------------------------------------------
+
+
+def http_request(
+    port: int, method: str, path: str, body: object | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """One request on a new connection; (status, parsed JSON or None)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        return send(connection, method, path, body)
+    finally:
+        connection.close()
+
+
+def send(
+    connection: http.client.HTTPConnection, method: str, path: str, body: object | None = None
+) -> tuple[int, Any]:
+    """A request on a keep-alive connection; (status, parsed JSON or None)."""
+    headers = {}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    connection.request(method, path, body=payload, headers=headers)
+    response = connection.getresponse()
+    raw = response.read()
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return response.status, parsed
+
+
+@dataclass
+class LiveEvents:
+    """Collects live events (student channels, the no-op chain's done channel) in a thread.
+
+    Redis pub/sub channels are server-wide, not per db: callers filter on their own ids.
+    """
+
+    patterns: tuple[str, ...] = ("student:*:events",)
+    channels: tuple[str, ...] = ()
+    on_event: Callable[[float, str, dict[str, Any]], None] | None = None
+    received: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> LiveEvents:
+        # Keep the client: once collected, it disconnects the pool the pubsub reads from.
+        self._client = bench_redis()
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        if self.patterns:
+            self._pubsub.psubscribe(*self.patterns)
+        if self.channels:
+            self._pubsub.subscribe(*self.channels)
+        self._thread = threading.Thread(target=self._run, name="live-events", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.05)
+            if message is None or message["type"] not in ("message", "pmessage"):
+                continue
+            at = time.time()  # wall clock: compared with the worker's stamps too
+            try:
+                data = json.loads(message["data"])
+            except ValueError:
+                continue
+            channel = message["channel"].decode()
+            self.received.append((at, channel, data))
+            if self.on_event is not None:
+                self.on_event(at, channel, data)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._pubsub.close()
+        self._client.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll until `predicate()`; False once `timeout` seconds passed (always bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"

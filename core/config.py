@@ -32,6 +32,10 @@ class Settings:
     # Pool per process: gunicorn workers and Celery pool children each own one.
     db_pool_size: int
     db_max_overflow: int
+    # Off by default: it costs a round trip per checkout. After a database restart the
+    # first use of each dead connection fails once (503 / a task retry) and the pool
+    # is invalidated, which the fault tests cover.
+    db_pool_pre_ping: bool
     # Celery delivery semantics (see README, "Delivery guarantees").
     visibility_timeout: int
     retry_backoff: int
@@ -78,6 +82,7 @@ class Settings:
             flower_basic_auth=_env("FLOWER_BASIC_AUTH", "admin:admin"),
             db_pool_size=_int("DB_POOL_SIZE", 5),
             db_max_overflow=_int("DB_MAX_OVERFLOW", 10),
+            db_pool_pre_ping=_env("DB_POOL_PRE_PING", "0") not in ("0", "false", "no"),
             visibility_timeout=_int("CELERY_VISIBILITY_TIMEOUT", 300),
             retry_backoff=_int("CELERY_RETRY_BACKOFF", 2),
             retry_backoff_max=_int("CELERY_RETRY_BACKOFF_MAX", 60),

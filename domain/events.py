@@ -47,6 +47,18 @@ def record_event(
             payload=payload,
         )
     )
+    announce_after_commit(session, correlation_id, student_id, event_type, payload)
+
+
+def announce_after_commit(
+    session: Session,
+    correlation_id: uuid.UUID,
+    student_id: int,
+    event_type: EventType,
+    payload: dict[str, Any],
+) -> None:
+    """For an event written in this transaction (by record_event or by SQL directly):
+    invalidate the student's read models and publish the live event, after commit."""
     live_event = {
         "type": str(event_type),
         "payment_id": str(correlation_id),

@@ -44,7 +44,10 @@ def lock_live_payment(session: Session, payment_id: uuid.UUID) -> Payment:
     compensation (which runs after the refund's commit) undoes what it made.
     """
     payment = session.scalar(
-        select(Payment).where(Payment.id == payment_id).with_for_update(read=True)
+        select(Payment)
+        .where(Payment.id == payment_id)
+        .with_for_update(read=True)
+        .execution_options(populate_existing=True)  # a locking read must see the row as it is
     )
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
@@ -190,7 +193,10 @@ def schedule_sessions(
         raise PermanentStepError(f"allocation {allocation_id} does not exist")
     lock_live_payment(session, payment_id)  # payment first: the order a refund locks in
     allocation = session.scalar(
-        select(Allocation).where(Allocation.id == allocation_id).with_for_update()
+        select(Allocation)
+        .where(Allocation.id == allocation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if allocation.status not in HOLDING_STATUSES:
         return []

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import time
+from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, Unprocessable
-from domain.events import EventType, record_event
-from models import Course, OutboxMessage, Payment, PaymentStatus, Purchase, Student
+from domain.events import EventType, announce_after_commit
+from models import Course, Payment, PaymentStatus, Purchase, Student
 
 START_PIPELINE = "start_pipeline"
 
@@ -69,10 +71,42 @@ def has_active_course(session: Session, student_id: int, course_id: int) -> bool
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """An outbox row written in the caller's transaction, to publish after its commit."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Confirmation:
-    payment: Payment
+    payment: Any  # the confirmed payment's row, or the Payment already confirmed
     # The hand-off to publish after commit; None when this call confirmed nothing new.
-    outbox: OutboxMessage | None
+    outbox: Handoff | None
+
+
+# The hot path in one round trip: flip the payment, write its event and its outbox row.
+_CONFIRM = text(
+    """
+    WITH confirmed AS (
+        UPDATE payments
+        SET status = 'succeeded', provider_payment_id = :provider_payment_id,
+            confirmed_at = :now, updated_at = :now
+        WHERE id = :payment_id AND status = 'pending'
+        RETURNING *
+    ), event AS (
+        INSERT INTO domain_events (correlation_id, student_id, event_type, payload)
+        SELECT id, student_id, 'PURCHASE_CONFIRMED', CAST(:event_payload AS jsonb)
+        FROM confirmed
+    ), outbox AS (
+        INSERT INTO outbox (correlation_id, kind, payload)
+        SELECT id, :kind, jsonb_build_object('payment_id', id::text) FROM confirmed
+        RETURNING id
+    )
+    SELECT confirmed.*, outbox.id AS outbox_id FROM confirmed CROSS JOIN outbox
+    """
+)
 
 
 def confirm_payment(
@@ -83,43 +117,30 @@ def confirm_payment(
     Idempotent: confirming again with the same provider id changes nothing and
     answers the same; concurrent confirmations serialize on the payment's row.
     """
-    now = utcnow()
-    flip = (
-        update(Payment)
-        .where(Payment.id == payment_id, Payment.status == PaymentStatus.PENDING)
-        .values(
-            status=PaymentStatus.SUCCEEDED,
-            provider_payment_id=provider_payment_id,
-            confirmed_at=now,
-            updated_at=now,
-        )
-        .returning(Payment)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
+    event_payload = {"source": source, "provider_payment_id": provider_payment_id}
     try:
-        payment = session.scalars(flip).one_or_none()
+        row = session.execute(
+            _CONFIRM,
+            {
+                "payment_id": payment_id,
+                "provider_payment_id": provider_payment_id,
+                "now": utcnow(),
+                "event_payload": json.dumps(event_payload),
+                "kind": START_PIPELINE,
+            },
+        ).one_or_none()
     except IntegrityError as exc:  # the caller's transaction is rolled back with it
         raise Conflict(
             "provider_payment_id_in_use",
             "This provider payment id already confirmed another payment.",
             provider_payment_id=provider_payment_id,
         ) from exc
-    if payment is None:
+    if row is None:
         return Confirmation(_already_confirmed(session, payment_id, provider_payment_id), None)
-
-    record_event(
-        session,
-        correlation_id=payment.id,
-        student_id=payment.student_id,
-        event_type=EventType.PURCHASE_CONFIRMED,
-        payload={"source": source, "provider_payment_id": provider_payment_id},
+    announce_after_commit(
+        session, row.id, row.student_id, EventType.PURCHASE_CONFIRMED, event_payload
     )
-    outbox = OutboxMessage(
-        correlation_id=payment.id, kind=START_PIPELINE, payload={"payment_id": str(payment.id)}
-    )
-    session.add(outbox)
-    session.flush()
-    return Confirmation(payment, outbox)
+    return Confirmation(row, Handoff(row.outbox_id, START_PIPELINE, {"payment_id": str(row.id)}))
 
 
 def _already_confirmed(

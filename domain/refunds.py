@@ -101,7 +101,12 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
     """Cancel future sessions, end the allocation (freeing the trainer's place and slot),
     deactivate the purchase, each with its event. Idempotent. Returns the student id."""
     now = utcnow()
-    payment = session.scalar(select(Payment).where(Payment.id == payment_id).with_for_update())
+    payment = session.scalar(
+        select(Payment)
+        .where(Payment.id == payment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
     if payment.status != PaymentStatus.REFUNDED:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import settings
@@ -32,7 +33,7 @@ def init_engine(url: str | None = None, **overrides) -> Engine:
             url or settings.database_url,
             pool_size=overrides.pop("pool_size", settings.db_pool_size),
             max_overflow=overrides.pop("max_overflow", settings.db_max_overflow),
-            pool_pre_ping=True,
+            pool_pre_ping=settings.db_pool_pre_ping,
             **overrides,
         )
         SessionFactory.configure(bind=_engine)
@@ -47,6 +48,17 @@ def open_session() -> Session:
     """A new session on this process's engine (created on first use)."""
     get_engine()
     return SessionFactory()
+
+
+def execute_autocommit(statement: Executable, params: dict[str, Any]) -> None:
+    """Run one statement in its own implicit transaction: a single round trip, no
+    session. (When tests bind the factory to one connection, it runs on that.)"""
+    bind = SessionFactory.kw.get("bind") or get_engine()
+    if isinstance(bind, Connection):
+        bind.execute(statement, params)
+        return
+    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(statement, params)
 
 
 def dispose_engine_after_fork() -> None:

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from domain.payments import START_PIPELINE, Confirmation, confirm_payment
 from domain.refunds import START_COMPENSATION, Refund, refund_payment
-from models import OutboxMessage, after_commit, open_session
+from models import OutboxMessage, after_commit
+from models.session import execute_autocommit
 from tasks.celery_app import celery_app
 from tasks.dead_letters import REPLAY_DEAD_LETTER
 from tasks.pipeline import compensation_chain, fulfilment_chain
@@ -54,6 +55,11 @@ def _replay_dead_letter(payload: dict[str, Any]) -> None:
         retry_policy=API_PUBLISH_RETRY,
     )
 
+
+_STAMP = text(
+    "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
+    "WHERE id = :id AND published_at IS NULL"
+)
 
 PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     START_PIPELINE: start_pipeline,
@@ -104,12 +110,7 @@ def publish(outbox_id: int, kind: str, payload: dict[str, Any]) -> bool:
         )
         return False
     try:
-        with open_session() as session, session.begin():
-            session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == outbox_id, OutboxMessage.published_at.is_(None))
-                .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
-            )
+        execute_autocommit(_STAMP, {"id": outbox_id})  # one round trip, no session
     except Exception:
         # Published but not stamped: the relay publishes it again, which is harmless.
         log.warning("outbox stamp failed", exc_info=True, extra={"outbox_id": outbox_id})

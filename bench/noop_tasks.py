@@ -1,0 +1,43 @@
+"""No-op Celery tasks on the project's app: the bare chain the real pipeline is compared to.
+
+The worker imports this module (`--include bench.noop_tasks`); it must not import
+bench.common (the worker inherits the bench settings from its parent's environment).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from celery import chain
+from celery.canvas import Signature
+from celery.signals import worker_ready
+
+from core.cache import cache_client
+from tasks.celery_app import celery_app
+
+DONE_CHANNEL = "bench:noop:done"
+READY_KEY = "bench:worker:ready"
+
+
+@celery_app.task(name="bench.noop")
+def noop(value: Any = None) -> Any:
+    return value
+
+
+@celery_app.task(name="bench.noop_done")
+def noop_done(value: Any) -> None:
+    # One PUBLISH, as the real chain's last step ends with one live event.
+    cache_client().publish(DONE_CHANNEL, json.dumps({"token": value}))
+
+
+def noop_chain(token: str) -> Signature:
+    """Four links, each passing its result on, like create_purchase → ... → refresh."""
+    return chain(noop.si(token), noop.s(), noop.s(), noop_done.s())
+
+
+@worker_ready.connect
+def _announce_ready(**_: object) -> None:
+    # The bench times from here: the consumer is up and taking messages.
+    cache_client().set(READY_KEY, repr(time.time()))

@@ -1,0 +1,204 @@
+"""Pipeline throughput: N confirmed payments through a real worker, against a bare chain.
+
+N payments (default 2000) are confirmed and handed off in committed transactions
+(domain.payments.confirm_payment + tasks.handoff.publish_after_commit, via
+confirm_and_hand_off), so N fulfilment chains wait in the queue; then a real worker
+starts (the production flags, -c 2) and the clock runs from its worker_ready signal until
+every payment has its 7 sessions (a count in PostgreSQL) and until every chain's last
+step announced STUDENT_VIEWS_REFRESHED (Redis pub/sub).
+
+Reference in the same run, on the same broker and worker flags: N bare 4-task no-op
+chains (bench/noop_tasks.py) queued the same way and drained by a fresh worker.
+
+    python -m bench.pipeline [--payments 2000] [--timeout 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import bench.common as common
+from bench.noop_tasks import DONE_CHANNEL, noop_chain
+from core.config import settings
+from models import open_session
+from tasks.handoff import confirm_and_hand_off
+
+TASKS_PER_CHAIN = 4
+CONCURRENCY = 2  # the production flag: -c 2
+POLL_SECONDS = 0.1  # the DB count's period: the resolution of "all have 7 sessions"
+
+
+@dataclass
+class Drain:
+    label: str
+    chains: int
+    seconds: float | None  # worker ready → all done; None if the timeout came first
+    done: int  # chains seen done when it stopped
+    redis_calls: int  # Redis commands run during the drain (server-wide)
+
+    @property
+    def rate(self) -> float:
+        return self.chains / self.seconds if self.seconds else float("nan")
+
+
+def confirm_all(payments: list[uuid.UUID]) -> float:
+    """Confirm and hand off each payment in its own transaction; seconds taken."""
+    started = time.perf_counter()
+    for payment_id in payments:
+        with open_session() as session, session.begin():
+            confirm_and_hand_off(session, payment_id, f"pp_{payment_id.hex}", source="bench")
+    return time.perf_counter() - started
+
+
+def worker_health(log: str) -> str:
+    retries = len(re.findall(r"will retry", log))
+    errors = len(re.findall(r"\bERROR\b", log))
+    return f"{retries} retries, {errors} ERROR lines in the worker log"
+
+
+def run_pipeline(payments: list[uuid.UUID], timeout: float) -> tuple[Drain, Drain, str]:
+    wanted = {str(p) for p in payments}
+    refreshed: dict[str, float] = {}
+
+    def on_event(at: float, _channel: str, data: dict) -> None:
+        if data.get("type") == "STUDENT_VIEWS_REFRESHED" and data.get("payment_id") in wanted:
+            refreshed.setdefault(data["payment_id"], at)
+
+    n = len(payments)
+    window = settings.session_window
+    sessions_done_at = None
+    calls = common.redis_calls()
+    with (
+        common.LiveEvents(patterns=("student:*:events",), on_event=on_event),
+        common.celery_worker(concurrency=CONCURRENCY) as worker,
+    ):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # The cheap total first (an allocation never gets more than the window);
+            # the per-allocation count only confirms it.
+            if (
+                sessions_done_at is None
+                and common.scalar("SELECT count(*) FROM tutoring_sessions") >= n * window
+                and common.count_scheduled() >= n
+            ):
+                sessions_done_at = time.time()
+            if sessions_done_at is not None and len(refreshed) >= n:
+                break
+            time.sleep(POLL_SECONDS)
+        scheduled = common.count_scheduled()
+        health = worker_health(worker.process.log())
+        ready = worker.ready_at
+        calls = common.redis_calls() - calls
+    to_sessions = Drain(
+        f"real chain: all {settings.session_window} sessions in the DB",
+        n,
+        sessions_done_at - ready if sessions_done_at else None,
+        scheduled,
+        calls,
+    )
+    to_end = Drain(
+        "real chain: last step done (STUDENT_VIEWS_REFRESHED)",
+        n,
+        max(refreshed.values()) - ready if len(refreshed) >= n else None,
+        len(refreshed),
+        calls,
+    )
+    return to_sessions, to_end, health
+
+
+def run_noop(n: int, timeout: float) -> tuple[Drain, str]:
+    tokens = [uuid.uuid4().hex for _ in range(n)]
+    wanted = set(tokens)
+    done: dict[str, float] = {}
+
+    def on_event(at: float, _channel: str, data: dict) -> None:
+        if data.get("token") in wanted:
+            done.setdefault(data["token"], at)
+
+    for token in tokens:
+        noop_chain(token).apply_async()
+    calls = common.redis_calls()
+    with (
+        common.LiveEvents(patterns=(), channels=(DONE_CHANNEL,), on_event=on_event),
+        common.celery_worker(concurrency=CONCURRENCY) as worker,
+    ):
+        common.wait_for(lambda: len(done) >= n, timeout, interval=POLL_SECONDS)
+        health = worker_health(worker.process.log())
+        ready = worker.ready_at
+        calls = common.redis_calls() - calls
+    seconds = max(done.values()) - ready if len(done) >= n else None
+    return Drain("reference: bare 4-task no-op chain", n, seconds, len(done), calls), health
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
+    args = parser.parse_args()
+    n = args.payments
+
+    common.fresh_database()
+    common.flush_bench_redis()
+    trainers = common.trainers_for(n)
+    course_id = common.seed_catalogue(trainers=trainers, max_students=100)
+    payments = [p for p, _ in common.seed_pending_payments(course_id, n)]
+    print(f"seeded {trainers} trainers x {common.SLOTS} slots and {n:,} pending payments")
+    print(common.machine_note())
+
+    confirm_seconds = confirm_all(payments)
+    queued = common.bench_redis().llen("pipeline")
+    print(f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
+          f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued")  # fmt: skip
+
+    try:
+        to_sessions, to_end, real_health = run_pipeline(payments, args.timeout)
+        letters = common.scalar("SELECT count(*) FROM dead_letters")
+        common.flush_bench_redis()
+        noop, noop_health = run_noop(n, args.timeout)
+    finally:
+        common.flush_bench_redis()
+
+    print()
+    print(f"{n:,} chains queued before the worker starts; worker: -c 2 prefork, "
+          "clock from its worker_ready signal")  # fmt: skip
+    print()
+    rows = []
+    for drain in (to_sessions, to_end, noop):
+        tasks = TASKS_PER_CHAIN * drain.chains
+        per_task = CONCURRENCY * drain.seconds / tasks if drain.seconds else None
+        rows.append([
+            drain.label, f"{drain.done:,}/{drain.chains:,}",
+            f"{drain.seconds:.1f}" if drain.seconds else "timeout",
+            f"{drain.rate:,.1f}", f"{drain.rate * TASKS_PER_CHAIN:,.0f}",
+            common.ms(per_task) if per_task else "-", f"{drain.redis_calls / drain.chains:.0f}",
+        ])  # fmt: skip
+    print(
+        common.table(
+            [
+                "run",
+                "done",
+                "seconds",
+                "chains/s",
+                "tasks/s",
+                "ms per task per process",
+                "Redis cmds/chain",
+            ],
+            rows,
+        )
+    )
+    print()
+    rows = [
+        [drain.label, f"{drain.rate / noop.rate:.2f}x", "≥ 0.60x",
+         "met" if drain.rate / noop.rate >= 0.6 else "NOT met"]
+        for drain in (to_sessions, to_end)
+    ]  # fmt: skip
+    print(common.table(["ratio to the bare chain", "chains/s ratio", "target", ""], rows))
+    print(f"\nreal run: {real_health}, {letters} dead letters; bare run: {noop_health}")
+
+
+if __name__ == "__main__":
+    main()

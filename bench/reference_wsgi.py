@@ -1,0 +1,47 @@
+"""The real app plus bench-only reference routes, served by the same gunicorn config.
+
+    gunicorn --config gunicorn.conf.py bench.reference_wsgi:app
+
+- POST /bench/ref/bare/<token>: parse the JSON body, answer JSON (the floor of a request);
+- POST /bench/ref/insert-publish/<token>: one INSERT and commit, then one Celery publish
+  (the floor of "write, commit, hand off");
+- POST /bench/ref/chain/<token>: publish the 4-task no-op chain (end-to-end reference).
+
+The table `bench_reference` is created by the bench script (common.create_reference_table).
+"""
+
+from __future__ import annotations
+
+from flask import jsonify, request
+from sqlalchemy import text
+
+import bench.common  # noqa: F401  (bench stores, before any project module)
+from app import create_app
+from app.db import db
+from bench import noop_tasks
+
+app = create_app()
+
+
+def bare(token: str):
+    body = request.get_json(silent=True) or {}
+    return jsonify(token=token, provider_payment_id=body.get("provider_payment_id")), 202
+
+
+def insert_publish(token: str):
+    body = request.get_json(silent=True) or {}
+    session = db()
+    session.execute(text("INSERT INTO bench_reference (token) VALUES (:token)"), {"token": token})
+    session.commit()
+    noop_tasks.noop.apply_async((token,))
+    return jsonify(token=token, provider_payment_id=body.get("provider_payment_id")), 202
+
+
+def publish_chain(token: str):
+    noop_tasks.noop_chain(token).apply_async()
+    return jsonify(token=token), 202
+
+
+app.add_url_rule("/bench/ref/bare/<token>", view_func=bare, methods=["POST"])
+app.add_url_rule("/bench/ref/insert-publish/<token>", view_func=insert_publish, methods=["POST"])
+app.add_url_rule("/bench/ref/chain/<token>", view_func=publish_chain, methods=["POST"])

@@ -1,0 +1,135 @@
+"""Every bench script in sequence, as subprocesses, gathered into one Markdown report.
+
+    python -m bench.run_all [--quick] [--only confirm_api,pipeline] [--output report.md]
+
+`make bench` runs it. Each script rebuilds the bench database and Redis db itself, so
+they run one after the other (never in parallel: they would share CPUs and stores).
+Progress goes to stderr; the report to stdout (and --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+# script: (modest arguments, --quick arguments). Scripts not listed here but present in
+# bench/ (a new bench/home_cache.py, say) run after these with no arguments, or with
+# --quick under --quick when their --help offers it.
+QUICK_CONFIRM = ["--seconds", "3", "--warmup", "1", "--ids-per-second", "800"]
+SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
+    "confirm_api": (["--seconds", "10"], QUICK_CONFIRM),
+    "pipeline": (["--payments", "2000"], ["--payments", "200"]),
+    "e2e_latency": (["--rate", "20", "--seconds", "30"], ["--rate", "10", "--seconds", "5"]),
+    "top_up": (["--allocations", "100000"], ["--allocations", "5000"]),
+    "home_cache": ([], []),
+}
+NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "reference_wsgi", "run_all"}
+TIMEOUT = {False: 1800, True: 600}  # seconds per script: every run stops by itself
+
+
+def discover() -> list[str]:
+    """Known scripts in their order, then any other bench module with a main guard."""
+    present = {
+        p.stem
+        for p in BENCH.glob("*.py")
+        if p.stem not in NOT_SCRIPTS and '__name__ == "__main__"' in p.read_text()
+    }
+    return [s for s in SCRIPTS if s in present] + sorted(present - SCRIPTS.keys())
+
+
+def arguments(script: str, quick: bool) -> list[str]:
+    if script in SCRIPTS and SCRIPTS[script] != ([], []):
+        return SCRIPTS[script][quick]
+    if not quick:
+        return []
+    helptext = subprocess.run(
+        [sys.executable, "-m", f"bench.{script}", "--help"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return ["--quick"] if "--quick" in helptext else []
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def git_revision() -> str:
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{revision}{' (with uncommitted changes)' if dirty else ''}"
+
+
+def run(script: str, args: list[str], timeout: float) -> str:
+    command = [sys.executable, "-m", f"bench.{script}", *args]
+    shown = " ".join(["python", "-m", f"bench.{script}", *args])
+    print(f"running {shown} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGINT, not SIGKILL: the script's finally blocks then stop its gunicorn and
+        # worker (they run in process groups of their own and would outlive a SIGKILL).
+        process.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        stderr += f"\nTIMEOUT after {timeout:.0f} s"
+    code = process.returncode
+    elapsed = time.perf_counter() - started
+    print(f"  ... {elapsed:.0f} s, exit {code}", file=sys.stderr, flush=True)
+    parts = [f"## {script}", "", f"`{shown}` — {elapsed:.0f} s, exit {code}", "", stdout.strip()]
+    if code != 0:
+        parts += ["", "```", *stderr.strip().splitlines()[-30:], "```"]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small figures, a few minutes")
+    parser.add_argument("--only", default="", help="comma-separated script names")
+    parser.add_argument("--output", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    scripts = discover()
+    if args.only:
+        wanted = args.only.split(",")
+        scripts = [s for s in scripts if s in wanted]
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    header = [
+        "# Tutorflow benchmarks",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {git_revision()}, "
+        f"{os.cpu_count()} CPUs, load average at start {load}"
+        f"{', --quick' if args.quick else ''}. Each table sets the figures beside a "
+        "reference measured in the same run.",
+        "",
+    ]
+    sections = [run(s, arguments(s, args.quick), TIMEOUT[args.quick]) for s in scripts]
+    report = "\n".join(header) + "\n" + "\n".join(sections)
+    print(report)
+    if args.output:
+        args.output.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
