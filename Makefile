@@ -34,8 +34,9 @@ test: services  ## lint, migration drift check and the whole suite (real Postgre
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-bench: services  ## figures for BENCHMARKS.md (own database and Redis db; wrk used if installed)
-	$(BIN)/python -m bench.run_all
+bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"
+	$(BIN)/python -m bench.run_all --output bench-report.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
