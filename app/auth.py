@@ -14,14 +14,18 @@ from app.errors import ApiError
 ADMIN_SECURITY = [{"bearerAuth": []}]
 
 
+def is_admin_request() -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = current_app.config["ADMIN_TOKEN"]
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    )
+
+
 def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        expected = current_app.config["ADMIN_TOKEN"]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), expected.encode()
-        ):
+        if not is_admin_request():
             raise ApiError(401, "unauthorized", "A valid admin bearer token is required.")
         return view(*args, **kwargs)
 
