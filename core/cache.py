@@ -67,12 +67,11 @@ def student_channel(student_id: int) -> str:
     return f"student:{student_id}:events"
 
 
-def cached_read_model(
-    kind: str, student_id: int, load: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], bool]:
-    """The read model from the cache, or `load()`ed and stored if still current.
+def cached_read_model(kind: str, student_id: int, load: Callable[[], str]) -> tuple[str, bool]:
+    """The read model's JSON from the cache, or `load()`ed and stored if still current.
 
-    Returns (model, hit). If Redis is down the model is loaded from the database.
+    Entries are the response body itself, so a hit is served without decoding or
+    re-serializing. Returns (json, hit); with Redis down, the database answers.
     """
     client = cache_client()
     key, version = read_model_key(kind, student_id), version_key(student_id)
@@ -85,21 +84,18 @@ def cached_read_model(
         return load(), False
     if entry is not None:
         log.debug("cache hit", extra={"student_id": student_id, "view": kind})
-        return json.loads(entry), True
+        return entry.decode(), True
     log.info("cache miss", extra={"student_id": student_id, "view": kind})
-    model = load()
+    body = load()
     try:
-        stored = client.eval(
-            _FILL, 2, key, version, (seen or b"0").decode(), json.dumps(model, default=str),
-            READ_MODEL_TTL,
-        )  # fmt: skip
+        stored = client.eval(_FILL, 2, key, version, (seen or b"0").decode(), body, READ_MODEL_TTL)
     except redis.RedisError:
-        return model, False
+        return body, False
     log.info(
         "cache fill" if stored else "cache fill skipped: invalidated meanwhile",
         extra={"student_id": student_id, "view": kind},
     )
-    return model, False
+    return body, False
 
 
 def _queue_invalidation(pipe: redis.client.Pipeline, student_ids: set[int]) -> None:
@@ -109,30 +105,21 @@ def _queue_invalidation(pipe: redis.client.Pipeline, student_ids: set[int]) -> N
     pipe.delete(*(key for student_id in student_ids for key in student_keys(student_id)))
 
 
-def invalidate_student(student_id: int, reason: str) -> None:
-    """Invalidate the student's read models; raises if Redis is unreachable."""
+def invalidate_and_announce(student_id: int, event: dict[str, Any]) -> None:
+    """Invalidate the student's read models and publish the live event, in one round
+    trip after the commit they follow; raises if Redis is unreachable."""
     pipe = cache_client().pipeline(transaction=True)
     _queue_invalidation(pipe, {student_id})
+    pipe.publish(student_channel(student_id), json.dumps(event, default=str))
     pipe.execute()
-    log.info("cache invalidate", extra={"student_id": student_id, "reason": reason})
-
-
-def publish_student_event(student_id: int, event: dict[str, Any]) -> None:
-    cache_client().publish(student_channel(student_id), json.dumps(event, default=str))
+    log.info("cache invalidate", extra={"student_id": student_id, "reason": event.get("type", "?")})
 
 
 def notify_student(student_id: int, event: dict[str, Any]) -> None:
-    """Invalidate and announce in one round trip. Best effort: a stale entry expires by
-    TTL, and the chain's last step invalidates again with retries."""
+    """Best effort: a stale entry expires by TTL, and the chain's last step invalidates
+    again with retries."""
     try:
-        pipe = cache_client().pipeline(transaction=True)
-        _queue_invalidation(pipe, {student_id})
-        pipe.publish(student_channel(student_id), json.dumps(event, default=str))
-        pipe.execute()
-        log.info(
-            "cache invalidate",
-            extra={"student_id": student_id, "reason": event.get("type", "unknown")},
-        )
+        invalidate_and_announce(student_id, event)
     except redis.RedisError:
         log.warning("student notification failed", exc_info=True, extra={"student_id": student_id})
 

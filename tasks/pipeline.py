@@ -11,7 +11,7 @@ import uuid
 from celery import chain
 from celery.canvas import Signature
 
-from core.cache import invalidate_student, publish_student_event
+from core.cache import invalidate_and_announce
 from core.config import settings
 from domain import fulfilment, refunds
 from domain.clock import utcnow
@@ -75,8 +75,7 @@ def schedule_sessions(self: PipelineTask, allocation_id: int, *, correlation_id:
 def refresh_student_views(self: PipelineTask, student_id: int, *, correlation_id: str) -> None:
     # Unlike the best-effort invalidation after each step, this one raises on a Redis
     # error, so it is retried: the home screen must not stay stale.
-    invalidate_student(student_id, reason="pipeline_finished")
-    publish_student_event(
+    invalidate_and_announce(
         student_id, {"type": "STUDENT_VIEWS_REFRESHED", "payment_id": correlation_id}
     )
 

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from core import cache
-from core.cache import cached_read_model, invalidate_student, notify_student, read_model_key
+from core.cache import (
+    cached_read_model,
+    invalidate_and_announce,
+    notify_student,
+    read_model_key,
+)
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.read_models import student_home
@@ -91,18 +96,18 @@ def test_metrics_report_the_hit_ratio(client, db_session):
 # --- the race: a slow reader that loaded before a commit ----------------------------
 
 
-def naive_cached_read_model(kind: str, student_id: int, load: Callable[[], dict[str, Any]]):
+def naive_cached_read_model(kind: str, student_id: int, load: Callable[[], str]):
     """Plain cache-aside, for contrast: GET, load on a miss, SET."""
     client = cache.cache_client()
     key = read_model_key(kind, student_id)
     if (entry := client.get(key)) is not None:
-        return json.loads(entry), True
-    model = load()
-    client.set(key, json.dumps(model, default=str), ex=cache.READ_MODEL_TTL)
-    return model, False
+        return entry.decode(), True
+    body = load()
+    client.set(key, body, ex=cache.READ_MODEL_TTL)
+    return body, False
 
 
-def run_race(read: Callable) -> list[dict]:
+def run_race(read: Callable) -> list[dict[str, Any]]:
     """Reader loads, pauses; the writer commits and invalidates; the reader stores.
     Returns what a fresh request then gets from the cache path."""
     with open_session() as session, session.begin():
@@ -113,12 +118,12 @@ def run_race(read: Callable) -> list[dict]:
 
     loaded, release = threading.Event(), threading.Event()
 
-    def slow_load() -> dict:
+    def slow_load() -> str:
         with open_session() as session:
             model = student_home(session, student_id, now=utcnow())
         loaded.set()  # it has read the database: no sessions yet
         assert release.wait(10)
-        return model
+        return json.dumps(model, default=str)
 
     reader = threading.Thread(target=lambda: read("home", student_id, slow_load))
     reader.start()
@@ -128,16 +133,16 @@ def run_race(read: Callable) -> list[dict]:
         purchase = fulfilment.create_purchase(session, payment_id)
         allocation = fulfilment.allocate_trainer(session, purchase.id)
         fulfilment.schedule_sessions(session, allocation.id, now=utcnow(), window=7)
-    invalidate_student(student_id, reason="test")
+    invalidate_and_announce(student_id, {"type": "TEST"})
     release.set()
     reader.join(10)
 
-    def fresh_load() -> dict:
+    def fresh_load() -> str:
         with open_session() as session:
-            return student_home(session, student_id, now=utcnow())
+            return json.dumps(student_home(session, student_id, now=utcnow()), default=str)
 
-    model, _ = read("home", student_id, fresh_load)
-    return model["upcoming_sessions"]
+    body, _ = read("home", student_id, fresh_load)
+    return json.loads(body)["upcoming_sessions"]
 
 
 def test_a_slow_reader_never_writes_stale_data_over_an_invalidation(committed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 from flask import Response
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
 from app.db import db
 from app.errors import ApiError
@@ -27,23 +29,30 @@ KEEP_ALIVE_SECONDS = 15
 _stream_slots = threading.BoundedSemaphore(settings.stream_slots_per_process)
 
 
-def _cached(kind: str, student_id: int, loader) -> tuple[dict[str, Any], int, dict[str, str]]:
-    model, hit = cached_read_model(kind, student_id, lambda: loader(db(), student_id, now=utcnow()))
-    return model, 200, {"X-Cache": "hit" if hit else "miss"}
+def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Response:
+    """The read model as JSON, cache-aside (the body is what the cache stores)."""
+
+    def load() -> str:
+        return json.dumps(schema().dump(loader(db(), student_id, now=utcnow())))
+
+    body, hit = cached_read_model(kind, student_id, load)
+    return Response(
+        body, mimetype="application/json", headers={"X-Cache": "hit" if hit else "miss"}
+    )
 
 
 @blp.route(f"/students/{ID}/home", methods=["GET"])
 @blp.response(200, HomeOut)
 @blp.alt_response(404, schema="Error")
 def home(student_id: int):
-    return _cached("home", student_id, student_home)
+    return _cached("home", student_id, student_home, HomeOut)
 
 
 @blp.route(f"/students/{ID}/learning", methods=["GET"])
 @blp.response(200, LearningOut)
 @blp.alt_response(404, schema="Error")
 def learning(student_id: int):
-    return _cached("learning", student_id, student_learning)
+    return _cached("learning", student_id, student_learning, LearningOut)
 
 
 @blp.route("/events/recent", methods=["GET"])
