@@ -115,7 +115,8 @@ def run(payments: int, seed: int, timeout: float) -> int:
         }  # fmt: skip
         os.environ.update(env)
         with api_server(env) as api:
-            worker_box = [celery_worker(env=env, beat=True)]
+            # Supervised: a worker that exits on its own is restarted, as in production.
+            worker_box = [celery_worker(env=env, beat=True, supervise=True)]
             worker = worker_box[0].__enter__()
             done = threading.Event()
             http = requests.Session()
@@ -152,7 +153,7 @@ def run(payments: int, seed: int, timeout: float) -> int:
                         worker.kill()
                         kills["whole worker SIGKILL"] += 1
                         worker_box[0].__exit__(None, None, None)
-                        worker_box[0] = celery_worker(env=env, beat=True)
+                        worker_box[0] = celery_worker(env=env, beat=True, supervise=True)
                         worker = worker_box[0].__enter__()
                 if not restarted_redis:
                     broker.restart()

@@ -182,7 +182,7 @@ def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
         env = {"REDIS_URL": broker.url, "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "5",
                "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "2",
                "PIPELINE_STALL_SECONDS": "8"}  # fmt: skip
-        with api_server(env) as api, celery_worker(env=env, beat=True):
+        with api_server(env) as api, celery_worker(env=env, beat=True, supervise=True):
             payment_ids = _seed_over_http(api.base, 20)
             for n, payment_id in enumerate(payment_ids):
                 if n == 10:

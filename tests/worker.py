@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,9 @@ ALL_QUEUES = "pipeline,dead_letter,maintenance"
 class WorkerProcess:
     process: subprocess.Popen
     log_path: Path
+    restarts: int = 0
+    stopping: bool = False  # set by kill() and stop(): a deliberate end is not restarted
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -31,17 +35,22 @@ class WorkerProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group: the main process and its pool children."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=30)
+        with self.lock:
+            self.stopping = True
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        with self.lock:
+            self.stopping = True
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait(timeout=30)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, message: str) -> None:
@@ -59,8 +68,13 @@ def celery_worker(
     concurrency: int = 2,
     env: dict[str, str] | None = None,
     beat: bool = False,
+    supervise: bool = False,
 ) -> Iterator[WorkerProcess]:
-    """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well."""
+    """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well.
+
+    With `supervise`, a worker that exits by itself is started again, as a process
+    supervisor does in production (compose's `restart: unless-stopped`): a Celery
+    worker can exit on a broker connection loss (kombu's "Unrecoverable error")."""
     log_path = Path(tempfile.mkstemp(prefix="tutorflow-worker-", suffix=".log")[1])
     command = [
         sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
@@ -70,16 +84,30 @@ def celery_worker(
     ]  # fmt: skip
     if beat:
         command += ["-B", "--schedule", str(log_path.with_suffix(".beat"))]
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, killed as a whole
-        )
-    worker = WorkerProcess(process, log_path)
+
+    def launch() -> subprocess.Popen:
+        with log_path.open("a") as log_file:
+            return subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+
+    worker = WorkerProcess(launch(), log_path)
+
+    def supervisor() -> None:
+        while not worker.stopping:
+            with worker.lock:
+                if worker.process.poll() is not None and not worker.stopping:
+                    worker.restarts += 1
+                    worker.process = launch()
+            time.sleep(0.5)
+
+    if supervise:
+        threading.Thread(target=supervisor, daemon=True).start()
     try:
         worker.wait_for_log(" ready.", timeout=60)
         yield worker
