@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import text
 
@@ -47,29 +47,23 @@ INSERT INTO trainer_allocations (purchase_id, student_id, course_id, trainer_id,
 SELECT p.id, p.student_id, p.course_id, 1 + (p.student_id - 1) / :per_trainer, p.time_slot,
        30, 'active'
 FROM student_course_purchases p;
--- 5 past and 2 future sessions each (Wed 18 .. Tue 24 Nov, Thu 26 .. Fri 27 Nov).
-INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
-                               scheduled_time, starts_at)
-SELECT a.id, a.student_id, a.trainer_id, d::date, a.time_slot,
-       (d::date + a.time_slot) AT TIME ZONE s.timezone
-FROM trainer_allocations a
-JOIN students s ON s.id = a.student_id
-CROSS JOIN unnest(ARRAY[date '2026-11-18', date '2026-11-19', date '2026-11-20',
-                        date '2026-11-23', date '2026-11-24',
-                        date '2026-11-26', date '2026-11-27']) d;
-ANALYZE;
 """
 
-REFERENCE = """
-INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
-                               scheduled_time, starts_at)
-SELECT a.id, a.student_id, a.trainer_id, d::date, a.time_slot,
-       (d::date + a.time_slot) AT TIME ZONE s.timezone
-FROM trainer_allocations a
-JOIN students s ON s.id = a.student_id
-CROSS JOIN unnest(ARRAY[date '2027-03-01', date '2027-03-02', date '2027-03-03',
-                        date '2027-03-04', date '2027-03-05']) d
-"""
+# One session per allocation on each of :dates: the seed's sessions, and the reference.
+SESSIONS_ON = text(
+    """
+    INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
+                                   scheduled_time, starts_at)
+    SELECT a.id, a.student_id, a.trainer_id, d, a.time_slot,
+           (d + a.time_slot) AT TIME ZONE s.timezone
+    FROM trainer_allocations a
+    JOIN students s ON s.id = a.student_id
+    CROSS JOIN unnest(CAST(:dates AS date[])) d
+    """
+)
+# 5 past and 2 future sessions each (Wed 18 .. Tue 24 Nov, Thu 26 .. Fri 27 Nov).
+SEED_DATES = [date(2026, 11, d) for d in (18, 19, 20, 23, 24, 26, 27)]
+REFERENCE_DATES = [date(2027, 3, d) for d in (1, 2, 3, 4, 5)]
 
 
 def seed(allocations: int) -> None:
@@ -80,6 +74,8 @@ def seed(allocations: int) -> None:
     with get_engine().begin() as connection:
         for statement in filter(str.strip, sql.split(";")):
             connection.execute(text(statement), params)
+        connection.execute(SESSIONS_ON, {"dates": SEED_DATES})
+        connection.execute(text("ANALYZE"))
 
 
 def main() -> None:
@@ -103,7 +99,7 @@ def main() -> None:
 
     with get_engine().begin() as connection:
         started = time.perf_counter()
-        reference_rows = connection.execute(text(REFERENCE)).rowcount
+        reference_rows = connection.execute(SESSIONS_ON, {"dates": REFERENCE_DATES}).rowcount
         reference = time.perf_counter() - started
         connection.rollback()
 
