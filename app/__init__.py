@@ -31,6 +31,7 @@ def default_config() -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
+        "CACHE_URL": settings.cache_url,
         "ADMIN_TOKEN": settings.admin_token,
         "WEBHOOK_SECRET": settings.webhook_secret,
         "CONFIGURE_LOGGING": True,

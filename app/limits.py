@@ -14,7 +14,7 @@ def init_limiter(app: Flask) -> Limiter:
     return Limiter(
         get_remote_address,
         app=app,
-        storage_uri=app.config.get("CACHE_URL") or app.config["REDIS_URL"],
+        storage_uri=app.config["CACHE_URL"],
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
         strategy="fixed-window",
         # No X-RateLimit-* headers on every answer: each costs a Redis round trip.

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from domain.payments import START_PIPELINE, Confirmation, confirm_payment
+from domain.payments import START_PIPELINE, Confirmation, Handoff, confirm_payment
 from domain.refunds import START_COMPENSATION, Refund, refund_payment
 from models import OutboxMessage, after_commit
 from models.session import execute_autocommit
@@ -94,7 +94,7 @@ def refund_and_compensate(
     return refund
 
 
-def publish_after_commit(session: Session, message: OutboxMessage) -> None:
+def publish_after_commit(session: Session, message: Handoff | OutboxMessage) -> None:
     after_commit(session, partial(publish, message.id, message.kind, message.payload))
 
 
