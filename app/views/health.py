@@ -25,6 +25,16 @@ def migrations_head() -> str:
     return _HEAD[0]
 
 
+def _broker_client() -> redis.Redis:
+    """One client (and connection pool) per app, not a new one per readiness probe."""
+    extensions = current_app.extensions
+    if "broker_ping" not in extensions:
+        extensions["broker_ping"] = redis.Redis.from_url(
+            current_app.config["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1
+        )
+    return extensions["broker_ping"]
+
+
 @blp.get("/healthz")
 def healthz():
     return jsonify(status="ok")
@@ -42,10 +52,7 @@ def readyz():
         log.warning("readiness: database", exc_info=True)
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        client = redis.Redis.from_url(
-            current_app.config["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1
-        )
-        client.ping()
+        _broker_client().ping()
         checks["broker"] = "ok"
     except redis.RedisError as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
