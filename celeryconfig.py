@@ -1,90 +1,95 @@
-"""Celery settings (Redis broker). Why each value: README, "Delivery guarantees"."""
+"""Celery settings, derived from the one Settings object. Why each value: README,
+"Delivery guarantees". The Celery app (tasks/celery_app.py) applies `celery_config`."""
 
-import os
+from __future__ import annotations
+
+from typing import Any
 
 from kombu import Exchange, Queue
 
-from core.config import settings
+from core.config import Settings
 
-broker_url = settings.redis_url
-broker_connection_retry_on_startup = True
-broker_transport_options = {
-    # Redis redelivers an unacked message only after this. It must exceed the longest
-    # task (task_time_limit) plus the longest retry countdown (retry_backoff_max): a
-    # retry waiting for its ETA is an unacked message too, and would otherwise run twice.
-    "visibility_timeout": settings.visibility_timeout,
-    # Sweep for expired unacked messages every 10 s (kombu's default is ~100 s).
-    "unacked_restore_interval": 10,
-    "unacked_restore_throttle": 1,
-    "socket_connect_timeout": 2,
-}
-# Workers publish the next link of a chain before acking the current one: they wait
-# out a broker restart (about 15 s) rather than fail a step whose work is committed.
-# The API passes a short policy of its own (tasks.handoff.API_PUBLISH_RETRY).
-task_publish_retry_policy = {
-    "max_retries": 10,
-    "interval_start": 0,
-    "interval_step": 0.5,
-    "interval_max": 2,
-}
+QUEUES = ("pipeline", "dead_letter", "maintenance")
 
-# Nobody reads task results: chains pass values along in messages.
-result_backend = None
-task_ignore_result = True
-task_serializer = "json"
-accept_content = ["json"]
 
-task_acks_late = True
-# A pool child killed mid-task (OOM, SIGKILL) requeues its message instead of acking it.
-task_reject_on_worker_lost = True
-# Each pool process may hold up to 4 reserved messages: the next task is already here
-# when one finishes. Reserved messages count against visibility_timeout; 8 short tasks
-# are far below it.
-worker_prefetch_multiplier = 4
-task_time_limit = settings.task_time_limit
-task_soft_time_limit = max(1, settings.task_time_limit - 10)
-
-# Deploys: on SIGTERM (remapped to SIGQUIT by REMAP_SIGTERM) a worker finishes what it
-# can for 10 s, then requeues the rest at once instead of waiting for visibility_timeout.
-worker_soft_shutdown_timeout = 10.0
-worker_enable_soft_shutdown_on_idle = True
-worker_hijack_root_logger = False
-worker_send_task_events = True  # Flower's task view
-
-task_default_queue = "pipeline"
-# Each queue has its own direct exchange and routing key: a message goes to one queue.
-task_queues = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in ("pipeline", "dead_letter", "maintenance")
-)
-task_default_exchange = "pipeline"
-task_default_routing_key = "pipeline"
-task_routes = {
-    "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
-    "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
-}
-
-# Beat: one process (docker-compose, Procfile); a second one finds the leader lock held.
-beat_scheduler = "tasks.beat_scheduler:SingleBeatScheduler"
-beat_schedule_filename = os.environ.get("BEAT_SCHEDULE_FILE", ".beat-schedule")
-beat_max_loop_interval = 10
-beat_schedule = {
-    "top-up-sessions": {
-        "task": "tutorflow.beat.top_up_sessions",
-        "schedule": settings.top_up_interval_seconds,
-    },
-    "relay-outbox": {
-        "task": "tutorflow.beat.relay_outbox",
-        "schedule": settings.outbox_relay_interval_seconds,
-        # If workers are down, don't pile up relays: the next one covers it.
-        "options": {"expires": max(1.0, settings.outbox_relay_interval_seconds * 2)},
-    },
-    "resume-stalled-pipelines": {
-        "task": "tutorflow.beat.resume_stalled_pipelines",
-        "schedule": max(1.0, settings.pipeline_stall_seconds / 4),
-    },
-    "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
-}
-
-timezone = "UTC"
-enable_utc = True
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Redis redelivers an unacked message only after this. It must exceed the
+            # longest task (task_time_limit) plus the longest retry countdown
+            # (retry_backoff_max): a retry waiting for its ETA is an unacked message
+            # too, and would otherwise run twice.
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for expired unacked messages every 10 s (kombu's default is ~100 s).
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 2,
+        },
+        # Workers publish the next link of a chain before acking the current one: they
+        # wait out a broker restart (about 15 s) rather than fail a step whose work is
+        # committed. The API passes a short policy of its own (tasks.handoff).
+        "task_publish_retry_policy": {
+            "max_retries": 10,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
+        # Nobody reads task results: chains pass values along in messages.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        # A pool child killed mid-task (OOM, SIGKILL) requeues its message instead of
+        # acking it.
+        "task_reject_on_worker_lost": True,
+        # Each pool process may hold up to 4 reserved messages: the next task is already
+        # here when one finishes. Reserved messages count against visibility_timeout;
+        # 8 short tasks are far below it.
+        "worker_prefetch_multiplier": 4,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, settings.task_time_limit - 10),
+        # Deploys: on SIGTERM (remapped to SIGQUIT by REMAP_SIGTERM) a worker finishes
+        # what it can for 10 s, then requeues the rest at once instead of waiting for
+        # visibility_timeout.
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,  # Flower's task view
+        "task_default_queue": "pipeline",
+        # Each queue has its own direct exchange and routing key: a message goes to one.
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ),
+        "task_default_exchange": "pipeline",
+        "task_default_routing_key": "pipeline",
+        "task_routes": {
+            "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
+            "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
+        },
+        # Beat: one process (docker-compose, Procfile); see tasks/beat_scheduler.py.
+        "beat_scheduler": "tasks.beat_scheduler:SingleBeatScheduler",
+        "beat_schedule_filename": settings.beat_schedule_file,
+        "beat_max_loop_interval": 10,
+        "beat_schedule": {
+            "top-up-sessions": {
+                "task": "tutorflow.beat.top_up_sessions",
+                "schedule": settings.top_up_interval_seconds,
+            },
+            "relay-outbox": {
+                "task": "tutorflow.beat.relay_outbox",
+                "schedule": settings.outbox_relay_interval_seconds,
+                # If workers are down, don't pile up relays: the next one covers it.
+                "options": {"expires": max(1.0, settings.outbox_relay_interval_seconds * 2)},
+            },
+            "resume-stalled-pipelines": {
+                "task": "tutorflow.beat.resume_stalled_pipelines",
+                "schedule": max(1.0, settings.pipeline_stall_seconds / 4),
+            },
+            "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,13 +1,23 @@
-"""gunicorn settings for the API (`gunicorn --config gunicorn.conf.py wsgi:app`)."""
+"""gunicorn settings for the API (`gunicorn --config gunicorn.conf.py wsgi:app`),
+taken from the one Settings object (core/config.py)."""
 
 import os
 import shutil
 import tempfile
 
-bind = os.environ.get("API_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("API_WORKERS", "2"))
+from core.config import get_settings
+
+# prometheus_client reads this variable itself, when it is imported: under gunicorn
+# there is always one, so every worker writes its samples there and /metrics sums them.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "tutorflow-prometheus")
+)
+settings = get_settings()
+
+bind = settings.api_bind
+workers = settings.api_workers
 worker_class = "gthread"
-threads = int(os.environ.get("API_THREADS", "4"))
+threads = settings.api_threads
 timeout = 30
 graceful_timeout = 10
 accesslog = None  # request lines come from the app's structured log
@@ -15,18 +25,14 @@ accesslog = None  # request lines come from the app's structured log
 # one host (scaling out, tests, benchmarks) would fight over it, and nothing uses it.
 control_socket_disable = True
 
-# Prometheus: every worker writes its samples here; /metrics sums them.
-_metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "tutorflow-prometheus")
-)
-
 
 def on_starting(server):
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
-    os.makedirs(_metrics_dir, exist_ok=True)
+    metrics_dir = settings.prometheus_multiproc_dir
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
 
 
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid, settings.prometheus_multiproc_dir)

@@ -11,42 +11,41 @@ from app import db, metrics
 from app.auth import is_admin_request
 from app.errors import ApiError, TutorflowApi, register_error_handlers
 from app.limits import init_limiter
+from app.runtime import EXTENSION, Runtime
 from app.schemas import TimeSlot
-from core.config import settings
+from core.cache import Cache
+from core.config import Settings, get_settings
 from core.logs import configure_logging, request_id_var
-from models import init_engine
+from tasks.effects import database_for
 
 API_PREFIX = "/api/v1"
 
-
-def default_config() -> dict[str, Any]:
-    return {
-        "API_TITLE": "Tutorflow",
-        "API_VERSION": "v1",
-        "OPENAPI_VERSION": "3.0.3",
-        "OPENAPI_URL_PREFIX": "/",
-        "OPENAPI_JSON_PATH": "openapi.json",
-        "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        "MAX_CONTENT_LENGTH": 64 * 1024,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "CACHE_URL": settings.cache_url,
-        "ADMIN_TOKEN": settings.admin_token,
-        "WEBHOOK_SECRET": settings.webhook_secret,
-        "CONFIGURE_LOGGING": True,
-        "RATE_LIMIT_PUBLIC": settings.rate_limit_public,
-    }
+# Flask's and flask-smorest's own options: constants, not deployment settings.
+FLASK_CONFIG: dict[str, Any] = {
+    "API_TITLE": "Tutorflow",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "/docs",
+    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+}
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:
+    """An app on `settings` (this process's, read from the environment, by default).
+
+    `testing` leaves logging to the test runner and turns on Flask's TESTING mode.
+    """
+    settings = settings or get_settings()
     app = Flask(__name__)
-    app.config.from_mapping(default_config())
-    if test_config:
-        app.config.update(test_config)
-    if app.config["CONFIGURE_LOGGING"]:
+    app.config.from_mapping(FLASK_CONFIG, TESTING=testing)
+    if not testing:
         configure_logging(settings.log_level, settings.log_json)
-    init_engine(app.config["DATABASE_URL"])
+    app.extensions[EXTENSION] = Runtime(
+        settings=settings, database=database_for(settings), cache=Cache.for_url(settings.cache_url)
+    )
 
     api = TutorflowApi(
         app,
@@ -59,10 +58,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from app.views import admin, catalogue, health, pages, payments, sessions, students, webhooks
 
-    limiter = init_limiter(app)
+    limiter = init_limiter(app, settings)
     for public in (payments.blp, students.blp):
         # Operators' tools (flask simulate) carry the admin token and are not limited.
-        limiter.limit(lambda: app.config["RATE_LIMIT_PUBLIC"], exempt_when=is_admin_request)(public)
+        limiter.limit(settings.rate_limit_public, exempt_when=is_admin_request)(public)
     for blueprint in (
         catalogue.blp,
         payments.blp,

@@ -7,16 +7,17 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import current_app, request
+from flask import request
 
 from app.errors import ApiError
+from app.runtime import runtime
 
 ADMIN_SECURITY = [{"bearerAuth": []}]
 
 
 def is_admin_request() -> bool:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    expected = current_app.config["ADMIN_TOKEN"]
+    expected = runtime().settings.admin_token
     return scheme.lower() == "bearer" and hmac.compare_digest(
         token.strip().encode(), expected.encode()
     )

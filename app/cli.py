@@ -7,17 +7,18 @@ import json
 import click
 from alembic import command
 from alembic.config import Config
-from flask import Flask, current_app
+from flask import Flask
+from flask.cli import AppGroup
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from actions import dead_letters
+from app.runtime import runtime
 from app.schemas import DeadLetterOut
 from domain import catalogue
 from domain.errors import Conflict, DomainError
 from domain.read_models import get_dead_letter, list_dead_letters
-from models import Course, DeadLetter, DeadLetterStatus, open_session
-from tasks import dead_letters
-from tasks.handoff import publish_after_commit
+from models import Course, Database, DeadLetter
 
 
 def ensure_database(url: str) -> bool:
@@ -64,9 +65,9 @@ DEMO_TRAINERS = [
 ]
 
 
-def seed_demo() -> dict[str, int]:
+def seed_demo(database: Database) -> dict[str, int]:
     """A demo catalogue (idempotent): two courses, three trainers, one student."""
-    with open_session() as session, session.begin():
+    with database.transaction() as session:
         if session.scalar(select(Course.id).limit(1)) is not None:
             return {"created": 0}
         courses = [
@@ -90,7 +91,7 @@ def seed_demo() -> dict[str, int]:
         return {"created": 1, "student_id": student.id, "course_id": courses[0].id}
 
 
-dead_letters_cli = click.Group("dead-letters", help="List, show, replay or discard dead letters.")
+dead_letters_cli = AppGroup("dead-letters", help="List, show, replay or discard dead letters.")
 
 
 def _letter_line(letter: DeadLetter) -> str:
@@ -110,7 +111,7 @@ def list_command(
     status: str | None, task_name: str | None, correlation_id: str | None, limit: int
 ) -> None:
     """Newest first."""
-    with open_session() as session:
+    with runtime().database.session() as session:
         letters, total = list_dead_letters(
             session,
             status=status,
@@ -126,7 +127,7 @@ def list_command(
 @dead_letters_cli.command("show")
 @click.argument("letter_id", type=int)
 def show_command(letter_id: int) -> None:
-    with open_session() as session:
+    with runtime().database.session() as session:
         letter = _or_fail(lambda: get_dead_letter(session, letter_id))
         click.echo(json.dumps(DeadLetterOut().dump(letter), indent=2))
 
@@ -136,12 +137,6 @@ def _or_fail(action):
         return action()
     except DomainError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
-
-
-def _replay_one(letter_id: int) -> None:
-    with open_session() as session, session.begin():
-        _, message = dead_letters.replay(session, letter_id)
-        publish_after_commit(session, message)
 
 
 @dead_letters_cli.command("replay")
@@ -156,24 +151,16 @@ def replay_command(
     if (letter_id is None) == (not replay_all):
         raise click.UsageError("give either a LETTER_ID or --all")
     if letter_id is not None:
-        _or_fail(lambda: _replay_one(letter_id))
+        _or_fail(lambda: dead_letters.replay(runtime().database, letter_id))
         click.echo(f"replayed {letter_id}")
         return
-    with open_session() as session:
-        ids = session.scalars(
-            select(DeadLetter.id)
-            .where(
-                DeadLetter.status == DeadLetterStatus.OPEN,
-                *([DeadLetter.task_name == task_name] if task_name else []),
-                *([DeadLetter.correlation_id == correlation_id] if correlation_id else []),
-            )
-            .order_by(DeadLetter.id)
-        ).all()
+    database = runtime().database
+    ids = dead_letters.open_letter_ids(database, task_name=task_name, correlation_id=correlation_id)
     skipped = 0
     with click.progressbar(ids, label=f"replaying {len(ids)} dead letters") as bar:
         for one in bar:
             try:
-                _replay_one(one)
+                dead_letters.replay(database, one)
             except Conflict:
                 skipped += 1  # replayed or discarded meanwhile by someone else
     click.echo(f"replayed {len(ids) - skipped}, skipped {skipped}")
@@ -182,11 +169,7 @@ def replay_command(
 @dead_letters_cli.command("discard")
 @click.argument("letter_id", type=int)
 def discard_command(letter_id: int) -> None:
-    def discard() -> None:
-        with open_session() as session, session.begin():
-            dead_letters.discard(session, letter_id)
-
-    _or_fail(discard)
+    _or_fail(lambda: dead_letters.discard(runtime().database, letter_id))
     click.echo(f"discarded {letter_id}")
 
 
@@ -199,13 +182,14 @@ def register_cli(app: Flask) -> None:
     @app.cli.command("ensure-db")
     def ensure_db_command() -> None:
         """Create the database if missing and migrate it to head."""
-        if ensure_database(current_app.config["DATABASE_URL"]):
+        url = runtime().settings.database_url
+        if ensure_database(url):
             click.echo("created database")
-        upgrade_database()
+        upgrade_database(url)
         click.echo("database at head")
 
     @app.cli.command("seed-demo")
     def seed_demo_command() -> None:
         """Load the demo catalogue (no-op if a catalogue exists)."""
-        result = seed_demo()
+        result = seed_demo(runtime().database)
         click.echo("demo catalogue loaded" if result["created"] else "catalogue already present")

@@ -1,16 +1,17 @@
-"""The request's database session: opened on first use, closed at teardown."""
+"""The request's database session (reads): opened on first use, closed at teardown.
+Writes go through the application actions (actions/), one transaction each."""
 
 from __future__ import annotations
 
 from flask import Flask, g
 from sqlalchemy.orm import Session
 
-from models import open_session
+from app.runtime import runtime
 
 
 def db() -> Session:
     if "db_session" not in g:
-        g.db_session = open_session()
+        g.db_session = runtime().database.session()
     return g.db_session
 
 

@@ -7,14 +7,16 @@ from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from core.config import Settings
 
-def init_limiter(app: Flask) -> Limiter:
+
+def init_limiter(app: Flask, settings: Settings) -> Limiter:
     # Behind a reverse proxy, wrap the app in werkzeug's ProxyFix so the client's
     # address (not the proxy's) is the key.
     return Limiter(
         get_remote_address,
         app=app,
-        storage_uri=app.config["CACHE_URL"],
+        storage_uri=settings.cache_url,
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
         strategy="fixed-window",
         # No X-RateLimit-* headers on every answer: each costs a Redis round trip.

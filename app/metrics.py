@@ -7,7 +7,6 @@ PostgreSQL at scrape time, so any process reports the same truth.
 
 from __future__ import annotations
 
-import os
 import time
 
 import redis
@@ -23,8 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from core.cache import read_model_stats
-from models import DeadLetter, DeadLetterStatus, OutboxMessage, open_session
+from app.runtime import Runtime, runtime
+from models import DeadLetter, DeadLetterStatus, OutboxMessage
 
 REQUEST_LATENCY = Histogram(
     "tutorflow_http_request_duration_seconds",
@@ -35,8 +34,11 @@ REQUEST_LATENCY = Histogram(
 
 
 class SharedStateCollector(Collector):
+    def __init__(self, app: Runtime) -> None:
+        self.app = app
+
     def collect(self):
-        with open_session() as session:
+        with self.app.database.session() as session:
             open_letters = session.scalar(
                 select(func.count()).where(DeadLetter.status == DeadLetterStatus.OPEN)
             )
@@ -45,7 +47,7 @@ class SharedStateCollector(Collector):
                     func.extract("epoch", func.now() - func.min(OutboxMessage.created_at))
                 ).where(OutboxMessage.published_at.is_(None))
             )
-        yield from _read_model_metrics()
+        yield from _read_model_metrics(self.app)
         yield GaugeMetricFamily(
             "tutorflow_dead_letters_open",
             "Dead letters waiting for an operator.",
@@ -58,9 +60,9 @@ class SharedStateCollector(Collector):
         )
 
 
-def _read_model_metrics():
+def _read_model_metrics(app: Runtime):
     try:
-        stats = read_model_stats()
+        stats = app.cache.read_model_stats()
     except redis.RedisError:
         return
     total = CounterMetricFamily(
@@ -80,13 +82,13 @@ def _read_model_metrics():
     yield ratio
 
 
-def _registry() -> CollectorRegistry:
+def _registry(app: Runtime) -> CollectorRegistry:
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+    if app.settings.prometheus_multiproc_dir:  # under gunicorn (gunicorn.conf.py)
+        multiprocess.MultiProcessCollector(registry, path=app.settings.prometheus_multiproc_dir)
     else:
         registry.register(REQUEST_LATENCY)
-    registry.register(SharedStateCollector())
+    registry.register(SharedStateCollector(app))
     return registry
 
 
@@ -107,4 +109,4 @@ def init_app(app: Flask) -> None:
 
 
 def metrics_response() -> Response:
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry(runtime())), mimetype=CONTENT_TYPE_LATEST)

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
-
-from core.config import settings
 
 log = logging.getLogger(__name__)
 
 READ_MODEL_TTL = 300  # a fallback only: every change invalidates explicitly
 READ_MODELS = ("home", "learning")
 STATS_KEY = "stats:read_model"
-
-_client: redis.Redis | None = None
 
 # KEYS: entry, version, hit counter, miss counter → [entry or nil, version or nil]
 _LOOKUP = """
@@ -40,15 +37,6 @@ if (redis.call('get', KEYS[2]) or '0') == ARGV[1] then
 end
 return 0
 """
-
-
-def cache_client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(
-            settings.cache_url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
-        )
-    return _client
 
 
 def read_model_key(kind: str, student_id: int) -> str:
@@ -67,86 +55,92 @@ def student_channel(student_id: int) -> str:
     return f"student:{student_id}:events"
 
 
-def cached_read_model(kind: str, student_id: int, load: Callable[[], str]) -> tuple[str, bool]:
-    """The read model's JSON from the cache, or `load()`ed and stored if still current.
+class Cache:
+    """One Redis (CACHE_URL): read models, their versions, live events, stats."""
 
-    Entries are the response body itself, so a hit is served without decoding or
-    re-serializing. Returns (json, hit); with Redis down, the database answers.
-    """
-    client = cache_client()
-    key, version = read_model_key(kind, student_id), version_key(student_id)
-    try:
-        entry, seen = client.eval(
-            _LOOKUP, 4, key, version, f"{STATS_KEY}:{kind}:hit", f"{STATS_KEY}:{kind}:miss"
+    _instances: dict[str, Cache] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
         )
-    except redis.RedisError:
-        log.warning("cache unavailable, reading the database", exc_info=True)
-        return load(), False
-    if entry is not None:
-        log.debug("cache hit", extra={"student_id": student_id, "view": kind})
-        return entry.decode(), True
-    log.info("cache miss", extra={"student_id": student_id, "view": kind})
-    body = load()
-    try:
-        stored = client.eval(_FILL, 2, key, version, (seen or b"0").decode(), body, READ_MODEL_TTL)
-    except redis.RedisError:
+
+    @classmethod
+    def for_url(cls, url: str) -> Cache:
+        """One client (and connection pool) per URL and process."""
+        with cls._lock:
+            if url not in cls._instances:
+                cls._instances[url] = cls(url)
+            return cls._instances[url]
+
+    def cached_read_model(
+        self, kind: str, student_id: int, load: Callable[[], str]
+    ) -> tuple[str, bool]:
+        """The read model's JSON from the cache, or `load()`ed and stored if still current.
+
+        Entries are the response body itself, so a hit is served without decoding or
+        re-serializing. Returns (json, hit); with Redis down, the database answers.
+        """
+        key, version = read_model_key(kind, student_id), version_key(student_id)
+        try:
+            entry, seen = self.client.eval(
+                _LOOKUP, 4, key, version, f"{STATS_KEY}:{kind}:hit", f"{STATS_KEY}:{kind}:miss"
+            )
+        except redis.RedisError:
+            log.warning("cache unavailable, reading the database", exc_info=True)
+            return load(), False
+        if entry is not None:
+            log.debug("cache hit", extra={"student_id": student_id, "view": kind})
+            return entry.decode(), True
+        log.info("cache miss", extra={"student_id": student_id, "view": kind})
+        body = load()
+        try:
+            stored = self.client.eval(
+                _FILL, 2, key, version, (seen or b"0").decode(), body, READ_MODEL_TTL
+            )
+        except redis.RedisError:
+            return body, False
+        log.info(
+            "cache fill" if stored else "cache fill skipped: invalidated meanwhile",
+            extra={"student_id": student_id, "view": kind},
+        )
         return body, False
-    log.info(
-        "cache fill" if stored else "cache fill skipped: invalidated meanwhile",
-        extra={"student_id": student_id, "view": kind},
-    )
-    return body, False
 
-
-def _queue_invalidation(pipe: redis.client.Pipeline, student_ids: set[int]) -> None:
-    """Bump each student's version and drop their entries (inside the caller's MULTI)."""
-    for student_id in student_ids:
-        pipe.incr(version_key(student_id))
-    pipe.delete(*(key for student_id in student_ids for key in student_keys(student_id)))
-
-
-def invalidate_and_announce(student_id: int, event: dict[str, Any]) -> None:
-    """Invalidate the student's read models and publish the live event, in one round
-    trip after the commit they follow; raises if Redis is unreachable."""
-    pipe = cache_client().pipeline(transaction=True)
-    _queue_invalidation(pipe, {student_id})
-    pipe.publish(student_channel(student_id), json.dumps(event, default=str))
-    pipe.execute()
-    log.info("cache invalidate", extra={"student_id": student_id, "reason": event.get("type", "?")})
-
-
-def notify_student(student_id: int, event: dict[str, Any]) -> None:
-    """Best effort: a stale entry expires by TTL, and the chain's last step invalidates
-    again with retries."""
-    try:
-        invalidate_and_announce(student_id, event)
-    except redis.RedisError:
-        log.warning("student notification failed", exc_info=True, extra={"student_id": student_id})
-
-
-def notify_students(events: list[tuple[int, dict[str, Any]]]) -> None:
-    """`notify_student` for many students in one Redis round trip (beat jobs)."""
-    if not events:
-        return
-    try:
-        pipe = cache_client().pipeline(transaction=True)
+    def invalidate_and_announce(self, events: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        """Bump each student's version, drop their entries and publish the live events,
+        in one MULTI round trip after the commit they follow; raises if Redis is down."""
+        events = list(events)
+        if not events:
+            return
         students = {student_id for student_id, _ in events}
-        _queue_invalidation(pipe, students)
+        pipe = self.client.pipeline(transaction=True)
+        for student_id in students:
+            pipe.incr(version_key(student_id))
+        pipe.delete(*(key for student_id in students for key in student_keys(student_id)))
         for student_id, event in events:
             pipe.publish(student_channel(student_id), json.dumps(event, default=str))
         pipe.execute()
-        log.info("cache invalidate", extra={"students": len(students), "reason": "batch"})
-    except redis.RedisError:
-        log.warning("batch student notification failed", exc_info=True)
+        log.info(
+            "cache invalidate",
+            extra={"students": sorted(students)[:20], "reason": events[0][1].get("type", "?")},
+        )
 
+    def announce(self, events: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        """Best effort: a stale entry expires by TTL, and the chain's last step
+        invalidates again with retries."""
+        try:
+            self.invalidate_and_announce(events)
+        except redis.RedisError:
+            log.warning("student notification failed", exc_info=True)
 
-def read_model_stats() -> dict[str, dict[str, int]]:
-    """Hit and miss counts per read model, shared by every API process."""
-    client = cache_client()
-    names = [f"{STATS_KEY}:{kind}:{result}" for kind in READ_MODELS for result in ("hit", "miss")]
-    values = client.mget(names)
-    stats: dict[str, dict[str, int]] = {kind: {} for kind in READ_MODELS}
-    for name, value in zip(names, values, strict=True):
-        _, _, kind, result = name.split(":")
-        stats[kind][result] = int(value or 0)
-    return stats
+    def read_model_stats(self) -> dict[str, dict[str, int]]:
+        """Hit and miss counts per read model, shared by every API process."""
+        names = [f"{STATS_KEY}:{k}:{result}" for k in READ_MODELS for result in ("hit", "miss")]
+        values = self.client.mget(names)
+        stats: dict[str, dict[str, int]] = {kind: {} for kind in READ_MODELS}
+        for name, value in zip(names, values, strict=True):
+            _, _, kind, result = name.split(":")
+            stats[kind][result] = int(value or 0)
+        return stats

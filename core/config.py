@@ -1,4 +1,9 @@
-"""Every setting Tutorflow reads from the environment, in one place.
+"""Every setting Tutorflow reads from the environment, in one typed object.
+
+`Settings.from_env()` is the only code that reads `os.environ`. A process builds it once
+(`get_settings()`) and hands it to what it runs: `create_app(settings)`, the Celery app
+(celeryconfig.py), gunicorn.conf.py and flowerconfig.py. A test builds other `Settings`
+(`dataclasses.replace`) to make a second app with another database or cache.
 
 Defaults work on a developer machine with PostgreSQL and Redis on localhost.
 """
@@ -6,25 +11,43 @@ Defaults work on a developer machine with PostgreSQL and Redis on localhost.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+
+_FALSE = ("0", "false", "no", "off", "")
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class _Env:
+    """Typed reads from one environment mapping, with the defaults beside the names."""
 
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
 
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    def text(self, name: str, default: str) -> str:
+        return self.environ.get(name, default)
 
+    def integer(self, name: str, default: int) -> int:
+        return int(self.environ.get(name, default))
 
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    def number(self, name: str, default: float) -> float:
+        return float(self.environ.get(name, default))
+
+    def optional(self, name: str) -> str | None:
+        return self.environ.get(name) or None
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.environ.get(name)
+        return default if raw is None else raw.strip().lower() not in _FALSE
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str
-    redis_url: str
+    # The Celery broker. BROKER_URL; REDIS_URL is read as a fallback so deployments
+    # configured before the rename keep working.
+    broker_url: str
+    # Read models and live events (pub/sub), and the rate-limit counters: always Redis.
     cache_url: str
     admin_token: str
     webhook_secret: str
@@ -42,10 +65,6 @@ class Settings:
     retry_backoff_max: int
     task_time_limit: int
     retry_jitter: bool
-    # Fault tests only: the named step pauses this long inside its transaction, once per
-    # payment, so a test can SIGKILL it mid-step. Empty in every real deployment.
-    fault_pause_step: str
-    fault_pause_seconds: float
     # Rolling session window.
     session_window: int
     top_up_threshold: int
@@ -67,44 +86,68 @@ class Settings:
     rate_limit_public: str
     log_level: str
     log_json: bool
+    # gunicorn (gunicorn.conf.py).
+    api_bind: str
+    api_workers: int
+    api_threads: int
+    # Where every gunicorn worker writes its Prometheus samples; /metrics sums them.
+    # prometheus_client reads the variable itself at import; gunicorn.conf.py sets it.
+    prometheus_multiproc_dir: str | None
+    # Flower (flowerconfig.py).
+    flower_address: str
+    flower_port: int
+    flower_db: str
+    # Celery beat's schedule state file.
+    beat_schedule_file: str
 
     @classmethod
-    def from_env(cls) -> Settings:
-        redis_url = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        broker_url = env.text("BROKER_URL", env.text("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        redis_default = broker_url if broker_url.startswith("redis") else "redis://127.0.0.1:6379/0"
         return cls(
-            database_url=_env(
+            database_url=env.text(
                 "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
             ),
-            redis_url=redis_url,
-            cache_url=_env("CACHE_URL", redis_url),
-            admin_token=_env("ADMIN_TOKEN", "dev-admin-token"),
-            webhook_secret=_env("WEBHOOK_SECRET", "dev-webhook-secret"),
-            flower_basic_auth=_env("FLOWER_BASIC_AUTH", "admin:admin"),
-            db_pool_size=_int("DB_POOL_SIZE", 5),
-            db_max_overflow=_int("DB_MAX_OVERFLOW", 10),
-            db_pool_pre_ping=_env("DB_POOL_PRE_PING", "0") not in ("0", "false", "no"),
-            visibility_timeout=_int("CELERY_VISIBILITY_TIMEOUT", 300),
-            retry_backoff=_int("CELERY_RETRY_BACKOFF", 2),
-            retry_backoff_max=_int("CELERY_RETRY_BACKOFF_MAX", 60),
-            task_time_limit=_int("CELERY_TASK_TIME_LIMIT", 120),
-            retry_jitter=_env("CELERY_RETRY_JITTER", "1") not in ("0", "false", "no"),
-            fault_pause_step=_env("FAULT_PAUSE_STEP", ""),
-            fault_pause_seconds=_float("FAULT_PAUSE_SECONDS", 0),
-            session_window=_int("SESSION_WINDOW", 7),
-            top_up_threshold=_int("TOP_UP_THRESHOLD", 3),
-            top_up_interval_seconds=_float("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
-            top_up_batch_size=_int("TOP_UP_BATCH_SIZE", 1000),
-            outbox_relay_interval_seconds=_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
-            outbox_relay_grace_seconds=_float("OUTBOX_RELAY_GRACE_SECONDS", 10),
-            outbox_retention_days=_float("OUTBOX_RETENTION_DAYS", 7),
-            pipeline_stall_seconds=_float("PIPELINE_STALL_SECONDS", 600),
-            inbox_retention_days=_float("INBOX_RETENTION_DAYS", 30),
-            stream_slots_per_process=_int("STREAM_SLOTS_PER_PROCESS", 2),
-            stream_seconds=_float("STREAM_SECONDS", 55),
-            rate_limit_public=_env("RATE_LIMIT_PUBLIC", "600/minute"),
-            log_level=_env("LOG_LEVEL", "INFO"),
-            log_json=_env("LOG_JSON", "1") not in ("0", "false", "no"),
+            broker_url=broker_url,
+            cache_url=env.text("CACHE_URL", redis_default),
+            admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
+            webhook_secret=env.text("WEBHOOK_SECRET", "dev-webhook-secret"),
+            flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
+            db_pool_size=env.integer("DB_POOL_SIZE", 5),
+            db_max_overflow=env.integer("DB_MAX_OVERFLOW", 10),
+            db_pool_pre_ping=env.flag("DB_POOL_PRE_PING", False),
+            visibility_timeout=env.integer("CELERY_VISIBILITY_TIMEOUT", 300),
+            retry_backoff=env.integer("CELERY_RETRY_BACKOFF", 2),
+            retry_backoff_max=env.integer("CELERY_RETRY_BACKOFF_MAX", 60),
+            task_time_limit=env.integer("CELERY_TASK_TIME_LIMIT", 120),
+            retry_jitter=env.flag("CELERY_RETRY_JITTER", True),
+            session_window=env.integer("SESSION_WINDOW", 7),
+            top_up_threshold=env.integer("TOP_UP_THRESHOLD", 3),
+            top_up_interval_seconds=env.number("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
+            top_up_batch_size=env.integer("TOP_UP_BATCH_SIZE", 1000),
+            outbox_relay_interval_seconds=env.number("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
+            outbox_relay_grace_seconds=env.number("OUTBOX_RELAY_GRACE_SECONDS", 10),
+            outbox_retention_days=env.number("OUTBOX_RETENTION_DAYS", 7),
+            pipeline_stall_seconds=env.number("PIPELINE_STALL_SECONDS", 600),
+            inbox_retention_days=env.number("INBOX_RETENTION_DAYS", 30),
+            stream_slots_per_process=env.integer("STREAM_SLOTS_PER_PROCESS", 2),
+            stream_seconds=env.number("STREAM_SECONDS", 55),
+            rate_limit_public=env.text("RATE_LIMIT_PUBLIC", "600/minute"),
+            log_level=env.text("LOG_LEVEL", "INFO"),
+            log_json=env.flag("LOG_JSON", True),
+            api_bind=env.text("API_BIND", "127.0.0.1:8000"),
+            api_workers=env.integer("API_WORKERS", 2),
+            api_threads=env.integer("API_THREADS", 4),
+            prometheus_multiproc_dir=env.optional("PROMETHEUS_MULTIPROC_DIR"),
+            flower_address=env.text("FLOWER_ADDRESS", "127.0.0.1"),
+            flower_port=env.integer("FLOWER_PORT", 5555),
+            flower_db=env.text("FLOWER_DB", ".flower/flower.db"),
+            beat_schedule_file=env.text("BEAT_SCHEDULE_FILE", ".beat-schedule"),
         )
 
 
-settings = Settings.from_env()
+@cache
+def get_settings() -> Settings:
+    """This process's settings, read from the environment on first use."""
+    return Settings.from_env()

@@ -1,16 +1,18 @@
-"""Domain events: written with the change they record, announced after its commit."""
+"""Domain events: written in the same transaction as the change they record.
+
+The after-commit channel (models.effects, tasks.effects) announces each written event
+to its student (read models invalidated, a live event) once the transaction commits.
+"""
 
 from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.cache import notify_student
-from models import DomainEvent, after_commit
+from models import DomainEvent
 
 
 class EventType(StrEnum):
@@ -18,6 +20,7 @@ class EventType(StrEnum):
     PURCHASE_CREATED = "PURCHASE_CREATED"
     TRAINER_ALLOCATED = "TRAINER_ALLOCATED"
     SESSIONS_GENERATED = "SESSIONS_GENERATED"
+    SESSION_SHIFTED = "SESSION_SHIFTED"
     ALLOCATION_COMPLETED = "ALLOCATION_COMPLETED"
     PIPELINE_RESUMED = "PIPELINE_RESUMED"
     PAYMENT_REFUNDED = "PAYMENT_REFUNDED"
@@ -36,33 +39,13 @@ def record_event(
     student_id: int,
     event_type: EventType,
     payload: dict[str, Any] | None = None,
-) -> None:
-    """Add the event to the current transaction; after commit, refresh the student."""
-    payload = payload or {}
-    session.add(
-        DomainEvent(
-            correlation_id=correlation_id,
-            student_id=student_id,
-            event_type=event_type,
-            payload=payload,
-        )
+) -> DomainEvent:
+    """Add the event to the current transaction (announced after its commit)."""
+    event = DomainEvent(
+        correlation_id=correlation_id,
+        student_id=student_id,
+        event_type=event_type,
+        payload=payload or {},
     )
-    announce_after_commit(session, correlation_id, student_id, event_type, payload)
-
-
-def announce_after_commit(
-    session: Session,
-    correlation_id: uuid.UUID,
-    student_id: int,
-    event_type: EventType,
-    payload: dict[str, Any],
-) -> None:
-    """For an event written in this transaction (by record_event or by SQL directly):
-    invalidate the student's read models and publish the live event, after commit."""
-    live_event = {
-        "type": str(event_type),
-        "payment_id": str(correlation_id),
-        "student_id": student_id,
-        **payload,
-    }
-    after_commit(session, partial(notify_student, student_id, live_event))
+    session.add(event)
+    return event

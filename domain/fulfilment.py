@@ -25,6 +25,8 @@ from models import (
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
+    OutboxKind,
+    OutboxMessage,
     Payment,
     PaymentStatus,
     Purchase,
@@ -310,9 +312,17 @@ def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit
 
 
 def mark_resumed(session: Session, payment_id: uuid.UUID, student_id: int) -> None:
+    """Its event, and the outbox message that publishes the chain again after commit."""
     record_event(
         session,
         correlation_id=payment_id,
         student_id=student_id,
         event_type=EventType.PIPELINE_RESUMED,
+    )
+    session.add(
+        OutboxMessage(
+            correlation_id=payment_id,
+            kind=OutboxKind.START_PIPELINE,
+            payload={"payment_id": str(payment_id)},
+        )
     )

@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import time
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import (
+    DateTime,
+    Select,
+    String,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, Unprocessable
-from domain.events import EventType, announce_after_commit
-from models import Course, Payment, PaymentStatus, Purchase, Student
-
-START_PIPELINE = "start_pipeline"
+from domain.events import EventType
+from models import (
+    Course,
+    DomainEvent,
+    OutboxKind,
+    OutboxMessage,
+    Payment,
+    PaymentStatus,
+    Purchase,
+    Student,
+    WrittenEvent,
+    WrittenOutbox,
+    note_events,
+    note_outbox,
+)
 
 
 @dataclass(frozen=True)
@@ -71,42 +95,63 @@ def has_active_course(session: Session, student_id: int, course_id: int) -> bool
 
 
 @dataclass(frozen=True)
-class Handoff:
-    """An outbox row written in the caller's transaction, to publish after its commit."""
-
-    id: int
-    kind: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class Confirmation:
     payment: Any  # the confirmed payment's row, or the Payment already confirmed
-    # The hand-off to publish after commit; None when this call confirmed nothing new.
-    outbox: Handoff | None
+    # True when this call confirmed the payment (and wrote the outbox row that starts
+    # the chain); False when it was confirmed already and nothing changed.
+    started: bool
 
 
-# The hot path in one round trip: flip the payment, write its event and its outbox row.
-_CONFIRM = text(
-    """
-    WITH confirmed AS (
-        UPDATE payments
-        SET status = 'succeeded', provider_payment_id = :provider_payment_id,
-            confirmed_at = :now, updated_at = :now
-        WHERE id = :payment_id AND status = 'pending'
-        RETURNING *
-    ), event AS (
-        INSERT INTO domain_events (correlation_id, student_id, event_type, payload)
-        SELECT id, student_id, 'PURCHASE_CONFIRMED', CAST(:event_payload AS jsonb)
-        FROM confirmed
-    ), outbox AS (
-        INSERT INTO outbox (correlation_id, kind, payload)
-        SELECT id, :kind, jsonb_build_object('payment_id', id::text) FROM confirmed
-        RETURNING id
+def _confirm_statement() -> Select[Any]:
+    """The hot path in one round trip: flip the payment, write its event and its outbox
+    row (data-modifying CTEs), return the payment and the outbox id."""
+    now = bindparam("now", type_=DateTime(timezone=True))
+    confirmed = (
+        update(Payment)
+        .where(Payment.id == bindparam("payment_id"), Payment.status == PaymentStatus.PENDING)
+        .values(
+            status=PaymentStatus.SUCCEEDED,
+            provider_payment_id=bindparam("provider_payment_id"),
+            confirmed_at=now,
+            updated_at=now,
+        )
+        .returning(*Payment.__table__.c)
+        .cte("confirmed")
     )
-    SELECT confirmed.*, outbox.id AS outbox_id FROM confirmed CROSS JOIN outbox
-    """
-)
+    event = (
+        insert(DomainEvent)
+        .from_select(
+            ["correlation_id", "student_id", "event_type", "payload"],
+            select(
+                confirmed.c.id,
+                confirmed.c.student_id,
+                literal(EventType.PURCHASE_CONFIRMED.value, String),
+                bindparam("event_payload", type_=JSONB),
+            ),
+        )
+        .cte("event")
+    )
+    outbox = (
+        insert(OutboxMessage)
+        .from_select(
+            ["correlation_id", "kind", "payload"],
+            select(
+                confirmed.c.id,
+                literal(OutboxKind.START_PIPELINE.value, String),
+                func.jsonb_build_object("payment_id", cast(confirmed.c.id, String)),
+            ),
+        )
+        .returning(OutboxMessage.id)
+        .cte("outbox")
+    )
+    return (
+        select(confirmed, outbox.c.id.label("outbox_id"))
+        .select_from(confirmed.join(outbox, true()))
+        .add_cte(event)
+    )
+
+
+_CONFIRM = _confirm_statement()
 
 
 def confirm_payment(
@@ -125,8 +170,7 @@ def confirm_payment(
                 "payment_id": payment_id,
                 "provider_payment_id": provider_payment_id,
                 "now": utcnow(),
-                "event_payload": json.dumps(event_payload),
-                "kind": START_PIPELINE,
+                "event_payload": event_payload,
             },
         ).one_or_none()
     except IntegrityError as exc:  # the caller's transaction is rolled back with it
@@ -136,11 +180,24 @@ def confirm_payment(
             provider_payment_id=provider_payment_id,
         ) from exc
     if row is None:
-        return Confirmation(_already_confirmed(session, payment_id, provider_payment_id), None)
-    announce_after_commit(
-        session, row.id, row.student_id, EventType.PURCHASE_CONFIRMED, event_payload
+        return Confirmation(_already_confirmed(session, payment_id, provider_payment_id), False)
+    correlation_id = str(row.id)
+    note_events(
+        session,
+        [WrittenEvent(correlation_id, row.student_id, EventType.PURCHASE_CONFIRMED, event_payload)],
     )
-    return Confirmation(row, Handoff(row.outbox_id, START_PIPELINE, {"payment_id": str(row.id)}))
+    note_outbox(
+        session,
+        [
+            WrittenOutbox(
+                row.outbox_id,
+                correlation_id,
+                OutboxKind.START_PIPELINE,
+                {"payment_id": correlation_id},
+            )
+        ],
+    )
+    return Confirmation(row, True)
 
 
 def _already_confirmed(

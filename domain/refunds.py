@@ -21,6 +21,7 @@ from models import (
     HOLDING_STATUSES,
     Allocation,
     AllocationStatus,
+    OutboxKind,
     OutboxMessage,
     Payment,
     PaymentStatus,
@@ -30,13 +31,13 @@ from models import (
     TutoringSession,
 )
 
-START_COMPENSATION = "start_compensation"
-
 
 @dataclass(frozen=True)
 class Refund:
     payment: Payment
-    outbox: OutboxMessage | None  # None when the payment was already refunded
+    # The compensation's hand-off (published after commit by the channel); None when the
+    # payment was already refunded and nothing changed.
+    outbox: OutboxMessage | None
 
 
 def refund_payment(
@@ -90,7 +91,9 @@ def refund_payment(
         payload={"source": source},
     )
     outbox = OutboxMessage(
-        correlation_id=payment.id, kind=START_COMPENSATION, payload={"payment_id": str(payment.id)}
+        correlation_id=payment.id,
+        kind=OutboxKind.START_COMPENSATION,
+        payload={"payment_id": str(payment.id)},
     )
     session.add(outbox)
     session.flush()
@@ -114,9 +117,12 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
 
     def event(event_type: EventType, **payload: object) -> None:
         record_event(
-            session, correlation_id=payment.id, student_id=payment.student_id,
-            event_type=event_type, payload=payload,
-        )  # fmt: skip
+            session,
+            correlation_id=payment.id,
+            student_id=payment.student_id,
+            event_type=event_type,
+            payload=payload,
+        )
 
     purchase = session.scalar(
         select(Purchase).where(Purchase.payment_id == payment.id).with_for_update()
@@ -143,8 +149,11 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
             .where(Trainer.id == allocation.trainer_id)
             .values(active_students=Trainer.active_students - 1)
         )
-        event(EventType.ALLOCATION_ENDED, allocation_id=allocation.id,
-              trainer_id=allocation.trainer_id)  # fmt: skip
+        event(
+            EventType.ALLOCATION_ENDED,
+            allocation_id=allocation.id,
+            trainer_id=allocation.trainer_id,
+        )
     if purchase is not None and purchase.is_active:
         purchase.is_active = False
         purchase.deactivated_at = now

@@ -29,11 +29,11 @@ def _scheduled(session: Session, session_id: int) -> TutoringSession:
 
 
 def _record(session: Session, tutoring: TutoringSession, event_type: EventType) -> None:
-    payment_id = session.scalar(
+    payment_id = session.execute(
         select(Purchase.payment_id)
         .join(Allocation, Allocation.purchase_id == Purchase.id)
         .where(Allocation.id == tutoring.allocation_id)
-    )
+    ).scalar_one()
     record_event(
         session,
         correlation_id=payment_id,

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
-from core.cache import notify_students
 from domain.calendar import plan_sessions, sessions_needed
 from domain.events import EventType
 from models import (
@@ -26,7 +24,8 @@ from models import (
     AllocationStatus,
     Purchase,
     Trainer,
-    after_commit,
+    WrittenEvent,
+    note_events,
 )
 
 _BATCH = text(
@@ -159,8 +158,15 @@ def top_up_batch(
                 "payload": [json.dumps(e["payload"]) for e in events],
             },
         )
-        live = [(e["student_id"], {"type": e["event_type"], **e["payload"]}) for e in events]
-        after_commit(session, partial(notify_students, live))
+        note_events(
+            session,
+            (
+                WrittenEvent(
+                    str(e["correlation_id"]), e["student_id"], e["event_type"], e["payload"]
+                )
+                for e in events
+            ),
+        )
     return report, rows[-1].id
 
 

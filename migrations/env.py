@@ -5,7 +5,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from core.config import settings
+from core.config import get_settings
 from models import Base
 
 config = context.config
@@ -16,7 +16,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.attributes.get("database_url") or settings.database_url
+    return config.attributes.get("database_url") or get_settings().database_url
 
 
 def run_migrations_offline() -> None:

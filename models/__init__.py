@@ -3,7 +3,8 @@
 from models.base import Base
 from models.catalogue import Course, Student, Trainer, TrainerCourse
 from models.dead_letters import DeadLetter, DeadLetterStatus
-from models.events import DomainEvent, OutboxMessage, ProcessedEvent
+from models.effects import Committed, WrittenEvent, WrittenOutbox, note_events, note_outbox
+from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent
 from models.fulfilment import (
     HOLDING_STATUSES,
     Allocation,
@@ -13,7 +14,7 @@ from models.fulfilment import (
     TutoringSession,
 )
 from models.payments import TIERS, IdempotencyKey, Payment, PaymentStatus, WebhookEvent
-from models.session import SessionFactory, after_commit, get_engine, init_engine, open_session
+from models.session import Database, execute_autocommit
 
 __all__ = [
     "HOLDING_STATUSES",
@@ -21,25 +22,28 @@ __all__ = [
     "Allocation",
     "AllocationStatus",
     "Base",
+    "Committed",
     "Course",
+    "Database",
     "DeadLetter",
     "DeadLetterStatus",
     "DomainEvent",
     "IdempotencyKey",
+    "OutboxKind",
     "OutboxMessage",
     "Payment",
     "PaymentStatus",
     "ProcessedEvent",
     "Purchase",
-    "SessionFactory",
     "SessionStatus",
     "Student",
     "Trainer",
     "TrainerCourse",
     "TutoringSession",
     "WebhookEvent",
-    "after_commit",
-    "get_engine",
-    "init_engine",
-    "open_session",
+    "WrittenEvent",
+    "WrittenOutbox",
+    "execute_autocommit",
+    "note_events",
+    "note_outbox",
 ]

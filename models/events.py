@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +23,14 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, created_at_column
+
+
+class OutboxKind(StrEnum):
+    """What an outbox message asks the broker for (tasks.handoff publishes each)."""
+
+    START_PIPELINE = "start_pipeline"
+    START_COMPENSATION = "start_compensation"
+    REPLAY_DEAD_LETTER = "replay_dead_letter"
 
 
 class DomainEvent(Base):
@@ -59,7 +68,7 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     correlation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    # What to publish: "start_pipeline" (more kinds come with refunds).
+    # What to publish: an OutboxKind.
     kind: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = created_at_column()

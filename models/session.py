@@ -1,83 +1,70 @@
 """The database engine and sessions: the one place that opens connections.
 
-Both the API and the workers take sessions from `SessionFactory`. Work that must follow
-a commit (publishing a task, invalidating a cache, a live event) is queued with
-`after_commit(session, fn)`: it runs only once the transaction is committed and is
-dropped on rollback.
+A `Database` is one process's engine (its own pool) and session factory for one set of
+settings. The composition root makes one per settings (tasks.effects.database_for) and
+gives its sessions the after-commit channel (models.effects): whatever a transaction
+wrote that the world must hear of is handed over only once it has committed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import settings
+from core.config import Settings
+from models.effects import CHANNEL, Channel
 
 log = logging.getLogger(__name__)
 
-_CALLBACKS = "after_commit_callbacks"
 
-SessionFactory = sessionmaker(expire_on_commit=False)
-_engine: Engine | None = None
-
-
-def init_engine(url: str | None = None, **overrides) -> Engine:
-    """Create this process's engine (once) and bind the session factory to it."""
-    global _engine
-    if _engine is None:
-        _engine = create_engine(
-            url or settings.database_url,
-            pool_size=overrides.pop("pool_size", settings.db_pool_size),
-            max_overflow=overrides.pop("max_overflow", settings.db_max_overflow),
+class Database:
+    def __init__(self, settings: Settings, channel: Channel | None = None) -> None:
+        self.url = settings.database_url
+        self.engine: Engine = create_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
             pool_pre_ping=settings.db_pool_pre_ping,
-            **overrides,
         )
-        SessionFactory.configure(bind=_engine)
-    return _engine
+        self.sessions = sessionmaker(
+            bind=self.engine, expire_on_commit=False, info={CHANNEL: channel}
+        )
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commits at the end (then the channel runs), or rolls back."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def bound_to(self, connection: Connection) -> Iterator[None]:
+        """Tests: every session joins `connection`'s transaction through savepoints."""
+        self.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
+        try:
+            yield
+        finally:
+            self.sessions.configure(bind=self.engine, join_transaction_mode="conditional_savepoint")
+
+    def dispose_after_fork(self) -> None:
+        """A forked child must not reuse its parent's sockets (Superset's pattern)."""
+        self.engine.dispose(close=False)
 
 
-def get_engine() -> Engine:
-    return _engine or init_engine()
-
-
-def open_session() -> Session:
-    """A new session on this process's engine (created on first use)."""
-    get_engine()
-    return SessionFactory()
-
-
-def execute_autocommit(statement: Executable, params: dict[str, Any]) -> None:
+def execute_autocommit(
+    bind: Engine | Connection, statement: Executable, params: dict[str, Any]
+) -> None:
     """Run one statement in its own implicit transaction: a single round trip, no
-    session. (When tests bind the factory to one connection, it runs on that.)"""
-    bind = SessionFactory.kw.get("bind") or get_engine()
+    session. (When tests bind sessions to one connection, it runs on that.)"""
     if isinstance(bind, Connection):
         bind.execute(statement, params)
         return
     with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(statement, params)
-
-
-def dispose_engine_after_fork() -> None:
-    """A forked child must not reuse its parent's sockets (Superset's pattern)."""
-    if _engine is not None:
-        _engine.dispose(close=False)
-
-
-def after_commit(session: Session, callback: Callable[[], object]) -> None:
-    session.info.setdefault(_CALLBACKS, []).append(callback)
-
-
-@event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    callbacks = session.info.pop(_CALLBACKS, [])
-    for callback in callbacks:
-        callback()
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
-    session.info.pop(_CALLBACKS, None)

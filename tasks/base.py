@@ -2,15 +2,13 @@
 
 It owns, for each run: the log context (correlation id, task id), the transaction,
 the inbox claim that makes a redelivery return the stored result, the post-commit
-side effects (queued with `models.after_commit`), retries with exponential backoff
+side effects (the after-commit channel, models.effects), retries with exponential backoff
 and jitter, and — once retries are spent or the error is permanent — the dead letter.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,12 +19,9 @@ from celery.exceptions import Ignore
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from core.cache import cache_client
-from core.config import settings
 from core.logs import log_context
 from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError
-from models import open_session
 from tasks import inbox
 
 log = logging.getLogger(__name__)
@@ -45,20 +40,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 FIRST_FAILED_AT = "x_first_failed_at"
 
 
-def _pause_once_for_fault_test(step: str, correlation_id: str) -> None:
-    """Hold the open transaction so a fault test can kill this process mid-step."""
-    if cache_client().set(f"fault:paused:{step}:{correlation_id}", 1, nx=True, ex=600):
-        log.warning("fault pause pid=%s step=%s", os.getpid(), step)
-        time.sleep(settings.fault_pause_seconds)
-
-
 class PipelineTask(Task):
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = settings.retry_backoff
-    retry_backoff_max = settings.retry_backoff_max
-    retry_jitter = settings.retry_jitter
-    # Used only when retry_backoff is 0 (tests): retry at once.
+    # retry_backoff, retry_backoff_max and retry_jitter come from the Celery app's
+    # settings (tasks.pipeline.step). Used only when retry_backoff is 0 (tests):
+    # retry at once.
     default_retry_delay = 0
     # The event this step consumes: names its inbox rows. None: no inbox (no DB effect).
     consumes: ClassVar[str | None] = None
@@ -75,7 +62,7 @@ class PipelineTask(Task):
         A step that already committed (redelivery after a crash, a duplicate publish,
         a replay) returns the result it stored, so the chain continues unchanged.
         """
-        with open_session() as session, session.begin():
+        with self.app.database.transaction() as session:
             claim = None
             if self.consumes:
                 claim = inbox.claim(
@@ -95,9 +82,7 @@ class PipelineTask(Task):
                 raise Ignore() from cancelled
             if claim is not None:
                 inbox.store_result(session, claim, result)
-            if settings.fault_pause_step == self.name:
-                _pause_once_for_fault_test(self.name, correlation_id)
-        # Committed: the after-commit callbacks (cache, live events) have run.
+        # Committed: the after-commit channel (cache, live events, outbox) has run.
         log.info("step done", extra={"result": result})
         return result
 
@@ -107,14 +92,14 @@ class PipelineTask(Task):
         options["headers"] = {**(options.get("headers") or {}), FIRST_FAILED_AT: first}
         return super().retry(*args, **options)
 
-    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
             log.warning(
                 "step failed, will retry",
                 extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
             )
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[override]
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         if not self.dead_letter_on_failure:
             log.error("step failed for good (no dead letter: non-critical)", exc_info=exc)
             return

@@ -10,26 +10,17 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from core.config import settings
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.top_up import TopUpReport, top_up_batch
-from models import (
-    OutboxMessage,
-    ProcessedEvent,
-    WebhookEvent,
-    after_commit,
-    get_engine,
-    open_session,
-)
+from models import OutboxMessage, ProcessedEvent, WebhookEvent
 from tasks.celery_app import celery_app
-from tasks.handoff import PUBLISHERS, start_pipeline
+from tasks.handoff import PUBLISHERS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +50,7 @@ def job(name: str):
 @contextmanager
 def exclusive(job_name: str) -> Iterator[bool]:
     """True if this process holds the job's advisory lock for the duration."""
-    with get_engine().connect() as connection:
+    with celery_app.database.engine.connect() as connection:
         key = LOCK_KEYS[job_name]
         acquired = connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
         try:
@@ -78,14 +69,14 @@ def run_top_up(*, batch_size: int | None = None) -> TopUpReport:
     report = TopUpReport()
     after = 0
     while True:
-        with open_session() as session, session.begin():
+        with celery_app.database.transaction() as session:
             batch, last = top_up_batch(
                 session,
                 now=now,
                 after_id=after,
-                limit=batch_size or settings.top_up_batch_size,
-                window=settings.session_window,
-                threshold=settings.top_up_threshold,
+                limit=batch_size or celery_app.settings.top_up_batch_size,
+                window=celery_app.settings.session_window,
+                threshold=celery_app.settings.top_up_threshold,
             )
         report.add(batch)
         if last is None:
@@ -110,7 +101,7 @@ def relay_outbox() -> dict[str, int]:
     with exclusive("relay_outbox") as mine:
         if not mine:
             return {"skipped": 1}
-        with open_session() as session, session.begin():
+        with celery_app.database.transaction() as session:
             now = func.now()
             rows = session.scalars(
                 select(OutboxMessage)
@@ -118,7 +109,7 @@ def relay_outbox() -> dict[str, int]:
                     OutboxMessage.published_at.is_(None),
                     OutboxMessage.next_attempt_at <= now,
                     OutboxMessage.created_at
-                    <= now - timedelta(seconds=settings.outbox_relay_grace_seconds),
+                    <= now - timedelta(seconds=celery_app.settings.outbox_relay_grace_seconds),
                 )
                 .order_by(OutboxMessage.id)
                 .limit(RELAY_BATCH)
@@ -151,14 +142,16 @@ def resume_stalled_pipelines() -> dict[str, int]:
     with exclusive("resume_stalled") as mine:
         if not mine:
             return {"skipped": 1}
-        with open_session() as session, session.begin():
+        with celery_app.database.transaction() as session:
             stalled = fulfilment.stalled_payments(
-                session, now=utcnow(), stall=timedelta(seconds=settings.pipeline_stall_seconds),
+                session,
+                now=utcnow(),
+                stall=timedelta(seconds=celery_app.settings.pipeline_stall_seconds),
                 limit=RELAY_BATCH,
-            )  # fmt: skip
+            )
             for payment_id, student_id in stalled:
+                # Its event and outbox row: the chain is published after the commit.
                 fulfilment.mark_resumed(session, payment_id, student_id)
-                after_commit(session, partial(start_pipeline, {"payment_id": str(payment_id)}))
                 resumed += 1
     if resumed:
         log.warning("resumed stalled pipelines", extra={"count": resumed})
@@ -174,9 +167,9 @@ def prune_retention() -> dict[str, int]:
     """
     now = utcnow()
     targets = [
-        (OutboxMessage, OutboxMessage.published_at, settings.outbox_retention_days),
-        (ProcessedEvent, ProcessedEvent.processed_at, settings.inbox_retention_days),
-        (WebhookEvent, WebhookEvent.received_at, settings.inbox_retention_days),
+        (OutboxMessage, OutboxMessage.published_at, celery_app.settings.outbox_retention_days),
+        (ProcessedEvent, ProcessedEvent.processed_at, celery_app.settings.inbox_retention_days),
+        (WebhookEvent, WebhookEvent.received_at, celery_app.settings.inbox_retention_days),
     ]
     removed: dict[str, int] = {}
     with exclusive("prune") as mine:
@@ -187,7 +180,7 @@ def prune_retention() -> dict[str, int]:
             key = model.__mapper__.primary_key[0]
             total = 0
             while True:
-                with open_session() as session, session.begin():
+                with celery_app.database.transaction() as session:
                     doomed = select(key).where(stamp < cutoff).limit(PRUNE_BATCH)
                     deleted = session.execute(delete(model).where(key.in_(doomed))).rowcount
                 total += deleted

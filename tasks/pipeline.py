@@ -7,12 +7,12 @@ as `correlation_id` and returns what the next step needs, even on redelivery.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from celery import chain
 from celery.canvas import Signature
 
-from core.cache import invalidate_and_announce
-from core.config import settings
+from core.cache import Cache
 from domain import fulfilment, refunds
 from domain.clock import utcnow
 from domain.events import EventType
@@ -20,10 +20,30 @@ from tasks.base import PipelineTask
 from tasks.celery_app import celery_app
 
 
-@celery_app.task(
-    base=PipelineTask,
-    bind=True,
-    name="tutorflow.pipeline.create_purchase",
+def step(
+    name: str,
+    *,
+    max_retries: int,
+    consumes: EventType | None = None,
+    dead_letter_on_failure: bool = True,
+) -> Any:
+    """A pipeline step: the base task, retries with the configured backoff."""
+    settings = celery_app.settings
+    return celery_app.task(
+        base=PipelineTask,
+        bind=True,
+        name=name,
+        max_retries=max_retries,
+        consumes=consumes,
+        dead_letter_on_failure=dead_letter_on_failure,
+        retry_backoff=settings.retry_backoff,
+        retry_backoff_max=settings.retry_backoff_max,
+        retry_jitter=settings.retry_jitter,
+    )
+
+
+@step(
+    "tutorflow.pipeline.create_purchase",
     max_retries=3,
     consumes=EventType.PURCHASE_CONFIRMED,
 )
@@ -34,10 +54,8 @@ def create_purchase(self: PipelineTask, payment_id: str, *, correlation_id: str)
     )
 
 
-@celery_app.task(
-    base=PipelineTask,
-    bind=True,
-    name="tutorflow.pipeline.allocate_trainer",
+@step(
+    "tutorflow.pipeline.allocate_trainer",
     max_retries=5,
     consumes=EventType.PURCHASE_CREATED,
 )
@@ -48,42 +66,36 @@ def allocate_trainer(self: PipelineTask, purchase_id: int, *, correlation_id: st
     )
 
 
-@celery_app.task(
-    base=PipelineTask,
-    bind=True,
-    name="tutorflow.pipeline.schedule_sessions",
+@step(
+    "tutorflow.pipeline.schedule_sessions",
     max_retries=3,
     consumes=EventType.TRAINER_ALLOCATED,
 )
 def schedule_sessions(self: PipelineTask, allocation_id: int, *, correlation_id: str) -> int:
     def effect(session) -> int:
         fulfilment.schedule_sessions(
-            session, allocation_id, now=utcnow(), window=settings.session_window
+            session, allocation_id, now=utcnow(), window=celery_app.settings.session_window
         )
         return session.get_one(fulfilment.Allocation, allocation_id).student_id
 
     return self.run_step(effect, correlation_id=correlation_id)
 
 
-@celery_app.task(
-    base=PipelineTask,
-    bind=True,
-    name="tutorflow.pipeline.refresh_student_views",
+@step(
+    "tutorflow.pipeline.refresh_student_views",
     max_retries=3,
     dead_letter_on_failure=False,
 )
 def refresh_student_views(self: PipelineTask, student_id: int, *, correlation_id: str) -> None:
     # Unlike the best-effort invalidation after each step, this one raises on a Redis
     # error, so it is retried: the home screen must not stay stale.
-    invalidate_and_announce(
-        student_id, {"type": "STUDENT_VIEWS_REFRESHED", "payment_id": correlation_id}
+    Cache.for_url(celery_app.settings.cache_url).invalidate_and_announce(
+        [(student_id, {"type": "STUDENT_VIEWS_REFRESHED", "payment_id": correlation_id})]
     )
 
 
-@celery_app.task(
-    base=PipelineTask,
-    bind=True,
-    name="tutorflow.pipeline.compensate_refund",
+@step(
+    "tutorflow.pipeline.compensate_refund",
     max_retries=5,
     consumes=EventType.PAYMENT_REFUNDED,
 )

@@ -13,8 +13,9 @@ import os
 os.environ["DATABASE_URL"] = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_test"
 )
-os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-os.environ["CACHE_URL"] = os.environ["REDIS_URL"]
+os.environ["BROKER_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ["CACHE_URL"] = os.environ["BROKER_URL"]
+os.environ.pop("REDIS_URL", None)
 os.environ["ADMIN_TOKEN"] = "test-admin-token"
 os.environ["WEBHOOK_SECRET"] = "test-webhook-secret"
 os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
@@ -31,23 +32,36 @@ from sqlalchemy.orm import Session
 
 from app import create_app
 from app.cli import rebuild_database
-from core.config import settings
-from models import Base, SessionFactory, get_engine
+from core.config import get_settings
+from models import Base, Database
 from tasks.celery_app import celery_app
 
+settings = get_settings()
+
 ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def open_session() -> Session:
+    """A session on the test database (it joins the test's transaction when bound)."""
+    return celery_app.database.session()
 
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     """The test database, rebuilt from scratch by the Alembic migrations."""
     rebuild_database(settings.database_url)
-    return get_engine()
+    return celery_app.database.engine
+
+
+@pytest.fixture(scope="session")
+def database() -> Database:
+    """The database the test app and the (eager) tasks share: one per settings."""
+    return celery_app.database
 
 
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.broker_url)
     client.flushdb()
     return client
 
@@ -57,18 +71,17 @@ def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connect
     redis_client.flushdb()  # cached read models are keyed by ids that tests reuse
     connection = engine.connect()
     outer = connection.begin()
-    SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")
     try:
-        yield connection
+        with celery_app.database.bound_to(connection):
+            yield connection
     finally:
-        SessionFactory.configure(bind=engine)
         outer.rollback()
         connection.close()
 
 
 @pytest.fixture
 def db_session(db_connection: Connection) -> Iterator[Session]:
-    session = SessionFactory()
+    session = celery_app.database.session()
     yield session
     session.close()
 
@@ -87,7 +100,7 @@ def committed(engine: Engine, redis_client: redis.Redis) -> Iterator[Engine]:
 
 
 def _make_app() -> Flask:
-    return create_app({"TESTING": True, "CONFIGURE_LOGGING": False})
+    return create_app(settings, testing=True)
 
 
 @pytest.fixture

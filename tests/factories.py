@@ -82,8 +82,8 @@ def make_dead_letter(session: Session, **overrides: object):
 
     from sqlalchemy import select
 
+    from domain.dead_letters import store_dead_letter
     from models import DeadLetter
-    from tasks.dead_letters import store_dead_letter
 
     n = next(_seq)
     now = datetime.now(UTC).isoformat()

@@ -19,10 +19,10 @@ from models import (
     Purchase,
     TrainerCourse,
     TutoringSession,
-    open_session,
 )
 from tasks.beat import LOCK_KEYS, prune_retention, run_top_up, top_up_sessions
 from tasks.beat_scheduler import LOCK_KEY, LeaderLock
+from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -256,9 +256,9 @@ def test_only_one_beat_leads(redis_client):
 
 
 def _url() -> str:
-    from core.config import settings
+    from tests.conftest import settings
 
-    return settings.redis_url
+    return settings.broker_url
 
 
 def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, clock):

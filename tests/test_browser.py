@@ -11,7 +11,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from models import open_session
+from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.worker import celery_worker
 

@@ -26,9 +26,9 @@ from models import (
     Purchase,
     Trainer,
     TutoringSession,
-    open_session,
 )
 from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain
+from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.webhook_client import deliver, succeeded_event
 from tests.worker import celery_worker, wait_until

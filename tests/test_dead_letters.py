@@ -10,10 +10,9 @@ import redis
 import requests
 from sqlalchemy import func, select
 
-from core.config import settings
 from domain.payments import confirm_payment
-from models import DeadLetter, Purchase, TutoringSession, open_session
-from tests.conftest import ADMIN
+from models import DeadLetter, Purchase, TutoringSession
+from tests.conftest import ADMIN, open_session, settings
 from tests.factories import make_course, make_payment, make_student
 from tests.flower import AUTH, flower
 from tests.worker import celery_worker, wait_until
@@ -101,15 +100,11 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
 
 def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(committed):
     payment_id, _ = seed_payment_without_trainer()
-    broker = redis.Redis.from_url(settings.redis_url)
+    broker = redis.Redis.from_url(settings.broker_url)
     # Only the pipeline queue: the dead-letter message waits in Redis, unrecorded.
     with celery_worker(queues="pipeline") as worker:
-        with open_session() as session, session.begin():
-            from tasks.handoff import publish_after_commit
-
-            publish_after_commit(
-                session, confirm_payment(session, payment_id, "pp_kill", source="test").outbox
-            )
+        with open_session() as session, session.begin():  # published after commit
+            confirm_payment(session, payment_id, "pp_kill", source="test")
         wait_until(lambda: broker.llen("dead_letter") == 1, 60, "no dead-letter message")
         worker.kill()  # SIGKILL the whole worker, main process and pool
     assert open_letters() == []
@@ -130,11 +125,8 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
         first_id, second_id = first.id, second.id
     with celery_worker() as worker:
         for payment_id in (first_id, second_id):
-            with open_session() as session, session.begin():
-                from tasks.handoff import publish_after_commit
-
-                outbox = confirm_payment(session, payment_id, f"pp_{payment_id}", source="t").outbox
-                publish_after_commit(session, outbox)
+            with open_session() as session, session.begin():  # published after commit
+                confirm_payment(session, payment_id, f"pp_{payment_id}", source="t")
         wait_until(open_letters, 30, "no dead letter")
         log = worker.log()
     letters = open_letters()

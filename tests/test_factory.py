@@ -1,16 +1,78 @@
 """The application factory (flaskr's pattern): configuration and wiring."""
 
+import dataclasses
+
+import redis
+from sqlalchemy import create_engine, text
+
 from app import create_app
+from app.cli import rebuild_database
+from app.runtime import runtime
+from core.cache import read_model_key
+from core.config import Settings
+from tests.conftest import ADMIN, settings
 
 
-def test_config_defaults_are_not_testing(db_connection):
-    assert not create_app({"CONFIGURE_LOGGING": False}).testing
+def test_an_app_is_not_testing_unless_asked(db_connection):
+    app = create_app(settings)
+    assert not app.testing
+    assert create_app(settings, testing=True).testing
 
 
-def test_test_config_overrides_defaults(db_connection):
-    app = create_app({"TESTING": True, "CONFIGURE_LOGGING": False, "ADMIN_TOKEN": "x"})
-    assert app.testing
-    assert app.config["ADMIN_TOKEN"] == "x"
+def test_settings_come_from_the_environment_once_with_the_broker_fallback():
+    assert Settings.from_env({"REDIS_URL": "redis://old:6379/3"}).broker_url == (
+        "redis://old:6379/3"
+    )
+    both = Settings.from_env({"REDIS_URL": "redis://old/3", "BROKER_URL": "redis://new/4"})
+    assert both.broker_url == "redis://new/4"
+    assert both.cache_url == "redis://new/4"  # a Redis broker is the cache by default
+    amqp = Settings.from_env({"BROKER_URL": "amqp://guest@rabbit//"})
+    assert amqp.cache_url == "redis://127.0.0.1:6379/0"  # the cache is always Redis
+    assert Settings.from_env({"LOG_JSON": "off"}).log_json is False
+
+
+def test_admin_token_comes_from_the_apps_own_settings(db_connection):
+    other = create_app(dataclasses.replace(settings, admin_token="x"), testing=True)
+    client = other.test_client()
+    assert client.get("/api/v1/admin/dead-letters", headers=ADMIN).status_code == 401
+    ok = client.get("/api/v1/admin/dead-letters", headers={"Authorization": "Bearer x"})
+    assert ok.status_code == 200
+
+
+def test_a_second_app_with_other_settings_really_uses_its_database_and_cache(committed):
+    """flaskr's pattern: an app made with other settings writes to its own database and
+    caches in its own Redis, while the default app's stores see nothing of it."""
+    other_url = settings.database_url.rsplit("/", 1)[0] + "/tutorflow_test_second_app"
+    other_cache = settings.cache_url.rsplit("/", 1)[0] + "/15"
+    rebuild_database(other_url)
+    other_redis = redis.Redis.from_url(other_cache)
+    other_redis.flushdb()
+    other = create_app(
+        dataclasses.replace(settings, database_url=other_url, cache_url=other_cache),
+        testing=True,
+    )
+    client = other.test_client()
+    body = {"name": "Second", "email": "second@example.com", "timezone": "UTC"}
+    created = client.post("/api/v1/students", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.json
+    student_id = created.json["id"]
+    assert client.get(f"/api/v1/students/{student_id}/home").status_code == 200
+
+    engine = create_engine(other_url)
+    try:
+        with engine.connect() as connection:
+            emails = connection.scalars(text("SELECT email FROM students")).all()
+    finally:
+        engine.dispose()
+    assert emails == ["second@example.com"]
+    with other.app_context():
+        assert runtime().database.url == other_url
+    assert other_redis.get(read_model_key("home", student_id)) is not None
+    default_redis = redis.Redis.from_url(settings.cache_url)
+    assert default_redis.get(read_model_key("home", student_id)) is None
+    with committed.connect() as connection:  # the default app's database
+        assert connection.scalar(text("SELECT count(*) FROM students")) == 0
+    other_redis.flushdb()
 
 
 def test_healthz(client):
@@ -27,7 +89,7 @@ def test_readyz_checks_database_broker_and_migrations(client):
 
 def test_readyz_answers_503_when_the_broker_is_unreachable(db_connection):
     app = create_app(
-        {"TESTING": True, "CONFIGURE_LOGGING": False, "REDIS_URL": "redis://127.0.0.1:1/0"}
+        dataclasses.replace(settings, broker_url="redis://127.0.0.1:1/0"), testing=True
     )
     response = app.test_client().get("/readyz")
     assert response.status_code == 503

@@ -19,9 +19,8 @@ import requests
 from sqlalchemy import create_engine, func, select, text
 
 from domain.payments import confirm_payment
-from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession, open_session
-from tasks.handoff import publish_after_commit
-from tests.conftest import ADMIN
+from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession
+from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.services import api_server, private_postgres, private_redis
 from tests.worker import ROOT, celery_worker, wait_until
@@ -43,8 +42,8 @@ def seed_payment() -> tuple[uuid.UUID, int]:
 
 def confirm_and_publish(payment_id: uuid.UUID) -> None:
     with open_session() as session, session.begin():
-        outbox = confirm_payment(session, payment_id, f"pp_{payment_id}", source="test").outbox
-        publish_after_commit(session, outbox)
+        # The after-commit channel publishes the chain.
+        confirm_payment(session, payment_id, f"pp_{payment_id}", source="test")
 
 
 def sessions_count() -> int:
@@ -161,7 +160,7 @@ def _confirm(api: str, payment_id: str) -> int:
 
 def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
     with private_redis() as broker:
-        env = {"REDIS_URL": broker.url, "CACHE_URL": broker.url,
+        env = {"BROKER_URL": broker.url, "CACHE_URL": broker.url,
                "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "0"}  # fmt: skip
         with api_server(env) as api:
             payment_ids = _seed_over_http(api.base, 5)
@@ -179,7 +178,7 @@ def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
 
 def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
     with private_redis(aof=True) as broker:
-        env = {"REDIS_URL": broker.url, "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "5",
+        env = {"BROKER_URL": broker.url, "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "5",
                "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "2",
                "PIPELINE_STALL_SECONDS": "8"}  # fmt: skip
         with api_server(env) as api, celery_worker(env=env, beat=True, supervise=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 from hypothesis import given, settings
@@ -10,11 +11,12 @@ from hypothesis import strategies as st
 
 from app import create_app
 from domain.webhook_signature import BadSignatureHeader, parse_signature_header
+from tests.conftest import settings as TEST_SETTINGS
 from tests.factories import make_student
 
 
 def test_public_endpoints_are_rate_limited_with_a_json_429(db_session):
-    app = create_app({"TESTING": True, "CONFIGURE_LOGGING": False, "RATE_LIMIT_PUBLIC": "3/minute"})
+    app = create_app(dataclasses.replace(TEST_SETTINGS, rate_limit_public="3/minute"), testing=True)
     client = app.test_client()
     student = make_student(db_session)
     url = f"/api/v1/students/{student.id}/home"

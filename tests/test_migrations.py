@@ -6,7 +6,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.cli import ensure_database
-from core.config import settings
+from tests.conftest import settings
 
 
 def _config(url: str) -> Config:

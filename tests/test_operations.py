@@ -9,23 +9,48 @@ from pathlib import Path
 
 import yaml
 
+from core.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROCFILE = dict(
     line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
 )
-CONFIG_SOURCES = ["core/config.py", "gunicorn.conf.py", "flowerconfig.py", "celeryconfig.py"]
+
+
+class RecordingEnviron(dict[str, str]):
+    """An empty environment that notes every name Settings.from_env asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, name, default=None):  # type: ignore[override]
+        self.asked.add(name)
+        return super().get(name, default)
 
 
 def read_variables() -> set[str]:
-    """Every environment variable the processes read."""
-    pattern = re.compile(
-        r"""(?:_env|_int|_float|environ\.get|environ\.setdefault)\(\s*"([A-Z_]+)"""
-    )
-    found = set()
-    for source in CONFIG_SOURCES:
-        found |= set(pattern.findall((ROOT / source).read_text()))
-    return found | {"REMAP_SIGTERM", "PROMETHEUS_MULTIPROC_DIR"}  # read by Celery, prometheus
+    """Every environment variable the processes read: the Settings object's, and the two
+    read by libraries themselves (Celery, prometheus_client)."""
+    environ = RecordingEnviron()
+    Settings.from_env(environ)
+    return environ.asked | {"REMAP_SIGTERM", "PROMETHEUS_MULTIPROC_DIR"}
+
+
+def test_only_the_settings_object_reads_the_environment():
+    """Nothing but core/config.py reads os.environ in the code the services run."""
+    runtime_code = [
+        p
+        for package in ("actions", "app", "core", "domain", "models", "tasks")
+        for p in (ROOT / package).rglob("*.py")
+    ] + [ROOT / name for name in ("celeryconfig.py", "flowerconfig.py", "wsgi.py")]
+    readers = [
+        str(p.relative_to(ROOT))
+        for p in runtime_code
+        if re.search(r"os\.environ|os\.getenv", p.read_text()) and p.name != "config.py"
+    ]
+    assert readers == []
 
 
 def test_every_procfile_process_runs_the_same_command_in_compose():
@@ -51,7 +76,7 @@ def test_compose_defines_only_variables_the_app_reads_and_all_secrets():
         env = service.get("environment", {})
         unknown = set(env) - read
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
-        for secret in ("DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN", "WEBHOOK_SECRET"):
+        for secret in ("DATABASE_URL", "BROKER_URL", "ADMIN_TOKEN", "WEBHOOK_SECRET"):
             assert secret in env, f"{name} lacks {secret}"
 
 

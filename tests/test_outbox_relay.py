@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from domain.payments import confirm_payment
-from models import OutboxMessage, TutoringSession, open_session
+from models import OutboxMessage, TutoringSession
+from tasks.celery_app import celery_app
+from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.services import private_redis
 from tests.worker import celery_worker, wait_until
@@ -23,15 +26,16 @@ def test_relay_publishes_a_lost_hand_off_once_the_broker_is_back(committed):
 
     with private_redis() as broker:
         env = {
-            "REDIS_URL": broker.url,
+            "BROKER_URL": broker.url,
             "CACHE_URL": broker.url,
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "0",
         }
         with celery_worker(env=env, beat=True) as worker:
             broker.stop()
-            # Committed, never published: the process died right after its commit.
-            with open_session() as session, session.begin():
+            # Committed, never published: the process died right after its commit. (A
+            # plain Session has no after-commit channel: nothing is published.)
+            with Session(celery_app.database.engine) as session, session.begin():
                 confirm_payment(session, payment_id, "pp_lost", source="test")
             worker.wait_for_log("Cannot connect to redis", timeout=30)
             broker.start()

@@ -11,16 +11,11 @@ from typing import Any
 import pytest
 
 from core import cache
-from core.cache import (
-    cached_read_model,
-    invalidate_and_announce,
-    notify_student,
-    read_model_key,
-)
+from core.cache import Cache, read_model_key
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.read_models import student_home
-from models import open_session
+from tests.conftest import open_session, settings
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 
@@ -96,9 +91,12 @@ def test_metrics_report_the_hit_ratio(client, db_session):
 # --- the race: a slow reader that loaded before a commit ----------------------------
 
 
+CACHE = Cache.for_url(settings.cache_url)
+
+
 def naive_cached_read_model(kind: str, student_id: int, load: Callable[[], str]):
     """Plain cache-aside, for contrast: GET, load on a miss, SET."""
-    client = cache.cache_client()
+    client = CACHE.client
     key = read_model_key(kind, student_id)
     if (entry := client.get(key)) is not None:
         return entry.decode(), True
@@ -133,7 +131,7 @@ def run_race(read: Callable) -> list[dict[str, Any]]:
         purchase = fulfilment.create_purchase(session, payment_id)
         allocation = fulfilment.allocate_trainer(session, purchase.id)
         fulfilment.schedule_sessions(session, allocation.id, now=utcnow(), window=7)
-    invalidate_and_announce(student_id, {"type": "TEST"})
+    CACHE.invalidate_and_announce([(student_id, {"type": "TEST"})])
     release.set()
     reader.join(10)
 
@@ -146,7 +144,7 @@ def run_race(read: Callable) -> list[dict[str, Any]]:
 
 
 def test_a_slow_reader_never_writes_stale_data_over_an_invalidation(committed):
-    assert len(run_race(cached_read_model)) == 7
+    assert len(run_race(CACHE.cached_read_model)) == 7
 
 
 def test_the_same_interleaving_breaks_a_naive_cache_aside(committed):
@@ -164,7 +162,7 @@ def test_stream_delivers_events_published_after_commit(client, db_session):
     assert response.mimetype == "text/event-stream"
     chunks = (chunk.decode() for chunk in response.response)
     assert "connected" in next(chunks)
-    notify_student(student.id, {"type": "SESSIONS_GENERATED", "count": 7})
+    CACHE.announce([(student.id, {"type": "SESSIONS_GENERATED", "count": 7})])
     event = next(chunks)
     assert event.startswith("event: update\ndata: ")
     assert json.loads(event.split("data: ", 1)[1])["type"] == "SESSIONS_GENERATED"

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from domain.payments import confirm_payment
+from domain.refunds import refund_payment
 from models import (
     Allocation,
     DomainEvent,
@@ -17,11 +18,9 @@ from models import (
     Purchase,
     Trainer,
     TutoringSession,
-    open_session,
 )
-from tasks.handoff import publish_after_commit, refund_and_compensate
 from tasks.pipeline import fulfilment_chain
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.webhook_client import deliver
 from tests.worker import celery_worker, wait_until
@@ -115,7 +114,7 @@ def test_refund_before_the_chain_starts_leaves_nothing_to_start(db_session, eage
     course = make_course(db_session)
     trainer = make_trainer(db_session, [course])
     payment = make_payment(db_session, make_student(db_session), course, confirmed=True)
-    refund_and_compensate(db_session, payment.id, source="test")
+    refund_payment(db_session, payment.id, source="test")
     db_session.flush()
     fulfilment_chain(str(payment.id)).apply_async()  # the hand-off arrives late
     assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
@@ -153,15 +152,14 @@ def test_refund_racing_each_forward_step(committed, step):
     env = {"FAULT_PAUSE_STEP": f"tutorflow.pipeline.{step}", "FAULT_PAUSE_SECONDS": "2"}
     with celery_worker(env=env) as worker:
         with open_session() as session, session.begin():
-            outbox = confirm_payment(session, payment_id, "pp_race", source="test").outbox
-            publish_after_commit(session, outbox)
+            confirm_payment(session, payment_id, "pp_race", source="test")
         worker.wait_for_log("fault pause pid=", timeout=30)
         # The step holds its transaction open; the refund lands in the middle of it.
         refunded = threading.Event()
 
         def refund() -> None:
             with open_session() as session, session.begin():
-                refund_and_compensate(session, payment_id, source="test")
+                refund_payment(session, payment_id, source="test")
             refunded.set()
 
         threading.Thread(target=refund).start()

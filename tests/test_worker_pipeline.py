@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from models import open_session
+from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.worker import celery_worker, wait_until
 

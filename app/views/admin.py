@@ -6,12 +6,12 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from actions import dead_letters
 from app.auth import ADMIN_SECURITY, require_admin
 from app.db import db
+from app.runtime import runtime
 from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery
 from domain.read_models import get_dead_letter, list_dead_letters
-from tasks import dead_letters
-from tasks.handoff import publish_after_commit
 
 blp = Blueprint("admin", __name__, description="Dead letters: list, replay, discard (admin).")
 
@@ -45,11 +45,7 @@ def show_letter(letter_id: int):
 @blp.alt_response(409, schema="Error")
 @require_admin
 def replay_letter(letter_id: int):
-    session = db()
-    letter, message = dead_letters.replay(session, letter_id)
-    publish_after_commit(session, message)
-    session.commit()
-    return letter
+    return dead_letters.replay(runtime().database, letter_id)
 
 
 @blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>/discard", methods=["POST"])
@@ -60,7 +56,4 @@ def replay_letter(letter_id: int):
 @blp.alt_response(409, schema="Error")
 @require_admin
 def discard_letter(letter_id: int):
-    session = db()
-    letter = dead_letters.discard(session, letter_id)
-    session.commit()
-    return letter
+    return dead_letters.discard(runtime().database, letter_id)

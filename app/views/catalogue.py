@@ -6,10 +6,10 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from actions import catalogue
 from app.auth import ADMIN_SECURITY, require_admin
-from app.db import db
+from app.runtime import runtime
 from app.schemas import CourseIn, CourseOut, StudentIn, StudentOut, TrainerIn, TrainerOut
-from domain import catalogue
 
 blp = Blueprint("catalogue", __name__, description="Students, courses and trainers (admin).")
 
@@ -22,10 +22,7 @@ blp = Blueprint("catalogue", __name__, description="Students, courses and traine
 @blp.alt_response(409, schema="Error")
 @require_admin
 def create_student(data: dict[str, Any]):
-    session = db()
-    student = catalogue.create_student(session, **data)
-    session.commit()
-    return student
+    return catalogue.create_student(runtime().database, **data)
 
 
 @blp.route("/courses", methods=["POST"])
@@ -35,10 +32,7 @@ def create_student(data: dict[str, Any]):
 @blp.alt_response(401, schema="Error")
 @require_admin
 def create_course(data: dict[str, Any]):
-    session = db()
-    course = catalogue.create_course(session, **data)
-    session.commit()
-    return course
+    return catalogue.create_course(runtime().database, **data)
 
 
 @blp.route("/trainers", methods=["POST"])
@@ -49,7 +43,4 @@ def create_course(data: dict[str, Any]):
 @blp.alt_response(409, schema="Error")
 @require_admin
 def create_trainer(data: dict[str, Any]):
-    session = db()
-    trainer = catalogue.create_trainer(session, **data)
-    session.commit()
-    return trainer
+    return catalogue.create_trainer(runtime().database, **data)

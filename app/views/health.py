@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 from app.metrics import metrics_response
-from models import open_session
+from app.runtime import runtime
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -30,7 +30,7 @@ def _broker_client() -> redis.Redis:
     extensions = current_app.extensions
     if "broker_ping" not in extensions:
         extensions["broker_ping"] = redis.Redis.from_url(
-            current_app.config["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1
+            runtime().settings.broker_url, socket_connect_timeout=1, socket_timeout=1
         )
     return extensions["broker_ping"]
 
@@ -44,7 +44,7 @@ def healthz():
 def readyz():
     checks: dict[str, str] = {}
     try:
-        with open_session() as session:
+        with runtime().database.session() as session:
             version = session.scalar(text("SELECT version_num FROM alembic_version"))
         checks["database"] = "ok"
         checks["migrations"] = "ok" if version == migrations_head() else f"at {version}"

@@ -9,13 +9,14 @@ from flask import jsonify
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, fields, validate
 
+from actions import payments
 from app.auth import ADMIN_SECURITY, require_admin
 from app.db import db
+from app.runtime import runtime
 from app.schemas import ConfirmIn, InputSchema, PaymentDetailOut, PaymentIn, PaymentOut
 from domain import idempotency
-from domain.payments import Checkout, start_checkout
+from domain.payments import Checkout
 from domain.read_models import payment_detail
-from tasks.handoff import confirm_and_hand_off, refund_and_compensate
 
 blp = Blueprint("payments", __name__, description="Checkout and payment confirmation.")
 
@@ -38,22 +39,18 @@ class IdempotencyHeader(InputSchema):
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
-    session = db()
-    key = idempotency_key
-    if key is not None:
-        stored = idempotency.claim_key(
-            session, key, idempotency.fingerprint(PaymentIn().dump(data))
-        )
-        if stored is not None:
-            session.rollback()
-            replay = jsonify(stored.body)
-            replay.status_code = stored.status
-            return replay
-    payment = start_checkout(session, Checkout(**data))
-    if key is not None:
-        idempotency.store_response(session, key, 201, PaymentOut().dump(payment))
-    session.commit()
-    return payment
+    answer = payments.checkout(
+        runtime().database,
+        Checkout(**data),
+        idempotency_key=idempotency_key,
+        fingerprint=idempotency.fingerprint(PaymentIn().dump(data)),
+        render=PaymentOut().dump,
+    )
+    if answer.payment is None:  # the answer stored under the Idempotency-Key
+        replay = jsonify(answer.stored_body)
+        replay.status_code = answer.status
+        return replay
+    return answer.payment
 
 
 @blp.route("/payments/<uuid:payment_id>/confirm", methods=["POST"])
@@ -62,12 +59,10 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
 def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
-    session = db()
-    confirmation = confirm_and_hand_off(
-        session, payment_id, data["provider_payment_id"], source="client"
-    )
-    session.commit()  # the chain is published right after this commit
-    return confirmation.payment
+    # The chain is published right after the action's commit.
+    return payments.confirm(
+        runtime().database, payment_id, data["provider_payment_id"], source="client"
+    ).payment
 
 
 @blp.route("/payments/<uuid:payment_id>", methods=["GET"])
@@ -86,7 +81,4 @@ def get_payment(payment_id: uuid.UUID):
 @require_admin
 def refund_payment(payment_id: uuid.UUID):
     """Refund (admin): the compensation undoes purchase, allocation and future sessions."""
-    session = db()
-    refund = refund_and_compensate(session, payment_id, source="admin")
-    session.commit()
-    return refund.payment
+    return payments.refund(runtime().database, payment_id, source="admin").payment

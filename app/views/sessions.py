@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
+from actions import sessions
 from app.auth import ADMIN_SECURITY, require_admin
-from app.db import db
+from app.runtime import runtime
 from app.schemas import SessionOut
-from domain import sessions
-from domain.clock import utcnow
 
 blp = Blueprint("sessions", __name__, description="Complete or cancel a tutoring session.")
 ID = "<int(max=9223372036854775807):session_id>"
@@ -22,10 +21,7 @@ ID = "<int(max=9223372036854775807):session_id>"
 @blp.alt_response(409, schema="Error")
 @require_admin
 def complete(session_id: int):
-    session = db()
-    tutoring = sessions.complete_session(session, session_id, now=utcnow())
-    session.commit()
-    return tutoring
+    return sessions.complete(runtime().database, session_id)
 
 
 @blp.route(f"/sessions/{ID}/cancel", methods=["POST"])
@@ -36,7 +32,4 @@ def complete(session_id: int):
 @blp.alt_response(409, schema="Error")
 @require_admin
 def cancel(session_id: int):
-    session = db()
-    tutoring = sessions.cancel_session(session, session_id, now=utcnow())
-    session.commit()
-    return tutoring
+    return sessions.cancel(runtime().database, session_id)

@@ -11,22 +11,19 @@ from typing import Any
 from flask import Response
 from flask_smorest import Blueprint
 from marshmallow import Schema
+from redis.client import PubSub
 
 from app.db import db
 from app.errors import ApiError
+from app.runtime import runtime
 from app.schemas import HomeOut, LearningOut, RecentOut, RecentQuery
-from core.cache import cache_client, cached_read_model, student_channel
-from core.config import settings
+from core.cache import student_channel
 from domain.clock import utcnow
 from domain.read_models import get_student, recent_events, student_home, student_learning
 
 blp = Blueprint("students", __name__, description="Student home screen and live updates.")
 ID = "<int(max=9223372036854775807):student_id>"
 KEEP_ALIVE_SECONDS = 15
-
-# Streams hold a request thread each: never more than this many per process, so the
-# other threads keep serving requests. A client turned away falls back to polling.
-_stream_slots = threading.BoundedSemaphore(settings.stream_slots_per_process)
 
 
 def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Response:
@@ -35,7 +32,7 @@ def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Respons
     def load() -> str:
         return json.dumps(schema().dump(loader(db(), student_id, now=utcnow())))
 
-    body, hit = cached_read_model(kind, student_id, load)
+    body, hit = runtime().cache.cached_read_model(kind, student_id, load)
     return Response(
         body, mimetype="application/json", headers={"X-Cache": "hit" if hit else "miss"}
     )
@@ -69,25 +66,27 @@ def recent(query: dict[str, Any]):
 @blp.alt_response(503, schema="Error")
 def stream(student_id: int):
     get_student(db(), student_id)  # 404 before a slot is taken
-    if not _stream_slots.acquire(blocking=False):
+    # A client turned away (every slot of this process taken) falls back to polling.
+    app = runtime()
+    if not app.stream_slots.acquire(blocking=False):
         raise ApiError(503, "streams_full", "No stream slot free; poll /events/recent.")
     try:
-        pubsub = cache_client().pubsub(ignore_subscribe_messages=True)
+        pubsub = app.cache.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(student_channel(student_id))
     except Exception:
-        _stream_slots.release()
+        app.stream_slots.release()
         raise
     return Response(
-        _events(pubsub),
+        _events(pubsub, app.settings.stream_seconds, app.stream_slots),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _events(pubsub) -> Iterator[str]:
+def _events(pubsub: PubSub, seconds: float, slots: threading.BoundedSemaphore) -> Iterator[str]:
     try:
         yield "retry: 2000\n: connected\n\n"
-        deadline = time.monotonic() + settings.stream_seconds
+        deadline = time.monotonic() + seconds
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1.0)
@@ -100,4 +99,4 @@ def _events(pubsub) -> Iterator[str]:
         # The browser's EventSource reconnects by itself after `retry`.
     finally:
         pubsub.close()
-        _stream_slots.release()
+        slots.release()

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import time
 
-from flask import current_app, request
+from flask import request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.db import db
+from actions import webhooks
 from app.errors import ApiError
+from app.runtime import runtime
 from app.schemas import WebhookIn, WebhookOut
 from domain.webhook_signature import BadSignatureHeader, InvalidSignature, verify_signature
-from models import WebhookEvent
-from tasks.handoff import confirm_and_hand_off, refund_and_compensate
 
 blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
 
@@ -40,7 +38,7 @@ blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
 @blp.alt_response(409, schema="Error")
 def receive_payment_event():
     raw = request.get_data(cache=True)
-    secrets = current_app.config["WEBHOOK_SECRET"].split(",")
+    secrets = runtime().settings.webhook_secret.split(",")
     try:
         verify_signature(request.headers.get("X-Signature"), raw, secrets=secrets, now=time.time())
     except BadSignatureHeader as exc:
@@ -55,28 +53,12 @@ def receive_payment_event():
         raise ApiError(
             422, "validation_error", "The event does not validate.", json=exc.messages
         ) from exc
-    session = db()
-    # Recorded in the same transaction as its effect: a failure leaves the id free
-    # for the provider's next delivery; a success makes every redelivery a no-op.
-    first_delivery = session.scalar(
-        pg_insert(WebhookEvent)
-        .values(id=event["id"], type=event["type"], payment_id=event["data"]["payment_id"])
-        .on_conflict_do_nothing()
-        .returning(WebhookEvent.id)
+    outcome = webhooks.receive(
+        runtime().database, event_id=event["id"], event_type=event["type"], data=event["data"]
     )
-    if first_delivery is None:
-        session.rollback()
-        return {"received": True, "duplicate": True, "payment_id": event["data"]["payment_id"]}
-    data = event["data"]
-    if event["type"] == "payment.succeeded":
-        payment = confirm_and_hand_off(
-            session, data["payment_id"], data["provider_payment_id"], source="webhook"
-        ).payment
-    else:  # payment.refunded
-        payment = refund_and_compensate(
-            session, data["payment_id"], source="webhook",
-            provider_payment_id=data["provider_payment_id"],
-        ).payment  # fmt: skip
-    session.commit()
-    return {"received": True, "duplicate": False, "payment_id": payment.id,
-            "status": payment.status}  # fmt: skip
+    return {
+        "received": True,
+        "duplicate": outcome.duplicate,
+        "payment_id": outcome.payment_id,
+        "status": outcome.status,
+    }

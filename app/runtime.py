@@ -1,0 +1,38 @@
+"""What one app instance runs on: its settings, its database and its cache.
+
+`create_app(settings)` builds one `Runtime` and keeps it in `app.extensions`; views, the
+CLI and the metrics read it through `runtime()`. Nothing is copied into `app.config`
+(which holds only Flask's and flask-smorest's own options).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from core.cache import Cache
+from core.config import Settings
+from models import Database
+
+EXTENSION = "tutorflow"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    cache: Cache
+    # Streams hold a request thread each: never more than this many per process, so
+    # the other threads keep serving requests (app/views/students.py).
+    stream_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stream_slots = threading.BoundedSemaphore(self.settings.stream_slots_per_process)
+
+
+def runtime() -> Runtime:
+    """The current app's runtime (inside a request or an app context)."""
+    found: Runtime = current_app.extensions[EXTENSION]
+    return found

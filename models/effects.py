@@ -1,0 +1,129 @@
+"""What a transaction wrote that the world must hear of once it has committed.
+
+Domain functions only write rows: state, domain events, outbox messages. This module
+notices the `DomainEvent` and `OutboxMessage` rows a session inserts (ORM inserts are
+found at flush; a writer that inserts them with SQL for speed notes them itself) and,
+after the commit, hands them in one `Committed` to the session's after-commit channel:
+one callable, installed by the composition root (tasks.effects), that publishes the
+outbox messages and invalidates and announces the students' read models. A rollback
+forgets them; a row flushed inside a savepoint that was rolled back is not announced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event, inspect
+from sqlalchemy.orm import InstanceState, Session, SessionTransaction
+
+from models.events import DomainEvent, OutboxMessage
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "after_commit_channel"  # key in Session.info (set by the sessionmaker)
+_NOTED = "effects_noted"
+_FLUSHED = "effects_flushed"
+
+
+@dataclass(frozen=True)
+class WrittenEvent:
+    """A domain event this transaction wrote: its student's views change."""
+
+    correlation_id: str
+    student_id: int | None
+    event_type: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_live_event(self) -> dict[str, Any]:
+        """What the student's live stream receives."""
+        return {
+            "type": str(self.event_type),
+            "payment_id": self.correlation_id,
+            "student_id": self.student_id,
+            **self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class WrittenOutbox:
+    """An outbox message this transaction wrote: publish it, then stamp it."""
+
+    id: int
+    correlation_id: str
+    kind: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Committed:
+    events: tuple[WrittenEvent, ...]
+    outbox: tuple[WrittenOutbox, ...]
+    # The committed session's bind: an Engine, or the Connection tests bind to.
+    bind: Engine | Connection
+
+
+Channel = Callable[[Committed], None]
+
+
+def note_events(session: Session, events: Iterable[WrittenEvent]) -> None:
+    """For events inserted with SQL (not through the ORM) in this transaction."""
+    session.info.setdefault(_NOTED, []).extend(events)
+
+
+def note_outbox(session: Session, messages: Iterable[WrittenOutbox]) -> None:
+    """For outbox rows inserted with SQL (not through the ORM) in this transaction."""
+    session.info.setdefault(_NOTED, []).extend(messages)
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(_NOTED, None)
+    session.info.pop(_FLUSHED, None)
+
+
+@event.listens_for(Session, "after_flush")
+def _collect_flushed(session: Session, _flush_context: object) -> None:
+    # `session.new` still holds the objects this flush inserted (ids now assigned).
+    written = [o for o in session.new if isinstance(o, DomainEvent | OutboxMessage)]
+    if written:
+        session.info.setdefault(_FLUSHED, []).extend(written)
+
+
+def _as_written(row: DomainEvent | OutboxMessage) -> WrittenEvent | WrittenOutbox:
+    if isinstance(row, DomainEvent):
+        return WrittenEvent(str(row.correlation_id), row.student_id, row.event_type, row.payload)
+    return WrittenOutbox(row.id, str(row.correlation_id), row.kind, row.payload)
+
+
+def _state(row: DomainEvent | OutboxMessage) -> InstanceState[DomainEvent | OutboxMessage]:
+    return inspect(row)
+
+
+@event.listens_for(Session, "after_commit")
+def _hand_over(session: Session) -> None:
+    noted: list[WrittenEvent | WrittenOutbox] = session.info.pop(_NOTED, [])
+    flushed: list[DomainEvent | OutboxMessage] = session.info.pop(_FLUSHED, [])
+    channel: Channel | None = session.info.get(CHANNEL)
+    if channel is None or not (noted or flushed):
+        return
+    # A row inserted in a savepoint that was rolled back is transient again: skip it.
+    written = [*noted, *(_as_written(r) for r in flushed if not _state(r).transient)]
+    committed = Committed(
+        events=tuple(w for w in written if isinstance(w, WrittenEvent)),
+        outbox=tuple(w for w in written if isinstance(w, WrittenOutbox)),
+        bind=session.get_bind(),
+    )
+    try:
+        channel(committed)
+    except Exception:  # the channel isolates its callbacks; this is the last guard
+        log.exception("after-commit channel failed; the outbox relay covers the messages")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_on_rollback(session: Session, previous: SessionTransaction) -> None:
+    # Only the whole transaction's rollback forgets everything; a savepoint's rollback
+    # leaves its flushed rows transient, which `_hand_over` skips.
+    if previous.parent is None:
+        _forget(session)

@@ -1,0 +1,98 @@
+"""The one after-commit channel, and the Database objects that carry it.
+
+Whatever a committed transaction wrote that the world must hear of (models.effects)
+comes here: each new outbox message is published to the broker and stamped, and the
+students whose events were written get their read models invalidated and a live event,
+in one Redis round trip. Each callback runs on its own: one that raises is logged with
+its correlation id and the others still run. A message that was not published stays
+unpublished in the outbox, and the beat relay publishes it; a stale read model expires
+by its TTL, and the chain's last step invalidates again with retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, update
+
+from core.cache import Cache
+from core.config import Settings
+from models import Committed, Database, OutboxMessage, WrittenOutbox, execute_autocommit
+from tasks.handoff import PUBLISHERS
+
+log = logging.getLogger(__name__)
+
+STAMP_PUBLISHED = (
+    update(OutboxMessage)
+    .where(OutboxMessage.id == bindparam("outbox_id"), OutboxMessage.published_at.is_(None))
+    .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
+)
+
+
+class AfterCommitChannel:
+    def __init__(
+        self, cache: Cache, publishers: dict[str, Callable[[dict[str, Any]], None]]
+    ) -> None:
+        self.cache = cache
+        self.publishers = publishers
+
+    def __call__(self, committed: Committed) -> None:
+        for message in committed.outbox:
+            self.publish(message, committed.bind)
+        if committed.events:
+            self.cache.announce(
+                [(e.student_id, e.as_live_event()) for e in committed.events if e.student_id]
+            )
+
+    def publish(self, message: WrittenOutbox, bind: Engine | Connection) -> bool:
+        """Publish one outbox message and stamp it; False (and logged) if the broker failed."""
+        try:
+            self.publishers[message.kind](dict(message.payload))
+        except Exception:
+            log.warning(
+                "outbox publish failed; the relay will retry",
+                exc_info=True,
+                extra={"outbox_id": message.id, "correlation_id": message.correlation_id},
+            )
+            return False
+        try:
+            execute_autocommit(bind, STAMP_PUBLISHED, {"outbox_id": message.id})
+        except Exception:
+            # Published but not stamped: the relay publishes it again, which is harmless.
+            log.warning(
+                "outbox stamp failed",
+                exc_info=True,
+                extra={"outbox_id": message.id, "correlation_id": message.correlation_id},
+            )
+        return True
+
+
+_databases: dict[tuple[object, ...], Database] = {}
+_lock = threading.Lock()
+
+
+def database_for(settings: Settings) -> Database:
+    """This process's Database for `settings`, its sessions wired to the after-commit
+    channel: one engine (and pool) per database and cache, however many apps use it."""
+    key = (
+        settings.database_url,
+        settings.db_pool_size,
+        settings.db_max_overflow,
+        settings.db_pool_pre_ping,
+        settings.cache_url,
+    )
+    with _lock:
+        database = _databases.get(key)
+        if database is None:
+            channel = AfterCommitChannel(Cache.for_url(settings.cache_url), PUBLISHERS)
+            database = _databases[key] = Database(settings, channel)
+        return database
+
+
+def dispose_after_fork() -> None:
+    """In a forked pool child: drop every connection inherited from the parent."""
+    for database in _databases.values():
+        database.dispose_after_fork()
