@@ -29,9 +29,10 @@ seed: migrate
 up: seed  ## API :8000, workers, beat, Flower :5555 — Ctrl-C stops all.
 	$(BIN)/honcho start -f Procfile
 
-test: services  ## lint, migration drift check and the whole suite (real PostgreSQL + Redis)
+test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)

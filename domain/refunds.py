@@ -127,8 +127,12 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
     purchase = session.scalar(
         select(Purchase).where(Purchase.payment_id == payment.id).with_for_update()
     )
-    allocation = purchase and session.scalar(
-        select(Allocation).where(Allocation.purchase_id == purchase.id).with_for_update()
+    allocation = (
+        session.scalar(
+            select(Allocation).where(Allocation.purchase_id == purchase.id).with_for_update()
+        )
+        if purchase is not None
+        else None
     )
     if allocation is not None and allocation.status in HOLDING_STATUSES:
         cancelled = session.scalars(
