@@ -1,0 +1,130 @@
+"""The provider sandbox speaks Stripe's API as the official library expects it: shapes,
+errors, idempotency and signed webhooks (checked with stripe.Webhook.construct_event)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import stripe
+from werkzeug.serving import make_server
+
+from sandbox.app import SandboxConfig, create_sandbox
+from tests.worker import wait_until
+
+KEY = "sk_test_unit"
+SECRET = "whsec_unit"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[bytes, str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((body, self.headers["Stripe-Signature"]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[stripe.StripeClient, list[tuple[bytes, str]]]]:
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    _Receiver.received = []
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    app = create_sandbox(SandboxConfig(KEY, webhook_url=hook, webhook_secret=SECRET))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = stripe.StripeClient(
+        KEY, base_addresses={"api": f"http://127.0.0.1:{server.port}"}, max_network_retries=0
+    )
+    client.sandbox_base = f"http://127.0.0.1:{server.port}"  # type: ignore[attr-defined]
+    try:
+        yield client, _Receiver.received
+    finally:
+        server.shutdown()
+        receiver.shutdown()
+
+
+def test_a_payment_intent_succeeds_with_the_test_card_and_a_signed_webhook_follows(provider):
+    client, received = provider
+    intent = client.v1.payment_intents.create(
+        params={"amount": 9900, "currency": "eur", "metadata": {"payment_id": "p-1"}},
+        options={"idempotency_key": "p-1"},
+    )
+    assert intent.status == "requires_payment_method"
+    assert intent.client_secret.startswith(f"{intent.id}_secret_")
+    again = client.v1.payment_intents.create(
+        params={"amount": 9900, "currency": "eur", "metadata": {"payment_id": "p-1"}},
+        options={"idempotency_key": "p-1"},
+    )
+    assert again.id == intent.id  # same key, same parameters: the same answer
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.payment_intents.create(
+            params={"amount": 1, "currency": "eur"}, options={"idempotency_key": "p-1"}
+        )
+
+    paid = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    assert paid.status == "succeeded"
+    assert client.v1.payment_intents.retrieve(intent.id).amount_received == 9900
+
+    wait_until(lambda: received, 10, "no webhook arrived")
+    body, header = received[0]
+    event = stripe.Webhook.construct_event(body.decode(), header, SECRET, tolerance=300)
+    assert event.type == "payment_intent.succeeded"
+    assert event.data.object.metadata["payment_id"] == "p-1"
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.Webhook.construct_event(body.decode(), header, "whsec_other", tolerance=300)
+
+
+def test_a_declined_card_a_refund_and_stripes_errors(provider):
+    client, received = provider
+    intent = client.v1.payment_intents.create(params={"amount": 5000, "currency": "usd"})
+    with pytest.raises(stripe.CardError) as declined:
+        client.v1.payment_intents.confirm(
+            intent.id, params={"payment_method": "pm_card_chargeDeclined"}
+        )
+    assert declined.value.code == "card_declined"
+    assert client.v1.payment_intents.retrieve(intent.id).status == "requires_payment_method"
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.payment_intents.retrieve("pi_missing")
+    assert missing.value.http_status == 404
+
+    client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    refund = client.v1.refunds.create(
+        params={"payment_intent": intent.id}, options={"idempotency_key": "refund-1"}
+    )
+    same = client.v1.refunds.create(
+        params={"payment_intent": intent.id}, options={"idempotency_key": "refund-1"}
+    )
+    assert refund.status == "succeeded" and same.id == refund.id
+    wait_until(lambda: len(received) == 3, 10, "webhooks missing")
+    types = [json.loads(body)["type"] for body, _ in received]
+    assert types == ["payment_intent.payment_failed", "payment_intent.succeeded", "charge.refunded"]
+
+
+def test_the_sandbox_can_be_told_to_fail_and_to_need_a_key(provider):
+    client, _ = provider
+    base = client._requestor.base_addresses["api"]
+    import urllib.request
+
+    urllib.request.urlopen(
+        urllib.request.Request(f"{base}/_sandbox/mode", data=b'{"mode": "error"}', method="POST"),
+        timeout=5,
+    )
+    with pytest.raises(stripe.APIError):
+        client.v1.payment_intents.create(params={"amount": 5000, "currency": "usd"})
+    urllib.request.urlopen(
+        urllib.request.Request(f"{base}/_sandbox/mode", data=b'{"mode": "normal"}', method="POST"),
+        timeout=5,
+    )
+    wrong = stripe.StripeClient("sk_test_wrong", base_addresses={"api": base})
+    with pytest.raises(stripe.AuthenticationError):
+        wrong.v1.payment_intents.create(params={"amount": 5000, "currency": "usd"})
