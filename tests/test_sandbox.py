@@ -112,9 +112,7 @@ def test_a_declined_card_a_refund_and_stripes_errors(provider):
 
 def test_the_sandbox_can_be_told_to_fail_and_to_need_a_key(provider):
     client, _ = provider
-    base = client._requestor.base_addresses["api"]
-    import urllib.request
-
+    base = client.sandbox_base
     urllib.request.urlopen(
         urllib.request.Request(f"{base}/_sandbox/mode", data=b'{"mode": "error"}', method="POST"),
         timeout=5,
