@@ -36,6 +36,10 @@ class _Env:
     def optional(self, name: str) -> str | None:
         return self.environ.get(name) or None
 
+    def items(self, name: str, default: str) -> tuple[str, ...]:
+        """A comma-separated list; blanks dropped."""
+        return tuple(i.strip() for i in self.environ.get(name, default).split(",") if i.strip())
+
     def flag(self, name: str, default: bool) -> bool:
         raw = self.environ.get(name)
         return default if raw is None else raw.strip().lower() not in _FALSE
@@ -52,6 +56,17 @@ class Settings:
     admin_token: str
     webhook_secret: str
     flower_basic_auth: str
+    # The payment provider (Stripe). STRIPE_API_BASE points the stripe library at the local
+    # sandbox in development and tests; unset in production (api.stripe.com).
+    stripe_secret_key: str
+    stripe_api_base: str | None
+    # Several while rotating: a webhook signed with any of them is accepted.
+    stripe_webhook_secrets: tuple[str, ...]
+    stripe_connect_timeout: float
+    stripe_read_timeout: float
+    # The breaker opens after this many outages in a row and probes again after the reset.
+    stripe_breaker_fail_max: int
+    stripe_breaker_reset_seconds: float
     # Pool per process: gunicorn workers and Celery pool children each own one.
     db_pool_size: int
     db_max_overflow: int
@@ -114,6 +129,13 @@ class Settings:
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
             webhook_secret=env.text("WEBHOOK_SECRET", "dev-webhook-secret"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
+            stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),
+            stripe_api_base=env.optional("STRIPE_API_BASE"),
+            stripe_webhook_secrets=env.items("STRIPE_WEBHOOK_SECRETS", "whsec_tutorflow_sandbox"),
+            stripe_connect_timeout=env.number("STRIPE_CONNECT_TIMEOUT", 2.0),
+            stripe_read_timeout=env.number("STRIPE_READ_TIMEOUT", 5.0),
+            stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
+            stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
             db_pool_size=env.integer("DB_POOL_SIZE", 5),
             db_max_overflow=env.integer("DB_MAX_OVERFLOW", 10),
             db_pool_pre_ping=env.flag("DB_POOL_PRE_PING", False),

@@ -1,0 +1,181 @@
+"""The payment provider (Stripe), through its official library, behind a circuit breaker.
+
+One `PaymentProvider` per process and settings: one HTTP session, one breaker. Calls have
+short connect and read timeouts and no library-level retries (the verify step retries
+with backoff; the API answers 503 at once). Outcomes are sorted for the callers:
+
+- `ProviderUnavailable`: timeout, connection error, 5xx, 429, or the breaker is open —
+  nothing is known; try again later. These (and only these) count towards the breaker.
+- `ProviderRejected`: the provider answered and refused (4xx, a declined card) —
+  retrying the same request cannot help.
+
+`STRIPE_API_BASE` points the library at the local sandbox (`python -m sandbox`) in
+development and tests; production leaves it unset and uses api.stripe.com.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pybreaker
+import stripe
+
+from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not be asked (or is being left alone by the breaker)."""
+
+
+class ProviderRejected(Exception):
+    """The provider answered and refused the request."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What Tutorflow reads of a PaymentIntent."""
+
+    id: str
+    status: str  # requires_payment_method, succeeded, canceled, ...
+    amount: int
+    currency: str  # upper case, as the catalogue stores it
+    metadata: Mapping[str, str]
+    client_secret: str | None
+    latest_charge: str | None
+
+    @classmethod
+    def of(cls, resource: Any) -> Intent:
+        intent = resource.to_dict() if hasattr(resource, "to_dict") else dict(resource)
+        return cls(
+            id=intent["id"],
+            status=intent["status"],
+            amount=int(intent["amount"]),
+            currency=str(intent["currency"]).upper(),
+            metadata=dict(intent.get("metadata") or {}),
+            client_secret=intent.get("client_secret"),
+            latest_charge=intent.get("latest_charge"),
+        )
+
+
+def _is_outage(error: BaseException) -> bool:
+    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
+        return True
+    status = getattr(error, "http_status", None)
+    return isinstance(error, stripe.StripeError) and (status is None or status >= 500)
+
+
+class PaymentProvider:
+    _instances: dict[tuple[object, ...], PaymentProvider] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, settings: Settings) -> None:
+        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self.client = stripe.StripeClient(
+            settings.stripe_secret_key,
+            base_addresses=base,  # type: ignore[arg-type]
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(
+                timeout=(settings.stripe_connect_timeout, settings.stripe_read_timeout)
+            ),
+        )
+        self.webhook_secrets = settings.stripe_webhook_secrets
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=settings.stripe_breaker_fail_max,
+            reset_timeout=settings.stripe_breaker_reset_seconds,
+            # Only outages trip it: a declined card is the provider working fine.
+            exclude=[lambda error: not _is_outage(error)],
+            name="stripe",
+        )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> PaymentProvider:
+        key = (
+            settings.stripe_api_base,
+            settings.stripe_secret_key,
+            settings.stripe_webhook_secrets,
+        )
+        with cls._lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls(settings)
+            return cls._instances[key]
+
+    @property
+    def state(self) -> str:
+        """closed (calls go through), open (refused at once) or half-open (one probe)."""
+        return str(self.breaker.current_state)
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        try:
+            return self.breaker.call(action)
+        except pybreaker.CircuitBreakerError as exc:
+            raise ProviderUnavailable(f"{what}: circuit breaker open") from exc
+        except stripe.StripeError as exc:
+            if _is_outage(exc):
+                raise ProviderUnavailable(f"{what}: {type(exc).__name__}") from exc
+            raise ProviderRejected(
+                exc.user_message or str(exc), code=exc.code, status=exc.http_status
+            ) from exc
+
+    def create_intent(self, *, amount_cents: int, currency: str, payment_id: str) -> Intent:
+        """A PaymentIntent for this payment; the payment id is the idempotency key, so a
+        retried checkout never creates a second intent."""
+        return self._call(
+            "create PaymentIntent",
+            lambda: Intent.of(
+                self.client.v1.payment_intents.create(
+                    params={
+                        "amount": amount_cents,
+                        "currency": currency.lower(),
+                        "metadata": {"payment_id": payment_id},
+                    },
+                    options={"idempotency_key": f"payment-{payment_id}"},
+                )
+            ),
+        )
+
+    def retrieve_intent(self, intent_id: str) -> Intent:
+        return self._call(
+            "retrieve PaymentIntent",
+            lambda: Intent.of(self.client.v1.payment_intents.retrieve(intent_id)),
+        )
+
+    def refund(self, intent_id: str, *, payment_id: str) -> str:
+        """Refund the whole payment (idempotent per payment); returns the refund id."""
+        return self._call(
+            "create Refund",
+            lambda: str(
+                self.client.v1.refunds.create(
+                    params={"payment_intent": intent_id, "metadata": {"payment_id": payment_id}},
+                    options={"idempotency_key": f"refund-{payment_id}"},
+                )["id"]
+            ),
+        )
+
+    def construct_event(self, payload: bytes, signature: str | None) -> stripe.Event:
+        """Verify a webhook with each configured secret (several while rotating), within
+        Stripe's default 300 s tolerance; raises ValueError or SignatureVerificationError."""
+        if not signature:
+            raise stripe.SignatureVerificationError("no Stripe-Signature header", signature)
+        last: Exception | None = None
+        for secret in self.webhook_secrets:
+            try:
+                return stripe.Webhook.construct_event(
+                    payload.decode("utf-8"), signature, secret, tolerance=300
+                )
+            except stripe.SignatureVerificationError as exc:
+                last = exc
+        assert last is not None
+        raise last
