@@ -67,6 +67,17 @@ class Settings:
     # The breaker opens after this many outages in a row and probes again after the reset.
     stripe_breaker_fail_max: int
     stripe_breaker_reset_seconds: float
+    # Students' bearer tokens (core/tokens.py): HS256 with JWT_SECRET, or RS256 with
+    # JWT_PUBLIC_KEY (PEM) or JWT_JWKS_URL; audience and issuer must match.
+    jwt_algorithm: str
+    jwt_secret: str
+    jwt_public_key: str | None
+    jwt_jwks_url: str | None
+    jwt_audience: str
+    jwt_issuer: str
+    # Stream tickets (SSE): our own short-lived tokens, signed with this secret.
+    stream_ticket_secret: str
+    stream_ticket_seconds: int
     # Pool per process: gunicorn workers and Celery pool children each own one.
     db_pool_size: int
     db_max_overflow: int
@@ -136,6 +147,16 @@ class Settings:
             stripe_read_timeout=env.number("STRIPE_READ_TIMEOUT", 5.0),
             stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
             stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
+            jwt_algorithm=env.text("JWT_ALGORITHM", "HS256"),
+            jwt_secret=env.text("JWT_SECRET", "dev-jwt-secret-change-me-32-bytes!"),
+            jwt_public_key=env.optional("JWT_PUBLIC_KEY"),
+            jwt_jwks_url=env.optional("JWT_JWKS_URL"),
+            jwt_audience=env.text("JWT_AUDIENCE", "tutorflow-api"),
+            jwt_issuer=env.text("JWT_ISSUER", "tutorflow-identity"),
+            stream_ticket_secret=env.text(
+                "STREAM_TICKET_SECRET", "dev-stream-ticket-secret-32-bytes!"
+            ),
+            stream_ticket_seconds=env.integer("STREAM_TICKET_SECONDS", 60),
             db_pool_size=env.integer("DB_POOL_SIZE", 5),
             db_max_overflow=env.integer("DB_MAX_OVERFLOW", 10),
             db_pool_pre_ping=env.flag("DB_POOL_PRE_PING", False),
