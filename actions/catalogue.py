@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from domain import catalogue
 from models import Course, Database, Student, Trainer
@@ -13,9 +13,17 @@ def create_student(database: Database, *, name: str, email: str, timezone: str) 
         return catalogue.create_student(session, name=name, email=email, timezone=timezone)
 
 
-def create_course(database: Database, *, title: str) -> Course:
+def create_course(
+    database: Database,
+    *,
+    title: str,
+    currency: str = "EUR",
+    prices: Mapping[str, int] | None = None,
+) -> Course:
+    """`prices` as the API takes them: {"tier_10": cents, ...} for the tiers given."""
+    by_tier = {int(name.removeprefix("tier_")): cents for name, cents in (prices or {}).items()}
     with database.transaction() as session:
-        return catalogue.create_course(session, title=title)
+        return catalogue.create_course(session, title=title, currency=currency, prices=by_tier)
 
 
 def create_trainer(

@@ -1,4 +1,5 @@
-"""Checkout, confirmation and refund, one transaction each."""
+"""Checkout, "I paid" and refund: the provider asked outside any transaction, then one
+transaction each."""
 
 from __future__ import annotations
 
@@ -7,59 +8,100 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.provider import PaymentProvider
 from domain import idempotency
-from domain.payments import Checkout, Confirmation, confirm_payment, start_checkout
+from domain.errors import Conflict
+from domain.payments import (
+    Confirmation,
+    Order,
+    owned_payment,
+    quote,
+    request_confirmation,
+    start_checkout,
+)
 from domain.refunds import Refund, refund_payment
-from models import Database, Payment
+from models import Database, Payment, PaymentStatus
+
+# Payment ids derived from (student, Idempotency-Key): two concurrent requests with one
+# key name the same payment, hence the same PaymentIntent at the provider.
+_IDEMPOTENT_IDS = uuid.UUID("0b6f6e2e-54b1-4c47-9f63-7c2f0f5f2a11")
 
 
 @dataclass(frozen=True)
 class CheckoutAnswer:
-    """The checkout's answer: a new payment, or the answer stored under the key."""
+    """The checkout's answer: a new payment and its client secret, or the answer
+    stored under the Idempotency-Key."""
 
     status: int
-    payment: Payment | None = None
-    stored_body: dict[str, Any] | None = None
+    body: dict[str, Any]
 
 
 def checkout(
     database: Database,
-    order: Checkout,
+    provider: PaymentProvider,
+    order: Order,
     *,
     idempotency_key: str | None,
     fingerprint: str,
-    render: Callable[[Payment], dict[str, Any]],
+    render: Callable[[Payment, str | None], dict[str, Any]],
 ) -> CheckoutAnswer:
-    """Start a checkout; with an Idempotency-Key, the same key and body get the same
-    answer (`render` makes the body stored under the key, in the same transaction)."""
+    """Quote the catalogue price, create the provider's PaymentIntent (idempotency key:
+    the payment id), then write the pending payment. A provider outage raises
+    ProviderUnavailable before anything is written (the API answers 503)."""
+    if idempotency_key is not None:
+        # Keys are the student's own: another student's key names nothing of theirs.
+        idempotency_key = f"{order.student_id}:{idempotency_key}"
+        with database.transaction() as session:
+            stored = idempotency.stored_answer(session, idempotency_key, fingerprint)
+        if stored is not None:
+            return CheckoutAnswer(stored.status, stored.body)
+        payment_id = uuid.uuid5(_IDEMPOTENT_IDS, idempotency_key)
+    else:
+        payment_id = uuid.uuid4()
+    with database.transaction() as session:
+        price = quote(session, order)
+    intent = provider.create_intent(
+        amount_cents=price.amount_cents, currency=price.currency, payment_id=str(payment_id)
+    )
     with database.transaction() as session:
         if idempotency_key is not None:
             stored = idempotency.claim_key(session, idempotency_key, fingerprint)
-            if stored is not None:
-                return CheckoutAnswer(stored.status, stored_body=stored.body)
-        payment = start_checkout(session, order)
+            if stored is not None:  # a concurrent twin won
+                return CheckoutAnswer(stored.status, stored.body)
+        payment = start_checkout(
+            session, order, payment_id=payment_id, provider_payment_id=intent.id
+        )
+        body = render(payment, intent.client_secret)
         if idempotency_key is not None:
-            idempotency.store_response(session, idempotency_key, 201, render(payment))
-        return CheckoutAnswer(201, payment=payment)
+            idempotency.store_response(session, idempotency_key, 201, body)
+    return CheckoutAnswer(201, body)
 
 
 def confirm(
-    database: Database, payment_id: uuid.UUID, provider_payment_id: str, *, source: str
+    database: Database, payment_id: uuid.UUID, *, student_id: int | None, source: str
 ) -> Confirmation:
-    """Confirm the payment; its chain is published after the commit."""
+    """The student's "I paid": the payment goes to `confirming`; the chain, whose first
+    step asks the provider, is published after the commit."""
     with database.transaction() as session:
-        return confirm_payment(session, payment_id, provider_payment_id, source=source)
+        return request_confirmation(session, payment_id, student_id=student_id, source=source)
 
 
-def refund(
-    database: Database,
-    payment_id: uuid.UUID,
-    *,
-    source: str,
-    provider_payment_id: str | None = None,
-) -> Refund:
-    """Refund the payment; its compensation is published after the commit."""
+def refund(database: Database, provider: PaymentProvider, payment_id: uuid.UUID) -> Refund:
+    """An operator's refund: the money goes back at the provider first (idempotent per
+    payment), then the payment is refunded and its compensation published after commit."""
     with database.transaction() as session:
-        return refund_payment(
-            session, payment_id, source=source, provider_payment_id=provider_payment_id
-        )
+        payment = owned_payment(session, payment_id, None)
+        if payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING):
+            if payment.status == PaymentStatus.REFUNDED:
+                return Refund(payment, None)
+            raise Conflict(
+                "payment_not_refundable",
+                f"A {payment.status} payment cannot be refunded.",
+                payment_id=str(payment_id),
+                status=payment.status,
+            )
+        intent_id = payment.provider_payment_id
+    if intent_id is not None:
+        provider.refund(intent_id, payment_id=str(payment_id))
+    with database.transaction() as session:
+        return refund_payment(session, payment_id, source="admin")

@@ -1,4 +1,12 @@
-"""The payment provider's event, recorded and applied in one transaction."""
+"""The provider's signed events, recorded and applied in one transaction each.
+
+`payment_intent.succeeded` confirms (the chain's verify step still reads the intent:
+one code path grants, whoever said "paid" first); `payment_intent.payment_failed` fails
+a pending or confirming payment; `charge.refunded` refunds and compensates without
+calling the provider back. Other types are acknowledged and ignored. An event id is
+recorded with its effect: a redelivery is a no-op, a failure leaves the id free for the
+provider's next delivery.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +16,61 @@ from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from domain.payments import confirm_payment
+from domain.errors import Conflict
+from domain.payments import fail, payment_for_intent, request_confirmation
 from domain.refunds import refund_payment
-from models import Database, WebhookEvent
+from models import Database, Payment, WebhookEvent
+
+HANDLED = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 
 
 @dataclass(frozen=True)
 class WebhookOutcome:
     duplicate: bool
-    payment_id: uuid.UUID
+    handled: bool
+    payment_id: uuid.UUID | None = None
     status: str | None = None
 
 
+def _payment_of(session: Any, event_type: str, obj: dict[str, Any]) -> Payment | None:
+    """The payment an event is about: by the intent (or the refunded charge's intent)
+    it names; the metadata's payment id must agree when present."""
+    intent_id = obj.get("payment_intent") if event_type == "charge.refunded" else obj.get("id")
+    payment = payment_for_intent(session, str(intent_id)) if intent_id else None
+    claimed = (obj.get("metadata") or {}).get("payment_id")
+    if payment is not None and claimed not in (None, str(payment.id)):
+        raise Conflict(
+            "provider_metadata_mismatch",
+            "The event's payment id does not match its PaymentIntent.",
+            payment_intent=intent_id,
+        )
+    return payment
+
+
 def receive(
-    database: Database, *, event_id: str, event_type: str, data: dict[str, Any]
+    database: Database, *, event_id: str, event_type: str, obj: dict[str, Any]
 ) -> WebhookOutcome:
-    """Apply a verified provider event once: its id is recorded in the same transaction
-    as its effect, so a failure leaves the id free for the provider's next delivery and
-    a success makes every redelivery a no-op."""
-    payment_id: uuid.UUID = data["payment_id"]
     with database.transaction() as session:
         first_delivery = session.scalar(
             pg_insert(WebhookEvent)
-            .values(id=event_id, type=event_type, payment_id=payment_id)
+            .values(id=event_id, type=event_type)
             .on_conflict_do_nothing()
             .returning(WebhookEvent.id)
         )
         if first_delivery is None:
-            return WebhookOutcome(duplicate=True, payment_id=payment_id)
-        if event_type == "payment.succeeded":
-            payment = confirm_payment(
-                session, payment_id, data["provider_payment_id"], source="webhook"
-            ).payment
-        else:  # payment.refunded
-            payment = refund_payment(
-                session,
-                payment_id,
-                source="webhook",
-                provider_payment_id=data["provider_payment_id"],
-            ).payment
-        return WebhookOutcome(duplicate=False, payment_id=payment.id, status=payment.status)
+            return WebhookOutcome(duplicate=True, handled=event_type in HANDLED)
+        if event_type not in HANDLED:
+            return WebhookOutcome(duplicate=False, handled=False)
+        payment = _payment_of(session, event_type, obj)
+        if payment is None:  # not ours (another integration on the same account)
+            return WebhookOutcome(duplicate=False, handled=False)
+        session.get_one(WebhookEvent, event_id).payment_id = payment.id
+        if event_type == "payment_intent.succeeded":
+            request_confirmation(session, payment.id, student_id=None, source="webhook")
+        elif event_type == "payment_intent.payment_failed":
+            reason = (obj.get("last_payment_error") or {}).get("message") or "Payment failed."
+            fail(session, payment.id, reason=str(reason), source="webhook")
+        else:
+            refund_payment(session, payment.id, source="webhook")
+        session.refresh(payment)
+        return WebhookOutcome(False, True, payment.id, payment.status)

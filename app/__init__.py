@@ -6,9 +6,11 @@ import uuid
 from typing import Any
 
 from flask import Flask, g, request
+from flask_cors import CORS
+from flask_talisman import Talisman
 
 from app import db, metrics
-from app.auth import is_admin_request
+from app.auth import SECURITY_SCHEMES, is_admin_request
 from app.errors import ApiError, TutorflowApi, register_error_handlers
 from app.limits import init_limiter
 from app.runtime import EXTENSION, Runtime
@@ -44,14 +46,14 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     if not testing:
         configure_logging(settings.log_level, settings.log_json)
     app.extensions[EXTENSION] = Runtime(
-        settings=settings, database=database_for(settings), cache=Cache.for_url(settings.cache_url)
+        settings=settings,
+        database=database_for(settings, role="api"),
+        cache=Cache.for_url(settings.cache_url),
     )
 
     api = TutorflowApi(
         app,
-        spec_kwargs={
-            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}}
-        },
+        spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}},
     )
     api.register_field(TimeSlot, "string", None)
     app.extensions["tutorflow_api"] = api
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
 
+    _protect(app, settings)
     db.init_app(app)
     metrics.init_app(app)
     register_error_handlers(app)
@@ -83,6 +86,35 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
 
     register_cli(app)
     return app
+
+
+def _protect(app: Flask, settings: Settings) -> None:
+    """Security headers on every answer (flask-talisman; TLS ends at the proxy, which
+    also sets HSTS) and CORS only for the configured origins (flask-cors)."""
+    Talisman(
+        app,
+        force_https=False,
+        strict_transport_security=False,
+        session_cookie_secure=False,
+        frame_options="DENY",
+        referrer_policy="no-referrer",
+        content_security_policy={
+            "default-src": "'self'",
+            # The student page's inline script and the docs' Swagger UI bundle.
+            "script-src": ["'self'", "'unsafe-inline'", "cdn.jsdelivr.net"],
+            "style-src": ["'self'", "'unsafe-inline'", "cdn.jsdelivr.net"],
+            "img-src": ["'self'", "data:"],
+            "connect-src": "'self'",
+        },
+    )
+    if settings.cors_origins:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
 
 
 def _register_request_context(app: Flask) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import click
 from alembic import command
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from actions import dead_letters
 from app.runtime import runtime
 from app.schemas import DeadLetterOut
+from core.tokens import TokenVerifier
 from domain import catalogue
 from domain.errors import Conflict, DomainError
 from domain.read_models import get_dead_letter, list_dead_letters
@@ -187,6 +189,15 @@ def register_cli(app: Flask) -> None:
             click.echo("created database")
         upgrade_database(url)
         click.echo("database at head")
+
+    @app.cli.command("issue-token")
+    @click.option("--student", "student_id", required=True, type=click.IntRange(1))
+    @click.option("--hours", default=12.0, show_default=True, type=click.FloatRange(0.01, 24 * 30))
+    def issue_token_command(student_id: int, hours: float) -> None:
+        """A student's bearer token, for development (HS256 with JWT_SECRET): in
+        production the platform's identity provider issues them."""
+        verifier = TokenVerifier.for_settings(runtime().settings)
+        click.echo(verifier.issue(student_id, ttl=timedelta(hours=hours)))
 
     @app.cli.command("seed-demo")
     def seed_demo_command() -> None:

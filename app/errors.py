@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from app.schemas import ErrorOut
+from core.provider import ProviderRejected, ProviderUnavailable
 from domain.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers: dict[str, str] = {}
 
 
 class TutorflowApi(Api):
@@ -77,7 +79,26 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api(error: ApiError):
-        return error_response(error.status, error.code, error.message, error.details)
+        response, status = error_response(error.status, error.code, error.message, error.details)
+        response.headers.update(error.headers)
+        return response, status
+
+    @app.errorhandler(ProviderUnavailable)
+    def _provider_down(error: ProviderUnavailable):
+        log.warning("payment provider unavailable: %s", error)
+        response, status = error_response(
+            503,
+            "provider_unavailable",
+            "The payment provider cannot be reached; nothing was changed. Try again shortly.",
+        )
+        response.headers["Retry-After"] = "10"
+        return response, status
+
+    @app.errorhandler(ProviderRejected)
+    def _provider_refused(error: ProviderRejected):
+        return error_response(
+            422, "provider_refused", f"The payment provider refused: {error}", {"code": error.code}
+        )
 
     @app.errorhandler(OperationalError)
     def _database_down(error: OperationalError):

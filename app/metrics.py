@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from app.runtime import Runtime, runtime
+from core.provider import PaymentProvider
 from models import DeadLetter, DeadLetterStatus, OutboxMessage
 
 REQUEST_LATENCY = Histogram(
@@ -48,6 +49,14 @@ class SharedStateCollector(Collector):
                 ).where(OutboxMessage.published_at.is_(None))
             )
         yield from _read_model_metrics(self.app)
+        breaker = GaugeMetricFamily(
+            "tutorflow_payment_provider_breaker_open",
+            "1 while this process's circuit breaker to the payment provider is open "
+            "(0.5 half-open, 0 closed).",
+        )
+        state = PaymentProvider.for_settings(self.app.settings).state
+        breaker.add_metric([], {"open": 1.0, "half-open": 0.5}.get(state, 0.0))
+        yield breaker
         yield GaugeMetricFamily(
             "tutorflow_dead_letters_open",
             "Dead letters waiting for an operator.",

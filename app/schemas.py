@@ -77,13 +77,29 @@ class StudentOut(Schema):
     timezone = fields.String()
 
 
+class PricesIn(InputSchema):
+    tier_10 = fields.Integer(data_key="10", strict=True, validate=validate.Range(50, 100_000_000))
+    tier_20 = fields.Integer(data_key="20", strict=True, validate=validate.Range(50, 100_000_000))
+    tier_30 = fields.Integer(data_key="30", strict=True, validate=validate.Range(50, 100_000_000))
+
+
 class CourseIn(InputSchema):
     title = Text(200, required=True)
+    currency = fields.String(load_default="EUR", validate=validate.Regexp(r"^[A-Z]{3}$"))
+    prices = fields.Nested(
+        PricesIn,
+        metadata={"description": "Amount in cents per tier; the defaults are 9900/18900/26900."},
+    )
 
 
 class CourseOut(Schema):
     id = fields.Integer()
     title = fields.String()
+    currency = fields.String()
+    prices = fields.Method("_prices", metadata={"description": "Amount in cents per tier."})
+
+    def _prices(self, course: Any) -> dict[str, int]:
+        return {str(p.tier): p.amount_cents for p in course.prices}
 
 
 class TrainerIn(InputSchema):
@@ -111,18 +127,19 @@ class TrainerOut(Schema):
 
 
 class PaymentIn(InputSchema):
-    student_id = Id(required=True)
+    # The token's student; an operator names the student. Another student's id: 403.
+    student_id = Id(metadata={"description": "Optional for a student: must be their own."})
     course_id = Id(required=True)
     tier = fields.Integer(strict=True, required=True, validate=validate.OneOf(TIERS))
     time_slot = TimeSlot(required=True, metadata={"type": "string", "example": "17:30"})
-    amount_cents = fields.Integer(
-        strict=True, required=True, validate=validate.Range(1, 100_000_000)
-    )
-    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
+    # The price is the catalogue's. A client that says what it expects to pay is
+    # refused (422 amount_mismatch) when that differs.
+    amount_cents = fields.Integer(strict=True, validate=validate.Range(1, 100_000_000))
+    currency = fields.String(validate=validate.Regexp(r"^[A-Z]{3}$"))
 
 
 class ConfirmIn(InputSchema):
-    provider_payment_id = Text(255, required=True)
+    """No fields: the provider, not the client, says whether the payment went through."""
 
 
 class PaymentOut(Schema):
@@ -133,10 +150,20 @@ class PaymentOut(Schema):
     time_slot = TimeSlot(metadata={"type": "string"})
     amount_cents = fields.Integer()
     currency = fields.String()
-    status = fields.String()
+    status = fields.String(
+        metadata={"enum": ["pending", "confirming", "succeeded", "refunded", "failed"]}
+    )
     provider_payment_id = fields.String(allow_none=True)
+    failure_reason = fields.String(allow_none=True)
     created_at = fields.DateTime()
     confirmed_at = fields.DateTime(allow_none=True)
+
+
+class CheckoutOut(PaymentOut):
+    client_secret = fields.String(
+        allow_none=True,
+        metadata={"description": "The PaymentIntent's client secret, for the provider's SDK."},
+    )
 
 
 class TrainerBrief(Schema):
@@ -179,6 +206,7 @@ class FulfilmentOut(Schema):
         metadata={
             "enum": [
                 "awaiting_payment",
+                "verifying",
                 "confirmed",
                 "purchased",
                 "allocated",
@@ -216,22 +244,10 @@ class PaymentDetailOut(PaymentOut):
 # --- webhooks ------------------------------------------------------------------------
 
 
-class WebhookData(InputSchema):
-    payment_id = fields.UUID(required=True)
-    provider_payment_id = Text(255, required=True)
-
-
-class WebhookIn(InputSchema):
-    id = Text(255, required=True)
-    type = fields.String(
-        required=True, validate=validate.OneOf(["payment.succeeded", "payment.refunded"])
-    )
-    data = fields.Nested(WebhookData, required=True)
-
-
 class WebhookOut(Schema):
     received = fields.Boolean()
     duplicate = fields.Boolean()
+    handled = fields.Boolean(metadata={"description": "False for types Tutorflow ignores."})
     payment_id = fields.UUID(allow_none=True)
     status = fields.String(allow_none=True)
 
@@ -328,9 +344,16 @@ class LearningOut(Schema):
     generated_at = fields.String(metadata={"format": "date-time"})
 
 
+class StreamTicketOut(Schema):
+    ticket = fields.String()
+    expires_at = fields.DateTime()
+    stream_url = fields.String()
+
+
 class RecentQuery(InputSchema):
-    # Query strings are text: these integers are parsed, not strict.
-    student_id = fields.Integer(required=True, validate=validate.Range(1, MAX_ID))
+    # Query strings are text: these integers are parsed, not strict. A student's token
+    # names the student; an operator gives student_id.
+    student_id = fields.Integer(validate=validate.Range(1, MAX_ID))
     since = fields.Integer(load_default=0, validate=validate.Range(0, MAX_ID))
 
 

@@ -85,6 +85,16 @@ class Settings:
     # first use of each dead connection fails once (503 / a task retry) and the pool
     # is invalidated, which the fault tests cover.
     db_pool_pre_ping: bool
+    # PostgreSQL timeouts (ms). The API's are short: a request waiting on a lock or a
+    # slow query answers 503 instead of holding a gunicorn thread to its 30 s kill.
+    # The workers' are longer (a top-up batch), still bounded.
+    db_connect_timeout: int
+    api_statement_timeout_ms: int
+    api_lock_timeout_ms: int
+    worker_statement_timeout_ms: int
+    worker_lock_timeout_ms: int
+    # Browser origins allowed to call the API (CORS); empty: same origin only.
+    cors_origins: tuple[str, ...]
     # Celery delivery semantics (see README, "Delivery guarantees").
     visibility_timeout: int
     retry_backoff: int
@@ -160,6 +170,12 @@ class Settings:
             db_pool_size=env.integer("DB_POOL_SIZE", 5),
             db_max_overflow=env.integer("DB_MAX_OVERFLOW", 10),
             db_pool_pre_ping=env.flag("DB_POOL_PRE_PING", False),
+            db_connect_timeout=env.integer("DB_CONNECT_TIMEOUT", 3),
+            api_statement_timeout_ms=env.integer("API_STATEMENT_TIMEOUT_MS", 5000),
+            api_lock_timeout_ms=env.integer("API_LOCK_TIMEOUT_MS", 2000),
+            worker_statement_timeout_ms=env.integer("WORKER_STATEMENT_TIMEOUT_MS", 60000),
+            worker_lock_timeout_ms=env.integer("WORKER_LOCK_TIMEOUT_MS", 15000),
+            cors_origins=env.items("CORS_ORIGINS", ""),
             visibility_timeout=env.integer("CELERY_VISIBILITY_TIMEOUT", 300),
             retry_backoff=env.integer("CELERY_RETRY_BACKOFF", 2),
             retry_backoff_max=env.integer("CELERY_RETRY_BACKOFF_MAX", 60),

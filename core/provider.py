@@ -15,6 +15,7 @@ development and tests; production leaves it unset and uses api.stripe.com.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -55,6 +56,8 @@ class Intent:
     metadata: Mapping[str, str]
     client_secret: str | None
     latest_charge: str | None
+    # The last attempt's failure (a declined card), as the provider words it.
+    failure_message: str | None = None
 
     @classmethod
     def of(cls, resource: Any) -> Intent:
@@ -67,6 +70,7 @@ class Intent:
             metadata=dict(intent.get("metadata") or {}),
             client_secret=intent.get("client_secret"),
             latest_charge=intent.get("latest_charge"),
+            failure_message=(intent.get("last_payment_error") or {}).get("message"),
         )
 
 
@@ -169,13 +173,21 @@ class PaymentProvider:
         Stripe's default 300 s tolerance; raises ValueError or SignatureVerificationError."""
         if not signature:
             raise stripe.SignatureVerificationError("no Stripe-Signature header", signature)
+        text = payload.decode("utf-8")
         last: Exception | None = None
-        for secret in self.webhook_secrets:
+        for secret in self.webhook_secrets:  # the signature first: nothing else is read
             try:
-                return stripe.Webhook.construct_event(
-                    payload.decode("utf-8"), signature, secret, tolerance=300
-                )
+                stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=300)
+                break
             except stripe.SignatureVerificationError as exc:
                 last = exc
-        assert last is not None
-        raise last
+        else:
+            assert last is not None
+            raise last
+        try:
+            shape = json.loads(text)
+        except ValueError as exc:
+            raise ValueError("the payload is not JSON") from exc
+        if not isinstance(shape, dict) or not isinstance(shape.get("data"), dict):
+            raise ValueError("the payload is not an event")
+        return stripe.Webhook.construct_event(text, signature, secret, tolerance=300)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from domain.errors import Conflict, Unprocessable
-from models import Course, Student, Trainer, TrainerCourse
+from models import Course, CoursePrice, Student, Trainer, TrainerCourse
 
 
 def _email_taken(session: Session, model: type[Student] | type[Trainer], email: str) -> bool:
@@ -24,8 +24,21 @@ def create_student(session: Session, *, name: str, email: str, timezone: str) ->
     return student
 
 
-def create_course(session: Session, *, title: str) -> Course:
-    course = Course(title=title)
+DEFAULT_PRICES = {10: 9900, 20: 18900, 30: 26900}
+
+
+def create_course(
+    session: Session,
+    *,
+    title: str,
+    currency: str = "EUR",
+    prices: Mapping[int, int] | None = None,
+) -> Course:
+    """A course with a price (in cents of `currency`) for each tier: `prices` overrides
+    the defaults tier by tier."""
+    course = Course(title=title, currency=currency)
+    chosen = {**DEFAULT_PRICES, **(prices or {})}
+    course.prices = [CoursePrice(tier=tier, amount_cents=chosen[tier]) for tier in sorted(chosen)]
     session.add(course)
     session.flush()
     return course

@@ -51,6 +51,21 @@ def claim_key(session: Session, key: str, request_fingerprint: str) -> StoredRes
     return StoredResponse(stored.response_status, stored.response_body)
 
 
+def stored_answer(session: Session, key: str, request_fingerprint: str) -> StoredResponse | None:
+    """The answer already stored under `key` (None if unknown or still being made);
+    the same key with another body is refused."""
+    stored = session.get(IdempotencyKey, key)
+    if stored is None or stored.response_status == 0:
+        return None
+    if stored.request_fingerprint != request_fingerprint:
+        raise Unprocessable(
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with a different request body.",
+            idempotency_key=key,
+        )
+    return StoredResponse(stored.response_status, stored.response_body)
+
+
 def store_response(session: Session, key: str, status: int, body: dict[str, Any]) -> None:
     session.execute(
         update(IdempotencyKey)

@@ -1,10 +1,18 @@
-"""Checkout and confirmation: the API's writes, one transaction each."""
+"""A payment's life: checkout at the catalogue price, "I paid", the provider's verdict.
+
+Nothing is granted on a client's word. The checkout charges the catalogue's price for the
+tier; the student's "I paid" (or the provider's signed webhook) only moves the payment to
+`confirming` and starts the chain, whose first step asks the provider; only the provider's
+answer — succeeded, for the catalogue amount, currency and this payment's id — makes the
+payment `succeeded`, which every later step insists on (fulfilment.lock_live_payment).
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import time
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -17,19 +25,26 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     select,
     true,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
-from domain.errors import Conflict, NotFound, Unprocessable
-from domain.events import EventType
+from domain.errors import (
+    Conflict,
+    NotFound,
+    PermanentStepError,
+    TransientStepError,
+    Unprocessable,
+)
+from domain.events import EventType, record_event
 from models import (
     Course,
+    CoursePrice,
     DomainEvent,
     OutboxKind,
     OutboxMessage,
@@ -45,35 +60,76 @@ from models import (
 
 
 @dataclass(frozen=True)
-class Checkout:
+class Order:
+    """What a student asks to buy; the price is the catalogue's, never the client's."""
+
     student_id: int
     course_id: int
     tier: int
     time_slot: time
+    # What the client believes it costs, if it says: refused (422) when it differs.
+    amount_cents: int | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Price:
     amount_cents: int
     currency: str
 
 
-def start_checkout(session: Session, checkout: Checkout) -> Payment:
-    if session.get(Student, checkout.student_id) is None:
+def quote(session: Session, order: Order) -> Price:
+    """The catalogue price of the order, after the checks a checkout needs: the student
+    and course exist, the course sells this tier, the student does not hold it yet."""
+    if session.get(Student, order.student_id) is None:
         raise Unprocessable("unknown_student", "No student has this id.", field="student_id")
-    if session.get(Course, checkout.course_id) is None:
+    course = session.get(Course, order.course_id)
+    if course is None:
         raise Unprocessable("unknown_course", "No course has this id.", field="course_id")
-    if has_active_course(session, checkout.student_id, checkout.course_id):
+    amount = session.scalar(
+        select(CoursePrice.amount_cents).where(
+            CoursePrice.course_id == order.course_id, CoursePrice.tier == order.tier
+        )
+    )
+    if amount is None:
+        raise Unprocessable(
+            "tier_not_sold", "The course is not sold in this tier.", field="tier", tier=order.tier
+        )
+    price = Price(amount, course.currency)
+    if (order.amount_cents is not None and order.amount_cents != price.amount_cents) or (
+        order.currency is not None and order.currency != price.currency
+    ):
+        raise Unprocessable(
+            "amount_mismatch",
+            "The amount or currency differs from the catalogue price.",
+            amount_cents=price.amount_cents,
+            currency=price.currency,
+        )
+    if has_active_course(session, order.student_id, order.course_id):
         raise Conflict(
             "course_already_active",
             "The student already has this course active.",
-            student_id=checkout.student_id,
-            course_id=checkout.course_id,
+            student_id=order.student_id,
+            course_id=order.course_id,
         )
+    return price
+
+
+def start_checkout(
+    session: Session, order: Order, *, payment_id: uuid.UUID, provider_payment_id: str
+) -> Payment:
+    """The pending payment, at the catalogue price, tied to the provider's intent."""
+    price = quote(session, order)
     payment = Payment(
-        student_id=checkout.student_id,
-        course_id=checkout.course_id,
-        tier=checkout.tier,
-        time_slot=checkout.time_slot,
-        amount_cents=checkout.amount_cents,
-        currency=checkout.currency,
+        id=payment_id,
+        student_id=order.student_id,
+        course_id=order.course_id,
+        tier=order.tier,
+        time_slot=order.time_slot,
+        amount_cents=price.amount_cents,
+        currency=price.currency,
         status=PaymentStatus.PENDING,
+        provider_payment_id=provider_payment_id,
     )
     session.add(payment)
     session.flush()
@@ -94,38 +150,51 @@ def has_active_course(session: Session, student_id: int, course_id: int) -> bool
     )
 
 
+def owned_payment(session: Session, payment_id: uuid.UUID, student_id: int | None) -> Payment:
+    """The payment, if it exists and (for a student) is theirs: another student's
+    payment is reported missing, not forbidden, so ids cannot be probed."""
+    payment = session.get(Payment, payment_id)
+    if payment is None or (student_id is not None and payment.student_id != student_id):
+        raise NotFound("payment_not_found", "No payment has this id.", payment_id=str(payment_id))
+    return payment
+
+
 @dataclass(frozen=True)
 class Confirmation:
-    payment: Any  # the confirmed payment's row, or the Payment already confirmed
-    # True when this call confirmed the payment (and wrote the outbox row that starts
-    # the chain); False when it was confirmed already and nothing changed.
+    payment: Any  # the payment's row (confirming now, or as it already was)
+    # True when this call moved it to `confirming` and wrote the outbox row that starts
+    # the chain; False when it was under way or done already and nothing changed.
     started: bool
 
 
 def _confirm_statement() -> Select[Any]:
-    """The hot path in one round trip: flip the payment, write its event and its outbox
-    row (data-modifying CTEs), return the payment and the outbox id."""
+    """The hot path in one round trip: pending (or, for the provider's own word, failed)
+    → confirming, with its event and its outbox row (data-modifying CTEs)."""
     now = bindparam("now", type_=DateTime(timezone=True))
-    confirmed = (
+    confirming = (
         update(Payment)
-        .where(Payment.id == bindparam("payment_id"), Payment.status == PaymentStatus.PENDING)
+        .where(
+            Payment.id == bindparam("payment_id"),
+            Payment.status.in_(bindparam("from_statuses", expanding=True)),
+            Payment.student_id == func.coalesce(bindparam("only_student_id"), Payment.student_id),
+        )
         .values(
-            status=PaymentStatus.SUCCEEDED,
-            provider_payment_id=bindparam("provider_payment_id"),
+            status=PaymentStatus.CONFIRMING,
             confirmed_at=now,
             updated_at=now,
+            failure_reason=null(),
         )
         .returning(*Payment.__table__.c)
-        .cte("confirmed")
+        .cte("confirming")
     )
     event = (
         insert(DomainEvent)
         .from_select(
             ["correlation_id", "student_id", "event_type", "payload"],
             select(
-                confirmed.c.id,
-                confirmed.c.student_id,
-                literal(EventType.PURCHASE_CONFIRMED.value, String),
+                confirming.c.id,
+                confirming.c.student_id,
+                literal(EventType.PAYMENT_CONFIRMATION_REQUESTED.value, String),
                 bindparam("event_payload", type_=JSONB),
             ),
         )
@@ -136,17 +205,17 @@ def _confirm_statement() -> Select[Any]:
         .from_select(
             ["correlation_id", "kind", "payload"],
             select(
-                confirmed.c.id,
+                confirming.c.id,
                 literal(OutboxKind.START_PIPELINE.value, String),
-                func.jsonb_build_object("payment_id", cast(confirmed.c.id, String)),
+                func.jsonb_build_object("payment_id", cast(confirming.c.id, String)),
             ),
         )
         .returning(OutboxMessage.id)
         .cte("outbox")
     )
     return (
-        select(confirmed, outbox.c.id.label("outbox_id"))
-        .select_from(confirmed.join(outbox, true()))
+        select(confirming, outbox.c.id.label("outbox_id"))
+        .select_from(confirming.join(outbox, true()))
         .add_cte(event)
     )
 
@@ -154,37 +223,52 @@ def _confirm_statement() -> Select[Any]:
 _CONFIRM = _confirm_statement()
 
 
-def confirm_payment(
-    session: Session, payment_id: uuid.UUID, provider_payment_id: str, *, source: str
+def request_confirmation(
+    session: Session, payment_id: uuid.UUID, *, student_id: int | None, source: str
 ) -> Confirmation:
-    """pending → succeeded, with its event and outbox row, in the caller's transaction.
-
-    Idempotent: confirming again with the same provider id changes nothing and
-    answers the same; concurrent confirmations serialize on the payment's row.
+    """The student's "I paid" (source "client", their own payment only) or the
+    provider's signed `payment_intent.succeeded` (source "webhook", which may also revive
+    a payment an earlier card declined). Starts the chain after commit; idempotent:
+    repeats, and concurrent calls (they serialize on the payment's row), change nothing.
     """
-    event_payload = {"source": source, "provider_payment_id": provider_payment_id}
-    try:
-        row = session.execute(
-            _CONFIRM,
-            {
-                "payment_id": payment_id,
-                "provider_payment_id": provider_payment_id,
-                "now": utcnow(),
-                "event_payload": event_payload,
-            },
-        ).one_or_none()
-    except IntegrityError as exc:  # the caller's transaction is rolled back with it
-        raise Conflict(
-            "provider_payment_id_in_use",
-            "This provider payment id already confirmed another payment.",
-            provider_payment_id=provider_payment_id,
-        ) from exc
+    from_statuses = [PaymentStatus.PENDING]
+    if source == "webhook":
+        from_statuses.append(PaymentStatus.FAILED)
+    event_payload = {"source": source}
+    row = session.execute(
+        _CONFIRM,
+        {
+            "payment_id": payment_id,
+            "from_statuses": from_statuses,
+            # Not "student_id": an UPDATE takes a parameter named after a column as a
+            # value to SET.
+            "only_student_id": student_id,
+            "now": utcnow(),
+            "event_payload": event_payload,
+        },
+    ).one_or_none()
     if row is None:
-        return Confirmation(_already_confirmed(session, payment_id, provider_payment_id), False)
+        payment = owned_payment(session, payment_id, student_id)
+        session.refresh(payment)
+        if payment.status in (PaymentStatus.FAILED, PaymentStatus.REFUNDED):
+            raise Conflict(
+                "payment_not_confirmable",
+                f"A {payment.status} payment cannot be confirmed.",
+                payment_id=str(payment_id),
+                status=payment.status,
+            )
+        return Confirmation(payment, False)
     correlation_id = str(row.id)
     note_events(
         session,
-        [WrittenEvent(correlation_id, row.student_id, EventType.PURCHASE_CONFIRMED, event_payload)],
+        [
+            WrittenEvent(
+                correlation_id,
+                row.student_id,
+                EventType.PAYMENT_CONFIRMATION_REQUESTED,
+                event_payload,
+            )
+        ],
     )
     note_outbox(
         session,
@@ -200,23 +284,122 @@ def confirm_payment(
     return Confirmation(row, True)
 
 
-def _already_confirmed(
-    session: Session, payment_id: uuid.UUID, provider_payment_id: str
-) -> Payment:
-    payment = session.get(Payment, payment_id, populate_existing=True)
-    if payment is None:
-        raise NotFound("payment_not_found", "No payment has this id.", payment_id=str(payment_id))
-    if payment.status == PaymentStatus.SUCCEEDED:
-        if payment.provider_payment_id == provider_payment_id:
-            return payment
-        raise Conflict(
-            "already_confirmed",
-            "The payment was confirmed with another provider payment id.",
-            payment_id=str(payment_id),
-        )
-    raise Conflict(
-        "payment_not_confirmable",
-        f"A {payment.status} payment cannot be confirmed.",
-        payment_id=str(payment_id),
-        status=payment.status,
+@dataclass(frozen=True)
+class ProviderReport:
+    """What the provider says of the payment's intent (read by the verify step)."""
+
+    status: str
+    amount_cents: int
+    currency: str
+    metadata_payment_id: str | None
+    decline_message: str | None = None
+
+
+class Verdict(StrEnum):
+    VERIFIED = "verified"  # succeeded, for the catalogue price: the chain goes on
+    FAILED = "failed"  # declined or canceled: nothing is granted, the chain stops
+    NOT_PAID = "not_paid"  # not paid yet: back to pending, the chain stops
+    SETTLED = "settled"  # refunded or failed meanwhile: the chain stops
+
+
+# Intent statuses that may still turn into a payment without the student doing anything.
+IN_FLIGHT = frozenset(
+    {"processing", "requires_action", "requires_confirmation", "requires_capture"}
+)
+
+
+class NotSettledYet(TransientStepError):
+    """The provider is still processing the payment: ask again later."""
+
+
+def verify(session: Session, payment_id: uuid.UUID, report: ProviderReport) -> Verdict:
+    """Apply the provider's word to a confirming payment, with its event. A mismatch of
+    amount, currency or payment id is a PermanentStepError (dead letter at once): it
+    needs a human, and nothing is granted meanwhile."""
+    payment = session.scalar(
+        select(Payment)
+        .where(Payment.id == payment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
+    if payment is None:
+        raise PermanentStepError(f"payment {payment_id} does not exist")
+    if payment.status == PaymentStatus.SUCCEEDED:
+        return Verdict.VERIFIED  # verified by an earlier delivery
+    if payment.status != PaymentStatus.CONFIRMING:
+        return Verdict.SETTLED
+
+    def event(event_type: EventType, **payload: object) -> None:
+        record_event(
+            session,
+            correlation_id=payment.id,
+            student_id=payment.student_id,
+            event_type=event_type,
+            payload=payload,
+        )
+
+    if report.status == "succeeded":
+        mismatches = {
+            name: {"expected": expected, "provider": seen}
+            for name, expected, seen in (
+                ("amount_cents", payment.amount_cents, report.amount_cents),
+                ("currency", payment.currency, report.currency),
+                ("payment_id", str(payment.id), report.metadata_payment_id),
+            )
+            if expected != seen
+        }
+        if mismatches:
+            raise PermanentStepError(
+                f"the provider's payment does not match the catalogue: {sorted(mismatches)}"
+            )
+        payment.status = PaymentStatus.SUCCEEDED
+        payment.updated_at = utcnow()
+        event(EventType.PAYMENT_VERIFIED, amount_cents=payment.amount_cents)
+        return Verdict.VERIFIED
+    if report.status in IN_FLIGHT:
+        raise NotSettledYet(f"the provider reports {report.status}")
+    if report.status == "canceled" or report.decline_message:
+        reason = report.decline_message or "The payment was canceled."
+        payment.status = PaymentStatus.FAILED
+        payment.failure_reason = reason
+        payment.updated_at = utcnow()
+        event(EventType.PAYMENT_FAILED, reason=reason, provider_status=report.status)
+        return Verdict.FAILED
+    payment.status = PaymentStatus.PENDING
+    payment.updated_at = utcnow()
+    event(EventType.PAYMENT_NOT_YET_PAID, provider_status=report.status)
+    return Verdict.NOT_PAID
+
+
+def verify_again(session: Session, payment_id: uuid.UUID) -> Verdict:
+    """For a redelivered verify step that found nothing to ask: the verdict stands."""
+    status = session.scalar(select(Payment.status).where(Payment.id == payment_id))
+    return Verdict.VERIFIED if status == PaymentStatus.SUCCEEDED else Verdict.SETTLED
+
+
+def fail(session: Session, payment_id: uuid.UUID, *, reason: str, source: str) -> Payment | None:
+    """The provider's `payment_intent.payment_failed`: a pending or confirming payment
+    fails, with its event. Anything else is left alone (None)."""
+    payment = session.scalar(
+        update(Payment)
+        .where(
+            Payment.id == payment_id,
+            Payment.status.in_([PaymentStatus.PENDING, PaymentStatus.CONFIRMING]),
+        )
+        .values(status=PaymentStatus.FAILED, failure_reason=reason, updated_at=utcnow())
+        .returning(Payment)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    if payment is not None:
+        record_event(
+            session,
+            correlation_id=payment.id,
+            student_id=payment.student_id,
+            event_type=EventType.PAYMENT_FAILED,
+            payload={"reason": reason, "source": source},
+        )
+    return payment
+
+
+def payment_for_intent(session: Session, provider_payment_id: str) -> Payment | None:
+    return session.scalar(select(Payment).where(Payment.provider_payment_id == provider_payment_id))

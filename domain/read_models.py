@@ -36,7 +36,9 @@ def fulfilment_state(
     open_dead_letters: int,
 ) -> str:
     if payment.status != PaymentStatus.SUCCEEDED:
-        return {"pending": "awaiting_payment"}.get(payment.status, payment.status)
+        return {"pending": "awaiting_payment", "confirming": "verifying"}.get(
+            payment.status, payment.status
+        )
     if open_dead_letters:
         return "needs_attention"
     if sessions:
@@ -48,7 +50,11 @@ def fulfilment_state(
     return "confirmed"
 
 
-def payment_detail(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
+def payment_detail(
+    session: Session, payment_id: uuid.UUID, *, student_id: int | None = None
+) -> dict[str, Any]:
+    """The payment with its fulfilment and timeline; for a student, only their own
+    (another's is reported missing, so ids cannot be probed)."""
     row = session.execute(
         select(Payment, Purchase, Allocation, Trainer)
         .outerjoin(Purchase, Purchase.payment_id == Payment.id)
@@ -56,7 +62,7 @@ def payment_detail(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
         .outerjoin(Trainer, Trainer.id == Allocation.trainer_id)
         .where(Payment.id == payment_id)
     ).one_or_none()
-    if row is None:
+    if row is None or (student_id is not None and row[0].student_id != student_id):
         raise NotFound("payment_not_found", "No payment has this id.", payment_id=str(payment_id))
     payment, purchase, allocation, trainer = row
 

@@ -64,7 +64,12 @@ def refund_payment(
             )
     payment = session.scalars(
         update(Payment)
-        .where(Payment.id == payment_id, Payment.status == PaymentStatus.SUCCEEDED)
+        # A confirming payment too: the provider may refund before we verified it, and
+        # the verify step then finds it refunded and grants nothing.
+        .where(
+            Payment.id == payment_id,
+            Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
+        )
         .values(status=PaymentStatus.REFUNDED, refunded_at=now, updated_at=now)
         .returning(Payment)
         .execution_options(synchronize_session=False, populate_existing=True)

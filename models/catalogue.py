@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Integer,
+    SmallInteger,
     String,
     Text,
     true,
@@ -33,10 +34,34 @@ class Student(Base):
 
 class Course(Base):
     __tablename__ = "courses"
+    __table_args__ = (CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     title: Mapped[str] = mapped_column(Text)
+    # ISO 4217, upper case: every tier of a course is sold in one currency.
+    currency: Mapped[str] = mapped_column(String(3), server_default="EUR")
     created_at: Mapped[datetime] = created_at_column()
+
+    prices: Mapped[list[CoursePrice]] = relationship(
+        order_by="CoursePrice.tier", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class CoursePrice(Base):
+    """The catalogue's price of one tier (10, 20 or 30 sessions) of a course: what a
+    checkout charges, and what verification expects the provider to have taken."""
+
+    __tablename__ = "course_prices"
+    __table_args__ = (
+        CheckConstraint("tier IN (10, 20, 30)", name="tier_known"),
+        CheckConstraint("amount_cents > 0", name="amount_positive"),
+    )
+
+    course_id: Mapped[int] = mapped_column(
+        ForeignKey("courses.id", ondelete="CASCADE"), primary_key=True
+    )
+    tier: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
 
 
 class Trainer(Base):

@@ -26,8 +26,9 @@ from models.base import Base, created_at_column
 
 
 class PaymentStatus(StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
+    PENDING = "pending"  # checkout started; the student has not said they paid
+    CONFIRMING = "confirming"  # the student (or the provider) said so: verifying
+    SUCCEEDED = "succeeded"  # the provider confirmed it, for the catalogue price
     REFUNDED = "refunded"
     FAILED = "failed"
 
@@ -39,7 +40,8 @@ class Payment(Base):
     __tablename__ = "payments"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'succeeded', 'refunded', 'failed')", name="status_known"
+            "status IN ('pending', 'confirming', 'succeeded', 'refunded', 'failed')",
+            name="status_known",
         ),
         CheckConstraint("tier IN (10, 20, 30)", name="tier_known"),
         CheckConstraint("amount_cents > 0", name="amount_positive"),
@@ -61,6 +63,8 @@ class Payment(Base):
     provider_payment_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why the provider did not take the money (declined, canceled): operator-safe text.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -23,13 +23,29 @@ log = logging.getLogger(__name__)
 
 
 class Database:
-    def __init__(self, settings: Settings, channel: Channel | None = None) -> None:
+    """`role` "api" or "worker" picks the PostgreSQL statement and lock timeouts every
+    connection of this engine runs under."""
+
+    def __init__(
+        self, settings: Settings, channel: Channel | None = None, *, role: str = "worker"
+    ) -> None:
         self.url = settings.database_url
+        self.role = role
+        statement, lock = (
+            (settings.api_statement_timeout_ms, settings.api_lock_timeout_ms)
+            if role == "api"
+            else (settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms)
+        )
         self.engine: Engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_pre_ping=settings.db_pool_pre_ping,
+            connect_args={
+                "connect_timeout": settings.db_connect_timeout,
+                "options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
+                "application_name": f"tutorflow-{role}",
+            },
         )
         self.sessions = sessionmaker(
             bind=self.engine, expire_on_commit=False, info={CHANNEL: channel}

@@ -74,11 +74,18 @@ _databases: dict[tuple[object, ...], Database] = {}
 _lock = threading.Lock()
 
 
-def database_for(settings: Settings) -> Database:
-    """This process's Database for `settings`, its sessions wired to the after-commit
-    channel: one engine (and pool) per database and cache, however many apps use it."""
+def database_for(settings: Settings, role: str = "worker") -> Database:
+    """This process's Database for `settings` and `role` ("api" or "worker": their
+    timeouts), its sessions wired to the after-commit channel: one engine (and pool) per
+    database, role and cache, however many apps use it."""
     key = (
+        role,
         settings.database_url,
+        settings.db_connect_timeout,
+        settings.api_statement_timeout_ms,
+        settings.api_lock_timeout_ms,
+        settings.worker_statement_timeout_ms,
+        settings.worker_lock_timeout_ms,
         settings.db_pool_size,
         settings.db_max_overflow,
         settings.db_pool_pre_ping,
@@ -88,7 +95,7 @@ def database_for(settings: Settings) -> Database:
         database = _databases.get(key)
         if database is None:
             channel = AfterCommitChannel(Cache.for_url(settings.cache_url), PUBLISHERS)
-            database = _databases[key] = Database(settings, channel)
+            database = _databases[key] = Database(settings, channel, role=role)
         return database
 
 

@@ -1,7 +1,7 @@
-"""The fulfilment chain: create_purchase → allocate_trainer → schedule_sessions →
-refresh_student_views. Each step is thin: the base task gives it a transaction and
-an inbox row; the domain functions do the work. Every step receives the payment id
-as `correlation_id` and returns what the next step needs, even on redelivery.
+"""The fulfilment chain: verify_payment → create_purchase → allocate_trainer →
+schedule_sessions → refresh_student_views. Each step is thin: the base task gives it a
+transaction and an inbox row; the domain functions do the work. Every step receives the
+payment id as `correlation_id` and returns what the next step needs, even on redelivery.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ import uuid
 from typing import Any
 
 from celery import chain
+from celery.exceptions import Ignore
 from celery.canvas import Signature
 
 from core.cache import Cache
-from domain import fulfilment, refunds
+from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
+from domain import fulfilment, payments, refunds
 from domain.clock import utcnow
+from domain.errors import PermanentStepError, TransientStepError
 from domain.events import EventType
 from tasks.base import PipelineTask
 from tasks.celery_app import celery_app
@@ -26,8 +29,10 @@ def step(
     max_retries: int,
     consumes: EventType | None = None,
     dead_letter_on_failure: bool = True,
+    backoff_max: int | None = None,
 ) -> Any:
-    """A pipeline step: the base task, retries with the configured backoff."""
+    """A pipeline step: the base task, retries with the configured backoff (capped at
+    `backoff_max` seconds for this step if given)."""
     settings = celery_app.settings
     return celery_app.task(
         base=PipelineTask,
@@ -37,15 +42,67 @@ def step(
         consumes=consumes,
         dead_letter_on_failure=dead_letter_on_failure,
         retry_backoff=settings.retry_backoff,
-        retry_backoff_max=settings.retry_backoff_max,
+        retry_backoff_max=backoff_max or settings.retry_backoff_max,
         retry_jitter=settings.retry_jitter,
     )
+
+
+def ask_provider(payment_id: uuid.UUID) -> payments.ProviderReport | None:
+    """The provider's word on the payment's intent, asked outside any transaction;
+    None when the payment no longer waits for it (verified already, or settled)."""
+    with celery_app.database.session() as session:
+        payment = session.get(payments.Payment, payment_id)
+        if payment is None:
+            raise PermanentStepError(f"payment {payment_id} does not exist")
+        if payment.status != payments.PaymentStatus.CONFIRMING:
+            return None
+        intent_id = payment.provider_payment_id
+    if intent_id is None:
+        raise PermanentStepError(f"payment {payment_id} has no provider payment id")
+    try:
+        intent = PaymentProvider.for_settings(celery_app.settings).retrieve_intent(intent_id)
+    except ProviderUnavailable as exc:
+        raise TransientStepError(str(exc)) from exc
+    except ProviderRejected as exc:
+        raise PermanentStepError(f"the provider refused to show {intent_id}: {exc}") from exc
+    return payments.ProviderReport(
+        status=intent.status,
+        amount_cents=intent.amount,
+        currency=intent.currency,
+        metadata_payment_id=intent.metadata.get("payment_id"),
+        decline_message=intent.failure_message,
+    )
+
+
+# 8 retries, 2·2ⁿ s up to 150 s: about 7 minutes of a provider outage before the dead
+# letter. 150 s + the task time limit stays under the broker's visibility timeout.
+VERIFY_BACKOFF_MAX = 150
+
+
+@step("tutorflow.pipeline.verify_payment", max_retries=8, backoff_max=VERIFY_BACKOFF_MAX)
+def verify_payment(self: PipelineTask, payment_id: str, *, correlation_id: str) -> str:
+    """No inbox row: the payment's own states make it idempotent (a verified payment is
+    verified again at once; a settled one stops the chain), and a payment that went back
+    to pending and is confirmed again must be asked about again."""
+    report = ask_provider(uuid.UUID(payment_id))
+
+    def effect(session: Any) -> str:
+        if report is None:
+            return str(payments.verify_again(session, uuid.UUID(payment_id)))
+        return str(payments.verify(session, uuid.UUID(payment_id), report))
+
+    verdict = self.run_step(effect, correlation_id=correlation_id)
+    if verdict != payments.Verdict.VERIFIED:
+        # Committed (failed, or back to pending): nothing is granted. Ignore acks the
+        # message and sends none of the chain's later links.
+        raise Ignore(f"payment {payment_id}: {verdict}")
+    return payment_id
 
 
 @step(
     "tutorflow.pipeline.create_purchase",
     max_retries=3,
-    consumes=EventType.PURCHASE_CONFIRMED,
+    consumes=EventType.PAYMENT_VERIFIED,
 )
 def create_purchase(self: PipelineTask, payment_id: str, *, correlation_id: str) -> int:
     return self.run_step(
@@ -115,7 +172,8 @@ def compensation_chain(payment_id: str) -> Signature:
 
 def fulfilment_chain(payment_id: str) -> Signature:
     return chain(
-        create_purchase.si(payment_id, correlation_id=payment_id),
+        verify_payment.si(payment_id, correlation_id=payment_id),
+        create_purchase.s(correlation_id=payment_id),
         allocate_trainer.s(correlation_id=payment_id),
         schedule_sessions.s(correlation_id=payment_id),
         refresh_student_views.s(correlation_id=payment_id),

@@ -17,11 +17,19 @@ os.environ["BROKER_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6
 os.environ["CACHE_URL"] = os.environ["BROKER_URL"]
 os.environ.pop("REDIS_URL", None)
 os.environ["ADMIN_TOKEN"] = "test-admin-token"
-os.environ["WEBHOOK_SECRET"] = "test-webhook-secret"
+os.environ["JWT_SECRET"] = "test-jwt-secret-of-at-least-32-bytes!"
+os.environ["STRIPE_SECRET_KEY"] = "sk_test_tutorflow_sandbox"
+os.environ["STRIPE_WEBHOOK_SECRETS"] = "whsec_test_old,whsec_test"
 os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
 os.environ["LOG_JSON"] = "0"
 
 from collections.abc import Iterator
+
+from tests import sandbox_server
+
+# The payment provider: the sandbox, a real HTTP server in a thread of the test run, for
+# the tests and for the workers they start (they inherit STRIPE_API_BASE).
+os.environ["STRIPE_API_BASE"] = sandbox_server.shared().base
 
 import pytest
 import redis
@@ -33,10 +41,19 @@ from sqlalchemy.orm import Session
 from app import create_app
 from app.cli import rebuild_database
 from core.config import get_settings
+from core.tokens import TokenVerifier
 from models import Base, Database
 from tasks.celery_app import celery_app
+from tasks.effects import database_for
 
 settings = get_settings()
+
+
+def student_auth(student_id: int) -> dict[str, str]:
+    """The Authorization header of this student's platform token."""
+    token = TokenVerifier.for_settings(settings).issue(student_id)
+    return {"Authorization": f"Bearer {token}"}
+
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -72,7 +89,11 @@ def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connect
     connection = engine.connect()
     outer = connection.begin()
     try:
-        with celery_app.database.bound_to(connection):
+        # The API's and the workers' databases (their timeouts differ) join it alike.
+        with (
+            celery_app.database.bound_to(connection),
+            database_for(settings, role="api").bound_to(connection),
+        ):
             yield connection
     finally:
         outer.rollback()

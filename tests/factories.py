@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import time
 
+import stripe
 from sqlalchemy.orm import Session
 
+from core.provider import PaymentProvider
 from domain import catalogue
-from domain.payments import Checkout, confirm_payment, start_checkout
-from models import Course, Payment, Student, Trainer
+from domain.clock import utcnow
+from domain.events import EventType, record_event
+from domain.payments import Order, start_checkout
+from models import Course, Payment, PaymentStatus, Student, Trainer
 
 _seq = itertools.count(1)
 
@@ -39,6 +44,24 @@ def make_trainer(
     )
 
 
+def provider() -> PaymentProvider:
+    """The test run's provider: the sandbox (tests/conftest.py)."""
+    from tests.conftest import settings
+
+    return PaymentProvider.for_settings(settings)
+
+
+def pay(intent_id: str, payment_method: str = "pm_card_visa") -> None:
+    """The student pays at the provider, as the provider's SDK would in the app."""
+    try:
+        provider().client.v1.payment_intents.confirm(
+            intent_id, params={"payment_method": payment_method}
+        )
+    except stripe.CardError:
+        if payment_method == "pm_card_visa":
+            raise
+
+
 def make_payment(
     session: Session,
     student: Student,
@@ -46,22 +69,42 @@ def make_payment(
     *,
     tier: int = 10,
     slot: time = time(17, 30),
+    paid: bool = True,
     confirmed: bool = False,
 ) -> Payment:
+    """A pending payment with a real PaymentIntent in the sandbox. `paid` (the default):
+    the student paid at the provider (the payment is still pending here); pass False for
+    a student who has not. `confirmed`: paid and
+    verified, as if the chain's verify step had run (no outbox row: nothing starts)."""
+    payment_id = uuid.uuid4()
+    price = catalogue_price(session, course, tier)
+    intent = provider().create_intent(
+        amount_cents=price, currency=course.currency, payment_id=str(payment_id)
+    )
     payment = start_checkout(
         session,
-        Checkout(
-            student_id=student.id,
-            course_id=course.id,
-            tier=tier,
-            time_slot=slot,
-            amount_cents=9900,
-            currency="EUR",
-        ),
+        Order(student_id=student.id, course_id=course.id, tier=tier, time_slot=slot),
+        payment_id=payment_id,
+        provider_payment_id=intent.id,
     )
+    if paid or confirmed:
+        pay(intent.id)
     if confirmed:
-        confirm_payment(session, payment.id, f"pp_{payment.id.hex}", source="test")
+        payment.status = PaymentStatus.SUCCEEDED
+        payment.confirmed_at = utcnow()
+        record_event(
+            session,
+            correlation_id=payment.id,
+            student_id=student.id,
+            event_type=EventType.PAYMENT_VERIFIED,
+            payload={"source": "test"},
+        )
+        session.flush()
     return payment
+
+
+def catalogue_price(session: Session, course: Course, tier: int) -> int:
+    return next(p.amount_cents for p in course.prices if p.tier == tier)
 
 
 def payment_body(student_id: int, course_id: int, **overrides: object) -> dict[str, object]:
@@ -70,8 +113,6 @@ def payment_body(student_id: int, course_id: int, **overrides: object) -> dict[s
         "course_id": course_id,
         "tier": 10,
         "time_slot": "17:30",
-        "amount_cents": 9900,
-        "currency": "EUR",
         **overrides,
     }
 

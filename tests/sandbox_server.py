@@ -42,12 +42,26 @@ class SandboxServer:
         urllib.request.urlopen(request, timeout=5).close()
 
 
-@contextmanager
-def sandbox_server(config: SandboxConfig | None = None) -> Iterator[SandboxServer]:
-    app = create_sandbox(config or SandboxConfig())
+def start_sandbox(config: SandboxConfig | None = None) -> SandboxServer:
+    app = create_sandbox(config or SandboxConfig(webhook_secret="whsec_test"))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    running = SandboxServer(server, f"http://127.0.0.1:{server.port}")
+    return SandboxServer(server, f"http://127.0.0.1:{server.port}")
+
+
+_shared: list[SandboxServer] = []
+
+
+def shared() -> SandboxServer:
+    """The test run's sandbox, started on first use and kept until the run ends."""
+    if not _shared:
+        _shared.append(start_sandbox())
+    return _shared[0]
+
+
+@contextmanager
+def sandbox_server(config: SandboxConfig | None = None) -> Iterator[SandboxServer]:
+    running = start_sandbox(config)
     try:
         yield running
     finally:

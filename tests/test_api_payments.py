@@ -1,31 +1,62 @@
-"""Checkout, idempotency keys, confirmation, and the payment's fulfilment view."""
+"""Checkout at the catalogue price, idempotency keys, "I paid" and the provider's word,
+and the payment's fulfilment view."""
 
 import uuid
 
 from sqlalchemy import func, select
 
 from models import OutboxMessage, Payment, Purchase
-from tests.factories import make_course, make_payment, make_student, make_trainer, payment_body
+from tests.conftest import ADMIN, student_auth
+from tests.factories import (
+    make_course,
+    make_payment,
+    make_student,
+    make_trainer,
+    pay,
+    payment_body,
+    provider,
+)
 
 
-def test_checkout_creates_a_pending_payment(client, db_session):
+def checkout(client, student, course, **overrides):
+    return client.post(
+        "/api/v1/payments",
+        json=payment_body(student.id, course.id, **overrides),
+        headers=student_auth(student.id),
+    )
+
+
+def test_checkout_charges_the_catalogue_price_and_creates_the_intent(client, db_session):
     student, course = make_student(db_session), make_course(db_session)
-    response = client.post("/api/v1/payments", json=payment_body(student.id, course.id))
-    assert response.status_code == 201
-    assert response.json["status"] == "pending"
-    assert response.json["time_slot"] == "17:30"
-    assert db_session.get(Payment, uuid.UUID(response.json["id"])) is not None
+    response = checkout(client, student, course, tier=20)
+    assert response.status_code == 201, response.json
+    body = response.json
+    assert (body["status"], body["amount_cents"], body["currency"]) == ("pending", 18900, "EUR")
+    assert body["client_secret"].startswith(body["provider_payment_id"] + "_secret_")
+    intent = provider().retrieve_intent(body["provider_payment_id"])
+    assert (intent.amount, intent.currency) == (18900, "EUR")
+    assert intent.metadata["payment_id"] == body["id"]
+    assert db_session.get(Payment, uuid.UUID(body["id"])).amount_cents == 18900
+
+
+def test_a_client_sent_amount_that_differs_is_refused_and_writes_nothing(client, db_session):
+    student, course = make_student(db_session), make_course(db_session)
+    response = checkout(client, student, course, amount_cents=100, currency="EUR")
+    assert response.status_code == 422
+    assert response.json["error"]["code"] == "amount_mismatch"
+    assert response.json["error"]["details"]["amount_cents"] == 9900
+    assert checkout(client, student, course, currency="USD").status_code == 422
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
+    agreeing = checkout(client, student, course, amount_cents=9900, currency="EUR")
+    assert agreeing.status_code == 201
 
 
 def test_same_idempotency_key_and_body_answer_the_same(client, db_session):
     student, course = make_student(db_session), make_course(db_session)
-    headers = {"Idempotency-Key": "checkout-1"}
-    first = client.post(
-        "/api/v1/payments", json=payment_body(student.id, course.id), headers=headers
-    )
-    again = client.post(
-        "/api/v1/payments", json=payment_body(student.id, course.id), headers=headers
-    )
+    headers = {"Idempotency-Key": "checkout-1", **student_auth(student.id)}
+    body = payment_body(student.id, course.id)
+    first = client.post("/api/v1/payments", json=body, headers=headers)
+    again = client.post("/api/v1/payments", json=body, headers=headers)
     assert first.status_code == again.status_code == 201
     assert first.json == again.json
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
@@ -33,7 +64,7 @@ def test_same_idempotency_key_and_body_answer_the_same(client, db_session):
 
 def test_same_idempotency_key_with_another_body_is_refused(client, db_session):
     student, course = make_student(db_session), make_course(db_session)
-    headers = {"Idempotency-Key": "checkout-1"}
+    headers = {"Idempotency-Key": "checkout-1", **student_auth(student.id)}
     client.post("/api/v1/payments", json=payment_body(student.id, course.id), headers=headers)
     other = client.post(
         "/api/v1/payments", json=payment_body(student.id, course.id, tier=20), headers=headers
@@ -43,33 +74,63 @@ def test_same_idempotency_key_with_another_body_is_refused(client, db_session):
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
 
 
+def test_an_idempotency_key_is_the_students_own(client, db_session):
+    course = make_course(db_session)
+    alice, bob = make_student(db_session), make_student(db_session)
+    for student in (alice, bob):
+        response = client.post(
+            "/api/v1/payments",
+            json=payment_body(student.id, course.id),
+            headers={"Idempotency-Key": "same-key", **student_auth(student.id)},
+        )
+        assert response.status_code == 201
+        assert response.json["student_id"] == student.id
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 2
+
+
+def test_checkout_for_another_student_is_forbidden(client, db_session):
+    alice, bob, course = make_student(db_session), make_student(db_session), make_course(db_session)
+    response = client.post(
+        "/api/v1/payments",
+        json=payment_body(bob.id, course.id),
+        headers=student_auth(alice.id),
+    )
+    assert response.status_code == 403
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
+
+
 def test_checkout_of_an_active_course_is_a_conflict(client, db_session, eager):
     student, course = make_student(db_session), make_course(db_session)
     make_trainer(db_session, [course])
-    payment = make_payment(db_session, student, course)
-    client.post(f"/api/v1/payments/{payment.id}/confirm", json={"provider_payment_id": "pp_1"})
-    response = client.post("/api/v1/payments", json=payment_body(student.id, course.id))
+    payment = make_payment(db_session, student, course, paid=True)
+    confirm = client.post(
+        f"/api/v1/payments/{payment.id}/confirm", json={}, headers=student_auth(student.id)
+    )
+    assert confirm.status_code == 202
+    response = checkout(client, student, course)
     assert response.status_code == 409
     assert response.json["error"]["code"] == "course_already_active"
 
 
-def test_confirm_answers_202_and_runs_the_chain(client, db_session, eager):
+def test_confirm_answers_202_and_the_chain_asks_the_provider(client, db_session, eager):
     student, course = make_student(db_session), make_course(db_session)
     make_trainer(db_session, [course])
-    payment = make_payment(db_session, student, course)
+    payment = make_payment(db_session, student, course, paid=True)
 
     response = client.post(
-        f"/api/v1/payments/{payment.id}/confirm", json={"provider_payment_id": "pp_1"}
+        f"/api/v1/payments/{payment.id}/confirm", json={}, headers=student_auth(student.id)
     )
     assert response.status_code == 202
-    assert response.json["status"] == "succeeded"
+    assert response.json["status"] == "confirming"
 
-    detail = client.get(f"/api/v1/payments/{payment.id}").json
+    detail = client.get(f"/api/v1/payments/{payment.id}", headers=student_auth(student.id)).json
+    assert detail["status"] == "succeeded"
     assert detail["fulfilment"]["state"] == "scheduled"
     assert detail["fulfilment"]["sessions_scheduled"] == 7
     assert detail["fulfilment"]["allocation"]["trainer"]["name"].startswith("Trainer")
     assert [e["type"] for e in detail["timeline"]] == [
-        "PURCHASE_CONFIRMED",
+        "PAYMENT_CONFIRMATION_REQUESTED",
+        "PAYMENT_VERIFIED",
         "PURCHASE_CREATED",
         "TRAINER_ALLOCATED",
         "SESSIONS_GENERATED",
@@ -78,53 +139,94 @@ def test_confirm_answers_202_and_runs_the_chain(client, db_session, eager):
     assert outbox.published_at is not None
 
 
+def test_i_paid_without_paying_grants_nothing(client, db_session, eager):
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course])
+    payment = make_payment(db_session, student, course, paid=False)  # never paid
+    auth = student_auth(student.id)
+    assert (
+        client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=auth).status_code
+        == 202
+    )
+    detail = client.get(f"/api/v1/payments/{payment.id}", headers=auth).json
+    assert detail["status"] == "pending"
+    assert detail["timeline"][-1]["type"] == "PAYMENT_NOT_YET_PAID"
+    assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
+
+    pay(payment.provider_payment_id)  # now the student pays, and says so again
+    assert (
+        client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=auth).status_code
+        == 202
+    )
+    detail = client.get(f"/api/v1/payments/{payment.id}", headers=auth).json
+    assert (detail["status"], detail["fulfilment"]["sessions_scheduled"]) == ("succeeded", 7)
+
+
+def test_a_declined_card_fails_the_payment_and_grants_nothing(client, db_session, eager):
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course])
+    payment = make_payment(db_session, student, course, paid=False)
+    pay(payment.provider_payment_id, "pm_card_chargeDeclined")
+    auth = student_auth(student.id)
+    assert (
+        client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=auth).status_code
+        == 202
+    )
+    detail = client.get(f"/api/v1/payments/{payment.id}", headers=auth).json
+    assert detail["status"] == "failed"
+    assert detail["failure_reason"] == "Your card was declined."
+    assert detail["timeline"][-1]["type"] == "PAYMENT_FAILED"
+    assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
+    again = client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=auth)
+    assert again.status_code == 409
+
+
 def test_confirming_again_answers_the_same_and_publishes_nothing_new(client, db_session, eager):
     student, course = make_student(db_session), make_course(db_session)
     make_trainer(db_session, [course])
-    payment = make_payment(db_session, student, course)
-    url = f"/api/v1/payments/{payment.id}/confirm"
-    first = client.post(url, json={"provider_payment_id": "pp_1"})
-    again = client.post(url, json={"provider_payment_id": "pp_1"})
-    assert again.status_code == 202
-    assert again.json == first.json
+    payment = make_payment(db_session, student, course, paid=True)
+    url, auth = f"/api/v1/payments/{payment.id}/confirm", student_auth(student.id)
+    first = client.post(url, json={}, headers=auth)
+    again = client.post(url, json={}, headers=auth)
+    assert first.status_code == again.status_code == 202
+    assert again.json["status"] == "succeeded"
     assert db_session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
     assert db_session.scalar(select(func.count()).select_from(Purchase)) == 1
 
 
-def test_confirming_with_another_provider_id_is_a_conflict(client, db_session, eager):
+def test_another_students_payment_is_404_for_every_payment_endpoint(client, db_session):
+    alice, bob, course = make_student(db_session), make_student(db_session), make_course(db_session)
+    payment = make_payment(db_session, alice, course, paid=True)
+    mallory = student_auth(bob.id)
+    for response in (
+        client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=mallory),
+        client.get(f"/api/v1/payments/{payment.id}", headers=mallory),
+    ):
+        assert response.status_code == 404
+        assert response.json["error"]["code"] == "payment_not_found"
+    assert db_session.get(Payment, payment.id).status == "pending"
+    assert client.get(f"/api/v1/payments/{payment.id}", headers=ADMIN).status_code == 200
+
+
+def test_no_or_a_bad_token_is_401_for_every_payment_endpoint(client, db_session):
     student, course = make_student(db_session), make_course(db_session)
-    make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course)
-    url = f"/api/v1/payments/{payment.id}/confirm"
-    client.post(url, json={"provider_payment_id": "pp_1"})
-    other = client.post(url, json={"provider_payment_id": "pp_2"})
-    assert other.status_code == 409
-    assert other.json["error"]["code"] == "already_confirmed"
-
-
-def test_a_provider_id_cannot_confirm_two_payments(client, db_session, eager):
-    student, course, course2 = (
-        make_student(db_session),
-        make_course(db_session),
-        make_course(db_session),
-    )
-    make_trainer(db_session, [course, course2])
-    first = make_payment(db_session, student, course)
-    second = make_payment(db_session, student, course2)
-    client.post(f"/api/v1/payments/{first.id}/confirm", json={"provider_payment_id": "pp_1"})
-    response = client.post(
-        f"/api/v1/payments/{second.id}/confirm", json={"provider_payment_id": "pp_1"}
-    )
-    assert response.status_code == 409
-    assert response.json["error"]["code"] == "provider_payment_id_in_use"
-    db_session.expire_all()
-    assert db_session.get(Payment, second.id).status == "pending"
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic x"}):
+        for response in (
+            client.post("/api/v1/payments", json=payment_body(student.id, course.id)),
+            client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=headers),
+            client.get(f"/api/v1/payments/{payment.id}", headers=headers),
+            client.post(f"/api/v1/payments/{payment.id}/refund", headers=headers),
+        ):
+            assert response.status_code == 401, response.json
+            assert response.json["error"]["code"] == "unauthorized"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_unknown_payment_is_404(client, db_connection):
     unknown = uuid.uuid4()
-    confirm = client.post(f"/api/v1/payments/{unknown}/confirm", json={"provider_payment_id": "p"})
+    confirm = client.post(f"/api/v1/payments/{unknown}/confirm", json={}, headers=ADMIN)
     assert confirm.status_code == 404
     assert confirm.json["error"]["code"] == "payment_not_found"
-    assert client.get(f"/api/v1/payments/{unknown}").status_code == 404
-    assert client.get("/api/v1/payments/not-a-uuid").status_code == 404
+    assert client.get(f"/api/v1/payments/{unknown}", headers=ADMIN).status_code == 404
+    assert client.get("/api/v1/payments/not-a-uuid", headers=ADMIN).status_code == 404

@@ -11,7 +11,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from tests.conftest import open_session
+from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.worker import celery_worker
 
@@ -69,7 +69,8 @@ def test_sessions_appear_on_the_open_page_without_a_reload(
 
         confirmed = requests.post(
             f"{live_server}/api/v1/payments/{payment_id}/confirm",
-            json={"provider_payment_id": "pp_browser"},
+            json={},
+            headers=ADMIN,
             timeout=10,
         )
         assert confirmed.status_code == 202

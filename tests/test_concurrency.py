@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time as time_module
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import time
@@ -28,9 +29,9 @@ from models import (
     TutoringSession,
 )
 from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain
-from tests.conftest import open_session
+from tests.conftest import open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.webhook_client import deliver, succeeded_event
+from tests.webhook_client import deliver, intent_succeeded
 from tests.worker import celery_worker, wait_until
 
 
@@ -59,16 +60,19 @@ def test_twenty_concurrent_confirmations_by_api_and_webhook_fulfil_once(live_app
     with open_session() as session, session.begin():
         student, course = make_student(session), make_course(session)
         make_trainer(session, [course])
-        payment_id = make_payment(session, student, course).id
+        payment = make_payment(session, student, course, paid=True)
+        payment_id, auth = payment.id, student_auth(student.id)
+    event = intent_succeeded(payment)
 
     def confirm() -> int:
         response = live_app.test_client().post(
-            f"/api/v1/payments/{payment_id}/confirm", json={"provider_payment_id": "pp_race"}
+            f"/api/v1/payments/{payment_id}/confirm", json={}, headers=auth
         )
         return response.status_code
 
     def webhook() -> int:
-        return deliver(live_app.test_client(), succeeded_event(payment_id, "pp_race")).status_code
+        # Ten deliveries of ten distinct events, as Stripe may send after retries.
+        return deliver(live_app.test_client(), {**event, "id": f"evt_{uuid.uuid4()}"}).status_code
 
     with celery_worker() as worker:
         statuses = race([confirm] * 10 + [webhook] * 10)
@@ -87,7 +91,7 @@ def test_twenty_concurrent_confirmations_by_api_and_webhook_fulfil_once(live_app
     assert counts(Purchase, Allocation, TutoringSession, OutboxMessage) == [1, 1, 7, 1]
     with open_session() as session:
         confirmed_events = session.scalar(
-            select(func.count()).where(DomainEvent.event_type == "PURCHASE_CONFIRMED")
+            select(func.count()).where(DomainEvent.event_type == "PAYMENT_CONFIRMATION_REQUESTED")
         )
         assert confirmed_events == 1
         assert session.scalar(select(Trainer.active_students)) == 1

@@ -10,7 +10,7 @@ import redis
 import requests
 from sqlalchemy import func, select
 
-from domain.payments import confirm_payment
+from domain.payments import request_confirmation
 from models import DeadLetter, Purchase, TutoringSession
 from tests.conftest import ADMIN, open_session, settings
 from tests.factories import make_course, make_payment, make_student
@@ -46,7 +46,7 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
     payment_id, course_id = seed_payment_without_trainer()
     with celery_worker() as worker:
         confirmed = live_client.post(
-            f"/api/v1/payments/{payment_id}/confirm", json={"provider_payment_id": "pp_dl"}
+            f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
         )
         assert confirmed.status_code == 202
         wait_until(open_letters, 60, "no dead letter was recorded")
@@ -65,7 +65,7 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         ]
         assert letter["first_failed_at"] < letter["last_failed_at"]
         assert worker.log().count("allocate_trainer[") >= 6  # first run + 5 retries
-        detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+        detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
         assert detail["fulfilment"]["state"] == "needs_attention"
 
         # Flower lists the dead-letter queue (a worker consumes it) and the record task.
@@ -92,7 +92,7 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         again = live_client.post(f"{LETTERS}/{letter['id']}/replay", headers=ADMIN)
         assert again.status_code == 409
 
-    detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+    detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "scheduled"
     assert detail["fulfilment"]["sessions_scheduled"] == 7
     assert open_letters() == []
@@ -104,7 +104,7 @@ def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(
     # Only the pipeline queue: the dead-letter message waits in Redis, unrecorded.
     with celery_worker(queues="pipeline") as worker:
         with open_session() as session, session.begin():  # published after commit
-            confirm_payment(session, payment_id, "pp_kill", source="test")
+            request_confirmation(session, payment_id, student_id=None, source="test")
         wait_until(lambda: broker.llen("dead_letter") == 1, 60, "no dead-letter message")
         worker.kill()  # SIGKILL the whole worker, main process and pool
     assert open_letters() == []
@@ -126,7 +126,7 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
     with celery_worker() as worker:
         for payment_id in (first_id, second_id):
             with open_session() as session, session.begin():  # published after commit
-                confirm_payment(session, payment_id, f"pp_{payment_id}", source="t")
+                request_confirmation(session, payment_id, student_id=None, source="t")
         wait_until(open_letters, 30, "no dead letter")
         log = worker.log()
     letters = open_letters()

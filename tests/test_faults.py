@@ -18,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select, text
 
-from domain.payments import confirm_payment
+from domain.payments import request_confirmation
 from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
@@ -43,7 +43,7 @@ def seed_payment() -> tuple[uuid.UUID, int]:
 def confirm_and_publish(payment_id: uuid.UUID) -> None:
     with open_session() as session, session.begin():
         # The after-commit channel publishes the chain.
-        confirm_payment(session, payment_id, f"pp_{payment_id}", source="test")
+        request_confirmation(session, payment_id, student_id=None, source="test")
 
 
 def sessions_count() -> int:
@@ -153,7 +153,8 @@ def _seed_over_http(api: str, payments: int) -> list[str]:
 def _confirm(api: str, payment_id: str) -> int:
     return requests.post(
         f"{api}/api/v1/payments/{payment_id}/confirm",
-        json={"provider_payment_id": f"pp_{payment_id}"},
+        json={},
+        headers={"Authorization": "Bearer test-admin-token"},
         timeout=10,
     ).status_code
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
-from domain.webhook_signature import BadSignatureHeader, parse_signature_header
 from tests.conftest import settings as TEST_SETTINGS
+from tests.conftest import student_auth
 from tests.factories import make_student
 
 
@@ -19,9 +18,9 @@ def test_public_endpoints_are_rate_limited_with_a_json_429(db_session):
     app = create_app(dataclasses.replace(TEST_SETTINGS, rate_limit_public="3/minute"), testing=True)
     client = app.test_client()
     student = make_student(db_session)
-    url = f"/api/v1/students/{student.id}/home"
-    assert [client.get(url).status_code for _ in range(3)] == [200, 200, 200]
-    limited = client.get(url)
+    url, auth = f"/api/v1/students/{student.id}/home", student_auth(student.id)
+    assert [client.get(url, headers=auth).status_code for _ in range(3)] == [200, 200, 200]
+    limited = client.get(url, headers=auth)
     assert limited.status_code == 429
     assert limited.json["error"]["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) > 0
@@ -30,26 +29,30 @@ def test_public_endpoints_are_rate_limited_with_a_json_429(db_session):
     assert client.get(url, headers=admin).status_code == 200  # operators' tools are exempt
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=300))
-def test_signature_header_parser_only_ever_says_bad_header(header):
-    try:
-        parsed = parse_signature_header(header)
-    except BadSignatureHeader:
-        return
-    assert parsed.signatures and parsed.timestamp >= 0
-
-
-@settings(max_examples=200, deadline=None)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["t", "v1", "v0", "x", ""]), st.text(max_size=70)), max_size=6
+    st.one_of(
+        st.text(max_size=300),
+        st.lists(
+            st.tuples(st.sampled_from(["t", "v1", "v0", "x", ""]), st.text(max_size=70)),
+            max_size=6,
+        ).map(lambda parts: ",".join(f"{k}={v}" for k, v in parts)),
     )
 )
-def test_structured_garbage_headers_never_crash_the_parser(parts):
-    header = ",".join(f"{k}={v}" for k, v in parts)
-    with contextlib.suppress(BadSignatureHeader):
-        parse_signature_header(header)
+def test_any_forged_stripe_signature_is_a_400_never_a_500(client, db_connection, header):
+    """Stripe's library parses the header; whatever a forger sends, the answer is the
+    documented 400 (the header must be sendable: latin-1, no line breaks)."""
+    if not header.isprintable() or not header.isascii():
+        return
+    response = client.post(
+        "/api/v1/webhooks/stripe",
+        data=b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}}',
+        headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_signature"
 
 
 def test_secrets_never_reach_the_logs(client, caplog, db_connection):
@@ -58,4 +61,5 @@ def test_secrets_never_reach_the_logs(client, caplog, db_connection):
     client.get("/readyz")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "test-admin-token" not in logged
-    assert "test-webhook-secret" not in logged
+    assert "whsec_test" not in logged
+    assert "sk_test_tutorflow_sandbox" not in logged

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from domain.payments import confirm_payment
+from domain.payments import request_confirmation
 from models import OutboxMessage, TutoringSession
 from tasks.celery_app import celery_app
 from tests.conftest import open_session
@@ -22,7 +22,7 @@ def test_relay_publishes_a_lost_hand_off_once_the_broker_is_back(committed):
     with open_session() as session, session.begin():
         student, course = make_student(session), make_course(session)
         make_trainer(session, [course])
-        payment_id = make_payment(session, student, course).id
+        payment_id = make_payment(session, student, course, paid=True).id
 
     with private_redis() as broker:
         env = {
@@ -36,7 +36,7 @@ def test_relay_publishes_a_lost_hand_off_once_the_broker_is_back(committed):
             # Committed, never published: the process died right after its commit. (A
             # plain Session has no after-commit channel: nothing is published.)
             with Session(celery_app.database.engine) as session, session.begin():
-                confirm_payment(session, payment_id, "pp_lost", source="test")
+                request_confirmation(session, payment_id, student_id=None, source="test")
             worker.wait_for_log("Cannot connect to redis", timeout=30)
             broker.start()
 

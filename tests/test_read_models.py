@@ -5,35 +5,37 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from datetime import time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+import jwt
 import pytest
 
 from core import cache
 from core.cache import Cache, read_model_key
+from core.tokens import TokenVerifier
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.read_models import student_home
-from tests.conftest import open_session, settings
+from tests.conftest import ADMIN, open_session, settings, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 
 def confirm(client, payment) -> None:
     url = f"/api/v1/payments/{payment.id}/confirm"
-    assert client.post(url, json={"provider_payment_id": f"pp_{payment.id}"}).status_code == 202
+    assert client.post(url, json={}, headers=ADMIN).status_code == 202
 
 
 def test_home_shows_upcoming_sessions_with_trainer_and_course(client, db_session, eager):
     student, course = make_student(db_session), make_course(db_session, title="Chess")
     trainer = make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course)
-    empty = client.get(f"/api/v1/students/{student.id}/home")
+    empty = client.get(f"/api/v1/students/{student.id}/home", headers=student_auth(student.id))
     assert empty.status_code == 200
     assert empty.json["upcoming_sessions"] == []
 
     confirm(client, payment)
-    home = client.get(f"/api/v1/students/{student.id}/home")
+    home = client.get(f"/api/v1/students/{student.id}/home", headers=student_auth(student.id))
     assert home.headers["X-Cache"] == "miss"  # the chain's commits invalidated it
     sessions = home.json["upcoming_sessions"]
     assert len(sessions) == 7
@@ -41,7 +43,7 @@ def test_home_shows_upcoming_sessions_with_trainer_and_course(client, db_session
     assert {s["trainer"] for s in sessions} == {trainer.name}
     [active] = home.json["active_courses"]
     assert (active["tier"], active["sessions_remaining"], active["status"]) == (10, 10, "active")
-    again = client.get(f"/api/v1/students/{student.id}/home")
+    again = client.get(f"/api/v1/students/{student.id}/home", headers=student_auth(student.id))
     assert again.headers["X-Cache"] == "hit"
     assert again.json == home.json
 
@@ -50,7 +52,9 @@ def test_learning_counts_done_and_remaining(client, db_session, eager, clock):
     student, course = make_student(db_session), make_course(db_session)
     make_trainer(db_session, [course])
     confirm(client, make_payment(db_session, student, course, tier=20))
-    [course_view] = client.get(f"/api/v1/students/{student.id}/learning").json["courses"]
+    [course_view] = client.get(
+        f"/api/v1/students/{student.id}/learning", headers=student_auth(student.id)
+    ).json["courses"]
     assert course_view["sessions_done"] == 0
     assert course_view["sessions_upcoming"] == 7
     assert course_view["sessions_remaining"] == 20
@@ -59,7 +63,7 @@ def test_learning_counts_done_and_remaining(client, db_session, eager, clock):
 
 def test_unknown_student_is_404_and_not_cached(client, db_connection, redis_client):
     for view in ("home", "learning"):
-        response = client.get(f"/api/v1/students/424242/{view}")
+        response = client.get(f"/api/v1/students/424242/{view}", headers=ADMIN)
         assert response.status_code == 404
         assert response.json["error"]["code"] == "student_not_found"
     assert redis_client.get(read_model_key("home", 424242)) is None
@@ -69,21 +73,30 @@ def test_recent_events_is_a_cursor_over_the_students_events(client, db_session, 
     student, course = make_student(db_session), make_course(db_session)
     make_trainer(db_session, [course])
     confirm(client, make_payment(db_session, student, course))
-    first = client.get(f"/api/v1/events/recent?student_id={student.id}").json
+    auth = student_auth(student.id)
+    first = client.get("/api/v1/events/recent", headers=auth).json
     assert [e["type"] for e in first["events"]] == [
-        "PURCHASE_CONFIRMED", "PURCHASE_CREATED", "TRAINER_ALLOCATED", "SESSIONS_GENERATED",
-    ]  # fmt: skip
-    later = client.get(f"/api/v1/events/recent?student_id={student.id}&since={first['next_since']}")
+        "PAYMENT_CONFIRMATION_REQUESTED",
+        "PAYMENT_VERIFIED",
+        "PURCHASE_CREATED",
+        "TRAINER_ALLOCATED",
+        "SESSIONS_GENERATED",
+    ]
+    later = client.get(f"/api/v1/events/recent?since={first['next_since']}", headers=auth)
     assert later.json == {"events": [], "next_since": first["next_since"]}
     other = make_student(db_session)
-    assert client.get(f"/api/v1/events/recent?student_id={other.id}").json["events"] == []
-    assert client.get("/api/v1/events/recent").status_code == 422
+    mine_only = client.get(f"/api/v1/events/recent?student_id={other.id}", headers=auth)
+    assert mine_only.status_code == 403
+    as_other = client.get("/api/v1/events/recent", headers=student_auth(other.id))
+    assert as_other.json["events"] == []
+    assert client.get("/api/v1/events/recent").status_code == 401
+    assert client.get("/api/v1/events/recent", headers=ADMIN).status_code == 422
 
 
 def test_metrics_report_the_hit_ratio(client, db_session):
     student = make_student(db_session)
     for _ in range(4):
-        client.get(f"/api/v1/students/{student.id}/home")
+        client.get(f"/api/v1/students/{student.id}/home", headers=student_auth(student.id))
     body = client.get("/metrics").get_data(as_text=True)
     assert 'tutorflow_read_model_cache_hit_ratio{view="home"} 0.75' in body
 
@@ -157,7 +170,12 @@ def test_the_same_interleaving_breaks_a_naive_cache_aside(committed):
 
 def test_stream_delivers_events_published_after_commit(client, db_session):
     student = make_student(db_session)
-    response = client.get(f"/api/v1/students/{student.id}/events/stream", buffered=False)
+    ticket = client.post(
+        f"/api/v1/students/{student.id}/stream-tickets", headers=student_auth(student.id)
+    ).json["ticket"]
+    response = client.get(
+        f"/api/v1/students/{student.id}/events/stream?ticket={ticket}", buffered=False
+    )
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
     chunks = (chunk.decode() for chunk in response.response)
@@ -171,21 +189,69 @@ def test_stream_delivers_events_published_after_commit(client, db_session):
 
 def test_streams_are_capped_per_process_so_requests_keep_flowing(client, db_session):
     student = make_student(db_session)
-    url = f"/api/v1/students/{student.id}/events/stream"
-    open_streams = [client.get(url, buffered=False) for _ in range(2)]
+    url, auth = f"/api/v1/students/{student.id}/events/stream", student_auth(student.id)
+    open_streams = [client.get(url, headers=auth, buffered=False) for _ in range(2)]
     for stream in open_streams:
         next(iter(stream.response))
-    refused = client.get(url)
+    refused = client.get(url, headers=auth)
     assert refused.status_code == 503
     assert refused.json["error"]["code"] == "streams_full"
-    assert client.get(f"/api/v1/students/{student.id}/home").status_code == 200
+    assert (
+        client.get(
+            f"/api/v1/students/{student.id}/home", headers=student_auth(student.id)
+        ).status_code
+        == 200
+    )
     for stream in open_streams:
         stream.close()
-    reopened = client.get(url, buffered=False)
+    reopened = client.get(url, headers=auth, buffered=False)
     assert reopened.status_code == 200
     reopened.close()
 
 
 @pytest.mark.parametrize("path", ["/students/{id}/events/stream", "/students/{id}/home"])
 def test_unknown_student_stream_or_home_is_404(client, db_connection, path):
-    assert client.get("/api/v1" + path.format(id=999999)).status_code == 404
+    assert client.get("/api/v1" + path.format(id=999999), headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/students/{id}/home",
+        "/students/{id}/learning",
+        "/students/{id}/events/stream",
+        "/events/recent?student_id={id}",
+    ],
+)
+def test_a_student_cannot_read_another_students_data(client, db_session, path):
+    alice, bob = make_student(db_session), make_student(db_session)
+    url = "/api/v1" + path.format(id=bob.id)
+    assert client.get(url, headers=student_auth(alice.id)).status_code == 403
+    assert client.get(url).status_code == 401
+    expired = TokenVerifier.for_settings(settings).issue(bob.id, ttl=timedelta(seconds=-60))
+    assert client.get(url, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+    forged = jwt.encode(
+        {
+            "sub": str(bob.id),
+            "aud": settings.jwt_audience,
+            "iss": settings.jwt_issuer,
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        },
+        "not-the-platforms-secret-32-bytes!!",
+        algorithm="HS256",
+    )
+    assert client.get(url, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+
+def test_a_stream_ticket_opens_only_its_own_students_stream(client, db_session):
+    alice, bob = make_student(db_session), make_student(db_session)
+    assert (
+        client.post(f"/api/v1/students/{bob.id}/stream-tickets", headers=student_auth(alice.id))
+    ).status_code == 403
+    ticket = client.post(
+        f"/api/v1/students/{alice.id}/stream-tickets", headers=student_auth(alice.id)
+    ).json["ticket"]
+    refused = client.get(f"/api/v1/students/{bob.id}/events/stream?ticket={ticket}")
+    assert refused.status_code == 403
+    garbage = client.get(f"/api/v1/students/{alice.id}/events/stream?ticket=nope")
+    assert garbage.status_code == 401

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from domain.payments import confirm_payment
+from domain.payments import request_confirmation
 from domain.refunds import refund_payment
 from models import (
     Allocation,
@@ -22,8 +22,11 @@ from models import (
 from tasks.pipeline import fulfilment_chain
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.webhook_client import deliver
+from tests.sandbox_server import shared as shared_sandbox
+from tests.webhook_client import charge_refunded, deliver
 from tests.worker import celery_worker, wait_until
+
+SANDBOX = shared_sandbox()
 
 
 def nothing_active(session, payment_id: uuid.UUID, trainer_id: int) -> None:
@@ -57,8 +60,8 @@ def events(session, payment_id) -> list[str]:
 def scheduled(client, db_session, eager):
     student, course = make_student(db_session), make_course(db_session)
     trainer = make_trainer(db_session, [course], max_students=1)
-    payment = make_payment(db_session, student, course)
-    client.post(f"/api/v1/payments/{payment.id}/confirm", json={"provider_payment_id": "pp_1"})
+    payment = make_payment(db_session, student, course, paid=True)
+    client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=ADMIN)
     return payment, trainer
 
 
@@ -73,7 +76,7 @@ def test_refund_after_full_scheduling_undoes_everything(client, db_session, sche
         "PAYMENT_REFUNDED", "SESSIONS_CANCELLED", "ALLOCATION_ENDED", "PURCHASE_DEACTIVATED",
         "COMPENSATION_DONE",
     ]  # fmt: skip
-    detail = client.get(f"/api/v1/payments/{payment.id}").json
+    detail = client.get(f"/api/v1/payments/{payment.id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "refunded"
     assert detail["timeline"][-1]["type"] == "COMPENSATION_DONE"
 
@@ -93,13 +96,18 @@ def test_refund_twice_does_nothing_twice(client, db_session, scheduled):
 
 def test_refund_by_webhook_and_its_redelivery(client, db_session, scheduled):
     payment, trainer = scheduled
-    event = {"id": "evt_refund", "type": "payment.refunded",
-             "data": {"payment_id": str(payment.id), "provider_payment_id": "pp_1"}}  # fmt: skip
+    event = charge_refunded(payment, event_id="evt_refund")
     assert deliver(client, event).json["status"] == "refunded"
     assert deliver(client, event).json["duplicate"] is True
     nothing_active(db_session, payment.id, trainer.id)
-    other = {**event, "id": "evt_2", "data": {**event["data"], "provider_payment_id": "pp_x"}}
-    assert deliver(client, other).status_code == 409
+
+
+def test_an_admin_refund_refunds_at_the_provider(client, db_session, scheduled):
+    payment, _ = scheduled
+    before = SANDBOX.state()["refunds"]
+    assert client.post(f"/api/v1/payments/{payment.id}/refund", headers=ADMIN).status_code == 202
+    assert client.post(f"/api/v1/payments/{payment.id}/refund", headers=ADMIN).status_code == 202
+    assert SANDBOX.state()["refunds"] == before + 1  # once, whatever the repeats
 
 
 def test_a_pending_payment_cannot_be_refunded(client, db_session):
@@ -127,11 +135,12 @@ def test_refund_then_replay_of_an_old_dead_letter_recreates_nothing(client, db_s
 
     course = make_course(db_session)
     trainer = make_trainer(db_session, [course])
-    payment = make_payment(db_session, make_student(db_session), course)
-    client.post(f"/api/v1/payments/{payment.id}/confirm", json={"provider_payment_id": "pp"})
+    payment = make_payment(db_session, make_student(db_session), course, paid=True)
+    client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=ADMIN)
     pid = str(payment.id)
-    letter = make_dead_letter(db_session, correlation_id=pid, args=[pid],
-                              kwargs={"correlation_id": pid})  # fmt: skip
+    letter = make_dead_letter(
+        db_session, correlation_id=pid, args=[pid], kwargs={"correlation_id": pid}
+    )
     client.post(f"/api/v1/payments/{payment.id}/refund", headers=ADMIN)
     replay = client.post(f"/api/v1/admin/dead-letters/{letter.id}/replay", headers=ADMIN)
     assert replay.status_code == 200
@@ -148,11 +157,11 @@ def test_refund_racing_each_forward_step(committed, step):
     with open_session() as session, session.begin():
         course = make_course(session)
         trainer_id = make_trainer(session, [course], max_students=1).id
-        payment_id = make_payment(session, make_student(session), course).id
+        payment_id = make_payment(session, make_student(session), course, paid=True).id
     env = {"FAULT_PAUSE_STEP": f"tutorflow.pipeline.{step}", "FAULT_PAUSE_SECONDS": "2"}
     with celery_worker(env=env) as worker:
         with open_session() as session, session.begin():
-            confirm_payment(session, payment_id, "pp_race", source="test")
+            request_confirmation(session, payment_id, student_id=None, source="test")
         worker.wait_for_log("fault pause pid=", timeout=30)
         # The step holds its transaction open; the refund lands in the middle of it.
         refunded = threading.Event()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import open_session
+from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.worker import celery_worker, wait_until
 
@@ -26,18 +26,18 @@ def test_confirm_over_http_schedules_seven_sessions(live_client):
     with celery_worker():
         started = time.monotonic()
         response = live_client.post(
-            f"/api/v1/payments/{payment_id}/confirm", json={"provider_payment_id": "pp_live"}
+            f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
         )
         assert response.status_code == 202
 
         def scheduled() -> bool:
-            detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+            detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
             return detail["fulfilment"]["sessions_scheduled"] == 7
 
         wait_until(scheduled, 30, "the payment never got its 7 sessions")
         print(f"\nconfirm → 7 sessions visible: {time.monotonic() - started:.3f} s")
 
-    detail = live_client.get(f"/api/v1/payments/{payment_id}").json
+    detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "scheduled"
     assert len(detail["fulfilment"]["upcoming_sessions"]) == 7
     assert [e["type"] for e in detail["timeline"]] == [

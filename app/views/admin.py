@@ -7,7 +7,7 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from actions import dead_letters
-from app.auth import ADMIN_SECURITY, require_admin
+from app.auth import ADMIN_SECURITY, admin_only
 from app.db import db
 from app.runtime import runtime
 from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery
@@ -17,43 +17,43 @@ blp = Blueprint("admin", __name__, description="Dead letters: list, replay, disc
 
 
 @blp.route("/admin/dead-letters", methods=["GET"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(DeadLetterQuery, location="query")
 @blp.response(200, DeadLetterPage)
 @blp.alt_response(401, schema="Error")
-@require_admin
 def list_letters(query: dict[str, Any]):
     items, total = list_dead_letters(db(), **query)
     return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
 
 
 @blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>", methods=["GET"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
-@require_admin
 def show_letter(letter_id: int):
     return get_dead_letter(db(), letter_id)
 
 
 @blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>/replay", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def replay_letter(letter_id: int):
     return dead_letters.replay(runtime().database, letter_id)
 
 
 @blp.route("/admin/dead-letters/<int(max=9223372036854775807):letter_id>/discard", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def discard_letter(letter_id: int):
     return dead_letters.discard(runtime().database, letter_id)

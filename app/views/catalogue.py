@@ -7,7 +7,7 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from actions import catalogue
-from app.auth import ADMIN_SECURITY, require_admin
+from app.auth import ADMIN_SECURITY, admin_only
 from app.runtime import runtime
 from app.schemas import CourseIn, CourseOut, StudentIn, StudentOut, TrainerIn, TrainerOut
 
@@ -15,32 +15,32 @@ blp = Blueprint("catalogue", __name__, description="Students, courses and traine
 
 
 @blp.route("/students", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(StudentIn)
 @blp.response(201, StudentOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def create_student(data: dict[str, Any]):
     return catalogue.create_student(runtime().database, **data)
 
 
 @blp.route("/courses", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(CourseIn)
 @blp.response(201, CourseOut)
 @blp.alt_response(401, schema="Error")
-@require_admin
 def create_course(data: dict[str, Any]):
     return catalogue.create_course(runtime().database, **data)
 
 
 @blp.route("/trainers", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(TrainerIn)
 @blp.response(201, TrainerOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def create_trainer(data: dict[str, Any]):
     return catalogue.create_trainer(runtime().database, **data)

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.metrics import metrics_response
 from app.runtime import runtime
+from core.provider import PaymentProvider
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -57,7 +58,12 @@ def readyz():
     except redis.RedisError as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return jsonify(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503
+    # Not a readiness condition (confirms and reads work without the provider), but
+    # what an operator wants to see beside them.
+    details = {"payment_provider_breaker": PaymentProvider.for_settings(runtime().settings).state}
+    return jsonify(status="ready" if ready else "not_ready", checks=checks, details=details), (
+        200 if ready else 503
+    )
 
 
 @blp.get("/metrics")

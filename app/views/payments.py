@@ -10,12 +10,21 @@ from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, fields, validate
 
 from actions import payments
-from app.auth import ADMIN_SECURITY, require_admin
+from app.auth import ADMIN_SECURITY, STUDENT_SECURITY, admin_only, caller, student_or_admin
 from app.db import db
+from app.errors import ApiError
 from app.runtime import runtime
-from app.schemas import ConfirmIn, InputSchema, PaymentDetailOut, PaymentIn, PaymentOut
+from app.schemas import (
+    CheckoutOut,
+    ConfirmIn,
+    InputSchema,
+    PaymentDetailOut,
+    PaymentIn,
+    PaymentOut,
+)
+from core.provider import PaymentProvider
 from domain import idempotency
-from domain.payments import Checkout
+from domain.payments import Order
 from domain.read_models import payment_detail
 
 blp = Blueprint("payments", __name__, description="Checkout and payment confirmation.")
@@ -33,52 +42,83 @@ class IdempotencyHeader(InputSchema):
 
 
 @blp.route("/payments", methods=["POST"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.arguments(IdempotencyHeader, location="headers", as_kwargs=True)
 @blp.arguments(PaymentIn)
-@blp.response(201, PaymentOut)
-@blp.alt_response(404, schema="Error")
+@blp.response(201, CheckoutOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
 @blp.alt_response(409, schema="Error")
+@blp.alt_response(422, schema="Error")
+@blp.alt_response(503, schema="Error", description="The payment provider is unreachable.")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
+    """Start a checkout at the catalogue price; the answer carries the PaymentIntent's
+    client secret for the provider's SDK."""
+    who = caller()
+    student_id = data.get("student_id", who.student_id)
+    if student_id is None:
+        raise ApiError(422, "validation_error", "An operator must name the student_id.")
+    who.require_student(student_id)
+    app = runtime()
     answer = payments.checkout(
-        runtime().database,
-        Checkout(**data),
+        app.database,
+        PaymentProvider.for_settings(app.settings),
+        Order(
+            student_id=student_id,
+            course_id=data["course_id"],
+            tier=data["tier"],
+            time_slot=data["time_slot"],
+            amount_cents=data.get("amount_cents"),
+            currency=data.get("currency"),
+        ),
         idempotency_key=idempotency_key,
-        fingerprint=idempotency.fingerprint(PaymentIn().dump(data)),
-        render=PaymentOut().dump,
+        fingerprint=idempotency.fingerprint({**PaymentIn().dump(data), "student_id": student_id}),
+        render=lambda payment, secret: {**PaymentOut().dump(payment), "client_secret": secret},
     )
-    if answer.payment is None:  # the answer stored under the Idempotency-Key
-        replay = jsonify(answer.stored_body)
-        replay.status_code = answer.status
-        return replay
-    return answer.payment
+    response = jsonify(answer.body)
+    response.status_code = answer.status
+    return response
 
 
 @blp.route("/payments/<uuid:payment_id>/confirm", methods=["POST"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.arguments(ConfirmIn)
 @blp.response(202, PaymentOut)
+@blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
 def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
-    # The chain is published right after the action's commit.
+    """The student says they paid: the payment goes to `confirming` and the chain starts
+    by asking the provider. Another student's payment is a 404."""
     return payments.confirm(
-        runtime().database, payment_id, data["provider_payment_id"], source="client"
+        runtime().database, payment_id, student_id=caller().student_id, source="client"
     ).payment
 
 
 @blp.route("/payments/<uuid:payment_id>", methods=["GET"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, PaymentDetailOut)
+@blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 def get_payment(payment_id: uuid.UUID):
-    return payment_detail(db(), payment_id)
+    return payment_detail(db(), payment_id, student_id=caller().student_id)
 
 
 @blp.route("/payments/<uuid:payment_id>/refund", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(202, PaymentOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
+@blp.alt_response(503, schema="Error", description="The payment provider is unreachable.")
 def refund_payment(payment_id: uuid.UUID):
-    """Refund (admin): the compensation undoes purchase, allocation and future sessions."""
-    return payments.refund(runtime().database, payment_id, source="admin").payment
+    """Refund (admin) at the provider, then compensate: purchase, allocation and future
+    sessions are undone after the commit."""
+    app = runtime()
+    return payments.refund(
+        app.database, PaymentProvider.for_settings(app.settings), payment_id
+    ).payment

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from actions import sessions
-from app.auth import ADMIN_SECURITY, require_admin
+from app.auth import ADMIN_SECURITY, admin_only
 from app.runtime import runtime
 from app.schemas import SessionOut
 
@@ -14,22 +14,22 @@ ID = "<int(max=9223372036854775807):session_id>"
 
 
 @blp.route(f"/sessions/{ID}/complete", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, SessionOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def complete(session_id: int):
     return sessions.complete(runtime().database, session_id)
 
 
 @blp.route(f"/sessions/{ID}/cancel", methods=["POST"])
+@admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, SessionOut)
 @blp.alt_response(401, schema="Error")
 @blp.alt_response(404, schema="Error")
 @blp.alt_response(409, schema="Error")
-@require_admin
 def cancel(session_id: int):
     return sessions.cancel(runtime().database, session_id)

@@ -8,22 +8,39 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from flask_smorest import Blueprint
 from marshmallow import Schema
 from redis.client import PubSub
 
+from app.auth import STUDENT_SECURITY, Caller, caller, student_or_admin
 from app.db import db
 from app.errors import ApiError
 from app.runtime import runtime
-from app.schemas import HomeOut, LearningOut, RecentOut, RecentQuery
+from app.schemas import HomeOut, LearningOut, RecentOut, RecentQuery, StreamTicketOut
 from core.cache import student_channel
+from core.tokens import InvalidToken, TokenVerifier
 from domain.clock import utcnow
 from domain.read_models import get_student, recent_events, student_home, student_learning
 
 blp = Blueprint("students", __name__, description="Student home screen and live updates.")
 ID = "<int(max=9223372036854775807):student_id>"
 KEEP_ALIVE_SECONDS = 15
+
+
+def _stream_caller() -> Caller:
+    """A stream ticket in the query string, or the usual bearer header."""
+    ticket = request.args.get("ticket")
+    if ticket is None:
+        student_or_admin(lambda: None)()
+        return caller()
+    try:
+        identity = TokenVerifier.for_settings(runtime().settings).verify_stream_ticket(ticket)
+    except InvalidToken as exc:
+        error = ApiError(401, "unauthorized", f"The stream ticket was refused: {exc}.")
+        error.headers = {"WWW-Authenticate": 'Bearer realm="tutorflow"'}
+        raise error from exc
+    return Caller(admin=False, student_id=identity.student_id)
 
 
 def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Response:
@@ -39,32 +56,85 @@ def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Respons
 
 
 @blp.route(f"/students/{ID}/home", methods=["GET"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, HomeOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
 @blp.alt_response(404, schema="Error")
 def home(student_id: int):
+    caller().require_student(student_id)
     return _cached("home", student_id, student_home, HomeOut)
 
 
 @blp.route(f"/students/{ID}/learning", methods=["GET"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, LearningOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
 @blp.alt_response(404, schema="Error")
 def learning(student_id: int):
+    caller().require_student(student_id)
     return _cached("learning", student_id, student_learning, LearningOut)
 
 
 @blp.route("/events/recent", methods=["GET"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
 @blp.arguments(RecentQuery, location="query")
 @blp.response(200, RecentOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
 @blp.alt_response(404, schema="Error")
 def recent(query: dict[str, Any]):
-    return recent_events(db(), query["student_id"], since=query["since"])
+    """The token's student's events after the cursor `since` (an operator names the
+    student with `student_id`)."""
+    who = caller()
+    student_id = query.get("student_id", who.student_id)
+    if student_id is None:
+        raise ApiError(422, "validation_error", "An operator must name the student_id.")
+    who.require_student(student_id)
+    return recent_events(db(), student_id, since=query["since"])
+
+
+@blp.route(f"/students/{ID}/stream-tickets", methods=["POST"])
+@student_or_admin
+@blp.doc(security=STUDENT_SECURITY)
+@blp.response(201, StreamTicketOut)
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
+def stream_ticket(student_id: int):
+    """A ticket for the event stream (EventSource sends no headers): one student,
+    about a minute, streaming only."""
+    caller().require_student(student_id)
+    ticket, expires = TokenVerifier.for_settings(runtime().settings).stream_ticket(student_id)
+    return {
+        "ticket": ticket,
+        "expires_at": expires,
+        "stream_url": f"/api/v1/students/{student_id}/events/stream?ticket={ticket}",
+    }
 
 
 @blp.route(f"/students/{ID}/events/stream", methods=["GET"])
+@blp.doc(
+    security=STUDENT_SECURITY,
+    parameters=[
+        {
+            "in": "query",
+            "name": "ticket",
+            "schema": {"type": "string", "maxLength": 2048},
+            "description": "A stream ticket (POST …/stream-tickets), instead of a header.",
+        }
+    ],
+)
 @blp.alt_response(200, description="Server-Sent Events: one `update` per domain event.")
+@blp.alt_response(401, schema="Error")
+@blp.alt_response(403, schema="Error")
 @blp.alt_response(404, schema="Error")
-@blp.alt_response(503, schema="Error")
+@blp.alt_response(503, schema="Error", description="Every stream slot is taken: poll.")
 def stream(student_id: int):
+    _stream_caller().require_student(student_id)
     get_student(db(), student_id)  # 404 before a slot is taken
     # A client turned away (every slot of this process taken) falls back to polling.
     app = runtime()
