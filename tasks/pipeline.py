@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 from celery import chain
-from celery.exceptions import Ignore
 from celery.canvas import Signature
+from celery.exceptions import Ignore
 
 from core.cache import Cache
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
