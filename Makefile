@@ -26,7 +26,9 @@ migrate: services
 seed: migrate
 	$(BIN)/flask --app wsgi seed-demo
 
-up: seed  ## API :8000, workers, beat, Flower :5555 — Ctrl-C stops all.
+# The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
+up: export STRIPE_API_BASE ?= http://127.0.0.1:12111
+up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
 	$(BIN)/honcho start -f Procfile
 
 test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)

@@ -54,7 +54,7 @@ class TutorflowApi(Api):
 
     ERROR_SCHEMA = ErrorOut
 
-    def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
+    def handle_http_exception(self, error: HTTPException):
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         details = data.get("messages") or {}

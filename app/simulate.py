@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -34,7 +35,13 @@ class Stack:
         return response.json()
 
 
-def run_simulation(base_url: str, admin_token: str, payments: int, timeout: float) -> dict:
+def run_simulation(
+    base_url: str,
+    admin_token: str,
+    payments: int,
+    timeout: float,
+    pay: Callable[[str], object],
+) -> dict:
     stack = Stack(base_url, admin_token)
     run = uuid.uuid4().hex[:8]
     course = stack.post("/courses", {"title": f"Simulation {run}"}, admin=True)
@@ -56,10 +63,16 @@ def run_simulation(base_url: str, admin_token: str, payments: int, timeout: floa
         )  # fmt: skip
         payment = stack.post(
             "/payments",
-            {"student_id": student["id"], "course_id": course["id"], "tier": 10,
-             "time_slot": SLOTS[n % len(SLOTS)], "amount_cents": 9900, "currency": "EUR"},
-        )  # fmt: skip
-        stack.post(f"/payments/{payment['id']}/confirm", {"provider_payment_id": f"sim_{run}_{n}"})
+            {
+                "student_id": student["id"],
+                "course_id": course["id"],
+                "tier": 10,
+                "time_slot": SLOTS[n % len(SLOTS)],
+            },
+        )
+        # The student pays with the provider's SDK (the sandbox's test card), then says so.
+        pay(payment["provider_payment_id"])
+        stack.post(f"/payments/{payment['id']}/confirm", {})
         return payment["id"]
 
     started = time.monotonic()
@@ -106,9 +119,18 @@ def run_simulation(base_url: str, admin_token: str, payments: int, timeout: floa
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
 def simulate_command(payments: int, api_url: str, timeout: float) -> None:
     """Create and confirm N payments against the running stack; watch them fulfil."""
-    from flask import current_app
+    from app.runtime import runtime
+    from core.provider import PaymentProvider
 
-    result = run_simulation(api_url, current_app.config["ADMIN_TOKEN"], payments, timeout)
+    settings = runtime().settings
+    client = PaymentProvider.for_settings(settings).client
+
+    def pay(intent_id: str) -> object:
+        return client.v1.payment_intents.confirm(
+            intent_id, params={"payment_method": "pm_card_visa"}
+        )
+
+    result = run_simulation(api_url, settings.admin_token, payments, timeout, pay)
     click.echo("")
     rows = [
         ("payments", result["payments"]),

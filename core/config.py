@@ -54,7 +54,6 @@ class Settings:
     # Read models and live events (pub/sub), and the rate-limit counters: always Redis.
     cache_url: str
     admin_token: str
-    webhook_secret: str
     flower_basic_auth: str
     # The payment provider (Stripe). STRIPE_API_BASE points the stripe library at the local
     # sandbox in development and tests; unset in production (api.stripe.com).
@@ -148,7 +147,6 @@ class Settings:
             broker_url=broker_url,
             cache_url=env.text("CACHE_URL", redis_default),
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
-            webhook_secret=env.text("WEBHOOK_SECRET", "dev-webhook-secret"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
             stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),
             stripe_api_base=env.optional("STRIPE_API_BASE"),

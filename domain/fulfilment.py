@@ -194,12 +194,12 @@ def schedule_sessions(
     if payment_id is None:
         raise PermanentStepError(f"allocation {allocation_id} does not exist")
     lock_live_payment(session, payment_id)  # payment first: the order a refund locks in
-    allocation = session.scalar(
+    allocation = session.execute(
         select(Allocation)
         .where(Allocation.id == allocation_id)
         .with_for_update()
         .execution_options(populate_existing=True)
-    )
+    ).scalar_one()
     if allocation.status not in HOLDING_STATUSES:
         return []
     timezone = session.get_one(Student, allocation.student_id).timezone
@@ -298,7 +298,8 @@ def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit
             .outerjoin(Purchase, Purchase.payment_id == Payment.id)
             .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
             .where(
-                Payment.status == PaymentStatus.SUCCEEDED,
+                # Confirming too: a verify step lost with the broker is asked again.
+                Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
                 Payment.confirmed_at < now - stall,
                 or_(Purchase.id.is_(None), Allocation.id.is_(None),
                     Allocation.status == AllocationStatus.APPROVED),

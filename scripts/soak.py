@@ -27,11 +27,17 @@ os.environ["DATABASE_URL"] = os.environ.get(
 
 import requests
 from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
 
 from app.cli import rebuild_database
-from core.config import settings
+from core.config import get_settings
+from core.provider import PaymentProvider
+from sandbox.app import SandboxConfig, create_sandbox
 from tests.services import api_server, private_redis
 from tests.worker import celery_worker, wait_until
+
+settings = get_settings()
+ADMIN = {"Authorization": f"Bearer {settings.admin_token}"}
 
 CAPACITY = 50
 SLOTS = [f"{6 + i // 4:02d}:{15 * (i % 4):02d}" for i in range(64)]
@@ -44,7 +50,7 @@ INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
 INSERT INTO students (name, email, timezone)
 SELECT 'S' || n, 's' || n || '@soak.example', 'Europe/Berlin' FROM generate_series(1, :n) n;
 INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, currency)
-SELECT n, 1, 10, (:slots)[1 + (n - 1) % 64]::time, 100, 'EUR' FROM generate_series(1, :n) n
+SELECT n, 1, 10, (:slots)[1 + (n - 1) % 64]::time, 9900, 'EUR' FROM generate_series(1, :n) n
 """
 
 REPORT = {
@@ -68,13 +74,41 @@ REPORT = {
       + (SELECT count(*) FROM (SELECT correlation_id FROM domain_events
            WHERE event_type = 'PURCHASE_CREATED' GROUP BY 1 HAVING count(*) > 1) d)""",
     "lost": """SELECT count(*) FROM payments p
-        WHERE p.status = 'succeeded'
+        WHERE p.status IN ('confirming', 'succeeded')
         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.correlation_id = p.id::text)
         AND (SELECT count(*) FROM student_course_purchases pu
              JOIN trainer_allocations a ON a.purchase_id = pu.id
              JOIN tutoring_sessions t ON t.allocation_id = a.id
              WHERE pu.payment_id = p.id) <> 7""",
 }
+
+
+def start_provider() -> str:
+    """The provider sandbox in a thread of the soak: its base URL."""
+    server = make_server("127.0.0.1", 0, create_sandbox(SandboxConfig()), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.port}"
+
+
+def pay_at_the_provider(payment_ids: list[str]) -> None:
+    """Each payment gets a PaymentIntent for its amount, paid with the test card."""
+    provider = PaymentProvider.for_settings(get_settings())
+    engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+
+    def pay(payment_id: str) -> tuple[str, str]:
+        intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id=payment_id)
+        provider.client.v1.payment_intents.confirm(
+            intent.id, params={"payment_method": "pm_card_visa"}
+        )
+        return payment_id, intent.id
+
+    with ThreadPoolExecutor(8) as pool, engine.connect() as connection:
+        for payment_id, intent_id in pool.map(pay, payment_ids):
+            connection.execute(
+                text("UPDATE payments SET provider_payment_id = :intent WHERE id = :id"),
+                {"intent": intent_id, "id": payment_id},
+            )
+    engine.dispose()
 
 
 def prepare(payments: int) -> list[str]:
@@ -87,6 +121,7 @@ def prepare(payments: int) -> list[str]:
             connection.execute(text(statement), params)
         ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
     engine.dispose()
+    pay_at_the_provider(list(ids))
     return list(ids)
 
 
@@ -104,11 +139,14 @@ def report() -> tuple[dict[str, int], Counter]:
 
 def run(payments: int, seed: int, timeout: float) -> int:
     rng = random.Random(seed)
+    os.environ["STRIPE_API_BASE"] = start_provider()
+    get_settings.cache_clear()  # read again: the provider's address is known now
     payment_ids = prepare(payments)
     kills: Counter = Counter()
     with private_redis(aof=True) as broker:
         env = {
-            "DATABASE_URL": settings.database_url, "REDIS_URL": broker.url,
+            "DATABASE_URL": settings.database_url, "BROKER_URL": broker.url,
+            "STRIPE_API_BASE": os.environ["STRIPE_API_BASE"],
             "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "10",
             "PIPELINE_STALL_SECONDS": "20", "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "2", "RATE_LIMIT_PUBLIC": "1000000/minute",
@@ -126,7 +164,7 @@ def run(payments: int, seed: int, timeout: float) -> int:
                     try:
                         response = http.post(
                             f"{api.base}/api/v1/payments/{payment_id}/confirm",
-                            json={"provider_payment_id": f"pp_{payment_id}"}, timeout=10,
+                            json={}, headers=ADMIN, timeout=10,
                         )  # fmt: skip
                         if response.status_code < 500:
                             return response.status_code

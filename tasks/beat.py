@@ -10,9 +10,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import CursorResult, delete, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from domain import fulfilment
@@ -182,7 +182,8 @@ def prune_retention() -> dict[str, int]:
             while True:
                 with celery_app.database.transaction() as session:
                     doomed = select(key).where(stamp < cutoff).limit(PRUNE_BATCH)
-                    deleted = session.execute(delete(model).where(key.in_(doomed))).rowcount
+                    result = session.execute(delete(model).where(key.in_(doomed)))
+                    deleted = cast(CursorResult[Any], result).rowcount
                 total += deleted
                 if deleted < PRUNE_BATCH:
                     break

@@ -6,12 +6,14 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import requests
+from flask import Flask
 from werkzeug.serving import make_server
 
-from tests.conftest import ADMIN, open_session
+from tests.conftest import ADMIN, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.worker import celery_worker
 
@@ -29,13 +31,19 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
+@dataclass
+class LiveServer:
+    url: str
+    app: Flask
+
+
 @pytest.fixture
-def live_server(live_app) -> Iterator[str]:
+def live_server(live_app) -> Iterator[LiveServer]:
     server = make_server("127.0.0.1", 0, live_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", live_app)
     finally:
         server.shutdown()
 
@@ -46,11 +54,10 @@ def test_sessions_appear_on_the_open_page_without_a_reload(
 ):
     from playwright.sync_api import expect, sync_playwright
 
-    from app.views import students
-
     if live_mode == "polling":  # every stream slot taken: the page must fall back to polling
-        monkeypatch.setattr(students, "_stream_slots", threading.BoundedSemaphore(1))
-        students._stream_slots.acquire()
+        runtime = live_server.app.extensions["tutorflow"]
+        monkeypatch.setattr(runtime, "stream_slots", threading.BoundedSemaphore(1))
+        runtime.stream_slots.acquire()
 
     with open_session() as session, session.begin():
         student, course = make_student(session), make_course(session, title="Piano")
@@ -63,12 +70,13 @@ def test_sessions_appear_on_the_open_page_without_a_reload(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         page = browser.new_page()
-        page.goto(f"{live_server}/students/{student_id}")
+        token = student_auth(student_id)["Authorization"].removeprefix("Bearer ")
+        page.goto(f"{live_server.url}/students/{student_id}#token={token}")
         expect(page.locator("#sessions")).to_contain_text("No sessions yet.")
         expect(page.locator("#mode")).to_have_text(live_mode)
 
         confirmed = requests.post(
-            f"{live_server}/api/v1/payments/{payment_id}/confirm",
+            f"{live_server.url}/api/v1/payments/{payment_id}/confirm",
             json={},
             headers=ADMIN,
             timeout=10,

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 from domain.payments import request_confirmation
 from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession
 from tests.conftest import ADMIN, open_session
-from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.factories import make_course, make_payment, make_student, make_trainer, pay
 from tests.services import api_server, private_postgres, private_redis
 from tests.worker import ROOT, celery_worker, wait_until
 
@@ -141,11 +141,16 @@ def _seed_over_http(api: str, payments: int) -> list[str]:
         ).json()  # fmt: skip
         payment = requests.post(
             f"{api}/api/v1/payments",
-            json={"student_id": student["id"], "course_id": course["id"], "tier": 10,
-                  "time_slot": f"{6 + n // 4:02d}:{15 * (n % 4):02d}", "amount_cents": 100,
-                  "currency": "EUR"},
+            json={
+                "student_id": student["id"],
+                "course_id": course["id"],
+                "tier": 10,
+                "time_slot": f"{6 + n // 4:02d}:{15 * (n % 4):02d}",
+            },
+            headers=ADMIN,
             timeout=10,
-        ).json()  # fmt: skip
+        ).json()
+        pay(payment["provider_payment_id"])  # the student pays with the provider's SDK
         ids.append(payment["id"])
     return ids
 

@@ -35,7 +35,8 @@ def read_variables() -> set[str]:
     read by libraries themselves (Celery, prometheus_client)."""
     environ = RecordingEnviron()
     Settings.from_env(environ)
-    return environ.asked | {"REMAP_SIGTERM", "PROMETHEUS_MULTIPROC_DIR"}
+    sandbox = {"SANDBOX_HOST", "SANDBOX_PORT", "SANDBOX_WEBHOOK_URL"}  # python -m sandbox
+    return environ.asked | sandbox | {"REMAP_SIGTERM", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def test_only_the_settings_object_reads_the_environment():
@@ -76,7 +77,7 @@ def test_compose_defines_only_variables_the_app_reads_and_all_secrets():
         env = service.get("environment", {})
         unknown = set(env) - read
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
-        for secret in ("DATABASE_URL", "BROKER_URL", "ADMIN_TOKEN", "WEBHOOK_SECRET"):
+        for secret in ("DATABASE_URL", "BROKER_URL", "ADMIN_TOKEN", "JWT_SECRET"):
             assert secret in env, f"{name} lacks {secret}"
 
 

@@ -41,7 +41,8 @@ def test_confirm_over_http_schedules_seven_sessions(live_client):
     assert detail["fulfilment"]["state"] == "scheduled"
     assert len(detail["fulfilment"]["upcoming_sessions"]) == 7
     assert [e["type"] for e in detail["timeline"]] == [
-        "PURCHASE_CONFIRMED",
+        "PAYMENT_CONFIRMATION_REQUESTED",
+        "PAYMENT_VERIFIED",
         "PURCHASE_CREATED",
         "TRAINER_ALLOCATED",
         "SESSIONS_GENERATED",

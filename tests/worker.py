@@ -79,7 +79,7 @@ def celery_worker(
     command = [
         sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
         "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-l", "INFO",
-        "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+        "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--include", "tests.fault_pause",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     if beat:

@@ -1,0 +1,37 @@
+"""Test-only: hold a pipeline step's transaction open, once per payment, so a fault
+test can kill the worker in the middle of it.
+
+Test workers load it with `--include tests.fault_pause` (tests/worker.py); it is inert
+unless FAULT_PAUSE_STEP names a task. It reads its two variables from the worker's
+environment itself: production code never sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import redis
+from celery import current_task
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+STEP = os.environ.get("FAULT_PAUSE_STEP", "")
+SECONDS = float(os.environ.get("FAULT_PAUSE_SECONDS", "0") or 0)
+_client = redis.Redis.from_url(
+    os.environ.get("CACHE_URL") or os.environ.get("BROKER_URL") or "redis://127.0.0.1:6379/0"
+)
+
+
+@event.listens_for(Session, "before_commit")
+def _pause_before_the_steps_commit(session: Session) -> None:
+    task = current_task
+    if not STEP or task is None or task.name != STEP:
+        return
+    correlation_id = (task.request.kwargs or {}).get("correlation_id")
+    if _client.set(f"fault:paused:{STEP}:{correlation_id}", 1, nx=True, ex=600):
+        log.warning("fault pause pid=%s step=%s", os.getpid(), STEP)
+        time.sleep(SECONDS)
