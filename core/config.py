@@ -66,6 +66,10 @@ class Settings:
     # The breaker opens after this many outages in a row and probes again after the reset.
     stripe_breaker_fail_max: int
     stripe_breaker_reset_seconds: float
+    # The verify step's retry countdown cap (s): 8 retries, 2·2ⁿ s up to this, about 7
+    # minutes of provider outage before the dead letter. With the task time limit it must
+    # stay under the broker's visibility timeout.
+    provider_retry_backoff_max: int
     # Students' bearer tokens (core/tokens.py): HS256 with JWT_SECRET, or RS256 with
     # JWT_PUBLIC_KEY (PEM) or JWT_JWKS_URL; audience and issuer must match.
     jwt_algorithm: str
@@ -155,6 +159,7 @@ class Settings:
             stripe_read_timeout=env.number("STRIPE_READ_TIMEOUT", 5.0),
             stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
             stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
+            provider_retry_backoff_max=env.integer("PROVIDER_RETRY_BACKOFF_MAX", 150),
             jwt_algorithm=env.text("JWT_ALGORITHM", "HS256"),
             jwt_secret=env.text("JWT_SECRET", "dev-jwt-secret-change-me-32-bytes!"),
             jwt_public_key=env.optional("JWT_PUBLIC_KEY"),

@@ -74,6 +74,15 @@ class Intent:
         )
 
 
+class _LogTransitions(pybreaker.CircuitBreakerListener):
+    """Operators see the breaker move in the logs of the process it belongs to."""
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        log.warning(
+            "payment provider circuit breaker %s -> %s", getattr(old, "name", old), new.name
+        )
+
+
 def _is_outage(error: BaseException) -> bool:
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
         return True
@@ -101,6 +110,7 @@ class PaymentProvider:
             reset_timeout=settings.stripe_breaker_reset_seconds,
             # Only outages trip it: a declined card is the provider working fine.
             exclude=[lambda error: not _is_outage(error)],
+            listeners=[_LogTransitions()],
             name="stripe",
         )
 

@@ -74,12 +74,11 @@ def ask_provider(payment_id: uuid.UUID) -> payments.ProviderReport | None:
     )
 
 
-# 8 retries, 2·2ⁿ s up to 150 s: about 7 minutes of a provider outage before the dead
-# letter. 150 s + the task time limit stays under the broker's visibility timeout.
-VERIFY_BACKOFF_MAX = 150
-
-
-@step("tutorflow.pipeline.verify_payment", max_retries=8, backoff_max=VERIFY_BACKOFF_MAX)
+@step(
+    "tutorflow.pipeline.verify_payment",
+    max_retries=8,
+    backoff_max=celery_app.settings.provider_retry_backoff_max,
+)
 def verify_payment(self: PipelineTask, payment_id: str, *, correlation_id: str) -> str:
     """No inbox row: the payment's own states make it idempotent (a verified payment is
     verified again at once; a settled one stops the chain), and a payment that went back

@@ -71,6 +71,7 @@ def make_payment(
     slot: time = time(17, 30),
     paid: bool = True,
     confirmed: bool = False,
+    via: PaymentProvider | None = None,
 ) -> Payment:
     """A pending payment with a real PaymentIntent in the sandbox. `paid` (the default):
     the student paid at the provider (the payment is still pending here); pass False for
@@ -78,7 +79,8 @@ def make_payment(
     verified, as if the chain's verify step had run (no outbox row: nothing starts)."""
     payment_id = uuid.uuid4()
     price = catalogue_price(session, course, tier)
-    intent = provider().create_intent(
+    at = via or provider()
+    intent = at.create_intent(
         amount_cents=price, currency=course.currency, payment_id=str(payment_id)
     )
     payment = start_checkout(
@@ -88,7 +90,7 @@ def make_payment(
         provider_payment_id=intent.id,
     )
     if paid or confirmed:
-        pay(intent.id)
+        at.client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
     if confirmed:
         payment.status = PaymentStatus.SUCCEEDED
         payment.confirmed_at = utcnow()

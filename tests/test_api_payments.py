@@ -5,7 +5,9 @@ import uuid
 
 from sqlalchemy import func, select
 
-from models import OutboxMessage, Payment, Purchase
+from domain.payments import request_confirmation
+from models import DeadLetter, OutboxMessage, Payment, Purchase
+from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
     make_course,
@@ -230,3 +232,32 @@ def test_unknown_payment_is_404(client, db_connection):
     assert confirm.json["error"]["code"] == "payment_not_found"
     assert client.get(f"/api/v1/payments/{unknown}", headers=ADMIN).status_code == 404
     assert client.get("/api/v1/payments/not-a-uuid", headers=ADMIN).status_code == 404
+
+
+def test_a_provider_amount_that_differs_from_the_catalogue_is_dead_lettered_at_once(
+    client, db_session, eager
+):
+    """An intent paid for less than the catalogue price (say it was swapped for a
+    cheaper one): verification refuses it at once, with the reason, and grants nothing."""
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course])
+    payment = make_payment(db_session, student, course, paid=False)
+    cheap = provider().client.v1.payment_intents.create(
+        params={"amount": 100, "currency": "eur", "metadata": {"payment_id": str(payment.id)}}
+    )
+    pay(cheap.id)
+    payment.provider_payment_id = cheap.id
+    db_session.flush()
+    request_confirmation(db_session, payment.id, student_id=None, source="test")
+    db_session.flush()
+    result = verify_payment.apply(
+        args=(str(payment.id),), kwargs={"correlation_id": str(payment.id)}, throw=False
+    )
+    assert result.failed()
+    letter = db_session.scalars(select(DeadLetter)).one()
+    assert letter.task_name == "tutorflow.pipeline.verify_payment"
+    assert (letter.retries, letter.exception_type) == (0, "domain.errors.PermanentStepError")
+    assert "amount_cents" in letter.exception_message
+    db_session.expire_all()
+    assert db_session.get(Payment, payment.id).status == "confirming"
+    assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
