@@ -10,17 +10,22 @@ from __future__ import annotations
 import os
 import statistics
 
+from bench import sandbox_thread
+
 os.environ.setdefault(
     "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_bench"
 )
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/5")
-os.environ.setdefault("CACHE_URL", os.environ["REDIS_URL"])
+os.environ.setdefault("BROKER_URL", "redis://127.0.0.1:6379/5")
+os.environ.setdefault("CACHE_URL", os.environ["BROKER_URL"])
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ.setdefault("LOG_JSON", "0")
 # All bench traffic comes from 127.0.0.1: the per-address limit of the public endpoints
 # would answer 429 within seconds. A limit never reached keeps the limiter's own cost
 # (its Redis counter per request) in the figures without tripping it.
 os.environ.setdefault("RATE_LIMIT_PUBLIC", "1000000000/minute")
+# The payment provider: the sandbox, in a thread of the bench process; the API and the
+# workers the bench starts inherit its address.
+os.environ.setdefault("STRIPE_API_BASE", sandbox_thread.start())
 
 import http.client
 import json
@@ -34,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +51,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.cli import rebuild_database
-from core.config import settings
+from core.config import get_settings
+from core.provider import PaymentProvider
+from core.tokens import TokenVerifier
+
+settings = get_settings()
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside its python
@@ -66,7 +76,7 @@ def _refuse_shared_stores() -> None:
     database = make_url(settings.database_url).database
     if database in FORBIDDEN_DATABASES:
         raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
-    for name, url in (("REDIS_URL", settings.redis_url), ("CACHE_URL", settings.cache_url)):
+    for name, url in (("BROKER_URL", settings.broker_url), ("CACHE_URL", settings.cache_url)):
         if _redis_db(url) in FORBIDDEN_REDIS_DBS:
             raise SystemExit(f"bench refuses {name} Redis db {_redis_db(url)}")
 
@@ -80,7 +90,7 @@ def fresh_database() -> None:
 
 
 def bench_redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    return redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2)
 
 
 def flush_bench_redis() -> None:
@@ -173,6 +183,69 @@ def seed_catalogue(trainers: int, max_students: int = 100) -> int:
     return course_id
 
 
+def student_token(student_id: int) -> str:
+    return TokenVerifier.for_settings(settings).issue(student_id)
+
+
+def pay_at_the_provider(payment_ids: list[uuid.UUID]) -> float:
+    """Each payment gets its PaymentIntent (9900 EUR, its id in the metadata), paid with
+    the test card, as the student's app would; seconds taken."""
+    started = time.perf_counter()
+    provider = PaymentProvider.for_settings(settings)
+
+    def pay(payment_id: uuid.UUID) -> dict[str, str]:
+        intent = provider.create_intent(
+            amount_cents=9900, currency="EUR", payment_id=str(payment_id)
+        )
+        provider.client.v1.payment_intents.confirm(
+            intent.id, params={"payment_method": "pm_card_visa"}
+        )
+        return {"intent": intent.id, "id": str(payment_id)}
+
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(pay, payment_ids))
+    with _engine().begin() as connection:
+        connection.execute(
+            text("UPDATE payments SET provider_payment_id = :intent WHERE id = CAST(:id AS uuid)"),
+            rows,
+        )
+    return time.perf_counter() - started
+
+
+def provider_round_trip_ms(samples: int = 200) -> float:
+    """Median of the verify step's remote call (retrieve a PaymentIntent) here."""
+    provider = PaymentProvider.for_settings(settings)
+    intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="probe")
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        provider.retrieve_intent(intent.id)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def seed_one_students_payments(course_id: int, count: int) -> tuple[int, list[uuid.UUID]]:
+    """One new student with `count` pending payments (the confirm benchmark: every
+    request carries that student's token); (student, payments)."""
+    with _engine().begin() as connection:
+        student_id = connection.scalar(
+            text(
+                "INSERT INTO students (name, email, timezone) VALUES "
+                "('Bench payer', 'payer-' || gen_random_uuid() || '@bench.example', 'UTC') "
+                "RETURNING id"
+            )
+        )
+        ids = connection.scalars(
+            text(
+                "INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, "
+                "currency) SELECT :student, :course, 10, time '09:00', 9900, 'EUR' "
+                "FROM generate_series(1, :count) RETURNING id"
+            ),
+            {"student": student_id, "course": course_id, "count": count},
+        ).all()
+    return student_id, list(ids)
+
+
 def seed_pending_payments(
     course_id: int, count: int, timezone: str = "Europe/Berlin"
 ) -> list[tuple[uuid.UUID, int]]:
@@ -222,6 +295,11 @@ def _engine():
     if _bench_engine is None:
         _bench_engine = create_engine(settings.database_url)
     return _bench_engine
+
+
+def execute(sql: str, **params: Any) -> None:
+    with _engine().begin() as connection:
+        connection.execute(text(sql), params)
 
 
 def scalar(sql: str, **params: Any) -> Any:
@@ -399,10 +477,15 @@ def http_request(
 
 
 def send(
-    connection: http.client.HTTPConnection, method: str, path: str, body: object | None = None
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object | None = None,
+    token: str | None = None,
 ) -> tuple[int, Any]:
-    """A request on a keep-alive connection; (status, parsed JSON or None)."""
-    headers = {}
+    """A request on a keep-alive connection, as `token`'s bearer (the admin's by
+    default); (status, parsed JSON or None)."""
+    headers = {"Authorization": f"Bearer {token or settings.admin_token}"}
     payload = None
     if body is not None:
         payload = json.dumps(body).encode()

@@ -33,6 +33,7 @@ import bench.common as common
 LUA = Path(__file__).with_name("wrk_unique_ids.lua")
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 CONFIRM = "/api/v1/payments/%s/confirm"
+TOKEN = [""]  # the paying student's bearer token, set once the payments are seeded
 BARE = "/bench/ref/bare/%s"
 INSERT_PUBLISH = "/bench/ref/insert-publish/%s"
 CASES = [  # (label, path template); the references first, then the real endpoint
@@ -65,7 +66,7 @@ def run_wrk(port: int, template: str, ids: list[str], connections: int, seconds:
     command = [
         "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
         "--timeout", "10s", "-s", str(LUA), f"http://{common.HOST}:{port}",
-        "--", ids_file.name, template, str(threads),
+        "--", ids_file.name, template, str(threads), TOKEN[0],
     ]  # fmt: skip
     try:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
@@ -110,9 +111,7 @@ def run_python(
                     token = NIL_UUID
             started = time.perf_counter()
             try:
-                status, _ = common.send(
-                    connection, "POST", template % token, {"provider_payment_id": f"pp_{token}"}
-                )
+                status, _ = common.send(connection, "POST", template % token, {}, token=TOKEN[0])
             except OSError:
                 with lock:
                     counts["socket_errors"] += 1
@@ -176,8 +175,12 @@ def main() -> None:
     per_case = int(args.ids_per_second * args.seconds)
     warmup = int(args.ids_per_second * args.warmup)
     started = time.perf_counter()
-    seeded = common.seed_pending_payments(course_id, per_case * len(levels) + warmup)
-    payments = [str(payment_id) for payment_id, _ in seeded]
+    # All of one student's: every confirm carries that student's JWT, as the app would.
+    student_id, seeded = common.seed_one_students_payments(
+        course_id, per_case * len(levels) + warmup
+    )
+    TOKEN[0] = common.student_token(student_id)
+    payments = [str(payment_id) for payment_id in seeded]
     print(f"seeded {len(payments):,} pending payments in {time.perf_counter() - started:.1f} s; "
           f"load generator: {loadgen}")  # fmt: skip
     print(common.machine_note())

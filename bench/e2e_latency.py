@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bench.common as common
+from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL
-from core.config import settings
 
 HOME = "/api/v1/students/{student_id}/home"
 
@@ -44,6 +44,7 @@ class Track:
 
     key: str  # payment id, or the reference token
     student_id: int = 0
+    token: str | None = None  # the student's bearer token
     target: float = 0.0  # scheduled send instant
     sent: float = 0.0
     answered: float | None = None
@@ -63,14 +64,16 @@ class Client:
         self.port = port
         self.local = threading.local()
 
-    def request(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: object | None = None, token: str | None = None
+    ) -> tuple[int, Any]:
         for attempt in range(2):
             connection = getattr(self.local, "connection", None)
             if connection is None:
                 connection = http.client.HTTPConnection(common.HOST, self.port, timeout=10)
                 self.local.connection = connection
             try:
-                return common.send(connection, method, path, body)
+                return common.send(connection, method, path, body, token=token)
             except (OSError, http.client.HTTPException):
                 connection.close()
                 self.local.connection = None
@@ -118,7 +121,7 @@ def payment_job(
         track.sent = time.time()
         try:
             path = f"/api/v1/payments/{track.key}/confirm"
-            track.status, _ = client.request("POST", path, {"provider_payment_id": track.key})
+            track.status, _ = client.request("POST", path, {}, token=track.token)
         except (OSError, http.client.HTTPException):
             track.errors += 1
             return
@@ -189,7 +192,8 @@ def main() -> None:
     common.flush_bench_redis()
     course_id = common.seed_catalogue(trainers=common.trainers_for(count + warmup))
     seeded = common.seed_pending_payments(course_id, count + warmup)
-    tracks = [Track(str(p), student_id=s) for p, s in seeded]
+    common.pay_at_the_provider([p for p, _ in seeded])  # as the students' apps would
+    tracks = [Track(str(p), student_id=s, token=common.student_token(s)) for p, s in seeded]
     warm, real = tracks[:warmup], tracks[warmup:]
     reference = [Track(uuid.uuid4().hex) for _ in range(count)]
     by_key = {t.key: t for t in tracks + reference}
@@ -222,13 +226,17 @@ def main() -> None:
                 how = "GET /students/{id}/home shows upcoming sessions"
 
                 def visible(track: Track) -> bool:
-                    status, body = client.request("GET", HOME.format(student_id=track.student_id))
+                    status, body = client.request(
+                        "GET", HOME.format(student_id=track.student_id), token=track.token
+                    )
                     return status == 200 and bool((body or {}).get("upcoming_sessions"))
             else:
                 how = f"GET /payments/{{id}} shows {settings.session_window} sessions"
 
                 def visible(track: Track) -> bool:
-                    status, body = client.request("GET", f"/api/v1/payments/{track.key}")
+                    status, body = client.request(
+                        "GET", f"/api/v1/payments/{track.key}", token=track.token
+                    )
                     scheduled = (body or {}).get("fulfilment", {}).get("sessions_scheduled", 0)
                     return status == 200 and scheduled >= settings.session_window
 

@@ -17,7 +17,7 @@ import subprocess
 import bench.common as common
 from domain import fulfilment
 from domain.clock import utcnow
-from models import open_session
+from tasks.celery_app import celery_app
 
 CASES = [
     ("uncached: read model from PostgreSQL", "/bench/ref/home-uncached/{id}"),
@@ -28,19 +28,18 @@ CASES = [
 def seed_student() -> int:
     course = common.seed_catalogue(1)
     [(payment_id, student_id)] = common.seed_pending_payments(course, 1)
-    from domain.payments import confirm_payment
-
-    with open_session() as session, session.begin():
-        confirm_payment(session, payment_id, "pp_home", source="bench")
+    common.execute("UPDATE payments SET status = 'succeeded' WHERE id = :id", id=payment_id)
+    with celery_app.database.transaction() as session:
         purchase = fulfilment.create_purchase(session, payment_id)
         allocation = fulfilment.allocate_trainer(session, purchase.id)
         fulfilment.schedule_sessions(session, allocation.id, now=utcnow(), window=7)
     return student_id
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
+def wrk(url: str, seconds: int, connections: int, token: str) -> tuple[float, float, float]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-H", f"Authorization: Bearer {token}", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -66,8 +65,9 @@ def main() -> None:
     with common.gunicorn() as server:
         for label, path in CASES:
             url = server.base + path.format(id=student_id)
-            wrk(url, 2, args.connections)  # warm-up (and the first cache fill)
-            rate, p50, p99 = wrk(url, args.seconds, args.connections)
+            token = common.student_token(student_id)  # the student reads their own home
+            wrk(url, 2, args.connections, token)  # warm-up (and the first cache fill)
+            rate, p50, p99 = wrk(url, args.seconds, args.connections, token)
             rows.append([label, args.connections, f"{rate:,.0f}", f"{p50:.1f}", f"{p99:.1f}"])
     print(common.machine_note())
     print()

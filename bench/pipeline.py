@@ -7,7 +7,7 @@ starts (the production flags, -c 2) and the clock runs from its worker_ready sig
 every payment has its 7 sessions (a count in PostgreSQL) and until every chain's last
 step announced STUDENT_VIEWS_REFRESHED (Redis pub/sub).
 
-Reference in the same run, on the same broker and worker flags: N bare 4-task no-op
+Reference in the same run, on the same broker and worker flags: N bare 5-task no-op
 chains (bench/noop_tasks.py) queued the same way and drained by a fresh worker.
 
     python -m bench.pipeline [--payments 2000] [--timeout 900]
@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass
 
 import bench.common as common
+from actions import payments as actions
+from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL, noop_chain
-from core.config import settings
-from models import open_session
-from tasks.handoff import confirm_and_hand_off
+from tasks.celery_app import celery_app
 
-TASKS_PER_CHAIN = 4
+TASKS_PER_CHAIN = 5
 CONCURRENCY = 2  # the production flag: -c 2
 POLL_SECONDS = 0.1  # the DB count's period: the resolution of "all have 7 sessions"
 
@@ -46,11 +46,11 @@ class Drain:
 
 
 def confirm_all(payments: list[uuid.UUID]) -> float:
-    """Confirm and hand off each payment in its own transaction; seconds taken."""
+    """Confirm each payment (the application action the API calls: its own transaction,
+    the chain published after the commit); seconds taken."""
     started = time.perf_counter()
     for payment_id in payments:
-        with open_session() as session, session.begin():
-            confirm_and_hand_off(session, payment_id, f"pp_{payment_id.hex}", source="bench")
+        actions.confirm(celery_app.database, payment_id, student_id=None, source="bench")
     return time.perf_counter() - started
 
 
@@ -131,7 +131,7 @@ def run_noop(n: int, timeout: float) -> tuple[Drain, str]:
         ready = worker.ready_at
         calls = common.redis_calls() - calls
     seconds = max(done.values()) - ready if len(done) >= n else None
-    return Drain("reference: bare 4-task no-op chain", n, seconds, len(done), calls), health
+    return Drain("reference: bare 5-task no-op chain", n, seconds, len(done), calls), health
 
 
 def main() -> None:
@@ -146,7 +146,16 @@ def main() -> None:
     trainers = common.trainers_for(n)
     course_id = common.seed_catalogue(trainers=trainers, max_students=100)
     payments = [p for p, _ in common.seed_pending_payments(course_id, n)]
-    print(f"seeded {trainers} trainers x {common.SLOTS} slots and {n:,} pending payments")
+    paid_in = common.pay_at_the_provider(payments)
+    print(
+        f"seeded {trainers} trainers x {common.SLOTS} slots and {n:,} pending payments, "
+        f"paid at the sandbox in {paid_in:.1f} s"
+    )
+    verify_ms = common.provider_round_trip_ms()
+    print(
+        f"the verify step's provider call (retrieve PaymentIntent, sandbox on loopback): "
+        f"{verify_ms:.2f} ms median"
+    )
     print(common.machine_note())
 
     confirm_seconds = confirm_all(payments)

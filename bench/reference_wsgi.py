@@ -5,7 +5,7 @@
 - POST /bench/ref/bare/<token>: parse the JSON body, answer JSON (the floor of a request);
 - POST /bench/ref/insert-publish/<token>: one INSERT and commit, then one Celery publish
   (the floor of "write, commit, hand off");
-- POST /bench/ref/chain/<token>: publish the 4-task no-op chain (end-to-end reference);
+- POST /bench/ref/chain/<token>: publish the 5-task no-op chain (end-to-end reference);
 - GET /bench/ref/home-uncached/<student_id>: the home read model without the cache.
 
 The table `bench_reference` is created by the bench script (common.create_reference_table).

@@ -18,8 +18,8 @@ from sqlalchemy import text
 
 import bench.common as common
 from domain import clock
-from models import get_engine
 from tasks.beat import run_top_up
+from tasks.celery_app import celery_app
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
@@ -71,7 +71,7 @@ def seed(allocations: int) -> None:
     sql = SEED.format(zones=zones, zone_count=len(ZONES))
     params = {"n": allocations, "per_trainer": PER_TRAINER,
               "trainers": -(-allocations // PER_TRAINER)}  # fmt: skip
-    with get_engine().begin() as connection:
+    with celery_app.database.engine.begin() as connection:
         for statement in filter(str.strip, sql.split(";")):
             connection.execute(text(statement), params)
         connection.execute(SESSIONS_ON, {"dates": SEED_DATES})
@@ -97,7 +97,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    with get_engine().begin() as connection:
+    with celery_app.database.engine.begin() as connection:
         started = time.perf_counter()
         reference_rows = connection.execute(SESSIONS_ON, {"dates": REFERENCE_DATES}).rowcount
         reference = time.perf_counter() - started

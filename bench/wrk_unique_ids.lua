@@ -19,6 +19,7 @@ function init(args)
   end
   template = args[2]
   stride = tonumber(args[3])
+  token = args[4]
   index = tid + 1
   exhausted = 0
 end
@@ -30,9 +31,9 @@ function request()
     id = "00000000-0000-0000-0000-000000000000"
   end
   index = index + stride
-  local body = '{"provider_payment_id": "pp_' .. id .. '"}'
   return wrk.format("POST", string.format(template, id),
-                    {["Content-Type"] = "application/json"}, body)
+                    {["Content-Type"] = "application/json",
+                     ["Authorization"] = "Bearer " .. token}, "{}")
 end
 
 function done(summary, latency, requests)

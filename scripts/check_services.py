@@ -8,7 +8,9 @@ import psycopg2
 import redis
 from sqlalchemy.engine import make_url
 
-from core.config import settings
+from core.config import get_settings
+
+settings = get_settings()
 
 POSTGRES_HINT = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -37,10 +39,15 @@ def main() -> int:
             f"PostgreSQL at {url.host}:{url.port or 5432} is not reachable "
             f"({first_line}); {POSTGRES_HINT}"
         )
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        problems.append(f"Redis at {settings.redis_url} is not reachable ({exc}); {REDIS_HINT}")
+    # The cache is always Redis; the broker too unless BROKER_URL names RabbitMQ.
+    redis_urls = {settings.cache_url}
+    if settings.broker_url.startswith(("redis", "rediss")):
+        redis_urls.add(settings.broker_url)
+    for redis_url in sorted(redis_urls):
+        try:
+            redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            problems.append(f"Redis at {redis_url} is not reachable ({exc}); {REDIS_HINT}")
     for problem in problems:
         print(f"tutorflow: {problem}", file=sys.stderr)
     return 1 if problems else 0
