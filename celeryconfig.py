@@ -69,8 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
             "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
         },
-        # Beat: one process (docker-compose, Procfile); see tasks/beat_scheduler.py.
-        "beat_scheduler": "tasks.beat_scheduler:SingleBeatScheduler",
+        # Beat: one process (docker-compose, Procfile), Celery's own scheduler. A second
+        # one started by mistake is harmless: each job takes a PostgreSQL advisory lock
+        # (tasks/beat.py) and every job is idempotent.
         "beat_schedule_filename": settings.beat_schedule_file,
         "beat_max_loop_interval": 10,
         "beat_schedule": {

@@ -20,7 +20,9 @@ worker_class = "gthread"
 threads = settings.api_threads
 timeout = 30
 graceful_timeout = 10
-accesslog = None  # request lines come from the app's structured log
+# No gunicorn access log: the app logs one line per request (method, path, status,
+# duration_ms, request_id) in its structured log (app/metrics.py).
+accesslog = None
 # gunicorn's control socket has one default path per user; several API processes on
 # one host (scaling out, tests, benchmarks) would fight over it, and nothing uses it.
 control_socket_disable = True

@@ -176,10 +176,7 @@ def discard_command(letter_id: int) -> None:
 
 
 def register_cli(app: Flask) -> None:
-    from app.simulate import simulate_command
-
     app.cli.add_command(dead_letters_cli)
-    app.cli.add_command(simulate_command)
 
     @app.cli.command("ensure-db")
     def ensure_db_command() -> None:

@@ -7,6 +7,7 @@ PostgreSQL at scrape time, so any process reports the same truth.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import redis
@@ -25,6 +26,8 @@ from sqlalchemy import func, select
 from app.runtime import Runtime, runtime
 from core.provider import PaymentProvider
 from models import DeadLetter, DeadLetterStatus, OutboxMessage
+
+request_log = logging.getLogger("tutorflow.requests")
 
 REQUEST_LATENCY = Histogram(
     "tutorflow_http_request_duration_seconds",
@@ -110,9 +113,23 @@ def init_app(app: Flask) -> None:
     def _observe(response: Response) -> Response:
         started = g.get("request_started")
         if started is not None:
+            seconds = time.perf_counter() - started
             endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
-            REQUEST_LATENCY.labels(request.method, endpoint, response.status_code).observe(
-                time.perf_counter() - started
+            REQUEST_LATENCY.labels(request.method, endpoint, response.status_code).observe(seconds)
+            # One line per request (gunicorn's access log stays off); the request id
+            # comes from the log context. The path only: query strings may hold tickets.
+            request_log.info(
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "request_id": g.get("request_id"),
+                },
             )
         return response
 

@@ -309,9 +309,9 @@ class StudentBrief(Schema):
 
 class UpcomingSessionOut(Schema):
     id = fields.Integer()
-    date = fields.String(metadata={"format": "date"})
-    time = fields.String(metadata={"example": "17:30"})
-    starts_at = fields.String(metadata={"format": "date-time"})
+    date = fields.Date(metadata={"description": "In the student's time zone."})
+    time = TimeSlot(metadata={"type": "string", "example": "17:30"})
+    starts_at = fields.DateTime()
     course = fields.String()
     trainer = fields.String()
 
@@ -321,27 +321,27 @@ class StudentCourseOut(Schema):
     title = fields.String()
     payment_id = fields.String()
     tier = fields.Integer()
-    time_slot = fields.String()
+    time_slot = TimeSlot(metadata={"type": "string", "example": "17:30"})
     active = fields.Boolean()
     status = fields.String()
     trainer = fields.String(allow_none=True)
     sessions_done = fields.Integer()
     sessions_upcoming = fields.Integer()
     sessions_remaining = fields.Integer()
-    next_session_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    next_session_at = fields.DateTime(allow_none=True)
 
 
 class HomeOut(Schema):
     student = fields.Nested(StudentBrief)
     upcoming_sessions = fields.List(fields.Nested(UpcomingSessionOut))
     active_courses = fields.List(fields.Nested(StudentCourseOut))
-    generated_at = fields.String(metadata={"format": "date-time"})
+    generated_at = fields.DateTime()
 
 
 class LearningOut(Schema):
     student_id = fields.Integer()
     courses = fields.List(fields.Nested(StudentCourseOut))
-    generated_at = fields.String(metadata={"format": "date-time"})
+    generated_at = fields.DateTime()
 
 
 class StreamTicketOut(Schema):
@@ -361,7 +361,7 @@ class RecentEventOut(Schema):
     id = fields.Integer()
     type = fields.String()
     payment_id = fields.String()
-    at = fields.String(metadata={"format": "date-time"})
+    at = fields.DateTime()
     payload = fields.Dict()
 
 

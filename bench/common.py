@@ -447,11 +447,24 @@ def celery_worker(concurrency: int = 2, timeout: float = 60.0) -> Iterator[Worke
     client = bench_redis()
     client.delete(READY_KEY)
     command = [
-        str(BIN / "celery"), "-A", "tasks.celery_app", "worker",
-        "-Q", QUEUES, "-c", str(concurrency), "-P", "prefork",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--include", "bench.noop_tasks", "-n", f"bench-{uuid.uuid4().hex[:8]}@%h",
-    ]  # fmt: skip
+        str(BIN / "celery"),
+        "-A",
+        "tasks.celery_app",
+        "worker",
+        "-Q",
+        QUEUES,
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--include",
+        "bench.noop_tasks",
+        "-n",
+        f"bench-{uuid.uuid4().hex[:8]}@%h",
+    ]
     process = _spawn("worker", command, {})
     try:
         _wait(process, lambda: client.exists(READY_KEY) == 1, timeout)

@@ -64,10 +64,24 @@ def run_wrk(port: int, template: str, ids: list[str], connections: int, seconds:
     with tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False) as ids_file:
         ids_file.write("\n".join(ids) + "\n")
     command = [
-        "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
-        "--timeout", "10s", "-s", str(LUA), f"http://{common.HOST}:{port}",
-        "--", ids_file.name, template, str(threads), TOKEN[0],
-    ]  # fmt: skip
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"http://{common.HOST}:{port}",
+        "--",
+        ids_file.name,
+        template,
+        str(threads),
+        TOKEN[0],
+    ]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     finally:
@@ -143,7 +157,7 @@ def run_python(
 def rows_written(template: str) -> int:
     """What the database shows for a case: confirmed payments, or reference (b) rows."""
     if template == CONFIRM:
-        return common.scalar("SELECT count(*) FROM payments WHERE status = 'succeeded'")
+        return common.scalar("SELECT count(*) FROM payments WHERE status = 'confirming'")
     if template == INSERT_PUBLISH:
         return common.scalar("SELECT count(*) FROM bench_reference")
     return 0
@@ -181,8 +195,10 @@ def main() -> None:
     )
     TOKEN[0] = common.student_token(student_id)
     payments = [str(payment_id) for payment_id in seeded]
-    print(f"seeded {len(payments):,} pending payments in {time.perf_counter() - started:.1f} s; "
-          f"load generator: {loadgen}")  # fmt: skip
+    print(
+        f"seeded {len(payments):,} pending payments in {time.perf_counter() - started:.1f} s; "
+        f"load generator: {loadgen}"
+    )
     print(common.machine_note())
 
     # (connections, template) → (load result, rows written, Redis commands run)
@@ -210,28 +226,53 @@ def main() -> None:
         common.flush_bench_redis()
 
     print()
-    print(f"{args.seconds:g} s per case, each confirm on a fresh pending payment; "
-          "gunicorn.conf.py (gthread), same process for all rows")  # fmt: skip
+    print(
+        f"{args.seconds:g} s per case, each confirm on a fresh pending payment; "
+        "gunicorn.conf.py (gthread), same process for all rows"
+    )
     print()
     rows = []
     for connections in levels:
         for label, template in CASES:
             r, written, calls = results[connections, template]
-            rows.append([label, connections, f"{r.requests:,}", f"{r.rate:,.0f}",
-                         common.ms(r.p50), common.ms(r.p99), common.ms(r.max),
-                         r.status_errors, r.socket_errors,
-                         f"{written:,}" if template != BARE else "-",
-                         f"{calls / max(1, r.requests):.1f}"])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    connections,
+                    f"{r.requests:,}",
+                    f"{r.rate:,.0f}",
+                    common.ms(r.p50),
+                    common.ms(r.p99),
+                    common.ms(r.max),
+                    r.status_errors,
+                    r.socket_errors,
+                    f"{written:,}" if template != BARE else "-",
+                    f"{calls / max(1, r.requests):.1f}",
+                ]
+            )
     print(
         common.table(
-            ["case", "conns", "requests", "req/s", "p50 ms", "p99 ms", "max ms",
-             "non-2xx", "socket errors", "rows in DB", "Redis cmds/req"],
+            [
+                "case",
+                "conns",
+                "requests",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "non-2xx",
+                "socket errors",
+                "rows in DB",
+                "Redis cmds/req",
+            ],
             rows,
         )
-    )  # fmt: skip
-    print("\nrows in DB: confirmed payments or reference rows written during the case (requests "
-          "in flight when the load stops count too); Redis cmds/req: server-wide INFO "
-          "commandstats delta per request")  # fmt: skip
+    )
+    print(
+        "\nrows in DB: confirmed payments or reference rows written during the case (requests "
+        "in flight when the load stops count too); Redis cmds/req: server-wide INFO "
+        "commandstats delta per request"
+    )
     if any(results[c, CONFIRM][0].exhausted for c in levels):
         print("\nWARNING: pre-seeded ids ran out (404s above): raise --ids-per-second")
 
@@ -245,15 +286,33 @@ def main() -> None:
         vs_a = confirm.rate / bare.rate if bare.rate else float("nan")
         p99_target = "≤ 50 ms" if connections == 16 else "-"
         p99_met = ("met" if confirm.p99 <= 0.050 else "NOT met") if connections == 16 else "-"
-        rows.append([connections, f"{vs_b:.2f}x", "≥ 0.80x", "met" if vs_b >= 0.8 else "NOT met",
-                     f"{vs_a:.2f}x", common.ms(confirm.p99), p99_target, p99_met])  # fmt: skip
+        rows.append(
+            [
+                connections,
+                f"{vs_b:.2f}x",
+                "≥ 0.80x",
+                "met" if vs_b >= 0.8 else "NOT met",
+                f"{vs_a:.2f}x",
+                common.ms(confirm.p99),
+                p99_target,
+                p99_met,
+            ]
+        )
     print(
         common.table(
-            ["conns", "confirm / ref (b) req/s", "target", "", "confirm / ref (a) req/s",
-             "confirm p99 ms", "target", ""],
+            [
+                "conns",
+                "confirm / ref (b) req/s",
+                "target",
+                "",
+                "confirm / ref (a) req/s",
+                "confirm p99 ms",
+                "target",
+                "",
+            ],
             rows,
         )
-    )  # fmt: skip
+    )
 
 
 def fresh_tokens(count: int) -> list[str]:

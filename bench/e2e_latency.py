@@ -167,9 +167,15 @@ def row(label: str, tracks: list[Track], attribute: str) -> list[object]:
     sent = sorted(t.sent for t in tracks if t.sent)
     rate = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else float("nan")
     s = common.summary(values)
-    return [label, f"{len(values)}/{len(tracks)}", f"{rate:.1f}", common.ms(s["p50"]),
-            common.ms(s["p95"]), common.ms(s["p99"]),
-            common.ms(max(values)) if values else "-"]  # fmt: skip
+    return [
+        label,
+        f"{len(values)}/{len(tracks)}",
+        f"{rate:.1f}",
+        common.ms(s["p50"]),
+        common.ms(s["p95"]),
+        common.ms(s["p99"]),
+        common.ms(max(values)) if values else "-",
+    ]
 
 
 def main() -> None:
@@ -250,25 +256,33 @@ def main() -> None:
         common.flush_bench_redis()
 
     print()
-    print(f"open loop: {args.rate:g}/s for {args.seconds:g} s ({count} payments), then the "
-          f"same for the reference; worker -c 2; visible = {how}, polled every "
-          f"{args.poll_ms:g} ms and after each live event")  # fmt: skip
+    print(
+        f"open loop: {args.rate:g}/s for {args.seconds:g} s ({count} payments), then the "
+        f"same for the reference; worker -c 2; visible = {how}, polled every "
+        f"{args.poll_ms:g} ms and after each live event"
+    )
     print()
     print(
         common.table(
-            ["measure (from sending the request)", "seen", "sent/s", "p50 ms", "p95 ms",
-             "p99 ms", "max ms"],
+            [
+                "measure (from sending the request)",
+                "seen",
+                "sent/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms",
+            ],
             [
                 row("confirm → sessions visible over HTTP", real, "visible"),
                 row("confirm → SESSIONS_GENERATED event", real, "sessions_event"),
                 row("confirm → STUDENT_VIEWS_REFRESHED event", real, "done_event"),
                 row("confirm → 202 answered", real, "answered"),
-                row("reference: POST → no-op 4-task chain done event", reference,
-                    "done_event"),
+                row("reference: POST → no-op 4-task chain done event", reference, "done_event"),
                 row("reference: POST → answered", reference, "answered"),
             ],
         )
-    )  # fmt: skip
+    )
     visible_p95 = common.percentile(latencies(real, "visible"), 95)
     done_p95 = common.percentile(latencies(real, "done_event"), 95)
     ref_p95 = common.percentile(latencies(reference, "done_event"), 95)
@@ -277,24 +291,31 @@ def main() -> None:
         common.table(
             ["figure", "value", "target", ""],
             [
-                ["p95 confirm → visible", common.ms(visible_p95) + " ms", "≤ 150 ms",
-                 "met" if visible_p95 <= 0.150 else "NOT met"],
-                ["p95 chain end: real / no-op reference", f"{done_p95 / ref_p95:.2f}x", "-",
-                 "-"],
+                [
+                    "p95 confirm → visible",
+                    common.ms(visible_p95) + " ms",
+                    "≤ 150 ms",
+                    "met" if visible_p95 <= 0.150 else "NOT met",
+                ],
+                ["p95 chain end: real / no-op reference", f"{done_p95 / ref_p95:.2f}x", "-", "-"],
             ],
         )
-    )  # fmt: skip
+    )
     late = max((t.sent - t.target for t in real if t.sent), default=0.0)
     statuses = sorted({t.status for t in real})
     polls = sum(t.polls for t in real) / max(1, len(real))
     errors = sum(t.errors for t in real + reference)
-    print(f"\nconfirm statuses {statuses}; {polls:.1f} GETs per payment; "
-          f"latest send {late * 1000:.1f} ms behind schedule; {errors} connection errors; "
-          f"{letters} dead letters; deepest pipeline queue {real_depth} messages "
-          f"(reference run: {reference_depth})")  # fmt: skip
+    print(
+        f"\nconfirm statuses {statuses}; {polls:.1f} GETs per payment; "
+        f"latest send {late * 1000:.1f} ms behind schedule; {errors} connection errors; "
+        f"{letters} dead letters; deepest pipeline queue {real_depth} messages "
+        f"(reference run: {reference_depth})"
+    )
     if late > 0.1:
-        print("WARNING: the load generator fell behind its schedule: the offered load was "
-              "lower than asked (see sent/s)")  # fmt: skip
+        print(
+            "WARNING: the load generator fell behind its schedule: the offered load was "
+            "lower than asked (see sent/s)"
+        )
 
 
 if __name__ == "__main__":

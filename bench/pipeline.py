@@ -160,8 +160,10 @@ def main() -> None:
 
     confirm_seconds = confirm_all(payments)
     queued = common.bench_redis().llen("pipeline")
-    print(f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
-          f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued")  # fmt: skip
+    print(
+        f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
+        f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"
+    )
 
     try:
         to_sessions, to_end, real_health = run_pipeline(payments, args.timeout)
@@ -172,19 +174,26 @@ def main() -> None:
         common.flush_bench_redis()
 
     print()
-    print(f"{n:,} chains queued before the worker starts; worker: -c 2 prefork, "
-          "clock from its worker_ready signal")  # fmt: skip
+    print(
+        f"{n:,} chains queued before the worker starts; worker: -c 2 prefork, "
+        "clock from its worker_ready signal"
+    )
     print()
     rows = []
     for drain in (to_sessions, to_end, noop):
         tasks = TASKS_PER_CHAIN * drain.chains
         per_task = CONCURRENCY * drain.seconds / tasks if drain.seconds else None
-        rows.append([
-            drain.label, f"{drain.done:,}/{drain.chains:,}",
-            f"{drain.seconds:.1f}" if drain.seconds else "timeout",
-            f"{drain.rate:,.1f}", f"{drain.rate * TASKS_PER_CHAIN:,.0f}",
-            common.ms(per_task) if per_task else "-", f"{drain.redis_calls / drain.chains:.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                drain.label,
+                f"{drain.done:,}/{drain.chains:,}",
+                f"{drain.seconds:.1f}" if drain.seconds else "timeout",
+                f"{drain.rate:,.1f}",
+                f"{drain.rate * TASKS_PER_CHAIN:,.0f}",
+                common.ms(per_task) if per_task else "-",
+                f"{drain.redis_calls / drain.chains:.0f}",
+            ]
+        )
     print(
         common.table(
             [
@@ -201,10 +210,14 @@ def main() -> None:
     )
     print()
     rows = [
-        [drain.label, f"{drain.rate / noop.rate:.2f}x", "≥ 0.60x",
-         "met" if drain.rate / noop.rate >= 0.6 else "NOT met"]
+        [
+            drain.label,
+            f"{drain.rate / noop.rate:.2f}x",
+            "≥ 0.60x",
+            "met" if drain.rate / noop.rate >= 0.6 else "NOT met",
+        ]
         for drain in (to_sessions, to_end)
-    ]  # fmt: skip
+    ]
     print(common.table(["ratio to the bare chain", "chains/s ratio", "target", ""], rows))
     print(f"\nreal run: {real_health}, {letters} dead letters; bare run: {noop_health}")
 

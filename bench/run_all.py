@@ -52,8 +52,12 @@ def arguments(script: str, quick: bool) -> list[str]:
         return []
     helptext = subprocess.run(
         [sys.executable, "-m", f"bench.{script}", "--help"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
-    ).stdout  # fmt: skip
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     return ["--quick"] if "--quick" in helptext else []
 
 

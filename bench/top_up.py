@@ -69,8 +69,11 @@ REFERENCE_DATES = [date(2027, 3, d) for d in (1, 2, 3, 4, 5)]
 def seed(allocations: int) -> None:
     zones = ", ".join(f"'{z}'" for z in ZONES)
     sql = SEED.format(zones=zones, zone_count=len(ZONES))
-    params = {"n": allocations, "per_trainer": PER_TRAINER,
-              "trainers": -(-allocations // PER_TRAINER)}  # fmt: skip
+    params = {
+        "n": allocations,
+        "per_trainer": PER_TRAINER,
+        "trainers": -(-allocations // PER_TRAINER),
+    }
     with celery_app.database.engine.begin() as connection:
         for statement in filter(str.strip, sql.split(";")):
             connection.execute(text(statement), params)
@@ -108,17 +111,28 @@ def main() -> None:
         common.table(
             ["what", "allocations", "sessions written", "seconds", "rows/s"],
             [
-                [f"top_up_sessions (batches of {args.batch})", f"{report.allocations_seen:,}",
-                 f"{report.sessions_created:,}", f"{elapsed:.1f}",
-                 f"{report.sessions_created / elapsed:,.0f}"],
-                ["reference: one INSERT ... SELECT", f"{args.allocations:,}",
-                 f"{reference_rows:,}", f"{reference:.1f}", f"{reference_rows / reference:,.0f}"],
+                [
+                    f"top_up_sessions (batches of {args.batch})",
+                    f"{report.allocations_seen:,}",
+                    f"{report.sessions_created:,}",
+                    f"{elapsed:.1f}",
+                    f"{report.sessions_created / elapsed:,.0f}",
+                ],
+                [
+                    "reference: one INSERT ... SELECT",
+                    f"{args.allocations:,}",
+                    f"{reference_rows:,}",
+                    f"{reference:.1f}",
+                    f"{reference_rows / reference:,.0f}",
+                ],
             ],
         )
-    )  # fmt: skip
+    )
     grew = (rss_after - rss_before) / 1024
-    print(f"\nratio top-up / reference: {elapsed / reference:.2f}x; "
-          f"peak RSS grew by {grew:.1f} MiB during the top-up")  # fmt: skip
+    print(
+        f"\nratio top-up / reference: {elapsed / reference:.2f}x; "
+        f"peak RSS grew by {grew:.1f} MiB during the top-up"
+    )
 
 
 if __name__ == "__main__":

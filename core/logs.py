@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -35,14 +37,54 @@ def mask_sensitive(text: str) -> str:
     return _EMAIL.sub(r"\1***@\2", text)
 
 
+def _masked(value: Any) -> Any:
+    """Strings masked, inside dicts, lists and tuples too; anything else as it is."""
+    if isinstance(value, str):
+        return mask_sensitive(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item) for item in value)
+    return value
+
+
+# What every LogRecord has; anything else on a record came in through `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    *_CONTEXT_VARS,
+}
+
+
 class ContextFilter(logging.Filter):
+    """Adds the context ids and masks card numbers and e-mail addresses in the message as
+    it will be printed (template and arguments) and in every `extra` field."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         for name, var in _CONTEXT_VARS.items():
             if not hasattr(record, name):
                 setattr(record, name, var.get())
-        if isinstance(record.msg, str):
-            record.msg = mask_sensitive(record.msg)
+        record.msg = mask_sensitive(record.getMessage())
+        record.args = None
+        for name in set(vars(record)) - _STANDARD:
+            setattr(record, name, _masked(getattr(record, name)))
         return True
+
+
+def _iso_utc(record: logging.LogRecord) -> str:
+    """ISO 8601 in UTC with milliseconds: 2026-11-24T22:30:01.123Z."""
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _IsoJsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso_utc(record)
+
+
+class _IsoTextFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso_utc(record)
 
 
 @contextmanager
@@ -57,11 +99,14 @@ def log_context(**values: str | None) -> Iterator[None]:
             var.reset(token)
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str = "INFO", json_lines: bool = True, stream: Any = None
+) -> logging.Handler:
+    """One handler on the root logger (stderr unless `stream` is given); returns it."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     if json_lines:
         handler.setFormatter(
-            JsonFormatter(
+            _IsoJsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
                 timestamp=False,
@@ -69,7 +114,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
         )
     else:
         handler.setFormatter(
-            logging.Formatter(
+            _IsoTextFormatter(
                 "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(task_id)s] %(message)s"
             )
         )
@@ -77,3 +122,4 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    return handler

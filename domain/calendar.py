@@ -64,6 +64,60 @@ def sessions_needed(*, future: int, used: int, total: int, window: int) -> int:
     return max(0, min(window - future, total - used))
 
 
+@dataclass(frozen=True)
+class Shift:
+    """A session that could not take its date (the trainer is busy at that instant)
+    and moved to the next free weekday."""
+
+    wanted: date
+    got: date
+    reason: str = "trainer_busy"
+
+
+@dataclass(frozen=True)
+class Plan:
+    sessions: list[PlannedSession]
+    shifts: list[Shift]
+
+
+def plan_window(
+    *,
+    now: datetime,
+    timezone: str,
+    slot: time,
+    count: int,
+    last_scheduled: date | None,
+    busy: set[datetime],
+) -> Plan:
+    """The one planner of the chain and the beat top-up: the next `count` sessions on
+    weekdays in the student's timezone, never at an instant in `busy` (the trainer's
+    other scheduled sessions). A date whose instant is busy is not dropped: its session
+    moves to the next free weekday, and the plan says so (a Shift). `busy` gains the
+    planned instants, so one trainer's allocations can be planned one after the other.
+    """
+    sessions: list[PlannedSession] = []
+    shifts: list[Shift] = []
+    waiting: list[date] = []  # dates whose session still looks for a free weekday
+    if count <= 0:
+        return Plan([], [])
+    today = now.astimezone(ZoneInfo(timezone)).date()
+    start_after = max(today, last_scheduled) if last_scheduled else today
+    for day in weekdays_after(start_after):
+        starts_at = session_start(day, slot, timezone)
+        if starts_at <= now:
+            continue
+        if starts_at in busy:
+            waiting.append(day)
+            continue
+        if waiting:
+            shifts.append(Shift(wanted=waiting.pop(0), got=day))
+        sessions.append(PlannedSession(day, slot, starts_at))
+        busy.add(starts_at)
+        if len(sessions) == count:
+            return Plan(sessions, shifts)
+    return Plan(sessions, shifts)  # pragma: no cover - weekdays_after never ends
+
+
 def plan_sessions(
     *,
     now: datetime,

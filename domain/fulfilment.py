@@ -8,14 +8,14 @@ for the same input, it returns what the first call created.
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
-from domain.calendar import plan_sessions, sessions_needed
+from domain.calendar import Shift, plan_window, sessions_needed
 from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from domain.events import EventType, record_event
 from models import (
@@ -219,42 +219,42 @@ def schedule_sessions(
     needed = sessions_needed(
         future=future, used=used, total=allocation.sessions_total, window=window
     )
-    created: list[TutoringSession] = []
-    skip: set[date] = set()
-    # A date is skipped when the trainer is already booked at that instant (another
-    # student's slot in another timezone); a few rounds find free weekdays.
-    for _ in range(5):
-        if len(created) >= needed:
-            break
-        planned = plan_sessions(
-            now=now,
-            timezone=timezone,
-            slot=allocation.time_slot,
-            count=needed - len(created),
-            last_scheduled=max(
-                (d for d in (last_date, *(s.scheduled_date for s in created)) if d), default=None
-            ),
-            skip=frozenset(skip),
+    # The trainer's row is locked first: every writer of a trainer's sessions (this
+    # step, the beat top-up) does so, so the busy instants read next stay true until
+    # commit, and the plan never meets a clash it did not see.
+    busy = busy_instants(session, [allocation.trainer_id], now=now)[allocation.trainer_id]
+    plan = plan_window(
+        now=now,
+        timezone=timezone,
+        slot=allocation.time_slot,
+        count=needed,
+        last_scheduled=last_date,
+        busy=busy,
+    )
+    rows = [
+        {
+            "allocation_id": allocation.id,
+            "student_id": allocation.student_id,
+            "trainer_id": allocation.trainer_id,
+            "scheduled_date": p.scheduled_date,
+            "scheduled_time": p.scheduled_time,
+            "starts_at": p.starts_at,
+        }
+        for p in plan.sessions
+    ]
+    created: list[TutoringSession] = (
+        list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
+        if rows
+        else []
+    )
+    for shift in plan.shifts:
+        record_event(
+            session,
+            correlation_id=payment_id,
+            student_id=allocation.student_id,
+            event_type=EventType.SESSION_SHIFTED,
+            payload=shift_payload(allocation.id, shift),
         )
-        rows = [
-            {
-                "allocation_id": allocation.id,
-                "student_id": allocation.student_id,
-                "trainer_id": allocation.trainer_id,
-                "scheduled_date": p.scheduled_date,
-                "scheduled_time": p.scheduled_time,
-                "starts_at": p.starts_at,
-            }
-            for p in planned
-        ]
-        inserted = session.scalars(
-            pg_insert(TutoringSession)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .returning(TutoringSession)
-        ).all()
-        created.extend(inserted)
-        skip.update(p.scheduled_date for p in planned)
     if allocation.status == AllocationStatus.APPROVED:
         allocation.status = AllocationStatus.ACTIVE
     if created:
@@ -270,6 +270,37 @@ def schedule_sessions(
             },
         )
     return created
+
+
+def busy_instants(
+    session: Session, trainer_ids: list[int], *, now: datetime
+) -> dict[int, set[datetime]]:
+    """Lock the trainers (in id order: concurrent writers cannot deadlock) and return the
+    start of each one's future scheduled sessions."""
+    ordered = sorted(set(trainer_ids))
+    session.execute(
+        select(Trainer.id).where(Trainer.id.in_(ordered)).order_by(Trainer.id).with_for_update()
+    )
+    busy: dict[int, set[datetime]] = {trainer_id: set() for trainer_id in ordered}
+    rows = session.execute(
+        select(TutoringSession.trainer_id, TutoringSession.starts_at).where(
+            TutoringSession.trainer_id.in_(ordered),
+            TutoringSession.status == SessionStatus.SCHEDULED,
+            TutoringSession.starts_at > now,
+        )
+    )
+    for trainer_id, starts_at in rows:
+        busy[trainer_id].add(starts_at)
+    return busy
+
+
+def shift_payload(allocation_id: int, shift: Shift) -> dict[str, object]:
+    return {
+        "allocation_id": allocation_id,
+        "wanted": shift.wanted.isoformat(),
+        "got": shift.got.isoformat(),
+        "reason": shift.reason,
+    }
 
 
 def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit: int) -> list:
@@ -301,15 +332,18 @@ def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit
                 # Confirming too: a verify step lost with the broker is asked again.
                 Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
                 Payment.confirmed_at < now - stall,
-                or_(Purchase.id.is_(None), Allocation.id.is_(None),
-                    Allocation.status == AllocationStatus.APPROVED),
+                or_(
+                    Purchase.id.is_(None),
+                    Allocation.id.is_(None),
+                    Allocation.status == AllocationStatus.APPROVED,
+                ),
                 ~parked,
                 ~resumed_recently,
             )
             .order_by(Payment.confirmed_at)
             .limit(limit)
         )
-    )  # fmt: skip
+    )
 
 
 def mark_resumed(session: Session, payment_id: uuid.UUID, student_id: int) -> None:

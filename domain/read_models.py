@@ -213,7 +213,7 @@ def _courses(session: Session, student_id: int, now, *, active_only: bool) -> li
                 "title": title,
                 "payment_id": str(purchase.payment_id),
                 "tier": purchase.tier,
-                "time_slot": purchase.time_slot.strftime("%H:%M"),
+                "time_slot": purchase.time_slot,
                 "active": purchase.is_active,
                 "status": allocation.status if allocation else "awaiting_trainer",
                 "trainer": trainer_name,
@@ -255,16 +255,16 @@ def student_home(session: Session, student_id: int, *, now) -> dict[str, Any]:
         "upcoming_sessions": [
             {
                 "id": row.id,
-                "date": row.scheduled_date.isoformat(),
-                "time": row.scheduled_time.strftime("%H:%M"),
-                "starts_at": row.starts_at.isoformat(),
+                "date": row.scheduled_date,
+                "time": row.scheduled_time,
+                "starts_at": row.starts_at,
                 "course": row.title,
                 "trainer": row.name,
             }
             for row in upcoming
         ],
         "active_courses": courses,
-        "generated_at": now.isoformat(),
+        "generated_at": now,
     }
 
 
@@ -272,10 +272,7 @@ def student_learning(session: Session, student_id: int, *, now) -> dict[str, Any
     """Per course: tier, sessions done and remaining, next session."""
     get_student(session, student_id)
     courses = _courses(session, student_id, now, active_only=False)
-    for course in courses:
-        if course["next_session_at"] is not None:
-            course["next_session_at"] = course["next_session_at"].isoformat()
-    return {"student_id": student_id, "courses": courses, "generated_at": now.isoformat()}
+    return {"student_id": student_id, "courses": courses, "generated_at": now}
 
 
 RECENT_LIMIT = 100
@@ -298,7 +295,7 @@ def recent_events(
                 "id": e.id,
                 "type": e.event_type,
                 "payment_id": str(e.correlation_id),
-                "at": e.occurred_at.isoformat(),
+                "at": e.occurred_at,
                 "payload": e.payload,
             }
             for e in events

@@ -2,77 +2,145 @@
 
 Each batch locks up to `limit` active allocations (`FOR UPDATE SKIP LOCKED`: one the
 chain is scheduling right now, or another top-up holds, is skipped and left to it),
-reads their session counts in the same statement, plans the missing sessions with the
-same calendar rules as the chain, and writes them with one multi-row INSERT. An
+reads their session counts in the same statement, locks their trainers and reads their
+busy instants, plans the missing sessions with the chain's own planner
+(calendar.plan_window: a clash moves a session to the next free weekday, with a
+SESSION_SHIFTED event, never drops it), and writes them with one multi-row INSERT. An
 allocation whose tier is used up and has no future session left is completed: its
 purchase becomes inactive and its trainer's place is freed.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Date,
+    DateTime,
+    Select,
+    String,
+    Time,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, aliased
 
-from domain.calendar import plan_sessions, sessions_needed
+from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
+from domain.fulfilment import busy_instants, shift_payload
 from models import (
     Allocation,
     AllocationStatus,
+    DomainEvent,
     Purchase,
+    SessionStatus,
+    Student,
     Trainer,
+    TutoringSession,
     WrittenEvent,
     note_events,
 )
 
-_BATCH = text(
-    """
-    WITH batch AS (
-        SELECT id FROM trainer_allocations
-        WHERE status = 'active' AND id > :after
-        ORDER BY id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
+
+def _batch_statement() -> Select[Any]:
+    """Up to :limit active allocations after :after, locked (SKIP LOCKED: one the chain
+    or another top-up holds is left to it), with their session counts, in one statement."""
+    batch = (
+        select(Allocation.id)
+        .where(Allocation.status == AllocationStatus.ACTIVE, Allocation.id > bindparam("after"))
+        .order_by(Allocation.id)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .cte("batch")
     )
-    SELECT a.id, a.student_id, a.trainer_id, a.purchase_id, a.time_slot, a.sessions_total,
-           s.timezone, p.payment_id, stats.used, stats.future, stats.last_date
-    FROM batch
-    JOIN trainer_allocations a ON a.id = batch.id
-    JOIN students s ON s.id = a.student_id
-    JOIN student_course_purchases p ON p.id = a.purchase_id
-    CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE t.status <> 'cancelled') AS used,
-               count(*) FILTER (WHERE t.status = 'scheduled' AND t.starts_at > :now) AS future,
-               max(t.scheduled_date) AS last_date
-        FROM tutoring_sessions t
-        WHERE t.allocation_id = a.id
-    ) stats
-    ORDER BY a.id
-    """
-)
+    held = aliased(TutoringSession)
+    stats = (
+        select(
+            func.count().filter(held.status != SessionStatus.CANCELLED).label("used"),
+            func.count()
+            .filter(and_(held.status == SessionStatus.SCHEDULED, held.starts_at > bindparam("now")))
+            .label("future"),
+            func.max(held.scheduled_date).label("last_date"),
+        )
+        .where(held.allocation_id == Allocation.id)
+        .lateral("stats")
+    )
+    return (
+        select(
+            Allocation.id,
+            Allocation.student_id,
+            Allocation.trainer_id,
+            Allocation.purchase_id,
+            Allocation.time_slot,
+            Allocation.sessions_total,
+            Student.timezone,
+            Purchase.payment_id,
+            stats.c.used,
+            stats.c.future,
+            stats.c.last_date,
+        )
+        .select_from(batch)
+        .join(Allocation, Allocation.id == batch.c.id)
+        .join(Student, Student.id == Allocation.student_id)
+        .join(Purchase, Purchase.id == Allocation.purchase_id)
+        .join(stats, true())
+        .order_by(Allocation.id)
+    )
 
 
-# Column arrays, unnested by the server: one round trip and no per-row bind processing.
-_INSERT_SESSIONS = text(
-    """
-    INSERT INTO tutoring_sessions
-        (allocation_id, student_id, trainer_id, scheduled_date, scheduled_time, starts_at)
-    SELECT * FROM unnest(CAST(:allocation_id AS bigint[]), CAST(:student_id AS bigint[]),
-                         CAST(:trainer_id AS bigint[]), CAST(:scheduled_date AS date[]),
-                         CAST(:scheduled_time AS time[]), CAST(:starts_at AS timestamptz[]))
-    ON CONFLICT DO NOTHING
-    RETURNING allocation_id
-    """
+def _unnest(column: str, element: Any) -> Any:
+    """A column array sent as one parameter (named after the column, plural: a
+    parameter named like a column would be taken for its value) and unnested by the
+    server: one round trip and no per-row bind processing."""
+    return func.unnest(bindparam(f"{column}s", type_=ARRAY(element)))
+
+
+_BATCH = _batch_statement()
+# The trainers' rows are locked and their busy instants known (fulfilment.busy_instants),
+# so a trainer clash cannot happen here; ON CONFLICT covers only the allocation's own
+# date and time (a session already there).
+_INSERT_SESSIONS = (
+    pg_insert(TutoringSession.__table__)
+    .from_select(
+        [
+            TutoringSession.allocation_id,
+            TutoringSession.student_id,
+            TutoringSession.trainer_id,
+            TutoringSession.scheduled_date,
+            TutoringSession.scheduled_time,
+            TutoringSession.starts_at,
+        ],
+        select(
+            _unnest("allocation_id", BigInteger()),
+            _unnest("student_id", BigInteger()),
+            _unnest("trainer_id", BigInteger()),
+            _unnest("scheduled_date", Date()),
+            _unnest("scheduled_time", Time()),
+            _unnest("starts_at", DateTime(timezone=True)),
+        ),
+    )
+    .on_conflict_do_nothing(constraint="uq_sessions_allocation_slot")
+    .returning(TutoringSession.allocation_id)
 )
-_INSERT_EVENTS = text(
-    """
-    INSERT INTO domain_events (correlation_id, student_id, event_type, payload)
-    SELECT * FROM unnest(CAST(:correlation_id AS uuid[]), CAST(:student_id AS bigint[]),
-                         CAST(:event_type AS text[]), CAST(:payload AS jsonb[]))
-    """
+_INSERT_EVENTS = insert(DomainEvent.__table__).from_select(
+    ["correlation_id", "student_id", "event_type", "payload"],
+    select(
+        _unnest("correlation_id", UUID(as_uuid=False)),
+        _unnest("student_id", BigInteger()),
+        _unnest("event_type", String()),
+        _unnest("payload", JSONB()),
+    ),
 )
 
 
@@ -109,19 +177,32 @@ def top_up_batch(
     new_sessions: list[dict] = []
     events: list[dict] = []
     completed = []
+    wanting = []  # allocations short of their window
     for row in rows:
         if row.used >= row.sessions_total and row.future == 0:
             completed.append(row)
             continue
         if row.future >= threshold:
             continue
+        wanting.append(row)
+    busy = busy_instants(session, [row.trainer_id for row in wanting], now=now)
+    for row in wanting:
         count = sessions_needed(
             future=row.future, used=row.used, total=row.sessions_total, window=window
         )
-        planned = plan_sessions(
-            now=now, timezone=row.timezone, slot=row.time_slot, count=count,
+        plan = plan_window(
+            now=now,
+            timezone=row.timezone,
+            slot=row.time_slot,
+            count=count,
             last_scheduled=row.last_date,
-        )  # fmt: skip
+            busy=busy[row.trainer_id],
+        )
+        planned = plan.sessions
+        events.extend(
+            _event(row, EventType.SESSION_SHIFTED, **shift_payload(row.id, shift))
+            for shift in plan.shifts
+        )
         if not planned:
             continue
         new_sessions.extend(
@@ -140,7 +221,7 @@ def top_up_batch(
         )
     if new_sessions:
         inserted = session.scalars(
-            _INSERT_SESSIONS, {k: [row[k] for row in new_sessions] for k in new_sessions[0]}
+            _INSERT_SESSIONS, {f"{k}s": [row[k] for row in new_sessions] for k in new_sessions[0]}
         ).all()
         report.sessions_created = len(inserted)
         report.allocations_topped_up = len(set(inserted))
@@ -152,10 +233,10 @@ def top_up_batch(
         session.execute(
             _INSERT_EVENTS,
             {
-                "correlation_id": [str(e["correlation_id"]) for e in events],
-                "student_id": [e["student_id"] for e in events],
-                "event_type": [str(e["event_type"]) for e in events],
-                "payload": [json.dumps(e["payload"]) for e in events],
+                "correlation_ids": [str(e["correlation_id"]) for e in events],
+                "student_ids": [e["student_id"] for e in events],
+                "event_types": [str(e["event_type"]) for e in events],
+                "payloads": [e["payload"] for e in events],
             },
         )
         note_events(

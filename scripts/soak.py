@@ -32,9 +32,8 @@ from werkzeug.serving import make_server
 from app.cli import rebuild_database
 from core.config import get_settings
 from core.provider import PaymentProvider
+from harness.processes import api_server, celery_worker, private_redis, wait_until
 from sandbox.app import SandboxConfig, create_sandbox
-from tests.services import api_server, private_redis
-from tests.worker import celery_worker, wait_until
 
 settings = get_settings()
 ADMIN = {"Authorization": f"Bearer {settings.admin_token}"}
@@ -115,8 +114,12 @@ def prepare(payments: int) -> list[str]:
     rebuild_database(settings.database_url)
     engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
-        params = {"n": payments, "capacity": CAPACITY, "trainers": payments // CAPACITY + 2,
-                  "slots": SLOTS}  # fmt: skip
+        params = {
+            "n": payments,
+            "capacity": CAPACITY,
+            "trainers": payments // CAPACITY + 2,
+            "slots": SLOTS,
+        }
         for statement in SEED.split(";"):
             connection.execute(text(statement), params)
         ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
@@ -145,12 +148,16 @@ def run(payments: int, seed: int, timeout: float) -> int:
     kills: Counter = Counter()
     with private_redis(aof=True) as broker:
         env = {
-            "DATABASE_URL": settings.database_url, "BROKER_URL": broker.url,
+            "DATABASE_URL": settings.database_url,
+            "BROKER_URL": broker.url,
             "STRIPE_API_BASE": os.environ["STRIPE_API_BASE"],
-            "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "10",
-            "PIPELINE_STALL_SECONDS": "20", "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
-            "OUTBOX_RELAY_GRACE_SECONDS": "2", "RATE_LIMIT_PUBLIC": "1000000/minute",
-        }  # fmt: skip
+            "CACHE_URL": broker.url,
+            "CELERY_VISIBILITY_TIMEOUT": "10",
+            "PIPELINE_STALL_SECONDS": "20",
+            "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "2",
+            "RATE_LIMIT_PUBLIC": "1000000/minute",
+        }
         os.environ.update(env)
         with api_server(env) as api:
             # Supervised: a worker that exits on its own is restarted, as in production.
@@ -164,8 +171,10 @@ def run(payments: int, seed: int, timeout: float) -> int:
                     try:
                         response = http.post(
                             f"{api.base}/api/v1/payments/{payment_id}/confirm",
-                            json={}, headers=ADMIN, timeout=10,
-                        )  # fmt: skip
+                            json={},
+                            headers=ADMIN,
+                            timeout=10,
+                        )
                         if response.status_code < 500:
                             return response.status_code
                     except requests.RequestException:
@@ -182,8 +191,10 @@ def run(payments: int, seed: int, timeout: float) -> int:
                         kills["redis restart"] += 1
                         restarted_redis = True
                     elif rng.random() < 0.7:
-                        children = [int(p) for p in os.popen(
-                            f"pgrep -P {worker.process.pid}").read().split()]  # fmt: skip
+                        children = [
+                            int(p)
+                            for p in os.popen(f"pgrep -P {worker.process.pid}").read().split()
+                        ]
                         if children:
                             os.kill(rng.choice(children), signal.SIGKILL)
                             kills["pool child SIGKILL"] += 1

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, text
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from domain import fulfilment
@@ -52,14 +52,14 @@ def exclusive(job_name: str) -> Iterator[bool]:
     """True if this process holds the job's advisory lock for the duration."""
     with celery_app.database.engine.connect() as connection:
         key = LOCK_KEYS[job_name]
-        acquired = connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+        acquired = connection.scalar(select(func.pg_try_advisory_lock(key)))
         try:
             if not acquired:
                 log.info("%s already running elsewhere; skipping", job_name)
             yield bool(acquired)
         finally:
             if acquired:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                connection.execute(select(func.pg_advisory_unlock(key)))
             connection.commit()
 
 

@@ -8,12 +8,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from domain import fulfilment
 from domain.payments import has_active_course
 from domain.top_up import TopUpReport, top_up_batch
 from models import (
     Allocation,
+    OutboxKind,
     OutboxMessage,
     ProcessedEvent,
     Purchase,
@@ -21,7 +23,7 @@ from models import (
     TutoringSession,
 )
 from tasks.beat import LOCK_KEYS, prune_retention, run_top_up, top_up_sessions
-from tasks.beat_scheduler import LOCK_KEY, LeaderLock
+from tasks.celery_app import celery_app
 from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
@@ -35,9 +37,13 @@ def allocate(session, *, tier=20, timezone="Europe/Berlin", slot=time(17, 30), t
         session.add(TrainerCourse(trainer_id=trainer.id, course_id=course.id))
         session.flush()
     payment = make_payment(
-        session, make_student(session, timezone=timezone), course, tier=tier, slot=slot,
+        session,
+        make_student(session, timezone=timezone),
+        course,
+        tier=tier,
+        slot=slot,
         confirmed=True,
-    )  # fmt: skip
+    )
     purchase = fulfilment.create_purchase(session, payment.id)
     allocation = fulfilment.allocate_trainer(session, purchase.id)
     fulfilment.schedule_sessions(session, allocation.id, now=MONDAY, window=7)
@@ -61,8 +67,9 @@ def future(session, allocation_id: int, now: datetime) -> list[TutoringSession]:
 def top_up_all(session, now: datetime, batch: int = 100) -> TopUpReport:
     report, after = TopUpReport(), 0
     while True:
-        part, last = top_up_batch(session, now=now, after_id=after, limit=batch, window=7,
-                                  threshold=3)  # fmt: skip
+        part, last = top_up_batch(
+            session, now=now, after_id=after, limit=batch, window=7, threshold=3
+        )
         report.add(part)
         if last is None:
             return report
@@ -158,10 +165,11 @@ def test_two_concurrent_top_ups_create_no_duplicate_sessions(committed):
         course = make_course(session)
         trainers = [make_trainer(session, [course], max_students=40) for _ in range(2)]
         ids = [
-            allocate(session, tier=30, slot=time(6 + i % 12, 5 * (i // 12)),
-                     trainer=trainers[i % 2]).id
+            allocate(
+                session, tier=30, slot=time(6 + i % 12, 5 * (i // 12)), trainer=trainers[i % 2]
+            ).id
             for i in range(60)
-        ]  # fmt: skip
+        ]
     later = MONDAY + timedelta(days=7, hours=6)  # every allocation is down to 2 future
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
@@ -172,8 +180,9 @@ def test_two_concurrent_top_ups_create_no_duplicate_sessions(committed):
             after = 0
             while True:
                 with open_session() as session, session.begin():
-                    _, last = top_up_batch(session, now=later, after_id=after, limit=7,
-                                           window=7, threshold=3)  # fmt: skip
+                    _, last = top_up_batch(
+                        session, now=later, after_id=after, limit=7, window=7, threshold=3
+                    )
                 if last is None:
                     return
                 after = last
@@ -225,17 +234,13 @@ def test_retention_prunes_only_old_published_and_processed_rows(db_session, cloc
     old = MONDAY - timedelta(days=40)
     db_session.add_all(
         [
-            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
-                          published_at=old),
-            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
-                          published_at=None),
-            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline",
-                          published_at=MONDAY),
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline", published_at=old),
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline", published_at=None),
+            OutboxMessage(correlation_id=uuid.uuid4(), kind="start_pipeline", published_at=MONDAY),
             ProcessedEvent(consumer="c", correlation_id="x", event_type="E", processed_at=old),
-            ProcessedEvent(consumer="c", correlation_id="y", event_type="E",
-                           processed_at=MONDAY),
+            ProcessedEvent(consumer="c", correlation_id="y", event_type="E", processed_at=MONDAY),
         ]
-    )  # fmt: skip
+    )
     db_session.flush()
     removed = prune_retention.run()
     assert removed["outbox"] == 1
@@ -244,21 +249,36 @@ def test_retention_prunes_only_old_published_and_processed_rows(db_session, cloc
     assert db_session.scalar(select(func.count()).select_from(ProcessedEvent)) == 1
 
 
-def test_only_one_beat_leads(redis_client):
-    redis_client.delete(LOCK_KEY)
-    first, second = LeaderLock(_url()), LeaderLock(_url())
-    assert first.hold() is True
-    assert second.hold() is False
-    assert first.hold() is True  # renewal
-    first.release()
-    assert second.hold() is True
-    second.release()
+def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed, redis_client):
+    """A second beat started by mistake sends every job twice: the job's advisory lock
+    (or, run after the first, the stamped row) makes the effect happen once."""
+    from tasks.beat import relay_outbox
 
+    # Stranded: written by a process that died before its after-commit publish (a plain
+    # Session has no channel).
+    with Session(celery_app.database.engine) as session, session.begin():
+        session.add(
+            OutboxMessage(
+                correlation_id=uuid.uuid4(),
+                kind=OutboxKind.START_PIPELINE,
+                payload={"payment_id": str(uuid.uuid4())},
+                created_at=datetime.now(UTC) - timedelta(hours=1),
+            )
+        )
+    redis_client.delete("pipeline")
+    barrier, results = threading.Barrier(2), []
 
-def _url() -> str:
-    from tests.conftest import settings
+    def beat() -> None:
+        barrier.wait()
+        results.append(relay_outbox.run())
 
-    return settings.broker_url
+    beats = [threading.Thread(target=beat) for _ in range(2)]
+    for thread in beats:
+        thread.start()
+    for thread in beats:
+        thread.join(30)
+    assert sorted(r.get("published", 0) for r in results) == [0, 1], results
+    assert redis_client.llen("pipeline") == 1
 
 
 def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, clock):
@@ -268,8 +288,9 @@ def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, cloc
     make_trainer(db_session, [course])
     stalled = make_payment(db_session, make_student(db_session), course, confirmed=True)
     fulfilment.create_purchase(db_session, stalled.id)  # then the chain's next link was lost
-    parked = make_payment(db_session, make_student(db_session), course, slot=time(9, 0),
-                          confirmed=True)  # fmt: skip
+    parked = make_payment(
+        db_session, make_student(db_session), course, slot=time(9, 0), confirmed=True
+    )
     from tests.factories import make_dead_letter
 
     make_dead_letter(db_session, correlation_id=str(parked.id))
@@ -289,6 +310,7 @@ def utcnow_plus(**delta) -> datetime:
 
 def _allocation_of(session, payment_id) -> int:
     return session.scalar(
-        select(Allocation.id).join(Purchase, Purchase.id == Allocation.purchase_id)
+        select(Allocation.id)
+        .join(Purchase, Purchase.id == Allocation.purchase_id)
         .where(Purchase.payment_id == payment_id)
-    )  # fmt: skip
+    )

@@ -13,9 +13,9 @@ import requests
 from flask import Flask
 from werkzeug.serving import make_server
 
+from harness.processes import celery_worker
 from tests.conftest import ADMIN, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.worker import celery_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -26,9 +26,14 @@ pytestmark = [
     ),
 ]
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @dataclass

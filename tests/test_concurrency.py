@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from domain import fulfilment
 from domain.errors import NoTrainerAvailable
+from harness.processes import celery_worker, wait_until
 from models import (
     Allocation,
     DomainEvent,
@@ -32,7 +33,6 @@ from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain
 from tests.conftest import open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.webhook_client import deliver, intent_succeeded
-from tests.worker import celery_worker, wait_until
 
 
 def race(calls: list[Callable[[], Any]]) -> list[Any]:

@@ -11,11 +11,11 @@ import requests
 from sqlalchemy import func, select
 
 from domain.payments import request_confirmation
+from harness.processes import FLOWER_AUTH as AUTH
+from harness.processes import celery_worker, flower, wait_until
 from models import DeadLetter, Purchase, TutoringSession
 from tests.conftest import ADMIN, open_session, settings
 from tests.factories import make_course, make_payment, make_student
-from tests.flower import AUTH, flower
-from tests.worker import celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
 LETTERS = "/api/v1/admin/dead-letters"
@@ -81,10 +81,14 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         # The operator fixes the cause, then replays: the chain runs on to the end.
         trainer = live_client.post(
             "/api/v1/trainers",
-            json={"name": "New", "email": "new@t.example", "max_students": 5,
-                  "course_ids": [course_id]},
+            json={
+                "name": "New",
+                "email": "new@t.example",
+                "max_students": 5,
+                "course_ids": [course_id],
+            },
             headers=ADMIN,
-        )  # fmt: skip
+        )
         assert trainer.status_code == 201
         replay = live_client.post(f"{LETTERS}/{letter['id']}/replay", headers=ADMIN)
         assert replay.status_code == 200

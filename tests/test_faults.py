@@ -19,11 +19,17 @@ import requests
 from sqlalchemy import create_engine, func, select, text
 
 from domain.payments import request_confirmation
+from harness.processes import (
+    ROOT,
+    api_server,
+    celery_worker,
+    private_postgres,
+    private_redis,
+    wait_until,
+)
 from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer, pay
-from tests.services import api_server, private_postgres, private_redis
-from tests.worker import ROOT, celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
 STEPS = [
@@ -124,21 +130,28 @@ def test_a_whole_worker_killed_mid_step_recovers_after_the_visibility_timeout(co
 
 
 def _seed_over_http(api: str, payments: int) -> list[str]:
-    course = requests.post(f"{api}/api/v1/courses", json={"title": "Fault"}, headers=ADMIN,
-                           timeout=10).json()  # fmt: skip
+    course = requests.post(
+        f"{api}/api/v1/courses", json={"title": "Fault"}, headers=ADMIN, timeout=10
+    ).json()
     requests.post(
         f"{api}/api/v1/trainers",
-        json={"name": "T", "email": f"t{uuid.uuid4().hex}@x.io", "max_students": 100,
-              "course_ids": [course["id"]]},
-        headers=ADMIN, timeout=10,
-    )  # fmt: skip
+        json={
+            "name": "T",
+            "email": f"t{uuid.uuid4().hex}@x.io",
+            "max_students": 100,
+            "course_ids": [course["id"]],
+        },
+        headers=ADMIN,
+        timeout=10,
+    )
     ids = []
     for n in range(payments):
         student = requests.post(
             f"{api}/api/v1/students",
             json={"name": f"S{n}", "email": f"s{n}-{uuid.uuid4().hex}@x.io", "timezone": "UTC"},
-            headers=ADMIN, timeout=10,
-        ).json()  # fmt: skip
+            headers=ADMIN,
+            timeout=10,
+        ).json()
         payment = requests.post(
             f"{api}/api/v1/payments",
             json={
@@ -166,8 +179,12 @@ def _confirm(api: str, payment_id: str) -> int:
 
 def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
     with private_redis() as broker:
-        env = {"BROKER_URL": broker.url, "CACHE_URL": broker.url,
-               "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "0"}  # fmt: skip
+        env = {
+            "BROKER_URL": broker.url,
+            "CACHE_URL": broker.url,
+            "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "0",
+        }
         with api_server(env) as api:
             payment_ids = _seed_over_http(api.base, 5)
             broker.stop()
@@ -184,9 +201,14 @@ def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
 
 def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
     with private_redis(aof=True) as broker:
-        env = {"BROKER_URL": broker.url, "CACHE_URL": broker.url, "CELERY_VISIBILITY_TIMEOUT": "5",
-               "OUTBOX_RELAY_INTERVAL_SECONDS": "1", "OUTBOX_RELAY_GRACE_SECONDS": "2",
-               "PIPELINE_STALL_SECONDS": "8"}  # fmt: skip
+        env = {
+            "BROKER_URL": broker.url,
+            "CACHE_URL": broker.url,
+            "CELERY_VISIBILITY_TIMEOUT": "5",
+            "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "2",
+            "PIPELINE_STALL_SECONDS": "8",
+        }
         with api_server(env) as api, celery_worker(env=env, beat=True, supervise=True):
             payment_ids = _seed_over_http(api.base, 20)
             for n, payment_id in enumerate(payment_ids):
@@ -199,21 +221,30 @@ def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
     with open_session() as session:
         assert session.scalar(select(func.count()).select_from(Allocation)) == 20
         duplicates = session.scalar(
-            text("SELECT count(*) FROM (SELECT allocation_id, scheduled_date FROM "
-                 "tutoring_sessions GROUP BY 1, 2 HAVING count(*) > 1) d")
-        )  # fmt: skip
+            text(
+                "SELECT count(*) FROM (SELECT allocation_id, scheduled_date FROM "
+                "tutoring_sessions GROUP BY 1, 2 HAVING count(*) > 1) d"
+            )
+        )
         assert duplicates == 0
 
 
 def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
     with private_postgres() as database:
-        env = {"DATABASE_URL": database.url, "CELERY_RETRY_BACKOFF": "1",
-               "CELERY_RETRY_JITTER": "0", "FAULT_PAUSE_STEP": STEPS[1],
-               "FAULT_PAUSE_SECONDS": "3"}  # fmt: skip
+        env = {
+            "DATABASE_URL": database.url,
+            "CELERY_RETRY_BACKOFF": "1",
+            "CELERY_RETRY_JITTER": "0",
+            "FAULT_PAUSE_STEP": STEPS[1],
+            "FAULT_PAUSE_SECONDS": "3",
+        }
         subprocess.run(
             [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
-            cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
         with api_server(env) as api, celery_worker(env=env) as worker:
             payment_ids = _seed_over_http(api.base, 5)
             assert [_confirm(api.base, p) for p in payment_ids] == [202] * 5
@@ -223,8 +254,9 @@ def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
             database.start()
             wait_until(
                 lambda: requests.get(f"{api.base}/readyz", timeout=10).status_code == 200,
-                30, "the API did not become ready again",
-            )  # fmt: skip
+                30,
+                "the API did not become ready again",
+            )
             engine = create_engine(database.url)
 
             def fulfilled() -> int:

@@ -8,12 +8,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from domain.payments import request_confirmation
+from harness.processes import celery_worker, private_redis, wait_until
 from models import OutboxMessage, TutoringSession
 from tasks.celery_app import celery_app
 from tests.conftest import open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.services import private_redis
-from tests.worker import celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
 

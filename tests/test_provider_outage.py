@@ -13,11 +13,11 @@ from sqlalchemy import func, select, text
 
 from app import create_app
 from core.provider import PaymentProvider
+from harness.processes import celery_worker, wait_until
 from models import DeadLetter, Payment, Purchase, TutoringSession
 from tests.conftest import ADMIN, open_session, settings
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.sandbox_server import sandbox_server
-from tests.worker import celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
 

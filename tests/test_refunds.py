@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from domain.payments import request_confirmation
 from domain.refunds import refund_payment
+from harness.processes import celery_worker, wait_until
 from models import (
     Allocation,
     DomainEvent,
@@ -24,7 +25,6 @@ from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.sandbox_server import shared as shared_sandbox
 from tests.webhook_client import charge_refunded, deliver
-from tests.worker import celery_worker, wait_until
 
 SANDBOX = shared_sandbox()
 
@@ -73,9 +73,12 @@ def test_refund_after_full_scheduling_undoes_everything(client, db_session, sche
     nothing_active(db_session, payment.id, trainer.id)
     assert db_session.scalar(select(func.count()).where(TutoringSession.status == "cancelled")) == 7
     assert events(db_session, payment.id)[-5:] == [
-        "PAYMENT_REFUNDED", "SESSIONS_CANCELLED", "ALLOCATION_ENDED", "PURCHASE_DEACTIVATED",
+        "PAYMENT_REFUNDED",
+        "SESSIONS_CANCELLED",
+        "ALLOCATION_ENDED",
+        "PURCHASE_DEACTIVATED",
         "COMPENSATION_DONE",
-    ]  # fmt: skip
+    ]
     detail = client.get(f"/api/v1/payments/{payment.id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "refunded"
     assert detail["timeline"][-1]["type"] == "COMPENSATION_DONE"

@@ -13,8 +13,8 @@ import pytest
 import stripe
 from werkzeug.serving import make_server
 
+from harness.processes import wait_until
 from sandbox.app import SandboxConfig, create_sandbox
-from tests.worker import wait_until
 
 KEY = "sk_test_unit"
 SECRET = "whsec_unit"

@@ -7,18 +7,30 @@ import sys
 
 import pytest
 
-from tests.worker import ROOT
+from harness.processes import ROOT
 
 pytestmark = pytest.mark.worker
 
 
 def test_short_soak_has_no_duplicates_and_loses_nothing():
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.soak", "--payments", "120", "--seed", "3",
-         "--timeout", "240"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "scripts.soak",
+            "--payments",
+            "120",
+            "--seed",
+            "3",
+            "--timeout",
+            "240",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "duplicate rows  0" in result.stdout

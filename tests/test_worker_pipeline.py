@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from harness.processes import celery_worker, wait_until
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.worker import celery_worker, wait_until
 
 pytestmark = pytest.mark.worker
 

@@ -1,7 +1,7 @@
 """Test-only: hold a pipeline step's transaction open, once per payment, so a fault
 test can kill the worker in the middle of it.
 
-Test workers load it with `--include tests.fault_pause` (tests/worker.py); it is inert
+Harness workers load it with `--include harness.fault_pause` (harness/processes.py); it is inert
 unless FAULT_PAUSE_STEP names a task. It reads its two variables from the worker's
 environment itself: production code never sees them.
 """

@@ -1,4 +1,11 @@
-"""`flask simulate --payments N`: drive the running stack over HTTP and watch it work."""
+"""Drive the running stack over HTTP and watch it work (a developer's tool, not part of
+the service: `requests` is a dev dependency).
+
+    python -m scripts.simulate --payments 200 [--api-url http://127.0.0.1:8000]
+
+It reads the same settings as the stack (ADMIN_TOKEN, STRIPE_API_BASE, ...) and pays each
+payment at the provider (the sandbox under `make up`) as a student's app would.
+"""
 
 from __future__ import annotations
 
@@ -49,18 +56,25 @@ def run_simulation(
     for n in range(math.ceil(payments / TRAINER_CAPACITY) + 1):
         stack.post(
             "/trainers",
-            {"name": f"Sim trainer {n}", "email": f"sim-{run}-t{n}@tutorflow.example",
-             "max_students": TRAINER_CAPACITY, "course_ids": [course["id"]]},
+            {
+                "name": f"Sim trainer {n}",
+                "email": f"sim-{run}-t{n}@tutorflow.example",
+                "max_students": TRAINER_CAPACITY,
+                "course_ids": [course["id"]],
+            },
             admin=True,
-        )  # fmt: skip
+        )
 
     def create_and_confirm(n: int) -> str:
         student = stack.post(
             "/students",
-            {"name": f"Sim student {n}", "email": f"sim-{run}-s{n}@tutorflow.example",
-             "timezone": "Europe/Berlin"},
+            {
+                "name": f"Sim student {n}",
+                "email": f"sim-{run}-s{n}@tutorflow.example",
+                "timezone": "Europe/Berlin",
+            },
             admin=True,
-        )  # fmt: skip
+        )
         payment = stack.post(
             "/payments",
             {
@@ -119,10 +133,10 @@ def run_simulation(
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
 def simulate_command(payments: int, api_url: str, timeout: float) -> None:
     """Create and confirm N payments against the running stack; watch them fulfil."""
-    from app.runtime import runtime
+    from core.config import get_settings
     from core.provider import PaymentProvider
 
-    settings = runtime().settings
+    settings = get_settings()
     client = PaymentProvider.for_settings(settings).client
 
     def pay(intent_id: str) -> object:
@@ -146,3 +160,7 @@ def simulate_command(payments: int, api_url: str, timeout: float) -> None:
         click.echo(f"{name:<{width}}  {value}")
     if result["unfinished"] or result["dead_lettered"]:
         raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    simulate_command()

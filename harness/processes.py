@@ -1,0 +1,387 @@
+"""Processes of our own for tests, benchmarks and the soak: Celery workers (optionally
+supervised, with beat), the API under gunicorn, Flower, and private redis-server and
+PostgreSQL servers. Each runs in its own process group and is stopped by its pid; the
+machine's shared services are never touched. Readiness is a signal: a worker's
+worker_ready stamp (harness.worker_ready), an HTTP probe for gunicorn and Flower.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWER_AUTH = ("ops", "secret")
+ALL_QUEUES = "pipeline,dead_letter,maintenance"
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+    ready_path: Path
+    restarts: int = 0
+    stopping: bool = False  # set by kill() and stop(): a deliberate end is not restarted
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready_at(self) -> float:
+        """When the worker said it was ready (its worker_ready signal)."""
+        return float(self.ready_path.read_text())
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"worker log never said {text!r}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group: the main process and its pool children."""
+        with self.lock:
+            self.stopping = True
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait(timeout=30)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+@contextmanager
+def celery_worker(
+    queues: str = ALL_QUEUES,
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    beat: bool = False,
+    supervise: bool = False,
+    include: tuple[str, ...] = (),
+) -> Iterator[WorkerProcess]:
+    """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well.
+
+    With `supervise`, a worker that exits by itself is started again, as a process
+    supervisor does in production (compose's `restart: unless-stopped`): a Celery
+    worker can exit on a broker connection loss (kombu's "Unrecoverable error")."""
+    log_path = Path(tempfile.mkstemp(prefix="tutorflow-worker-", suffix=".log")[1])
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "-l",
+        "INFO",
+        "-n",
+        f"harness-{uuid.uuid4().hex[:8]}@%h",
+        "--include",
+        ",".join(("harness.worker_ready", "harness.fault_pause", *include)),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    if beat:
+        command += ["-B", "--schedule", str(log_path.with_suffix(".beat"))]
+
+    ready_path = log_path.with_suffix(".ready")
+
+    def launch() -> subprocess.Popen:
+        ready_path.unlink(missing_ok=True)
+        with log_path.open("a") as log_file:
+            return subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**os.environ, **(env or {}), "HARNESS_READY_FILE": str(ready_path)},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+
+    worker = WorkerProcess(launch(), log_path, ready_path)
+
+    def supervisor() -> None:
+        while not worker.stopping:
+            with worker.lock:
+                if worker.process.poll() is not None and not worker.stopping:
+                    worker.restarts += 1
+                    worker.process = launch()
+            time.sleep(0.5)
+
+    if supervise:
+        threading.Thread(target=supervisor, daemon=True).start()
+    try:
+        wait_until(
+            lambda: ready_path.exists() or worker.process.poll() is not None,
+            60,
+            "the worker never became ready",
+        )
+        if not ready_path.exists():
+            raise AssertionError(f"the worker exited:\n{worker.log()[-3000:]}")
+        yield worker
+    finally:
+        worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """redis-server on its own port; with `aof`, it keeps its data across restarts."""
+
+    def __init__(self, aof: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="tutorflow-redis-")
+        self.aof = aof
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                self.dir,
+                *persistence,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self.up, 10, "redis-server did not start")
+
+    def up(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: with AOF, everything is on disk first
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def private_redis(aof: bool = False) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(aof)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed")
+    return found[-1]
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster owned by the `postgres` OS user (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="tutorflow-pg-")
+        shutil.chown(self.dir, "postgres")
+        self.data = os.path.join(self.dir, "data")
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/tutorflow"
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def init(self) -> None:
+        self._as_postgres(_pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        self._as_postgres(
+            _pg_bin("pg_ctl"),
+            "-D",
+            self.data,
+            "-w",
+            "-l",
+            os.path.join(self.dir, "log"),
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", self.data, "-w", "-m", "fast", "stop")
+
+    def up(self) -> bool:
+        try:
+            psycopg2.connect(
+                host="127.0.0.1",
+                port=self.port,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=1,
+            ).close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.up():
+            server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+class ApiProcess:
+    def __init__(self, process: subprocess.Popen, base: str, log_path: Path) -> None:
+        self.process, self.base, self.log_path = process, base, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def api_server(env: dict[str, str]) -> Iterator[ApiProcess]:
+    """The real API under gunicorn (the project's gunicorn.conf.py) on a free port."""
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="tutorflow-api-", suffix=".log")[1])
+    metrics_dir = tempfile.mkdtemp(prefix="tutorflow-metrics-")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                **env,
+                "API_BIND": f"127.0.0.1:{port}",
+                "API_WORKERS": "1",
+                "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api = ApiProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{api.base}/healthz", timeout=2).ok
+        except requests.RequestException:  # refused, or accepted before a worker is up
+            return False
+
+    try:
+        wait_until(healthy, 30, "the API did not start")
+        yield api
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@contextmanager
+def flower() -> Iterator[str]:
+    port = free_port()
+    state = Path(tempfile.mkdtemp(prefix="tutorflow-flower-"))
+    env = {
+        **os.environ,
+        "FLOWER_PORT": str(port),
+        "FLOWER_DB": str(state / "flower.db"),
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+    }
+    log = (state / "flower.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.celery_app",
+            "flower",
+            "--conf=flowerconfig.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{base}/healthcheck", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, 30, "Flower did not start")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
