@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ARRAY,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     String,
+    Table,
     Time,
     and_,
     bindparam,
@@ -107,11 +108,14 @@ def _unnest(column: str, element: Any) -> Any:
 
 
 _BATCH = _batch_statement()
+# The tables, not the mapped classes: an INSERT … SELECT is no ORM bulk insert.
+SESSIONS = cast(Table, TutoringSession.__table__)
+EVENTS = cast(Table, DomainEvent.__table__)
 # The trainers' rows are locked and their busy instants known (fulfilment.busy_instants),
 # so a trainer clash cannot happen here; ON CONFLICT covers only the allocation's own
 # date and time (a session already there).
 _INSERT_SESSIONS = (
-    pg_insert(TutoringSession.__table__)
+    pg_insert(SESSIONS)
     .from_select(
         [
             TutoringSession.allocation_id,
@@ -133,7 +137,7 @@ _INSERT_SESSIONS = (
     .on_conflict_do_nothing(constraint="uq_sessions_allocation_slot")
     .returning(TutoringSession.allocation_id)
 )
-_INSERT_EVENTS = insert(DomainEvent.__table__).from_select(
+_INSERT_EVENTS = insert(EVENTS).from_select(
     ["correlation_id", "student_id", "event_type", "payload"],
     select(
         _unnest("correlation_id", UUID(as_uuid=False)),
