@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 from flask_limiter.errors import RateLimitExceeded
 from flask_smorest import Api
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.schemas import ErrorOut
 from core.provider import ProviderRejected, ProviderUnavailable
@@ -67,6 +67,8 @@ class TutorflowApi(Api):
         response, status = error_response(status, HTTP_CODES.get(status, "error"), message, details)
         for name, value in (data.get("headers") or {}).items():
             response.headers[name] = value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))  # RFC 9110
         if isinstance(error, RateLimitExceeded):
             response.headers["Retry-After"] = str(error.limit.limit.get_expiry())
         return response, status

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from datetime import time
 from typing import Any
+from zoneinfo import available_timezones
 
 from marshmallow import Schema, ValidationError, fields, pre_dump, pre_load, validate
 
@@ -13,7 +14,8 @@ from domain.calendar import is_valid_timezone
 from models import TIERS
 
 MAX_ID = 2**63 - 1
-_SLOT = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+SLOT_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+_SLOT = re.compile(SLOT_PATTERN)
 
 
 class TimeSlot(fields.Field):
@@ -61,13 +63,19 @@ def _timezone(value: str) -> None:
         raise ValidationError("Must be an IANA timezone name, e.g. Europe/Berlin.")
 
 
+# The document lists every name the API accepts: schema-valid is API-valid.
+TIMEZONES = sorted(name for name in available_timezones() if is_valid_timezone(name))
+
+
 # --- catalogue ---------------------------------------------------------------------
 
 
 class StudentIn(InputSchema):
     name = Text(200, required=True)
     email = fields.Email(required=True, validate=validate.Length(max=254))
-    timezone = fields.String(required=True, validate=_timezone)
+    timezone = fields.String(
+        required=True, validate=_timezone, metadata={"enum": TIMEZONES, "example": "Europe/Berlin"}
+    )
 
 
 class StudentOut(Schema):
@@ -131,7 +139,9 @@ class PaymentIn(InputSchema):
     student_id = Id(metadata={"description": "Optional for a student: must be their own."})
     course_id = Id(required=True)
     tier = fields.Integer(strict=True, required=True, validate=validate.OneOf(TIERS))
-    time_slot = TimeSlot(required=True, metadata={"type": "string", "example": "17:30"})
+    time_slot = TimeSlot(
+        required=True, metadata={"type": "string", "pattern": SLOT_PATTERN, "example": "17:30"}
+    )
     # The price is the catalogue's. A client that says what it expects to pay is
     # refused (422 amount_mismatch) when that differs.
     amount_cents = fields.Integer(strict=True, validate=validate.Range(1, 100_000_000))

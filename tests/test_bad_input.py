@@ -282,3 +282,18 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(
     db_session.expire_all()
     assert _counts(db_session) == before
     assert db_session.get(type(payment), payment.id).status == "pending"
+
+
+def test_admin_routes_check_the_token_before_the_body(client, db_connection):
+    """Without credentials the answer is 401 whatever the body holds (not a 422 that
+    would tell a stranger how the body should look)."""
+    for path in ("/api/v1/students", "/api/v1/courses", "/api/v1/trainers"):
+        response = client.post(path, json={"nonsense": True})
+        assert response.status_code == 401, path
+        assert response.json["error"]["code"] == "unauthorized"
+
+
+def test_a_wrong_method_is_405_with_the_allow_header(client, db_connection):
+    response = client.get("/api/v1/students")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "OPTIONS, POST"

@@ -10,7 +10,7 @@ from actions import dead_letters
 from app.auth import ADMIN_SECURITY, admin_only
 from app.db import db
 from app.runtime import runtime
-from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery
+from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery, ErrorOut
 from domain.read_models import get_dead_letter, list_dead_letters
 
 blp = Blueprint("admin", __name__, description="Dead letters: list, replay, discard (admin).")
@@ -21,7 +21,7 @@ blp = Blueprint("admin", __name__, description="Dead letters: list, replay, disc
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(DeadLetterQuery, location="query")
 @blp.response(200, DeadLetterPage)
-@blp.alt_response(401, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
 def list_letters(query: dict[str, Any]):
     items, total = list_dead_letters(db(), **query)
     return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
@@ -31,8 +31,8 @@ def list_letters(query: dict[str, Any]):
 @admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
 def show_letter(letter_id: int):
     return get_dead_letter(db(), letter_id)
 
@@ -41,9 +41,9 @@ def show_letter(letter_id: int):
 @admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
 def replay_letter(letter_id: int):
     return dead_letters.replay(runtime().database, letter_id)
 
@@ -52,8 +52,8 @@ def replay_letter(letter_id: int):
 @admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(200, DeadLetterOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
 def discard_letter(letter_id: int):
     return dead_letters.discard(runtime().database, letter_id)

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from actions import catalogue
 from app.auth import ADMIN_SECURITY, admin_only
 from app.runtime import runtime
-from app.schemas import CourseIn, CourseOut, StudentIn, StudentOut, TrainerIn, TrainerOut
+from app.schemas import CourseIn, CourseOut, ErrorOut, StudentIn, StudentOut, TrainerIn, TrainerOut
 
 blp = Blueprint("catalogue", __name__, description="Students, courses and trainers (admin).")
 
@@ -19,8 +19,8 @@ blp = Blueprint("catalogue", __name__, description="Students, courses and traine
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(StudentIn)
 @blp.response(201, StudentOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
 def create_student(data: dict[str, Any]):
     return catalogue.create_student(runtime().database, **data)
 
@@ -30,7 +30,7 @@ def create_student(data: dict[str, Any]):
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(CourseIn)
 @blp.response(201, CourseOut)
-@blp.alt_response(401, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
 def create_course(data: dict[str, Any]):
     return catalogue.create_course(runtime().database, **data)
 
@@ -40,7 +40,7 @@ def create_course(data: dict[str, Any]):
 @blp.doc(security=ADMIN_SECURITY)
 @blp.arguments(TrainerIn)
 @blp.response(201, TrainerOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
 def create_trainer(data: dict[str, Any]):
     return catalogue.create_trainer(runtime().database, **data)

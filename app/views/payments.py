@@ -17,6 +17,7 @@ from app.runtime import runtime
 from app.schemas import (
     CheckoutOut,
     ConfirmIn,
+    ErrorOut,
     InputSchema,
     PaymentDetailOut,
     PaymentIn,
@@ -47,11 +48,11 @@ class IdempotencyHeader(InputSchema):
 @blp.arguments(IdempotencyHeader, location="headers", as_kwargs=True)
 @blp.arguments(PaymentIn)
 @blp.response(201, CheckoutOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
-@blp.alt_response(409, schema="Error")
-@blp.alt_response(422, schema="Error")
-@blp.alt_response(503, schema="Error", description="The payment provider is unreachable.")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
+@blp.alt_response(422, schema=ErrorOut)
+@blp.alt_response(503, schema=ErrorOut, description="The payment provider is unreachable.")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     """Start a checkout at the catalogue price; the answer carries the PaymentIntent's
     client secret for the provider's SDK."""
@@ -86,9 +87,9 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
 @blp.doc(security=STUDENT_SECURITY)
 @blp.arguments(ConfirmIn)
 @blp.response(202, PaymentOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
 def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
     """The student says they paid: the payment goes to `confirming` and the chain starts
     by asking the provider. Another student's payment is a 404."""
@@ -101,8 +102,8 @@ def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
 @student_or_admin
 @blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, PaymentDetailOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
 def get_payment(payment_id: uuid.UUID):
     return payment_detail(db(), payment_id, student_id=caller().student_id)
 
@@ -111,10 +112,10 @@ def get_payment(payment_id: uuid.UUID):
 @admin_only
 @blp.doc(security=ADMIN_SECURITY)
 @blp.response(202, PaymentOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(404, schema="Error")
-@blp.alt_response(409, schema="Error")
-@blp.alt_response(503, schema="Error", description="The payment provider is unreachable.")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+@blp.alt_response(409, schema=ErrorOut)
+@blp.alt_response(503, schema=ErrorOut, description="The payment provider is unreachable.")
 def refund_payment(payment_id: uuid.UUID):
     """Refund (admin) at the provider, then compensate: purchase, allocation and future
     sessions are undone after the commit."""

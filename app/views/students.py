@@ -17,7 +17,7 @@ from app.auth import STUDENT_SECURITY, Caller, caller, student_or_admin
 from app.db import db
 from app.errors import ApiError
 from app.runtime import runtime
-from app.schemas import HomeOut, LearningOut, RecentOut, RecentQuery, StreamTicketOut
+from app.schemas import ErrorOut, HomeOut, LearningOut, RecentOut, RecentQuery, StreamTicketOut
 from core.cache import student_channel
 from core.tokens import InvalidToken, TokenVerifier
 from domain.clock import utcnow
@@ -59,9 +59,9 @@ def _cached(kind: str, student_id: int, loader, schema: type[Schema]) -> Respons
 @student_or_admin
 @blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, HomeOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
-@blp.alt_response(404, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
 def home(student_id: int):
     caller().require_student(student_id)
     return _cached("home", student_id, student_home, HomeOut)
@@ -71,9 +71,9 @@ def home(student_id: int):
 @student_or_admin
 @blp.doc(security=STUDENT_SECURITY)
 @blp.response(200, LearningOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
-@blp.alt_response(404, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
 def learning(student_id: int):
     caller().require_student(student_id)
     return _cached("learning", student_id, student_learning, LearningOut)
@@ -84,9 +84,9 @@ def learning(student_id: int):
 @blp.doc(security=STUDENT_SECURITY)
 @blp.arguments(RecentQuery, location="query")
 @blp.response(200, RecentOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
-@blp.alt_response(404, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
 def recent(query: dict[str, Any]):
     """The token's student's events after the cursor `since` (an operator names the
     student with `student_id`)."""
@@ -102,8 +102,8 @@ def recent(query: dict[str, Any]):
 @student_or_admin
 @blp.doc(security=STUDENT_SECURITY)
 @blp.response(201, StreamTicketOut)
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
 def stream_ticket(student_id: int):
     """A ticket for the event stream (EventSource sends no headers): one student,
     about a minute, streaming only."""
@@ -129,10 +129,10 @@ def stream_ticket(student_id: int):
     ],
 )
 @blp.alt_response(200, description="Server-Sent Events: one `update` per domain event.")
-@blp.alt_response(401, schema="Error")
-@blp.alt_response(403, schema="Error")
-@blp.alt_response(404, schema="Error")
-@blp.alt_response(503, schema="Error", description="Every stream slot is taken: poll.")
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(403, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+@blp.alt_response(503, schema=ErrorOut, description="Every stream slot is taken: poll.")
 def stream(student_id: int):
     _stream_caller().require_student(student_id)
     get_student(db(), student_id)  # 404 before a slot is taken

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from actions import webhooks
 from app.errors import ApiError
 from app.runtime import runtime
-from app.schemas import WebhookOut
+from app.schemas import ErrorOut, WebhookOut
 from core.provider import PaymentProvider
 
 blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
@@ -35,8 +35,8 @@ blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
     },
 )
 @blp.response(200, WebhookOut)
-@blp.alt_response(400, schema="Error", description="Bad payload or signature.")
-@blp.alt_response(409, schema="Error")
+@blp.alt_response(400, schema=ErrorOut, description="Bad payload or signature.")
+@blp.alt_response(409, schema=ErrorOut)
 def receive_stripe_event():
     raw = request.get_data(cache=True)
     provider = PaymentProvider.for_settings(runtime().settings)
