@@ -19,6 +19,9 @@ workers = settings.api_workers
 worker_class = "gthread"
 threads = settings.api_threads
 timeout = 30
+# The longest request line gunicorn reads (its maximum): a stream ticket in the query
+# string fits with room to spare, so a bad one reaches the app and gets its JSON 401.
+limit_request_line = 8190
 graceful_timeout = 10
 # No gunicorn access log: the app logs one line per request (method, path, status,
 # duration_ms, request_id) in its structured log (app/metrics.py).

@@ -54,8 +54,21 @@ def Id(**kwargs: Any) -> fields.Integer:
     return fields.Integer(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
 
 
+NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL (InputSchema refuses it)
+
+
 def Text(max_length: int, **kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Length(1, max_length), **kwargs)
+    metadata = {"pattern": NO_NUL, **kwargs.pop("metadata", {})}
+    return fields.String(validate=validate.Length(1, max_length), metadata=metadata, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only (marshmallow's Boolean also takes 0, 1, "yes"...)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
 
 
 def _timezone(value: str) -> None:
@@ -115,7 +128,7 @@ class TrainerIn(InputSchema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
     max_students = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1000))
     course_ids = fields.List(Id(), required=True, validate=validate.Length(1, 100))
-    is_active = fields.Boolean(load_default=True)
+    is_active = StrictBoolean(load_default=True)
 
 
 class TrainerOut(Schema):

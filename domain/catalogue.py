@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from domain.errors import Conflict, Unprocessable
+from domain.errors import Conflict, NotFound
 from models import Course, CoursePrice, Student, Trainer, TrainerCourse
 
 
@@ -58,7 +58,7 @@ def create_trainer(
     wanted = set(course_ids)
     known = set(session.scalars(select(Course.id).where(Course.id.in_(wanted))))
     if missing := sorted(wanted - known):
-        raise Unprocessable("unknown_course", "Some courses do not exist.", course_ids=missing)
+        raise NotFound("unknown_course", "Some courses do not exist.", course_ids=missing)
     trainer = Trainer(name=name, email=email, max_students=max_students, is_active=is_active)
     session.add(trainer)
     session.flush()

@@ -82,10 +82,10 @@ def quote(session: Session, order: Order) -> Price:
     """The catalogue price of the order, after the checks a checkout needs: the student
     and course exist, the course sells this tier, the student does not hold it yet."""
     if session.get(Student, order.student_id) is None:
-        raise Unprocessable("unknown_student", "No student has this id.", field="student_id")
+        raise NotFound("unknown_student", "No student has this id.", field="student_id")
     course = session.get(Course, order.course_id)
     if course is None:
-        raise Unprocessable("unknown_course", "No course has this id.", field="course_id")
+        raise NotFound("unknown_course", "No course has this id.", field="course_id")
     amount = session.scalar(
         select(CoursePrice.amount_cents).where(
             CoursePrice.course_id == order.course_id, CoursePrice.tier == order.tier

@@ -279,13 +279,18 @@ RECENT_LIMIT = 100
 
 
 def recent_events(
-    session: Session, student_id: int, *, since: int, limit: int = RECENT_LIMIT
+    session: Session, student_id: int | None, *, since: int, limit: int = RECENT_LIMIT
 ) -> dict[str, Any]:
-    """Events after the cursor `since` (an event id), oldest first: the polling fallback."""
-    get_student(session, student_id)
+    """Events after the cursor `since` (an event id), oldest first: the polling fallback.
+    For one student; None (an operator's view): every student's."""
+    if student_id is not None:
+        get_student(session, student_id)
     events = session.scalars(
         select(DomainEvent)
-        .where(DomainEvent.student_id == student_id, DomainEvent.id > since)
+        .where(
+            DomainEvent.id > since,
+            *([DomainEvent.student_id == student_id] if student_id is not None else []),
+        )
         .order_by(DomainEvent.id)
         .limit(limit)
     ).all()

@@ -59,5 +59,5 @@ def test_unknown_timezone_is_rejected(client):
 def test_trainer_with_unknown_course_is_rejected(client):
     body = {"name": "T", "email": "t@example.com", "max_students": 2, "course_ids": [999]}
     response = client.post("/api/v1/trainers", json=body, headers=ADMIN)
-    assert response.status_code == 422
+    assert response.status_code == 404
     assert response.json["error"]["details"] == {"course_ids": [999]}

@@ -153,7 +153,7 @@ CASES = [
                 "currency": "EUR",
             }
         },
-        422,
+        404,
         "unknown_student",
     ),
     (

@@ -90,7 +90,8 @@ def test_recent_events_is_a_cursor_over_the_students_events(client, db_session, 
     as_other = client.get("/api/v1/events/recent", headers=student_auth(other.id))
     assert as_other.json["events"] == []
     assert client.get("/api/v1/events/recent").status_code == 401
-    assert client.get("/api/v1/events/recent", headers=ADMIN).status_code == 422
+    everyone = client.get("/api/v1/events/recent", headers=ADMIN)  # an operator's view
+    assert len(everyone.json["events"]) == len(first["events"])
 
 
 def test_metrics_report_the_hit_ratio(client, db_session):
