@@ -29,12 +29,7 @@ os.environ.setdefault("STRIPE_API_BASE", sandbox_thread.start())
 
 import http.client
 import json
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -54,6 +49,8 @@ from app.cli import rebuild_database
 from core.config import get_settings
 from core.provider import PaymentProvider
 from core.tokens import TokenVerifier
+from harness import processes
+from harness.processes import ApiProcess, WorkerProcess, api_server
 
 settings = get_settings()
 
@@ -332,150 +329,24 @@ def count_scheduled(window: int | None = None) -> int:
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Process:
-    """A subprocess of ours, in its own process group, with its output in a file."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to our own pid; SIGKILL to its group (its children) if it lingers."""
-        if self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-
-def _spawn(name: str, command: list[str], env: dict[str, str]) -> Process:
-    log_path = Path(tempfile.mkstemp(prefix=f"tutorflow-bench-{name}-", suffix=".log")[1])
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: its children stop with it
-        )
-    return Process(name, process, log_path)
-
-
-def _wait(process: Process, ready: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.process.poll() is not None:
-            raise RuntimeError(f"{process.name} exited:\n{process.log()[-3000:]}")
-        if ready():
-            return
-        time.sleep(0.01)
-    process.stop()
-    raise RuntimeError(f"{process.name} not ready in {timeout:.0f} s:\n{process.log()[-3000:]}")
-
-
-@dataclass
-class Server:
-    process: Process
-    port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
+@contextmanager
+def gunicorn(app: str = "bench.reference_wsgi:app") -> Iterator[ApiProcess]:
+    """The project's gunicorn.conf.py (its worker count) on a free loopback port."""
+    with api_server({}, app=app, workers=None) as server:
+        yield server
 
 
 @contextmanager
-def gunicorn(app: str = "bench.reference_wsgi:app", timeout: float = 60.0) -> Iterator[Server]:
-    """The project's gunicorn.conf.py on a free loopback port, serving `app`."""
-    port = free_port()
-    env = {
-        "API_BIND": f"{HOST}:{port}",
-        # Not the shared default dir: gunicorn's on_starting wipes it (a dev stack's too).
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="tutorflow-bench-prom-"),
-    }
-    command = [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", app]
-    process = _spawn("gunicorn", command, env)
-
-    def healthy() -> bool:
-        try:
-            status, _ = http_request(port, "GET", "/healthz", timeout=1)
-        except OSError:
-            return False
-        return status == 200
-
-    try:
-        _wait(process, healthy, timeout)
-        yield Server(process, port)
-    finally:
-        process.stop()
-        shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    process.log_path.unlink()  # kept only when something failed, for the traceback
-
-
-@dataclass
-class Worker:
-    process: Process
-    ready_at: float  # time.time() of the worker's worker_ready signal
-
-
-@contextmanager
-def celery_worker(concurrency: int = 2, timeout: float = 60.0) -> Iterator[Worker]:
-    """A real worker with the production flags, plus the bench's no-op tasks.
-
-    Its readiness (and the start of timed work) is the worker_ready signal, stamped in
-    Redis by bench.noop_tasks: exact, and independent of the log level.
-    """
-    from bench.noop_tasks import READY_KEY
-
-    client = bench_redis()
-    client.delete(READY_KEY)
-    command = [
-        str(BIN / "celery"),
-        "-A",
-        "tasks.celery_app",
-        "worker",
-        "-Q",
-        QUEUES,
-        "-c",
-        str(concurrency),
-        "-P",
-        "prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--include",
-        "bench.noop_tasks",
-        "-n",
-        f"bench-{uuid.uuid4().hex[:8]}@%h",
-    ]
-    process = _spawn("worker", command, {})
-    try:
-        _wait(process, lambda: client.exists(READY_KEY) == 1, timeout)
-        yield Worker(process, float(client.get(READY_KEY)))
-    finally:
-        process.stop()
-        client.close()
-    process.log_path.unlink()  # kept only when something failed, for the traceback
-
-
-# --- HTTP and live events ----------------------------------------------------------------
+def celery_worker(concurrency: int = 2) -> Iterator[WorkerProcess]:
+    """A real worker with the production flags, plus the bench's no-op tasks; its
+    `ready_at()` (the worker_ready signal's moment) starts the clock of timed work."""
+    with processes.celery_worker(
+        queues=QUEUES,
+        concurrency=concurrency,
+        include=("bench.noop_tasks",),
+        loglevel="WARNING",
+    ) as worker:
+        yield worker
 
 
 def http_request(

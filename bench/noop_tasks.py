@@ -7,19 +7,16 @@ bench.common (the worker inherits the bench settings from its parent's environme
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from celery import chain
 from celery.canvas import Signature
-from celery.signals import worker_ready
 
 from core.cache import Cache
 from tasks.celery_app import celery_app
 
 DONE_CHANNEL = "bench:noop:done"
 CACHE = Cache.for_url(celery_app.settings.cache_url)
-READY_KEY = "bench:worker:ready"
 
 
 @celery_app.task(name="bench.noop")
@@ -36,9 +33,3 @@ def noop_done(value: Any) -> None:
 def noop_chain(token: str) -> Signature:
     """Five links, each passing its result on, like verify_payment → ... → refresh."""
     return chain(noop.si(token), noop.s(), noop.s(), noop.s(), noop_done.s())
-
-
-@worker_ready.connect
-def _announce_ready(**_: object) -> None:
-    # The bench times from here: the consumer is up and taking messages.
-    CACHE.client.set(READY_KEY, repr(time.time()))

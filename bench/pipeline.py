@@ -90,8 +90,8 @@ def run_pipeline(payments: list[uuid.UUID], timeout: float) -> tuple[Drain, Drai
                 break
             time.sleep(POLL_SECONDS)
         scheduled = common.count_scheduled()
-        health = worker_health(worker.process.log())
-        ready = worker.ready_at
+        health = worker_health(worker.log())
+        ready = worker.ready_at()
         calls = common.redis_calls() - calls
     to_sessions = Drain(
         f"real chain: all {settings.session_window} sessions in the DB",
@@ -127,8 +127,8 @@ def run_noop(n: int, timeout: float) -> tuple[Drain, str]:
         common.celery_worker(concurrency=CONCURRENCY) as worker,
     ):
         common.wait_for(lambda: len(done) >= n, timeout, interval=POLL_SECONDS)
-        health = worker_health(worker.process.log())
-        ready = worker.ready_at
+        health = worker_health(worker.log())
+        ready = worker.ready_at()
         calls = common.redis_calls() - calls
     seconds = max(done.values()) - ready if len(done) >= n else None
     return Drain("reference: bare 5-task no-op chain", n, seconds, len(done), calls), health

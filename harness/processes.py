@@ -88,6 +88,7 @@ def celery_worker(
     beat: bool = False,
     supervise: bool = False,
     include: tuple[str, ...] = (),
+    loglevel: str = "INFO",
 ) -> Iterator[WorkerProcess]:
     """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well.
 
@@ -109,7 +110,7 @@ def celery_worker(
         "-P",
         "prefork",
         "-l",
-        "INFO",
+        loglevel,
         "-n",
         f"harness-{uuid.uuid4().hex[:8]}@%h",
         "--include",
@@ -298,35 +299,40 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 class ApiProcess:
-    def __init__(self, process: subprocess.Popen, base: str, log_path: Path) -> None:
-        self.process, self.base, self.log_path = process, base, log_path
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process, self.port, self.log_path = process, port, log_path
+        self.base = f"http://127.0.0.1:{port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
 @contextmanager
-def api_server(env: dict[str, str]) -> Iterator[ApiProcess]:
-    """The real API under gunicorn (the project's gunicorn.conf.py) on a free port."""
+def api_server(
+    env: dict[str, str], app: str = "wsgi:app", workers: int | None = 1
+) -> Iterator[ApiProcess]:
+    """The real API (or another WSGI `app`) under gunicorn with the project's
+    gunicorn.conf.py on a free port; `workers` None keeps the configured number."""
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="tutorflow-api-", suffix=".log")[1])
     metrics_dir = tempfile.mkdtemp(prefix="tutorflow-metrics-")
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
             cwd=ROOT,
             env={
                 **os.environ,
                 **env,
                 "API_BIND": f"127.0.0.1:{port}",
-                "API_WORKERS": "1",
+                **({"API_WORKERS": str(workers)} if workers is not None else {}),
+                # Its own: gunicorn's on_starting wipes the directory (a dev stack's too).
                 "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
             },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    api = ApiProcess(process, f"http://127.0.0.1:{port}", log_path)
+    api = ApiProcess(process, port, log_path)
 
     def healthy() -> bool:
         try:
@@ -335,7 +341,9 @@ def api_server(env: dict[str, str]) -> Iterator[ApiProcess]:
             return False
 
     try:
-        wait_until(healthy, 30, "the API did not start")
+        wait_until(lambda: healthy() or process.poll() is not None, 60, "the API did not start")
+        if process.poll() is not None:
+            raise AssertionError(f"the API exited:\n{api.log()[-3000:]}")
         yield api
     finally:
         if process.poll() is None:
