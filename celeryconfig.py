@@ -89,6 +89,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "tutorflow.beat.resume_stalled_pipelines",
                 "schedule": max(1.0, settings.pipeline_stall_seconds / 4),
             },
+            "give-up-unallocated": {
+                "task": "tutorflow.beat.give_up_unallocated",
+                "schedule": 600.0,
+            },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
         },
         "timezone": "UTC",

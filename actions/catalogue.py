@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from domain import catalogue
+from domain.clock import utcnow
 from models import Course, Database, Student, Trainer
 
 
@@ -18,12 +20,19 @@ def create_course(
     *,
     title: str,
     currency: str = "EUR",
+    session_minutes: int = 60,
     prices: Mapping[str, int] | None = None,
 ) -> Course:
     """`prices` as the API takes them: {"tier_10": cents, ...} for the tiers given."""
     by_tier = {int(name.removeprefix("tier_")): cents for name, cents in (prices or {}).items()}
     with database.transaction() as session:
-        return catalogue.create_course(session, title=title, currency=currency, prices=by_tier)
+        return catalogue.create_course(
+            session,
+            title=title,
+            currency=currency,
+            session_minutes=session_minutes,
+            prices=by_tier,
+        )
 
 
 def create_trainer(
@@ -34,6 +43,8 @@ def create_trainer(
     max_students: int,
     course_ids: Sequence[int],
     is_active: bool = True,
+    timezone: str = "UTC",
+    working_hours: catalogue.WeekHours | None = None,
 ) -> Trainer:
     with database.transaction() as session:
         trainer = catalogue.create_trainer(
@@ -43,6 +54,18 @@ def create_trainer(
             max_students=max_students,
             course_ids=course_ids,
             is_active=is_active,
+            timezone=timezone,
+            working_hours=working_hours,
         )
-        session.refresh(trainer, ["courses"])  # TrainerOut lists them after the session closed
+        # TrainerOut lists them after the session closed.
+        session.refresh(trainer, ["courses", "working_hours"])
         return trainer
+
+
+def update_trainer(database: Database, trainer_id: int, **changes: Any) -> catalogue.TrainerChange:
+    """PATCH /trainers/{id}: the change, and a reallocation chain (published after commit)
+    for every allocation the trainer can no longer serve."""
+    with database.transaction() as session:
+        change = catalogue.update_trainer(session, trainer_id, now=utcnow(), **changes)
+        session.refresh(change.trainer, ["courses", "working_hours"])
+        return change

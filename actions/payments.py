@@ -8,9 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from core.provider import PaymentProvider
 from domain import idempotency
+from domain.dead_letters import discard, open_letter_ids
 from domain.errors import Conflict
+from domain.events import EventType, record_event
 from domain.payments import (
     Confirmation,
     Order,
@@ -86,9 +90,17 @@ def confirm(
         return request_confirmation(session, payment_id, student_id=student_id, source=source)
 
 
-def refund(database: Database, provider: PaymentProvider, payment_id: uuid.UUID) -> Refund:
-    """An operator's refund: the money goes back at the provider first (idempotent per
-    payment), then the payment is refunded and its compensation published after commit."""
+def refund(
+    database: Database,
+    provider: PaymentProvider,
+    payment_id: uuid.UUID,
+    *,
+    source: str = "admin",
+    then: Callable[[Session], None] | None = None,
+) -> Refund:
+    """A refund: the money goes back at the provider first (idempotent per payment),
+    then the payment is refunded and its compensation published after commit. `then`
+    adds to that transaction (the give-up's event)."""
     with database.transaction() as session:
         payment = owned_payment(session, payment_id, None)
         if payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING):
@@ -104,4 +116,28 @@ def refund(database: Database, provider: PaymentProvider, payment_id: uuid.UUID)
     if intent_id is not None:
         provider.refund(intent_id, payment_id=str(payment_id))
     with database.transaction() as session:
-        return refund_payment(session, payment_id, source="admin")
+        refunded = refund_payment(session, payment_id, source=source)
+        if then is not None and refunded.outbox is not None:
+            then(session)
+        return refunded
+
+
+def give_up_allocation(
+    database: Database, provider: PaymentProvider, payment_id: uuid.UUID, *, hours: float
+) -> Refund:
+    """No trainer found for `hours`: refund at the provider, say why on the timeline
+    (the student sees it live), and close the letters the allocation step left."""
+
+    def say_why(session: Session) -> None:
+        payment = session.get_one(Payment, payment_id)
+        record_event(
+            session,
+            correlation_id=payment_id,
+            student_id=payment.student_id,
+            event_type=EventType.ALLOCATION_GIVEN_UP,
+            payload={"reason": "no_trainer_available", "after_hours": hours},
+        )
+        for letter_id in open_letter_ids(session, correlation_id=str(payment_id)):
+            discard(session, letter_id)
+
+    return refund(database, provider, payment_id, source="allocation_give_up", then=say_why)

@@ -8,9 +8,18 @@ from datetime import time
 from typing import Any
 from zoneinfo import available_timezones
 
-from marshmallow import Schema, ValidationError, fields, pre_dump, pre_load, validate
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_dump,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
-from domain.calendar import is_valid_timezone
+from domain.calendar import END_OF_DAY, is_valid_timezone
 from models import TIERS
 
 MAX_ID = 2**63 - 1
@@ -106,6 +115,7 @@ class PricesIn(InputSchema):
 
 class CourseIn(InputSchema):
     title = Text(200, required=True)
+    session_minutes = fields.Integer(strict=True, load_default=60, validate=validate.Range(15, 240))
     currency = fields.String(load_default="EUR", validate=validate.Regexp(r"^[A-Z]{3}$"))
     prices = fields.Nested(
         PricesIn,
@@ -117,10 +127,68 @@ class CourseOut(Schema):
     id = fields.Integer()
     title = fields.String()
     currency = fields.String()
+    session_minutes = fields.Integer()
     prices = fields.Method("_prices", metadata={"description": "Amount in cents per tier."})
 
     def _prices(self, course: Any) -> dict[str, int]:
         return {str(p.tier): p.amount_cents for p in course.prices}
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = weekday (0 = Monday)
+
+
+class DayEnd(TimeSlot):
+    """A working day's end: "HH:MM", or "24:00" for the end of the day."""
+
+    def _serialize(self, value: time | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return "24:00" if value == END_OF_DAY else super()._serialize(value, attr, obj, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> time:
+        if value == "24:00":
+            return END_OF_DAY
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+DAY_END_PATTERN = r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$"
+
+
+class WorkingDayIn(InputSchema):
+    starts = TimeSlot(required=True, metadata={"type": "string", "pattern": SLOT_PATTERN})
+    ends = DayEnd(required=True, metadata={"type": "string", "pattern": DAY_END_PATTERN})
+
+    @validates_schema
+    def _in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["starts"] >= data["ends"]:
+            raise ValidationError("A working day ends after it starts.", "ends")
+
+
+class WorkingHoursIn(InputSchema):
+    """The whole week, in the trainer's timezone: a day left out (or null) is a day off."""
+
+    class Meta:
+        ordered = True
+
+    mon = fields.Nested(WorkingDayIn, allow_none=True)
+    tue = fields.Nested(WorkingDayIn, allow_none=True)
+    wed = fields.Nested(WorkingDayIn, allow_none=True)
+    thu = fields.Nested(WorkingDayIn, allow_none=True)
+    fri = fields.Nested(WorkingDayIn, allow_none=True)
+    sat = fields.Nested(WorkingDayIn, allow_none=True)
+    sun = fields.Nested(WorkingDayIn, allow_none=True)
+
+    @post_load
+    def _by_weekday(self, data: dict[str, Any], **kwargs: Any) -> dict[int, tuple[time, time]]:
+        return {
+            WEEKDAYS.index(day): (hours["starts"], hours["ends"])
+            for day, hours in data.items()
+            if hours is not None
+        }
+
+
+def TimezoneField(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=_timezone, metadata={"enum": TIMEZONES, "example": "Europe/Berlin"}, **kwargs
+    )
 
 
 class TrainerIn(InputSchema):
@@ -129,6 +197,27 @@ class TrainerIn(InputSchema):
     max_students = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1000))
     course_ids = fields.List(Id(), required=True, validate=validate.Length(1, 100))
     is_active = StrictBoolean(load_default=True)
+    timezone = TimezoneField(load_default="UTC")
+    working_hours = fields.Nested(
+        WorkingHoursIn,
+        metadata={"description": "Default: Monday to Friday, 08:00 to 20:00."},
+    )
+
+
+class TrainerPatch(InputSchema):
+    """What an operator changes; what is left out stays. Deactivating a trainer, or
+    hours or a timezone that no longer hold a student's sessions, moves those students
+    to other trainers (a reallocation chain each)."""
+
+    max_students = fields.Integer(strict=True, validate=validate.Range(1, 1000))
+    active = StrictBoolean()
+    timezone = TimezoneField()
+    working_hours = fields.Nested(WorkingHoursIn)
+
+
+class WorkingDayOut(Schema):
+    starts = TimeSlot(metadata={"type": "string"})
+    ends = DayEnd(metadata={"type": "string"})
 
 
 class TrainerOut(Schema):
@@ -138,10 +227,32 @@ class TrainerOut(Schema):
     max_students = fields.Integer()
     active_students = fields.Integer()
     is_active = fields.Boolean()
-    course_ids = fields.Method("_course_ids")
+    timezone = fields.String()
+    working_hours = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(WEEKDAYS)),
+        values=fields.Nested(WorkingDayOut),
+        metadata={"description": "In the trainer's timezone; a missing day is a day off."},
+    )
+    course_ids = fields.List(fields.Integer())
+    reallocating = fields.List(
+        fields.Integer(),
+        metadata={"description": "PATCH: allocations this change sent to other trainers."},
+    )
 
-    def _course_ids(self, trainer: Any) -> list[int]:
-        return sorted(c.id for c in trainer.courses)
+    @pre_dump
+    def _flatten(self, found: Any, **kwargs: Any) -> dict[str, Any]:
+        """A Trainer, or a domain TrainerChange (PATCH) that holds one."""
+        trainer = getattr(found, "trainer", found)
+        out = {
+            name: getattr(trainer, name)
+            for name in ("id", "name", "email", "max_students", "active_students", "is_active")
+        }
+        out["timezone"] = trainer.timezone
+        out["working_hours"] = {WEEKDAYS[d.weekday]: d for d in trainer.working_hours}
+        out["course_ids"] = sorted(c.id for c in trainer.courses)
+        if hasattr(found, "reallocating"):
+            out["reallocating"] = found.reallocating
+        return out
 
 
 # --- payments ------------------------------------------------------------------------
@@ -210,10 +321,22 @@ class PurchaseOut(Schema):
 
 class SessionOut(Schema):
     id = fields.Integer()
-    date = fields.Date(attribute="scheduled_date")
+    date = fields.Date(attribute="scheduled_date", metadata={"description": "Student's local."})
     time = TimeSlot(attribute="scheduled_time", metadata={"type": "string"})
     starts_at = fields.DateTime()
+    ends_at = fields.DateTime()
     status = fields.String()
+
+
+class RescheduleIn(InputSchema):
+    starts_at = fields.AwareDateTime(
+        required=True,
+        metadata={
+            "description": "The new start, an instant with its UTC offset, at least 24 hours "
+            "ahead and inside the trainer's working hours.",
+            "example": "2026-12-01T17:00:00+01:00",
+        },
+    )
 
 
 class DeadLetterBrief(Schema):
@@ -231,7 +354,7 @@ class FulfilmentOut(Schema):
                 "awaiting_payment",
                 "verifying",
                 "confirmed",
-                "purchased",
+                "finding_trainer",
                 "allocated",
                 "scheduled",
                 "needs_attention",

@@ -49,6 +49,7 @@ from app.cli import rebuild_database
 from core.config import get_settings
 from core.provider import PaymentProvider
 from core.tokens import TokenVerifier
+from domain.catalogue import hours_for_all_trainers
 from harness import processes
 from harness.processes import ApiProcess, WorkerProcess, api_server
 
@@ -160,7 +161,11 @@ def seed_catalogue(trainers: int, max_students: int = 100) -> int:
     """One course taught by `trainers` trainers; returns the course id."""
     with _engine().begin() as connection:
         course_id = connection.scalar(
-            text("INSERT INTO courses (title) VALUES ('Bench course') RETURNING id")
+            # Quarter-hour sessions: 50 students' slots fit one trainer's day.
+            text(
+                "INSERT INTO courses (title, session_minutes) VALUES ('Bench course', 15) "
+                "RETURNING id"
+            )
         )
         connection.execute(
             text(
@@ -177,6 +182,7 @@ def seed_catalogue(trainers: int, max_students: int = 100) -> int:
             ),
             {"course_id": course_id},
         )
+        connection.execute(hours_for_all_trainers())
     return course_id
 
 

@@ -1,8 +1,12 @@
 """Session top-up over N active allocations (default 100,000): time and memory.
 
-Every allocation has 5 past and 2 future sessions, so each needs 5 more. Reference in
-the same run: one INSERT ... SELECT writing the same number of session rows — the floor
-for getting that many rows into tutoring_sessions.
+Every allocation has 5 past and 2 future hour-long sessions, so each needs 5 more. Each
+trainer has 12 students (08:00 to 19:00, every hour, in the trainer's own time zone and
+working hours, Monday to Friday 08:00 to 20:00): a full day, so the planner checks
+working hours and booked intervals for real and the exclusion constraint has work to
+do. Reference in the same run: one INSERT ... SELECT writing the same number of session
+rows (under the same constraint) — the floor for getting that many rows into
+tutoring_sessions.
 
     python -m bench.top_up [--allocations 100000] [--batch 1000]
 """
@@ -13,22 +17,25 @@ import argparse
 import resource
 import time
 from datetime import UTC, date, datetime
+from datetime import time as dt_time
 
 from sqlalchemy import text
 
 import bench.common as common
 from domain import clock
+from domain.catalogue import hours_for_all_trainers
 from tasks.beat import run_top_up
 from tasks.celery_app import celery_app
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
-PER_TRAINER = 50
+PER_TRAINER = 12  # hour-long sessions, 08:00 to 20:00
 
 SEED = """
 INSERT INTO courses (title) VALUES ('Bench course');
-INSERT INTO trainers (name, email, max_students, active_students)
-SELECT 'T' || t, 't' || t || '@bench.example', :per_trainer, :per_trainer
+INSERT INTO trainers (name, email, max_students, active_students, timezone)
+SELECT 'T' || t, 't' || t || '@bench.example', :per_trainer, :per_trainer,
+       (ARRAY[{zones}])[1 + (t - 1) % {zone_count}]
 FROM generate_series(1, :trainers) t;
 INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
 INSERT INTO students (name, email, timezone)
@@ -37,7 +44,7 @@ SELECT 'S' || n, 's' || n || '@bench.example',
 FROM generate_series(1, :n) n;
 INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, currency, status,
                       provider_payment_id, confirmed_at)
-SELECT n, 1, 30, time '06:00' + ((n - 1) % :per_trainer) * interval '15 minutes', 100, 'EUR',
+SELECT n, 1, 30, time '08:00' + ((n - 1) % :per_trainer) * interval '1 hour', 100, 'EUR',
        'succeeded', 'pp' || n, now()
 FROM generate_series(1, :n) n;
 INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)
@@ -53,9 +60,10 @@ FROM student_course_purchases p;
 SESSIONS_ON = text(
     """
     INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date,
-                                   scheduled_time, starts_at)
+                                   scheduled_time, starts_at, ends_at)
     SELECT a.id, a.student_id, a.trainer_id, d, a.time_slot,
-           (d + a.time_slot) AT TIME ZONE s.timezone
+           (d + a.time_slot) AT TIME ZONE s.timezone,
+           (d + a.time_slot) AT TIME ZONE s.timezone + interval '1 hour'
     FROM trainer_allocations a
     JOIN students s ON s.id = a.student_id
     CROSS JOIN unnest(CAST(:dates AS date[])) d
@@ -77,6 +85,7 @@ def seed(allocations: int) -> None:
     with celery_app.database.engine.begin() as connection:
         for statement in filter(str.strip, sql.split(";")):
             connection.execute(text(statement), params)
+        connection.execute(hours_for_all_trainers(dt_time(8), dt_time(20), range(5)))
         connection.execute(SESSIONS_ON, {"dates": SEED_DATES})
         connection.execute(text("ANALYZE"))
 

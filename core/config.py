@@ -116,6 +116,8 @@ class Settings:
     # A confirmed payment whose pipeline has not finished (and is not dead-lettered)
     # after this long is published again: it covers a chain link lost with the broker.
     pipeline_stall_seconds: float
+    # A paid course with no trainer found for this long is refunded (beat).
+    allocation_give_up_hours: float
     inbox_retention_days: float
     # Server-Sent Event streams one API process serves at once, and for how long each
     # stays open: streams never hold more than these threads (see app/views/students.py).
@@ -185,13 +187,16 @@ class Settings:
             task_time_limit=env.integer("CELERY_TASK_TIME_LIMIT", 120),
             retry_jitter=env.flag("CELERY_RETRY_JITTER", True),
             session_window=env.integer("SESSION_WINDOW", 7),
-            top_up_threshold=env.integer("TOP_UP_THRESHOLD", 3),
+            # The window is kept full (DESIGN invariant 9): an allocation below it is
+            # topped up; a lower threshold trades that for fewer, larger top-ups.
+            top_up_threshold=env.integer("TOP_UP_THRESHOLD", 7),
             top_up_interval_seconds=env.number("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
             top_up_batch_size=env.integer("TOP_UP_BATCH_SIZE", 1000),
             outbox_relay_interval_seconds=env.number("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
             outbox_relay_grace_seconds=env.number("OUTBOX_RELAY_GRACE_SECONDS", 10),
             outbox_retention_days=env.number("OUTBOX_RETENTION_DAYS", 7),
             pipeline_stall_seconds=env.number("PIPELINE_STALL_SECONDS", 600),
+            allocation_give_up_hours=env.number("ALLOCATION_GIVE_UP_HOURS", 48),
             inbox_retention_days=env.number("INBOX_RETENTION_DAYS", 30),
             stream_slots_per_process=env.integer("STREAM_SLOTS_PER_PROCESS", 2),
             stream_seconds=env.number("STREAM_SECONDS", 55),

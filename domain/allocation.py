@@ -8,23 +8,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainerLoad:
-    """What the choice needs to know about one trainer, for one course and slot."""
+    """What the choice needs to know about one trainer, for one course. Whether the
+    student's slot is free in the trainer's week is asked afterwards, of the locked
+    trainer (calendar.slot_fits)."""
 
     trainer_id: int
     is_active: bool
     teaches_course: bool
     active_students: int
     max_students: int
-    slot_taken: bool
 
     @property
     def eligible(self) -> bool:
-        return (
-            self.is_active
-            and self.teaches_course
-            and self.active_students < self.max_students
-            and not self.slot_taken
-        )
+        return self.is_active and self.teaches_course and self.active_students < self.max_students
 
 
 def rank_trainers(candidates: Iterable[TrainerLoad]) -> list[TrainerLoad]:

@@ -1,13 +1,18 @@
-"""Session calendar maths: weekdays only, in the student's timezone, a rolling window.
+"""Session calendar maths: weekdays in the student's timezone, real instants, a rolling
+window, a trainer's working hours in the trainer's timezone.
 
-Pure functions: no database, no clock. Callers pass `now`.
+Pure functions: no database, no clock. Callers pass `now`. Instants are compared as
+instants (UTC-aware datetimes); wall clocks appear only where a person reads them: the
+student's slot and the trainer's working hours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 SATURDAY = 5
@@ -53,10 +58,77 @@ def session_start(day: date, slot: time, timezone: str) -> datetime:
 
 
 @dataclass(frozen=True)
+class WorkingHours:
+    """A trainer's week: weekday (0 = Monday) → (start, end) wall-clock times in
+    `timezone`. A weekday without an entry is a day off."""
+
+    timezone: str
+    days: Mapping[int, tuple[time, time]]
+
+    def contains(self, starts_at: datetime, ends_at: datetime) -> bool:
+        """Whether the trainer works the whole interval: both ends on one local day,
+        inside that weekday's window (DST is the zone's business: the wall clock of
+        each instant is what counts)."""
+        zone = ZoneInfo(self.timezone)
+        # The last moment inside the interval: a session ending at midnight ends on
+        # its own day (a window may end at END_OF_DAY, "24:00").
+        start, last = starts_at.astimezone(zone), (ends_at - _TICK).astimezone(zone)
+        window = self.days.get(start.weekday())
+        if window is None or start.date() != last.date() or start.time() < window[0]:
+            return False
+        return last.time() < window[1] or window[1] == END_OF_DAY
+
+
+END_OF_DAY = time.max  # "24:00" as a working day's end
+_TICK = timedelta(microseconds=1)
+
+DEFAULT_WORKING_DAYS: dict[int, tuple[time, time]] = {
+    weekday: (time(8, 0), time(20, 0)) for weekday in range(SATURDAY)
+}
+
+
+class Busy:
+    """One trainer's booked intervals, for "is [start, end) free?" in O(log n).
+
+    Intervals may overlap one another (projections of two allocations can); a query
+    looks only at intervals starting within the longest length before its end.
+    """
+
+    def __init__(self, intervals: Iterable[tuple[datetime, datetime]] = ()) -> None:
+        self._intervals: list[tuple[datetime, datetime]] = sorted(intervals)
+        self._longest = max((end - start for start, end in self._intervals), default=_ZERO)
+
+    def __len__(self) -> int:
+        return len(self._intervals)
+
+    def __iter__(self) -> Iterator[tuple[datetime, datetime]]:
+        return iter(self._intervals)
+
+    def overlaps(self, starts_at: datetime, ends_at: datetime) -> bool:
+        low = bisect_right(self._intervals, (starts_at - self._longest, _MAX))
+        high = bisect_left(self._intervals, (ends_at, _MIN))
+        return any(end > starts_at for _, end in self._intervals[low:high])
+
+    def add(self, starts_at: datetime, ends_at: datetime) -> None:
+        insort(self._intervals, (starts_at, ends_at))
+        self._longest = max(self._longest, ends_at - starts_at)
+
+
+_ZERO = timedelta(0)
+_MIN = datetime.min.replace(tzinfo=UTC)
+_MAX = datetime.max.replace(tzinfo=UTC)
+
+# How far past its first wanted date the planner looks for a free weekday: a slot
+# that fits nowhere in eight weeks needs another trainer, not a longer search.
+SEARCH_DAYS = 56
+
+
+@dataclass(frozen=True)
 class PlannedSession:
     scheduled_date: date
     scheduled_time: time
     starts_at: datetime
+    ends_at: datetime
 
 
 def sessions_needed(*, future: int, used: int, total: int, window: int) -> int:
@@ -64,20 +136,41 @@ def sessions_needed(*, future: int, used: int, total: int, window: int) -> int:
     return max(0, min(window - future, total - used))
 
 
+class ShiftReason(StrEnum):
+    TRAINER_BUSY = "trainer_busy"
+    OUTSIDE_WORKING_HOURS = "outside_working_hours"
+    TRAINER_CHANGED = "trainer_changed"
+
+
 @dataclass(frozen=True)
 class Shift:
-    """A session that could not take its date (the trainer is busy at that instant)
-    and moved to the next free weekday."""
+    """A session that could not take its date (the trainer is busy then, or does not
+    work then) and moved to the next free weekday."""
 
     wanted: date
     got: date
-    reason: str = "trainer_busy"
+    reason: ShiftReason = ShiftReason.TRAINER_BUSY
 
 
 @dataclass(frozen=True)
 class Plan:
     sessions: list[PlannedSession]
     shifts: list[Shift]
+    # Sessions no weekday within SEARCH_DAYS could take: the trainer cannot serve
+    # this slot any more (a reallocation's job).
+    unplaced: int = 0
+
+
+def occurrences(
+    *, timezone: str, slot: time, minutes: int, after: date, now: datetime
+) -> Iterator[tuple[date, datetime, datetime]]:
+    """(local date, start, end) of the slot on each weekday after `after`, in the
+    future only, without end."""
+    length = timedelta(minutes=minutes)
+    for day in weekdays_after(after):
+        starts_at = session_start(day, slot, timezone)
+        if starts_at > now:
+            yield day, starts_at, starts_at + length
 
 
 def plan_window(
@@ -85,66 +178,90 @@ def plan_window(
     now: datetime,
     timezone: str,
     slot: time,
+    minutes: int,
     count: int,
     last_scheduled: date | None,
-    busy: set[datetime],
+    busy: Busy,
+    hours: WorkingHours | None = None,
 ) -> Plan:
-    """The one planner of the chain and the beat top-up: the next `count` sessions on
-    weekdays in the student's timezone, never at an instant in `busy` (the trainer's
-    other scheduled sessions). A date whose instant is busy is not dropped: its session
-    moves to the next free weekday, and the plan says so (a Shift). `busy` gains the
-    planned instants, so one trainer's allocations can be planned one after the other.
+    """The one planner of the chain, the beat top-up and a reallocation: the next
+    `count` sessions on weekdays in the student's timezone, each overlapping none of
+    `busy` (the trainer's other sessions) and inside the trainer's `hours`. A date that
+    does not fit is not dropped: its session moves to the next free weekday, and the
+    plan says so (a Shift). `busy` gains the planned intervals, so one trainer's
+    allocations can be planned one after the other.
     """
-    sessions: list[PlannedSession] = []
-    shifts: list[Shift] = []
-    waiting: list[date] = []  # dates whose session still looks for a free weekday
     if count <= 0:
         return Plan([], [])
+    sessions: list[PlannedSession] = []
+    shifts: list[Shift] = []
+    waiting: list[tuple[date, ShiftReason]] = []  # dates whose session looks for a free weekday
     today = now.astimezone(ZoneInfo(timezone)).date()
     start_after = max(today, last_scheduled) if last_scheduled else today
-    for day in weekdays_after(start_after):
-        starts_at = session_start(day, slot, timezone)
-        if starts_at <= now:
+    give_up = start_after + timedelta(days=SEARCH_DAYS)
+    for day, starts_at, ends_at in occurrences(
+        timezone=timezone, slot=slot, minutes=minutes, after=start_after, now=now
+    ):
+        if day > give_up:
+            break
+        if hours is not None and not hours.contains(starts_at, ends_at):
+            waiting.append((day, ShiftReason.OUTSIDE_WORKING_HOURS))
             continue
-        if starts_at in busy:
-            waiting.append(day)
+        if busy.overlaps(starts_at, ends_at):
+            waiting.append((day, ShiftReason.TRAINER_BUSY))
             continue
         if waiting:
-            shifts.append(Shift(wanted=waiting.pop(0), got=day))
-        sessions.append(PlannedSession(day, slot, starts_at))
-        busy.add(starts_at)
+            wanted, reason = waiting.pop(0)
+            shifts.append(Shift(wanted=wanted, got=day, reason=reason))
+        sessions.append(PlannedSession(day, slot, starts_at, ends_at))
+        busy.add(starts_at, ends_at)
         if len(sessions) == count:
-            return Plan(sessions, shifts)
-    return Plan(sessions, shifts)  # pragma: no cover - weekdays_after never ends
+            break
+    return Plan(sessions, shifts, unplaced=count - len(sessions))
 
 
-def plan_sessions(
+def slot_fits(
     *,
     now: datetime,
     timezone: str,
     slot: time,
+    minutes: int,
     count: int,
-    last_scheduled: date | None,
-    skip: frozenset[date] = frozenset(),
-) -> list[PlannedSession]:
-    """The next `count` weekday sessions for an allocation.
-
-    They start on the weekday after today (in the student's timezone) or after the
-    last session already scheduled, whichever is later, and lie strictly after `now`.
-    `skip` holds dates that cannot be used (e.g. the trainer is booked then).
-    """
-    if count <= 0:
-        return []
+    busy: Busy,
+    hours: WorkingHours,
+) -> bool:
+    """The allocation's "free at the slot" rule: the student's next `count` sessions
+    (the whole tier, over the coming weeks, DST changes included) are each inside the
+    trainer's working hours and overlap nothing in `busy` (the trainer's booked
+    sessions and the projected rest of its other students' tiers)."""
     today = now.astimezone(ZoneInfo(timezone)).date()
-    start_after = max(today, last_scheduled) if last_scheduled else today
-    planned: list[PlannedSession] = []
-    for day in weekdays_after(start_after):
-        if day in skip:
-            continue
-        starts_at = session_start(day, slot, timezone)
-        if starts_at <= now:
-            continue
-        planned.append(PlannedSession(day, slot, starts_at))
-        if len(planned) == count:
-            return planned
-    return planned  # pragma: no cover - weekdays_after never ends
+    upcoming = occurrences(timezone=timezone, slot=slot, minutes=minutes, after=today, now=now)
+    for checked, (_, starts_at, ends_at) in enumerate(upcoming, start=1):
+        if not hours.contains(starts_at, ends_at) or busy.overlaps(starts_at, ends_at):
+            return False
+        if checked >= count:
+            return True
+    return True  # pragma: no cover - occurrences never ends
+
+
+def projected(
+    *,
+    now: datetime,
+    timezone: str,
+    slot: time,
+    minutes: int,
+    count: int,
+    after: date,
+) -> list[tuple[datetime, datetime]]:
+    """The next `count` intervals an allocation will book if nothing shifts: what the
+    rest of a tier not yet on the calendar will claim of its trainer's time."""
+    found: list[tuple[datetime, datetime]] = []
+    if count <= 0:
+        return found
+    for _, starts_at, ends_at in occurrences(
+        timezone=timezone, slot=slot, minutes=minutes, after=after, now=now
+    ):
+        found.append((starts_at, ends_at))
+        if len(found) == count:
+            break
+    return found

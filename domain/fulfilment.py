@@ -8,20 +8,24 @@ for the same input, it returns what the first call created.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 
 from sqlalchemy import String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
-from domain.calendar import Shift, plan_window, sessions_needed
+from domain.bookings import trainer_calendars
+from domain.calendar import Busy, PlannedSession, Shift, plan_window, sessions_needed, slot_fits
+from domain.clock import utcnow
 from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from domain.events import EventType, record_event
 from models import (
     HOLDING_STATUSES,
     Allocation,
     AllocationStatus,
+    Course,
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
@@ -94,14 +98,11 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
     return session.get_one(Purchase, purchase_id)
 
 
-def _trainer_loads(session: Session, purchase: Purchase, trainer_id: int | None = None):
-    slot_taken = exists().where(
-        Allocation.trainer_id == Trainer.id,
-        Allocation.time_slot == purchase.time_slot,
-        Allocation.status.in_(HOLDING_STATUSES),
-    )
+def _trainer_loads(
+    session: Session, course_id: int, trainer_id: int | None = None
+) -> list[TrainerLoad]:
     teaches = exists().where(
-        TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == purchase.course_id
+        TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == course_id
     )
     query = select(
         Trainer.id,
@@ -109,7 +110,6 @@ def _trainer_loads(session: Session, purchase: Purchase, trainer_id: int | None 
         teaches.label("teaches"),
         Trainer.active_students,
         Trainer.max_students,
-        slot_taken.label("slot_taken"),
     )
     if trainer_id is None:
         query = query.where(teaches, Trainer.is_active)
@@ -118,16 +118,92 @@ def _trainer_loads(session: Session, purchase: Purchase, trainer_id: int | None 
     return [TrainerLoad(*row) for row in session.execute(query)]
 
 
-def allocate_trainer(session: Session, purchase_id: int) -> Allocation:
-    """Give the purchase the least-loaded trainer who can take it.
+@dataclass(frozen=True)
+class Wanted:
+    """What a student's tier asks of a trainer's week."""
 
-    Each candidate is locked (FOR UPDATE) inside a savepoint and re-checked with a
-    fresh statement, so every allocation of one trainer is serialized and sees the
-    ones committed before it; an unsuitable trainer's lock is released at once by
-    rolling the savepoint back, so a transaction waits on one trainer at a time and
-    cannot deadlock. The CHECK on `active_students` and the partial unique index on
-    (trainer, slot) back this up in the database.
+    course_id: int
+    timezone: str
+    slot: time
+    minutes: int
+    sessions: int
+
+
+def wanted_by(session: Session, allocation_or_purchase: Allocation | Purchase) -> Wanted:
+    timezone, minutes = session.execute(
+        select(Student.timezone, Course.session_minutes)
+        .join(Course, Course.id == allocation_or_purchase.course_id)
+        .where(Student.id == allocation_or_purchase.student_id)
+    ).one()
+    sessions = (
+        allocation_or_purchase.sessions_total
+        if isinstance(allocation_or_purchase, Allocation)
+        else allocation_or_purchase.tier
+    )
+    return Wanted(
+        allocation_or_purchase.course_id,
+        timezone,
+        allocation_or_purchase.time_slot,
+        minutes,
+        sessions,
+    )
+
+
+def find_trainer(
+    session: Session,
+    wanted: Wanted,
+    *,
+    now: datetime,
+    excluding: int | None = None,
+    moving_allocation: int | None = None,
+    require_free: bool = True,
+) -> int | None:
+    """The least-loaded trainer who teaches the course, has room and is free for the
+    student's whole tier (calendar.slot_fits: real instants over the coming weeks, inside
+    the trainer's working hours), locked; None if nobody is.
+
+    Each candidate is locked (FOR UPDATE) inside a savepoint and re-checked with fresh
+    statements, so every allocation of one trainer is serialized and sees the ones
+    committed before it; an unsuitable trainer's lock is released at once by rolling the
+    savepoint back, so a transaction waits on one trainer at a time and cannot
+    deadlock. The caller keeps the chosen trainer's lock and savepoint. Without
+    `require_free`, working hours that hold the slot are enough (a reallocation's last
+    resort: the planner shifts what clashes).
     """
+    for candidate in rank_trainers(_trainer_loads(session, wanted.course_id)):
+        if candidate.trainer_id == excluding:
+            continue
+        savepoint = session.begin_nested()
+        calendar = trainer_calendars(
+            session,
+            [candidate.trainer_id],
+            now=now,
+            with_projections=True,
+            leave_out_allocation=moving_allocation,
+        )[candidate.trainer_id]
+        [locked] = _trainer_loads(session, wanted.course_id, trainer_id=candidate.trainer_id)
+        if locked.eligible and slot_fits(
+            now=now,
+            timezone=wanted.timezone,
+            slot=wanted.slot,
+            minutes=wanted.minutes,
+            count=wanted.sessions,
+            busy=calendar.busy if require_free else Busy(),
+            hours=calendar.hours,
+        ):
+            savepoint.commit()
+            return locked.trainer_id
+        savepoint.rollback()
+    return None
+
+
+def allocate_trainer(
+    session: Session, purchase_id: int, *, now: datetime | None = None
+) -> Allocation:
+    """Give the purchase the least-loaded trainer who can take it (find_trainer). The
+    CHECK on `active_students` and the exclusion constraint on sessions back this up in
+    the database."""
+    now = now or utcnow()
     purchase = session.get(Purchase, purchase_id)
     if purchase is None:
         raise PermanentStepError(f"purchase {purchase_id} does not exist")
@@ -137,44 +213,55 @@ def allocate_trainer(session: Session, purchase_id: int) -> Allocation:
         return existing
     if not purchase.is_active:
         raise PermanentStepError(f"purchase {purchase_id} is no longer active")
-
-    for candidate in rank_trainers(_trainer_loads(session, purchase)):
-        savepoint = session.begin_nested()
-        session.execute(
-            select(Trainer.id).where(Trainer.id == candidate.trainer_id).with_for_update()
+    trainer_id = find_trainer(session, wanted_by(session, purchase), now=now)
+    if trainer_id is None:
+        raise NoTrainerAvailable(
+            f"no trainer free for course {purchase.course_id} at {purchase.time_slot:%H:%M}"
         )
-        [locked] = _trainer_loads(session, purchase, trainer_id=candidate.trainer_id)
-        if not locked.eligible:
-            savepoint.rollback()
-            continue
-        session.execute(
-            update(Trainer)
-            .where(Trainer.id == locked.trainer_id)
-            .values(active_students=Trainer.active_students + 1)
-        )
-        allocation = Allocation(
-            purchase_id=purchase.id,
-            student_id=purchase.student_id,
-            course_id=purchase.course_id,
-            trainer_id=locked.trainer_id,
-            time_slot=purchase.time_slot,
-            sessions_total=purchase.tier,
-            status=AllocationStatus.APPROVED,
-        )
-        session.add(allocation)
-        session.flush()
-        savepoint.commit()
-        record_event(
-            session,
-            correlation_id=purchase.payment_id,
-            student_id=purchase.student_id,
-            event_type=EventType.TRAINER_ALLOCATED,
-            payload={"allocation_id": allocation.id, "trainer_id": locked.trainer_id},
-        )
-        return allocation
-    raise NoTrainerAvailable(
-        f"no trainer free for course {purchase.course_id} at {purchase.time_slot:%H:%M}"
+    session.execute(
+        update(Trainer)
+        .where(Trainer.id == trainer_id)
+        .values(active_students=Trainer.active_students + 1)
     )
+    allocation = Allocation(
+        purchase_id=purchase.id,
+        student_id=purchase.student_id,
+        course_id=purchase.course_id,
+        trainer_id=trainer_id,
+        time_slot=purchase.time_slot,
+        sessions_total=purchase.tier,
+        status=AllocationStatus.APPROVED,
+    )
+    session.add(allocation)
+    session.flush()
+    record_event(
+        session,
+        correlation_id=purchase.payment_id,
+        student_id=purchase.student_id,
+        event_type=EventType.TRAINER_ALLOCATED,
+        payload={"allocation_id": allocation.id, "trainer_id": trainer_id},
+    )
+    return allocation
+
+
+def lock_live_allocation(session: Session, allocation_id: int) -> tuple[uuid.UUID, Allocation]:
+    """Share-lock its payment (still paid for: lock_live_payment), then lock the
+    allocation row: the order a refund locks in. Returns (payment id, allocation)."""
+    payment_id = session.scalar(
+        select(Purchase.payment_id)
+        .join(Allocation, Allocation.purchase_id == Purchase.id)
+        .where(Allocation.id == allocation_id)
+    )
+    if payment_id is None:
+        raise PermanentStepError(f"allocation {allocation_id} does not exist")
+    lock_live_payment(session, payment_id)
+    allocation = session.execute(
+        select(Allocation)
+        .where(Allocation.id == allocation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    return payment_id, allocation
 
 
 def schedule_sessions(
@@ -186,23 +273,10 @@ def schedule_sessions(
     a beat top-up) run one after the other; the unique slot per allocation backs it.
     Returns the sessions this call created (none when the window is already full).
     """
-    payment_id = session.scalar(
-        select(Purchase.payment_id)
-        .join(Allocation, Allocation.purchase_id == Purchase.id)
-        .where(Allocation.id == allocation_id)
-    )
-    if payment_id is None:
-        raise PermanentStepError(f"allocation {allocation_id} does not exist")
-    lock_live_payment(session, payment_id)  # payment first: the order a refund locks in
-    allocation = session.execute(
-        select(Allocation)
-        .where(Allocation.id == allocation_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    payment_id, allocation = lock_live_allocation(session, allocation_id)
     if allocation.status not in HOLDING_STATUSES:
         return []
-    timezone = session.get_one(Student, allocation.student_id).timezone
+    wanted = wanted_by(session, allocation)
     not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
     used, future, last_date = session.execute(
         select(
@@ -219,34 +293,20 @@ def schedule_sessions(
     needed = sessions_needed(
         future=future, used=used, total=allocation.sessions_total, window=window
     )
-    # The trainer's row is locked first: every writer of a trainer's sessions (this
-    # step, the beat top-up) does so, so the busy instants read next stay true until
-    # commit, and the plan never meets a clash it did not see.
-    busy = busy_instants(session, [allocation.trainer_id], now=now)[allocation.trainer_id]
+    # The trainer's row is locked first (bookings.trainer_calendars), so the booked
+    # intervals read with it stay true until commit.
+    calendar = trainer_calendars(session, [allocation.trainer_id], now=now)[allocation.trainer_id]
     plan = plan_window(
         now=now,
-        timezone=timezone,
+        timezone=wanted.timezone,
         slot=allocation.time_slot,
+        minutes=wanted.minutes,
         count=needed,
         last_scheduled=last_date,
-        busy=busy,
+        busy=calendar.busy,
+        hours=calendar.hours,
     )
-    rows = [
-        {
-            "allocation_id": allocation.id,
-            "student_id": allocation.student_id,
-            "trainer_id": allocation.trainer_id,
-            "scheduled_date": p.scheduled_date,
-            "scheduled_time": p.scheduled_time,
-            "starts_at": p.starts_at,
-        }
-        for p in plan.sessions
-    ]
-    created: list[TutoringSession] = (
-        list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
-        if rows
-        else []
-    )
+    created = insert_sessions(session, allocation, plan.sessions)
     for shift in plan.shifts:
         record_event(
             session,
@@ -272,26 +332,24 @@ def schedule_sessions(
     return created
 
 
-def busy_instants(
-    session: Session, trainer_ids: list[int], *, now: datetime
-) -> dict[int, set[datetime]]:
-    """Lock the trainers (in id order: concurrent writers cannot deadlock) and return the
-    start of each one's future scheduled sessions."""
-    ordered = sorted(set(trainer_ids))
-    session.execute(
-        select(Trainer.id).where(Trainer.id.in_(ordered)).order_by(Trainer.id).with_for_update()
-    )
-    busy: dict[int, set[datetime]] = {trainer_id: set() for trainer_id in ordered}
-    rows = session.execute(
-        select(TutoringSession.trainer_id, TutoringSession.starts_at).where(
-            TutoringSession.trainer_id.in_(ordered),
-            TutoringSession.status == SessionStatus.SCHEDULED,
-            TutoringSession.starts_at > now,
-        )
-    )
-    for trainer_id, starts_at in rows:
-        busy[trainer_id].add(starts_at)
-    return busy
+def insert_sessions(
+    session: Session, allocation: Allocation, planned: list[PlannedSession]
+) -> list[TutoringSession]:
+    if not planned:
+        return []
+    rows = [
+        {
+            "allocation_id": allocation.id,
+            "student_id": allocation.student_id,
+            "trainer_id": allocation.trainer_id,
+            "scheduled_date": p.scheduled_date,
+            "scheduled_time": p.scheduled_time,
+            "starts_at": p.starts_at,
+            "ends_at": p.ends_at,
+        }
+        for p in planned
+    ]
+    return list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
 
 
 def shift_payload(allocation_id: int, shift: Shift) -> dict[str, object]:
@@ -339,6 +397,29 @@ def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit
                 ),
                 ~parked,
                 ~resumed_recently,
+            )
+            .order_by(Payment.confirmed_at)
+            .limit(limit)
+        )
+    )
+
+
+def unallocated_payments(
+    session: Session, *, now: datetime, give_up: timedelta, limit: int
+) -> list[uuid.UUID]:
+    """Paid payments whose purchase has found no trainer for `give_up` since the student
+    confirmed: to be refunded (DESIGN: a paid course that cannot be served is not left
+    hanging)."""
+    return list(
+        session.scalars(
+            select(Payment.id)
+            .join(Purchase, Purchase.payment_id == Payment.id)
+            .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
+            .where(
+                Payment.status == PaymentStatus.SUCCEEDED,
+                Payment.confirmed_at < now - give_up,
+                Purchase.is_active,
+                Allocation.id.is_(None),
             )
             .order_by(Payment.confirmed_at)
             .limit(limit)

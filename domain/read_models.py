@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
-from domain.errors import NotFound
+from domain.errors import NotFound, NoTrainerAvailable
 from models import (
     Allocation,
     Course,
@@ -26,6 +26,8 @@ from models import (
 )
 
 UPCOMING_SHOWN = 7
+# How a dead letter names the error (tasks.dead_letters.park): no trainer free yet.
+WAITING_FOR_A_TRAINER = f"{NoTrainerAvailable.__module__}.{NoTrainerAvailable.__qualname__}"
 
 
 def fulfilment_state(
@@ -46,7 +48,8 @@ def fulfilment_state(
     if allocation is not None:
         return "allocated"
     if purchase is not None:
-        return "purchased"
+        # Until ALLOCATION_GIVE_UP_HOURS pass (then it is refunded).
+        return "finding_trainer"
     return "confirmed"
 
 
@@ -100,7 +103,13 @@ def payment_detail(
     events = session.scalars(
         select(DomainEvent).where(DomainEvent.correlation_id == payment.id).order_by(DomainEvent.id)
     )
-    open_letters = sum(1 for d in letters if d.status == DeadLetterStatus.OPEN)
+    # No trainer free is no fault to attend to: the student waits, and is refunded
+    # after ALLOCATION_GIVE_UP_HOURS (beat: give_up_unallocated).
+    open_letters = sum(
+        1
+        for d in letters
+        if d.status == DeadLetterStatus.OPEN and d.exception_type != WAITING_FOR_A_TRAINER
+    )
     return {
         "payment": payment,
         "fulfilment": {
@@ -215,7 +224,7 @@ def _courses(session: Session, student_id: int, now, *, active_only: bool) -> li
                 "tier": purchase.tier,
                 "time_slot": purchase.time_slot,
                 "active": purchase.is_active,
-                "status": allocation.status if allocation else "awaiting_trainer",
+                "status": allocation.status if allocation else "finding_trainer",
                 "trainer": trainer_name,
                 "sessions_done": done,
                 "sessions_upcoming": numbers.get("upcoming", 0),

@@ -37,12 +37,14 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
+from domain.bookings import trainer_calendars
 from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
-from domain.fulfilment import busy_instants, shift_payload
+from domain.fulfilment import shift_payload
 from models import (
     Allocation,
     AllocationStatus,
+    Course,
     DomainEvent,
     Purchase,
     SessionStatus,
@@ -86,6 +88,7 @@ def _batch_statement() -> Select[Any]:
             Allocation.time_slot,
             Allocation.sessions_total,
             Student.timezone,
+            Course.session_minutes,
             Purchase.payment_id,
             stats.c.used,
             stats.c.future,
@@ -94,6 +97,7 @@ def _batch_statement() -> Select[Any]:
         .select_from(batch)
         .join(Allocation, Allocation.id == batch.c.id)
         .join(Student, Student.id == Allocation.student_id)
+        .join(Course, Course.id == Allocation.course_id)
         .join(Purchase, Purchase.id == Allocation.purchase_id)
         .join(stats, true())
         .order_by(Allocation.id)
@@ -111,9 +115,10 @@ _BATCH = _batch_statement()
 # The tables, not the mapped classes: an INSERT … SELECT is no ORM bulk insert.
 SESSIONS = cast(Table, TutoringSession.__table__)
 EVENTS = cast(Table, DomainEvent.__table__)
-# The trainers' rows are locked and their busy instants known (fulfilment.busy_instants),
-# so a trainer clash cannot happen here; ON CONFLICT covers only the allocation's own
-# date and time (a session already there).
+# The trainers' rows are locked and their booked intervals known
+# (bookings.trainer_calendars), so a trainer clash cannot happen here (the exclusion
+# constraint would refuse it); ON CONFLICT covers only the allocation's own date and
+# time (a session already there).
 _INSERT_SESSIONS = (
     pg_insert(SESSIONS)
     .from_select(
@@ -124,6 +129,7 @@ _INSERT_SESSIONS = (
             TutoringSession.scheduled_date,
             TutoringSession.scheduled_time,
             TutoringSession.starts_at,
+            TutoringSession.ends_at,
         ],
         select(
             _unnest("allocation_id", BigInteger()),
@@ -132,6 +138,7 @@ _INSERT_SESSIONS = (
             _unnest("scheduled_date", Date()),
             _unnest("scheduled_time", Time()),
             _unnest("starts_at", DateTime(timezone=True)),
+            _unnest("ends_at", DateTime(timezone=True)),
         ),
     )
     .on_conflict_do_nothing(constraint="uq_sessions_allocation_slot")
@@ -189,7 +196,7 @@ def top_up_batch(
         if row.future >= threshold:
             continue
         wanting.append(row)
-    busy = busy_instants(session, [row.trainer_id for row in wanting], now=now)
+    calendars = trainer_calendars(session, [row.trainer_id for row in wanting], now=now)
     for row in wanting:
         count = sessions_needed(
             future=row.future, used=row.used, total=row.sessions_total, window=window
@@ -198,9 +205,11 @@ def top_up_batch(
             now=now,
             timezone=row.timezone,
             slot=row.time_slot,
+            minutes=row.session_minutes,
             count=count,
             last_scheduled=row.last_date,
-            busy=busy[row.trainer_id],
+            busy=calendars[row.trainer_id].busy,
+            hours=calendars[row.trainer_id].hours,
         )
         planned = plan.sessions
         events.extend(
@@ -217,6 +226,7 @@ def top_up_batch(
                 "scheduled_date": p.scheduled_date,
                 "scheduled_time": p.scheduled_time,
                 "starts_at": p.starts_at,
+                "ends_at": p.ends_at,
             }
             for p in planned
         )

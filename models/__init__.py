@@ -1,7 +1,7 @@
 """SQLAlchemy 2.0 models; Alembic (migrations/) owns the schema they describe."""
 
 from models.base import Base
-from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse
+from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus
 from models.effects import Committed, WrittenEvent, WrittenOutbox, note_events, note_outbox
 from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent
@@ -42,6 +42,7 @@ __all__ = [
     "TrainerCourse",
     "TutoringSession",
     "WebhookEvent",
+    "WorkingDay",
     "WrittenEvent",
     "WrittenOutbox",
     "execute_autocommit",

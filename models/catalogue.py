@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    Time,
     true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -34,12 +35,18 @@ class Student(Base):
 
 class Course(Base):
     __tablename__ = "courses"
-    __table_args__ = (CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),)
+    __table_args__ = (
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
+        CheckConstraint("session_minutes BETWEEN 15 AND 240", name="session_minutes_range"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     title: Mapped[str] = mapped_column(Text)
     # ISO 4217, upper case: every tier of a course is sold in one currency.
     currency: Mapped[str] = mapped_column(String(3), server_default="EUR")
+    # How long each session of the course lasts: with its start, the interval a trainer
+    # is booked for (the exclusion constraint on tutoring_sessions compares these).
+    session_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="60")
     created_at: Mapped[datetime] = created_at_column()
 
     prices: Mapped[list[CoursePrice]] = relationship(
@@ -81,9 +88,33 @@ class Trainer(Base):
     max_students: Mapped[int] = mapped_column(Integer)
     active_students: Mapped[int] = mapped_column(Integer, server_default="0")
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    # IANA name: the trainer's working hours are wall-clock times in this zone.
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
     created_at: Mapped[datetime] = created_at_column()
 
     courses: Mapped[list[Course]] = relationship(secondary="trainer_courses")
+    # Loaded only where asked for (selectinload): most reads of a trainer need no hours.
+    working_hours: Mapped[list[WorkingDay]] = relationship(
+        order_by="WorkingDay.weekday", cascade="all, delete-orphan", lazy="raise"
+    )
+
+
+class WorkingDay(Base):
+    """One weekday's working window of a trainer, in the trainer's timezone. A weekday
+    without a row is a day off; a new trainer works Monday to Friday, 08:00 to 20:00."""
+
+    __tablename__ = "trainer_working_hours"
+    __table_args__ = (
+        CheckConstraint("weekday BETWEEN 0 AND 6", name="weekday_iso"),  # 0 = Monday
+        CheckConstraint("starts < ends", name="starts_before_ends"),
+    )
+
+    trainer_id: Mapped[int] = mapped_column(
+        ForeignKey("trainers.id", ondelete="CASCADE"), primary_key=True
+    )
+    weekday: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    starts: Mapped[time] = mapped_column(Time)
+    ends: Mapped[time] = mapped_column(Time)
 
 
 class TrainerCourse(Base):

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "after_commit_channel"  # key in Session.info (set by the sessionmaker)
 _NOTED = "effects_noted"
 _FLUSHED = "effects_flushed"
+_COMMITTED = "effects_committed"  # handed over after commit, run once the connection is back
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,24 @@ def _hand_over(session: Session) -> None:
         return
     # A row inserted in a savepoint that was rolled back is transient again: skip it.
     written = [*noted, *(_as_written(r) for r in flushed if not _state(r).transient)]
-    committed = Committed(
+    session.info[_COMMITTED] = Committed(
         events=tuple(w for w in written if isinstance(w, WrittenEvent)),
         outbox=tuple(w for w in written if isinstance(w, WrittenOutbox)),
         bind=session.get_bind(),
     )
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _run_channel(session: Session, transaction: SessionTransaction) -> None:
+    """The channel runs once the transaction's connection is back in the pool: its own
+    statement (the outbox stamp) must not need a second connection while the first is
+    held, or as many concurrent requests as the pool holds would wait on each other."""
+    if transaction.parent is not None:
+        return
+    committed: Committed | None = session.info.pop(_COMMITTED, None)
+    channel: Channel | None = session.info.get(CHANNEL)
+    if committed is None or channel is None:
+        return
     try:
         channel(committed)
     except Exception:  # the channel isolates its callbacks; this is the last guard

@@ -31,6 +31,7 @@ class OutboxKind(StrEnum):
     START_PIPELINE = "start_pipeline"
     START_COMPENSATION = "start_compensation"
     REPLAY_DEAD_LETTER = "replay_dead_letter"
+    REALLOCATE = "reallocate"  # an allocation whose trainer can no longer serve it
 
 
 class DomainEvent(Base):

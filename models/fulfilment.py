@@ -19,9 +19,12 @@ from sqlalchemy import (
     String,
     Time,
     UniqueConstraint,
+    column,
+    func,
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, created_at_column
@@ -75,14 +78,6 @@ class Allocation(Base):
             unique=True,
             postgresql_where=text("status IN ('approved', 'active')"),
         ),
-        # A trainer never holds two live allocations at the same time slot.
-        Index(
-            "uq_allocations_live_trainer_slot",
-            "trainer_id",
-            "time_slot",
-            unique=True,
-            postgresql_where=text("status IN ('approved', 'active')"),
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -110,13 +105,15 @@ class TutoringSession(Base):
         UniqueConstraint(
             "allocation_id", "scheduled_date", "scheduled_time", name="uq_sessions_allocation_slot"
         ),
-        # No trainer is booked twice at the same moment.
-        Index(
-            "uq_sessions_trainer_moment",
-            "trainer_id",
-            "starts_at",
-            unique=True,
-            postgresql_where=text("status <> 'cancelled'"),
+        CheckConstraint("starts_at < ends_at", name="starts_before_ends"),
+        # DESIGN invariant 4, held by PostgreSQL: no two scheduled sessions of one
+        # trainer overlap in time, whatever zones their students live in.
+        ExcludeConstraint(
+            ("trainer_id", "="),
+            (func.tstzrange(column("starts_at"), column("ends_at")), "&&"),
+            name="ex_sessions_trainer_overlap",
+            using="gist",
+            where=text("status = 'scheduled'"),
         ),
         Index("ix_sessions_student_starts_at", "student_id", "starts_at"),
     )
@@ -128,7 +125,8 @@ class TutoringSession(Base):
     # Local date and time in the student's timezone, as the student sees them...
     scheduled_date: Mapped[date] = mapped_column(Date)
     scheduled_time: Mapped[time] = mapped_column(Time)
-    # ...and the instant, for "is it in the future" and trainer clashes across zones.
+    # ...and the instants, the truth: "is it in the future", trainer clashes across zones.
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), server_default=SessionStatus.SCHEDULED)
     created_at: Mapped[datetime] = created_at_column()

@@ -32,6 +32,7 @@ from werkzeug.serving import make_server
 from app.cli import rebuild_database
 from core.config import get_settings
 from core.provider import PaymentProvider
+from domain.catalogue import hours_for_all_trainers
 from harness.processes import api_server, celery_worker, private_redis, wait_until
 from sandbox.app import SandboxConfig, create_sandbox
 
@@ -42,7 +43,7 @@ CAPACITY = 50
 SLOTS = [f"{6 + i // 4:02d}:{15 * (i % 4):02d}" for i in range(64)]
 
 SEED = """
-INSERT INTO courses (title) VALUES ('Soak');
+INSERT INTO courses (title, session_minutes) VALUES ('Soak', 15);
 INSERT INTO trainers (name, email, max_students)
 SELECT 'T' || t, 't' || t || '@soak.example', :capacity FROM generate_series(1, :trainers) t;
 INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
@@ -122,6 +123,9 @@ def prepare(payments: int) -> list[str]:
         }
         for statement in SEED.split(";"):
             connection.execute(text(statement), params)
+        # Quarter-hour sessions, trainers who work around the clock: the 64 slots
+        # (06:00 to 21:45 Berlin) fit one trainer's day.
+        connection.execute(hours_for_all_trainers())
         ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
     engine.dispose()
     pay_at_the_provider(list(ids))

@@ -15,6 +15,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import OperationalError
 
+from actions import payments
+from core.provider import PaymentProvider, ProviderUnavailable
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.top_up import TopUpReport, top_up_batch
@@ -30,6 +32,7 @@ LOCK_KEYS = {
     "relay_outbox": 0x72656C6179,
     "resume_stalled": 0x726573756D65,
     "prune": 0x7072756E65,
+    "give_up": 0x67697665,
 }
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
@@ -156,6 +159,33 @@ def resume_stalled_pipelines() -> dict[str, int]:
     if resumed:
         log.warning("resumed stalled pipelines", extra={"count": resumed})
     return {"resumed": resumed}
+
+
+@job(name="tutorflow.beat.give_up_unallocated")
+def give_up_unallocated() -> dict[str, int]:
+    """Refund paid courses that found no trainer in ALLOCATION_GIVE_UP_HOURS, one
+    payment at a time (each asks the provider, outside any transaction). A provider
+    outage leaves the rest to the next run."""
+    hours = celery_app.settings.allocation_give_up_hours
+    refunded = 0
+    with exclusive("give_up") as mine:
+        if not mine:
+            return {"skipped": 1}
+        with celery_app.database.session() as session:
+            due = fulfilment.unallocated_payments(
+                session, now=utcnow(), give_up=timedelta(hours=hours), limit=RELAY_BATCH
+            )
+        provider = PaymentProvider.for_settings(celery_app.settings)
+        for payment_id in due:
+            try:
+                payments.give_up_allocation(celery_app.database, provider, payment_id, hours=hours)
+            except ProviderUnavailable:
+                log.warning("provider unavailable; give-up refunds wait", exc_info=True)
+                break
+            refunded += 1
+    if refunded:
+        log.warning("refunded courses no trainer could take", extra={"count": refunded})
+    return {"refunded": refunded}
 
 
 @job(name="tutorflow.beat.prune_retention")

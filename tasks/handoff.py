@@ -11,7 +11,7 @@ from typing import Any
 
 from models import OutboxKind
 from tasks.celery_app import celery_app
-from tasks.pipeline import compensation_chain, fulfilment_chain
+from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
 # row to the relay (the API has already committed and answers 202).
@@ -31,6 +31,12 @@ def start_compensation(payload: dict[str, Any]) -> None:
     compensation_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
 
 
+def start_reallocation(payload: dict[str, Any]) -> None:
+    reallocation_chain(payload["allocation_id"], payload["payment_id"]).apply_async(
+        retry_policy=API_PUBLISH_RETRY
+    )
+
+
 def replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
     task = celery_app.tasks[payload["task_name"]]
@@ -46,4 +52,5 @@ PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     OutboxKind.START_PIPELINE: start_pipeline,
     OutboxKind.START_COMPENSATION: start_compensation,
     OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
+    OutboxKind.REALLOCATE: start_reallocation,
 }

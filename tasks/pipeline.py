@@ -15,7 +15,7 @@ from celery.exceptions import Ignore
 
 from core.cache import Cache
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
-from domain import fulfilment, payments, refunds
+from domain import fulfilment, payments, reallocation, refunds
 from domain.clock import utcnow
 from domain.errors import PermanentStepError, TransientStepError
 from domain.events import EventType
@@ -117,7 +117,7 @@ def create_purchase(self: PipelineTask, payment_id: str, *, correlation_id: str)
 )
 def allocate_trainer(self: PipelineTask, purchase_id: int, *, correlation_id: str) -> int:
     return self.run_step(
-        lambda session: fulfilment.allocate_trainer(session, purchase_id).id,
+        lambda session: fulfilment.allocate_trainer(session, purchase_id, now=utcnow()).id,
         correlation_id=correlation_id,
     )
 
@@ -159,6 +159,25 @@ def compensate_refund(self: PipelineTask, payment_id: str, *, correlation_id: st
     return self.run_step(
         lambda session: refunds.compensate(session, uuid.UUID(payment_id)),
         correlation_id=correlation_id,
+    )
+
+
+@step("tutorflow.pipeline.reallocate_trainer", max_retries=5)
+def reallocate_trainer(self: PipelineTask, allocation_id: int, *, correlation_id: str) -> int:
+    """No inbox row: an allocation can be moved more than once in its life, and the move
+    itself asks first whether it is still needed (domain.reallocation)."""
+
+    def effect(session: Any) -> int:
+        reallocation.reallocate(session, allocation_id, now=utcnow())
+        return session.get_one(fulfilment.Allocation, allocation_id).student_id
+
+    return self.run_step(effect, correlation_id=correlation_id)
+
+
+def reallocation_chain(allocation_id: int, payment_id: str) -> Signature:
+    return chain(
+        reallocate_trainer.si(allocation_id, correlation_id=payment_id),
+        refresh_student_views.s(correlation_id=payment_id),
     )
 
 

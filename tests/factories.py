@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import time
+from collections.abc import Mapping
+from datetime import datetime, time
 
 import stripe
 from sqlalchemy.orm import Session
 
 from core.provider import PaymentProvider
 from domain import catalogue
+from domain.calendar import END_OF_DAY
 from domain.clock import utcnow
 from domain.events import EventType, record_event
 from domain.payments import Order, start_checkout
-from models import Course, Payment, PaymentStatus, Student, Trainer
+from models import Allocation, Course, Payment, PaymentStatus, Student, Trainer
 
 _seq = itertools.count(1)
 
@@ -26,12 +28,23 @@ def make_student(session: Session, timezone: str = "Europe/Berlin") -> Student:
     )
 
 
-def make_course(session: Session, title: str = "Algebra") -> Course:
-    return catalogue.create_course(session, title=title)
+def make_course(session: Session, title: str = "Algebra", session_minutes: int = 60) -> Course:
+    return catalogue.create_course(session, title=title, session_minutes=session_minutes)
+
+
+# Test trainers work every day around the clock unless a test says otherwise: tests
+# about something else need not care whose hours a slot falls in.
+ALWAYS = {weekday: (time(0, 0), END_OF_DAY) for weekday in range(7)}
 
 
 def make_trainer(
-    session: Session, courses: list[Course], max_students: int = 10, is_active: bool = True
+    session: Session,
+    courses: list[Course],
+    max_students: int = 10,
+    is_active: bool = True,
+    *,
+    timezone: str = "UTC",
+    working_hours: Mapping[int, tuple[time, time]] = ALWAYS,
 ) -> Trainer:
     n = next(_seq)
     return catalogue.create_trainer(
@@ -41,6 +54,8 @@ def make_trainer(
         max_students=max_students,
         course_ids=[c.id for c in courses],
         is_active=is_active,
+        timezone=timezone,
+        working_hours=working_hours,
     )
 
 
@@ -148,3 +163,30 @@ def make_dead_letter(session: Session, **overrides: object):
     store_dead_letter(session, letter)
     session.flush()
     return session.scalars(select(DeadLetter).where(DeadLetter.task_id == letter["task_id"])).one()
+
+
+def make_allocation(
+    session: Session,
+    course: Course,
+    *,
+    slot: time,
+    now: datetime,
+    timezone: str = "UTC",
+    tier: int = 20,
+) -> Allocation:
+    """A new student on `course`, paid and verified, allocated by the domain's own rule
+    (among the course's trainers) with the first 7 sessions after `now`."""
+    from domain import fulfilment
+
+    payment = make_payment(
+        session,
+        make_student(session, timezone=timezone),
+        course,
+        tier=tier,
+        slot=slot,
+        confirmed=True,
+    )
+    purchase = fulfilment.create_purchase(session, payment.id)
+    allocation = fulfilment.allocate_trainer(session, purchase.id, now=now)
+    fulfilment.schedule_sessions(session, allocation.id, now=now, window=7)
+    return allocation

@@ -1,4 +1,5 @@
-"""Trainer choice: eligible (active, teaches, has room, free at the slot), least loaded."""
+"""Trainer choice: eligible (active, teaches, has room), least loaded. Whether the slot
+is free in the trainer's week is calendar.slot_fits (test_calendar, test_time_rules)."""
 
 from domain.allocation import TrainerLoad, choose_trainer, rank_trainers
 
@@ -10,7 +11,6 @@ def load(trainer_id: int, **overrides) -> TrainerLoad:
         "teaches_course": True,
         "active_students": 0,
         "max_students": 3,
-        "slot_taken": False,
     } | overrides
     return TrainerLoad(**values)
 
@@ -28,7 +28,6 @@ def test_ineligible_trainers_are_never_chosen():
         load(1, is_active=False),
         load(2, teaches_course=False),
         load(3, active_students=3, max_students=3),
-        load(4, slot_taken=True),
     ]
     assert choose_trainer(candidates) is None
     assert rank_trainers([*candidates, load(9, active_students=2)])[0].trainer_id == 9

@@ -25,29 +25,33 @@ from models import (
 from tasks.beat import LOCK_KEYS, prune_retention, run_top_up, top_up_sessions
 from tasks.celery_app import celery_app
 from tests.conftest import open_session
-from tests.factories import make_course, make_payment, make_student, make_trainer
+from tests.factories import (
+    make_allocation,
+    make_course,
+    make_payment,
+    make_student,
+    make_trainer,
+)
 
 MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def allocate(session, *, tier=20, timezone="Europe/Berlin", slot=time(17, 30), trainer=None):
-    course = make_course(session)
+def allocate(
+    session,
+    *,
+    tier=20,
+    timezone="Europe/Berlin",
+    slot=time(17, 30),
+    trainer=None,
+    now=MONDAY,
+    minutes=60,
+):
+    course = make_course(session, session_minutes=minutes)
     trainer = trainer or make_trainer(session, [course], max_students=5)
     if course.id not in {c.id for c in trainer.courses}:
         session.add(TrainerCourse(trainer_id=trainer.id, course_id=course.id))
         session.flush()
-    payment = make_payment(
-        session,
-        make_student(session, timezone=timezone),
-        course,
-        tier=tier,
-        slot=slot,
-        confirmed=True,
-    )
-    purchase = fulfilment.create_purchase(session, payment.id)
-    allocation = fulfilment.allocate_trainer(session, purchase.id)
-    fulfilment.schedule_sessions(session, allocation.id, now=MONDAY, window=7)
-    return allocation
+    return make_allocation(session, course, slot=slot, now=now, timezone=timezone, tier=tier)
 
 
 def future(session, allocation_id: int, now: datetime) -> list[TutoringSession]:
@@ -68,7 +72,7 @@ def top_up_all(session, now: datetime, batch: int = 100) -> TopUpReport:
     report, after = TopUpReport(), 0
     while True:
         part, last = top_up_batch(
-            session, now=now, after_id=after, limit=batch, window=7, threshold=3
+            session, now=now, after_id=after, limit=batch, window=7, threshold=7
         )
         report.add(part)
         if last is None:
@@ -92,11 +96,12 @@ def test_after_five_weekdays_the_top_up_restores_seven_future_sessions(db_sessio
     assert dates[-1] == date(2026, 12, 9)  # continues after the last one, skipping the weekend
 
 
-def test_allocations_with_enough_future_sessions_are_left_alone(db_session):
+def test_allocations_with_a_full_window_are_left_alone(db_session):
     allocation = allocate(db_session, tier=20)
-    wednesday = MONDAY + timedelta(days=2)  # Tuesday's session past, 6 still ahead (≥ 3)
-    assert top_up_all(db_session, wednesday).sessions_created == 0
-    assert len(future(db_session, allocation.id, wednesday)) == 6
+    assert top_up_all(db_session, MONDAY).sessions_created == 0
+    wednesday = MONDAY + timedelta(days=2)  # Tuesday's session past: 6 ahead, one short
+    assert top_up_all(db_session, wednesday).sessions_created == 1
+    assert len(future(db_session, allocation.id, wednesday)) == 7
 
 
 def test_a_session_today_whose_time_has_passed_is_not_future(db_session):
@@ -164,9 +169,14 @@ def test_two_concurrent_top_ups_create_no_duplicate_sessions(committed):
     with open_session() as session, session.begin():
         course = make_course(session)
         trainers = [make_trainer(session, [course], max_students=40) for _ in range(2)]
+        # 30 quarter-hour sessions a day for each trainer, back to back.
         ids = [
             allocate(
-                session, tier=30, slot=time(6 + i % 12, 5 * (i // 12)), trainer=trainers[i % 2]
+                session,
+                tier=30,
+                slot=time(6 + i // 8, 15 * (i // 2 % 4)),
+                trainer=trainers[i % 2],
+                minutes=15,
             ).id
             for i in range(60)
         ]
@@ -181,7 +191,7 @@ def test_two_concurrent_top_ups_create_no_duplicate_sessions(committed):
             while True:
                 with open_session() as session, session.begin():
                     _, last = top_up_batch(
-                        session, now=later, after_id=after, limit=7, window=7, threshold=3
+                        session, now=later, after_id=after, limit=7, window=7, threshold=7
                     )
                 if last is None:
                     return

@@ -1,10 +1,26 @@
-"""Session calendar rules: weekdays only, the student's timezone, window and tier."""
+"""Session calendar rules: weekdays only, the student's timezone, window and tier, the
+trainer's working hours in the trainer's timezone, booked intervals."""
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
-from domain.calendar import plan_sessions, session_start, sessions_needed, weekdays_after
+from domain.calendar import (
+    DEFAULT_WORKING_DAYS,
+    Busy,
+    ShiftReason,
+    WorkingHours,
+    plan_window,
+    session_start,
+    sessions_needed,
+    slot_fits,
+    weekdays_after,
+)
+
+
+def plan_sessions(*, busy: Busy | None = None, hours: WorkingHours | None = None, **kwargs):
+    return plan_window(minutes=60, busy=busy or Busy(), hours=hours, **kwargs).sessions
+
 
 FRIDAY = date(2026, 11, 27)
 MONDAY = date(2026, 11, 30)
@@ -72,17 +88,69 @@ def test_top_up_continues_after_the_last_scheduled_session():
     assert [p.scheduled_date for p in planned] == [date(2026, 12, 7), date(2026, 12, 8)]
 
 
-def test_skipped_dates_are_not_used():
+def test_a_booked_interval_moves_the_session_to_the_next_free_weekday():
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-    planned = plan_sessions(
+    # Another student's 08:30-09:30 on Tuesday overlaps a 09:00 session that day.
+    taken = datetime(2026, 11, 24, 8, 30, tzinfo=UTC)
+    plan = plan_window(
         now=now,
         timezone="UTC",
         slot=time(9, 0),
+        minutes=60,
         count=2,
         last_scheduled=None,
-        skip=frozenset({date(2026, 11, 24)}),
+        busy=Busy([(taken, taken + timedelta(hours=1))]),
     )
-    assert [p.scheduled_date for p in planned] == [date(2026, 11, 25), date(2026, 11, 26)]
+    assert [p.scheduled_date for p in plan.sessions] == [date(2026, 11, 25), date(2026, 11, 26)]
+    assert [(s.wanted, s.got, s.reason) for s in plan.shifts] == [
+        (date(2026, 11, 24), date(2026, 11, 25), ShiftReason.TRAINER_BUSY)
+    ]
+
+
+def test_sessions_that_merely_touch_do_not_overlap():
+    ten = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    busy = Busy([(ten - timedelta(hours=1), ten)])
+    assert not busy.overlaps(ten, ten + timedelta(hours=1))
+    assert busy.overlaps(ten - timedelta(minutes=1), ten + timedelta(hours=1))
+    # A long interval long before is still found.
+    busy.add(ten - timedelta(hours=5), ten - timedelta(hours=1, minutes=30))
+    assert busy.overlaps(ten - timedelta(hours=2), ten - timedelta(hours=1, minutes=45))
+
+
+def test_working_hours_are_read_in_the_trainers_timezone():
+    hours = WorkingHours("America/New_York", DEFAULT_WORKING_DAYS)
+    # 13:00-14:00 UTC on a winter Monday is 08:00-09:00 in New York: inside.
+    start = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
+    assert hours.contains(start, start + timedelta(hours=1))
+    # An hour earlier is 07:00 there: outside; so is 19:30-20:30.
+    assert not hours.contains(start - timedelta(hours=1), start)
+    late = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    assert not hours.contains(late, late + timedelta(hours=1))
+    # Saturday is a day off.
+    saturday = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
+    assert not hours.contains(saturday, saturday + timedelta(hours=1))
+
+
+def test_slot_fits_only_when_every_session_of_the_tier_is_inside_the_hours():
+    now = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+    london = WorkingHours("Europe/London", {d: (time(8), time(18)) for d in range(5)})
+    # 12:00-13:00 in New York is 17:00-18:00 in London (16:00-17:00 between the US
+    # change on 14 March 2027 and the UK one on 28 March): always inside. 13:00 New York
+    # is 17:00 London in those two weeks, but 18:00 before them: one session outside
+    # is enough to refuse.
+    fits = {
+        slot: slot_fits(
+            now=now,
+            timezone="America/New_York",
+            slot=slot,
+            minutes=60,
+            count=30,
+            busy=Busy(),
+            hours=london,
+        )
+        for slot in (time(12), time(13))
+    }
+    assert fits == {time(12): True, time(13): False}
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,10 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         assert letter["first_failed_at"] < letter["last_failed_at"]
         assert worker.log().count("allocate_trainer[") >= 6  # first run + 5 retries
         detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
-        assert detail["fulfilment"]["state"] == "needs_attention"
+        # No trainer free is no fault: the student reads that one is being found (an
+        # operator still sees the letter; the give-up refund comes after 48 hours).
+        assert detail["fulfilment"]["state"] == "finding_trainer"
+        assert [d["id"] for d in detail["fulfilment"]["dead_letters"]] == [letter["id"]]
 
         # Flower lists the dead-letter queue (a worker consumes it) and the record task.
         with flower() as base:

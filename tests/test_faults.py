@@ -133,17 +133,19 @@ def _seed_over_http(api: str, payments: int) -> list[str]:
     course = requests.post(
         f"{api}/api/v1/courses", json={"title": "Fault"}, headers=ADMIN, timeout=10
     ).json()
-    requests.post(
-        f"{api}/api/v1/trainers",
-        json={
-            "name": "T",
-            "email": f"t{uuid.uuid4().hex}@x.io",
-            "max_students": 100,
-            "course_ids": [course["id"]],
-        },
-        headers=ADMIN,
-        timeout=10,
-    )
+    # Twelve hour-long sessions fill a trainer's default day (08:00 to 20:00).
+    for _ in range(-(-payments // 12)):
+        requests.post(
+            f"{api}/api/v1/trainers",
+            json={
+                "name": "T",
+                "email": f"t{uuid.uuid4().hex}@x.io",
+                "max_students": 100,
+                "course_ids": [course["id"]],
+            },
+            headers=ADMIN,
+            timeout=10,
+        )
     ids = []
     for n in range(payments):
         student = requests.post(
@@ -158,7 +160,7 @@ def _seed_over_http(api: str, payments: int) -> list[str]:
                 "student_id": student["id"],
                 "course_id": course["id"],
                 "tier": 10,
-                "time_slot": f"{6 + n // 4:02d}:{15 * (n % 4):02d}",
+                "time_slot": f"{8 + n % 12:02d}:00",
             },
             headers=ADMIN,
             timeout=10,

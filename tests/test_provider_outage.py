@@ -23,9 +23,10 @@ pytestmark = pytest.mark.worker
 
 
 def seed(provider: PaymentProvider, count: int) -> list[str]:
-    """`count` paid payments of distinct students at distinct slots, one trainer."""
+    """`count` paid payments of distinct students at distinct slots, one trainer
+    (quarter-hour sessions, so the slots do not overlap)."""
     with open_session() as session, session.begin():
-        course = make_course(session)
+        course = make_course(session, session_minutes=15)
         make_trainer(session, [course], max_students=count)
         return [
             str(

@@ -1,0 +1,201 @@
+"""A trainer's time as the database holds it: working hours and booked intervals,
+read under the trainer's row lock.
+
+Every writer of a trainer's sessions (the chain's scheduling, the beat top-up, a
+reschedule, a reallocation) locks the trainer rows first, in id order, then reads what
+is booked: so what it plans stays true until it commits, and writers cannot deadlock.
+The exclusion constraint on tutoring_sessions is the last word if anything slips.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select
+from sqlalchemy.orm import Session
+
+from domain.calendar import Busy, WorkingHours, projected
+from models import (
+    HOLDING_STATUSES,
+    Allocation,
+    Course,
+    Purchase,
+    SessionStatus,
+    Student,
+    Trainer,
+    TutoringSession,
+    WorkingDay,
+)
+
+
+@dataclass
+class TrainerCalendar:
+    hours: WorkingHours
+    busy: Busy
+
+
+def lock_trainers(session: Session, trainer_ids: Iterable[int]) -> list[int]:
+    """FOR UPDATE on the trainers, in id order; returns the ids in that order."""
+    ordered = sorted(set(trainer_ids))
+    if ordered:
+        session.execute(
+            select(Trainer.id).where(Trainer.id.in_(ordered)).order_by(Trainer.id).with_for_update()
+        )
+    return ordered
+
+
+def working_hours(session: Session, trainer_ids: list[int]) -> dict[int, WorkingHours]:
+    days: dict[int, dict] = defaultdict(dict)
+    for day in session.scalars(select(WorkingDay).where(WorkingDay.trainer_id.in_(trainer_ids))):
+        days[day.trainer_id][day.weekday] = (day.starts, day.ends)
+    zones = session.execute(select(Trainer.id, Trainer.timezone).where(Trainer.id.in_(trainer_ids)))
+    return {trainer_id: WorkingHours(zone, days[trainer_id]) for trainer_id, zone in zones}
+
+
+def _scheduled_after(now: datetime):
+    """Scheduled sessions not yet over; the range test lets the exclusion constraint's
+    GiST index (trainer_id, tstzrange) find them."""
+    return and_(
+        TutoringSession.status == SessionStatus.SCHEDULED,
+        func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at).op("&&")(
+            func.tstzrange(literal(now), None)
+        ),
+    )
+
+
+def trainer_calendars(
+    session: Session,
+    trainer_ids: Iterable[int],
+    *,
+    now: datetime,
+    with_projections: bool = False,
+    leave_out_allocation: int | None = None,
+) -> dict[int, TrainerCalendar]:
+    """Lock the trainers and read their hours and booked intervals. With
+    `with_projections`, the intervals the rest of each live allocation's tier will claim
+    are booked too (what a new student's whole tier must not meet). The sessions of
+    `leave_out_allocation` are left out (the allocation being moved)."""
+    ordered = lock_trainers(session, trainer_ids)
+    if not ordered:
+        return {}
+    hours = working_hours(session, ordered)
+    intervals: dict[int, list] = defaultdict(list)
+    query = select(
+        TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
+    ).where(TutoringSession.trainer_id.in_(ordered), _scheduled_after(now))
+    if leave_out_allocation is not None:
+        query = query.where(TutoringSession.allocation_id != leave_out_allocation)
+    for trainer_id, starts_at, ends_at in session.execute(query):
+        intervals[trainer_id].append((starts_at, ends_at))
+    if with_projections:
+        for row in _live_allocations(session, ordered, leave_out_allocation):
+            intervals[row.trainer_id].extend(_rest_of_tier(row, now))
+    return {
+        trainer_id: TrainerCalendar(hours[trainer_id], Busy(intervals[trainer_id]))
+        for trainer_id in ordered
+        if trainer_id in hours
+    }
+
+
+def _live_allocations(
+    session: Session, trainer_ids: list[int], leave_out: int | None, only: int | None = None
+):
+    not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
+    counts = (
+        select(
+            func.count().filter(not_cancelled).label("used"),
+            func.max(TutoringSession.scheduled_date).filter(not_cancelled).label("last_date"),
+        )
+        .where(TutoringSession.allocation_id == Allocation.id)
+        .lateral("counts")
+    )
+    query = (
+        select(
+            Allocation.trainer_id,
+            Allocation.time_slot,
+            Allocation.sessions_total,
+            Student.timezone,
+            Course.session_minutes,
+            counts.c.used,
+            counts.c.last_date,
+        )
+        .join(Student, Student.id == Allocation.student_id)
+        .join(Course, Course.id == Allocation.course_id)
+        .join(counts, literal(True))
+        .where(Allocation.trainer_id.in_(trainer_ids), Allocation.status.in_(HOLDING_STATUSES))
+    )
+    if leave_out is not None:
+        query = query.where(Allocation.id != leave_out)
+    if only is not None:
+        query = query.where(Allocation.id == only)
+    return session.execute(query).all()
+
+
+def holding_allocations(session: Session, trainer_id: int) -> list[tuple[int, Any, int]]:
+    """(allocation id, payment id, student id) of the trainer's live allocations."""
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(Allocation.id, Purchase.payment_id, Allocation.student_id)
+            .join(Purchase, Purchase.id == Allocation.purchase_id)
+            .where(Allocation.trainer_id == trainer_id, Allocation.status.in_(HOLDING_STATUSES))
+            .order_by(Allocation.id)
+        )
+    ]
+
+
+def serves(session: Session, allocation: Allocation, *, now: datetime) -> bool:
+    """Whether the allocation's trainer can still serve it: active, and every booked and
+    coming session of the tier inside the trainer's working hours."""
+    trainer = session.get_one(Trainer, allocation.trainer_id)
+    if not trainer.is_active:
+        return False
+    hours = working_hours(session, [trainer.id])[trainer.id]
+    intervals = _tier_intervals(session, allocation, now)
+    return all(hours.contains(start, end) for start, end in intervals)
+
+
+def allocations_outside_hours(
+    session: Session, trainer_id: int, *, now: datetime
+) -> list[tuple[int, Any, int]]:
+    """The trainer's live allocations with a booked or coming session outside its
+    (new) working hours."""
+    hours = working_hours(session, [trainer_id])[trainer_id]
+    outside = []
+    for row in holding_allocations(session, trainer_id):
+        allocation = session.get_one(Allocation, row[0])
+        if not all(
+            hours.contains(start, end) for start, end in _tier_intervals(session, allocation, now)
+        ):
+            outside.append(row)
+    return outside
+
+
+def _tier_intervals(
+    session: Session, allocation: Allocation, now: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The allocation's scheduled future sessions and the projection of the rest of
+    its tier."""
+    booked = session.execute(
+        select(TutoringSession.starts_at, TutoringSession.ends_at).where(
+            TutoringSession.allocation_id == allocation.id, _scheduled_after(now)
+        )
+    ).all()
+    [row] = _live_allocations(session, [allocation.trainer_id], None, allocation.id)
+    return [(start, end) for start, end in booked] + _rest_of_tier(row, now)
+
+
+def _rest_of_tier(row: Any, now: datetime) -> list[tuple[datetime, datetime]]:
+    """A live allocation's sessions not yet on the calendar, where they will fall."""
+    return projected(
+        now=now,
+        timezone=row.timezone,
+        slot=row.time_slot,
+        minutes=row.session_minutes,
+        count=row.sessions_total - row.used,
+        after=max(row.last_date or now.date(), now.date()),
+    )
