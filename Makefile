@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed up test lint bench clean
+.PHONY: install services migrate seed up test test-hosts lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: services  ## lint, types, migration drift check and the whole suite (real 
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+test-hosts: services  ## the multi-host suite: hosts as network namespaces (root, iproute2)
+	$(BIN)/pytest -m hosts tests/test_hosts.py
 
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"

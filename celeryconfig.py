@@ -12,7 +12,42 @@ from core.config import Settings
 QUEUES = ("pipeline", "dead_letter", "maintenance")
 
 
+class UnsafeDeliverySettings(ValueError):
+    """A configuration under which a message could run twice at the same time."""
+
+
+# Brokers that redeliver an unacked message after `visibility_timeout` (RabbitMQ does so
+# only when the consumer's connection closes: no timeout to get wrong there).
+VISIBILITY_TRANSPORTS = ("redis", "rediss", "sentinel", "sqs")
+
+
+def check_delivery_settings(settings: Settings) -> None:
+    """Refuse to start with a visibility timeout that a task run plus a retry's countdown
+    can outlast: the broker would hand the still-unacked message to another worker
+    (a retry waiting for its ETA is an unacked message too), and the step would run
+    twice at once."""
+    transport = settings.broker_url.split("://", 1)[0].split("+", 1)[0]
+    if transport not in VISIBILITY_TRANSPORTS:
+        return
+    countdown = (
+        max(settings.retry_backoff_max, settings.provider_retry_backoff_max)
+        if settings.retry_backoff
+        else 0
+    )
+    needed = settings.task_time_limit + countdown
+    if settings.visibility_timeout <= needed:
+        raise UnsafeDeliverySettings(
+            f"CELERY_VISIBILITY_TIMEOUT={settings.visibility_timeout} s must exceed "
+            f"CELERY_TASK_TIME_LIMIT ({settings.task_time_limit} s) plus the longest retry "
+            f"countdown ({countdown} s: the larger of CELERY_RETRY_BACKOFF_MAX and "
+            f"PROVIDER_RETRY_BACKOFF_MAX), {needed} s in all; otherwise the broker "
+            "redelivers a message still being run or waiting to retry, and it runs twice. "
+            "Raise the visibility timeout or lower the others."
+        )
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
+    check_delivery_settings(settings)
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -58,6 +93,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,  # Flower's task view
+        # A worker that loses its broker connection cancels the tasks it is running:
+        # with acks_late their messages were never acked, so the broker hands them out
+        # again (Redis after visibility_timeout, RabbitMQ at once), and the inbox makes
+        # the redelivery return the stored result. Left running, a task could commit and
+        # then fail to ack, or run on beside its redelivered copy. (Celery's default,
+        # False, is deprecated and warns at startup.)
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_default_queue": "pipeline",
         # Each queue has its own direct exchange and routing key: a message goes to one.
         "task_queues": tuple(

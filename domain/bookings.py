@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import ColumnElement, and_, func, literal, select
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -48,23 +48,31 @@ def lock_trainers(session: Session, trainer_ids: Iterable[int]) -> list[int]:
     return ordered
 
 
-def working_hours(session: Session, trainer_ids: list[int]) -> dict[int, WorkingHours]:
-    days: dict[int, dict] = defaultdict(dict)
-    for day in session.scalars(select(WorkingDay).where(WorkingDay.trainer_id.in_(trainer_ids))):
-        days[day.trainer_id][day.weekday] = (day.starts, day.ends)
-    zones = session.execute(select(Trainer.id, Trainer.timezone).where(Trainer.id.in_(trainer_ids)))
-    return {trainer_id: WorkingHours(zone, days[trainer_id]) for trainer_id, zone in zones}
-
-
-def _scheduled_after(now: datetime):
-    """Scheduled sessions not yet over; the range test lets the exclusion constraint's
-    GiST index (trainer_id, tstzrange) find them."""
-    return and_(
-        TutoringSession.status == SessionStatus.SCHEDULED,
-        func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at).op("&&")(
-            func.tstzrange(literal(now), None)
-        ),
+def working_hours(
+    session: Session, trainer_ids: list[int], *, lock: bool = False
+) -> dict[int, WorkingHours]:
+    """The trainers' zones and weeks in one round trip; with `lock`, their rows locked
+    too (FOR UPDATE OF trainers, in id order)."""
+    query = (
+        select(Trainer.id, Trainer.timezone, WorkingDay.weekday, WorkingDay.starts, WorkingDay.ends)
+        .outerjoin(WorkingDay, WorkingDay.trainer_id == Trainer.id)
+        .where(Trainer.id.in_(trainer_ids))
+        .order_by(Trainer.id)
     )
+    if lock:
+        query = query.with_for_update(of=Trainer)
+    zones: dict[int, str] = {}
+    days: dict[int, dict] = defaultdict(dict)
+    for trainer_id, zone, weekday, starts, ends in session.execute(query):
+        zones[trainer_id] = zone
+        if weekday is not None:
+            days[trainer_id][weekday] = (starts, ends)
+    return {trainer_id: WorkingHours(zone, days[trainer_id]) for trainer_id, zone in zones.items()}
+
+
+def _scheduled_after(now: datetime) -> ColumnElement[bool]:
+    """Scheduled sessions not over yet (ix_sessions_trainer_scheduled_ends_at)."""
+    return and_(TutoringSession.status == SessionStatus.SCHEDULED, TutoringSession.ends_at > now)
 
 
 def trainer_calendars(
@@ -79,10 +87,10 @@ def trainer_calendars(
     `with_projections`, the intervals the rest of each live allocation's tier will claim
     are booked too (what a new student's whole tier must not meet). The sessions of
     `leave_out_allocation` are left out (the allocation being moved)."""
-    ordered = lock_trainers(session, trainer_ids)
+    ordered = sorted(set(trainer_ids))
     if not ordered:
         return {}
-    hours = working_hours(session, ordered)
+    hours = working_hours(session, ordered, lock=True)
     intervals: dict[int, list] = defaultdict(list)
     query = select(
         TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,7 +18,15 @@ from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.bookings import trainer_calendars
-from domain.calendar import Busy, PlannedSession, Shift, plan_window, sessions_needed, slot_fits
+from domain.calendar import (
+    Busy,
+    PlannedSession,
+    Shift,
+    plan_window,
+    projected,
+    sessions_needed,
+    slot_fits,
+)
 from domain.clock import utcnow
 from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from domain.events import EventType, record_event
@@ -99,8 +108,15 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
 
 
 def _trainer_loads(
-    session: Session, course_id: int, trainer_id: int | None = None
+    session: Session,
+    course_id: int,
+    trainer_id: int | None = None,
+    first: list[tuple[datetime, datetime]] | None = None,
 ) -> list[TrainerLoad]:
+    """The course's active trainers (or one trainer). With `first` (the student's first
+    sessions), trainers booked at any of them are left out at once, in SQL (the
+    exclusion constraint's GiST index answers it): a cheap necessary condition, so the
+    full check (slot_fits, in Python) rarely meets a trainer it must refuse."""
     teaches = exists().where(
         TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == course_id
     )
@@ -115,7 +131,19 @@ def _trainer_loads(
         query = query.where(teaches, Trainer.is_active)
     else:
         query = query.where(Trainer.id == trainer_id)
+    if first:
+        booked = func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at)
+        clash = exists().where(
+            TutoringSession.trainer_id == Trainer.id,
+            TutoringSession.status == SessionStatus.SCHEDULED,
+            or_(*(booked.op("&&")(func.tstzrange(start, end)) for start, end in first)),
+        )
+        query = query.where(~clash)
     return [TrainerLoad(*row) for row in session.execute(query)]
+
+
+# How many of the student's first sessions the SQL prefilter checks (find_trainer).
+PREFILTER_SESSIONS = 2
 
 
 @dataclass(frozen=True)
@@ -170,7 +198,16 @@ def find_trainer(
     `require_free`, working hours that hold the slot are enough (a reallocation's last
     resort: the planner shifts what clashes).
     """
-    for candidate in rank_trainers(_trainer_loads(session, wanted.course_id)):
+    first = projected(
+        now=now,
+        timezone=wanted.timezone,
+        slot=wanted.slot,
+        minutes=wanted.minutes,
+        count=min(wanted.sessions, PREFILTER_SESSIONS),
+        after=now.astimezone(ZoneInfo(wanted.timezone)).date(),
+    )
+    candidates = _trainer_loads(session, wanted.course_id, first=first if require_free else None)
+    for candidate in rank_trainers(candidates):
         if candidate.trainer_id == excluding:
             continue
         savepoint = session.begin_nested()

@@ -27,6 +27,8 @@ import psycopg2
 import redis
 import requests
 
+from harness.hosts import Host
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
 ALL_QUEUES = "pipeline,dead_letter,maintenance"
@@ -89,12 +91,14 @@ def celery_worker(
     supervise: bool = False,
     include: tuple[str, ...] = (),
     loglevel: str = "INFO",
+    host: Host | None = None,
 ) -> Iterator[WorkerProcess]:
     """A worker consuming `queues`; with `beat`, an embedded beat (-B) as well.
 
     With `supervise`, a worker that exits by itself is started again, as a process
     supervisor does in production (compose's `restart: unless-stopped`): a Celery
-    worker can exit on a broker connection loss (kombu's "Unrecoverable error")."""
+    worker can exit on a broker connection loss (kombu's "Unrecoverable error"). With
+    `host` (harness.hosts), it runs inside that host's network namespace."""
     log_path = Path(tempfile.mkstemp(prefix="tutorflow-worker-", suffix=".log")[1])
     command = [
         sys.executable,
@@ -112,7 +116,7 @@ def celery_worker(
         "-l",
         loglevel,
         "-n",
-        f"harness-{uuid.uuid4().hex[:8]}@%h",
+        f"harness-{uuid.uuid4().hex[:8]}@{host.name if host else '%h'}",
         "--include",
         ",".join(("harness.worker_ready", "harness.fault_pause", *include)),
         "--without-gossip",
@@ -121,6 +125,8 @@ def celery_worker(
     ]
     if beat:
         command += ["-B", "--schedule", str(log_path.with_suffix(".beat"))]
+    if host is not None:
+        command = host.command(command)
 
     ready_path = log_path.with_suffix(".ready")
 
@@ -170,9 +176,10 @@ def free_port() -> int:
 class PrivateRedis:
     """redis-server on its own port; with `aof`, it keeps its data across restarts."""
 
-    def __init__(self, aof: bool = False) -> None:
+    def __init__(self, aof: bool = False, address: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.address = address
+        self.url = f"redis://{address}:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="tutorflow-redis-")
         self.aof = aof
         self.process: subprocess.Popen | None = None
@@ -189,7 +196,7 @@ class PrivateRedis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                *sorted({"127.0.0.1", self.address}),
                 "--save",
                 "",
                 "--dir",
@@ -217,8 +224,9 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis(aof: bool = False) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(aof)
+def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own; `address`: where other hosts reach it too."""
+    server = PrivateRedis(aof, address)
     server.start()
     try:
         yield server
@@ -237,12 +245,13 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster owned by the `postgres` OS user (initdb refuses root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.address = address
         self.dir = tempfile.mkdtemp(prefix="tutorflow-pg-")
         shutil.chown(self.dir, "postgres")
         self.data = os.path.join(self.dir, "data")
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/tutorflow"
+        self.url = f"postgresql+psycopg2://postgres@{address}:{self.port}/tutorflow"
 
     def _as_postgres(self, *command: str) -> None:
         subprocess.run(
@@ -254,6 +263,9 @@ class PrivatePostgres:
 
     def init(self) -> None:
         self._as_postgres(_pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres")
+        if self.address != "127.0.0.1":  # other hosts connect over their veth
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as hba:
+                hba.write(f"host all all {self.address}/24 trust\n")
 
     def start(self) -> None:
         self._as_postgres(
@@ -264,7 +276,8 @@ class PrivatePostgres:
             "-l",
             os.path.join(self.dir, "log"),
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+            f"-p {self.port} -k {self.dir} -c listen_addresses={self.address}"
+            " -c max_connections=300",
             "start",
         )
 
@@ -274,7 +287,7 @@ class PrivatePostgres:
     def up(self) -> bool:
         try:
             psycopg2.connect(
-                host="127.0.0.1",
+                host=self.address,
                 port=self.port,
                 user="postgres",
                 dbname="postgres",
@@ -286,8 +299,8 @@ class PrivatePostgres:
 
 
 @contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
+def private_postgres(address: str = "127.0.0.1") -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(address)
     server.init()
     server.start()
     try:
@@ -299,9 +312,11 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 class ApiProcess:
-    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen, port: int, log_path: Path, address: str = "127.0.0.1"
+    ) -> None:
         self.process, self.port, self.log_path = process, port, log_path
-        self.base = f"http://127.0.0.1:{port}"
+        self.base = f"http://{address}:{port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -309,21 +324,27 @@ class ApiProcess:
 
 @contextmanager
 def api_server(
-    env: dict[str, str], app: str = "wsgi:app", workers: int | None = 1
+    env: dict[str, str],
+    app: str = "wsgi:app",
+    workers: int | None = 1,
+    host: Host | None = None,
 ) -> Iterator[ApiProcess]:
     """The real API (or another WSGI `app`) under gunicorn with the project's
-    gunicorn.conf.py on a free port; `workers` None keeps the configured number."""
+    gunicorn.conf.py on a free port; `workers` None keeps the configured number; with
+    `host`, inside that host's network namespace, at its address."""
     port = free_port()
+    address = host.address if host else "127.0.0.1"
+    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app]
     log_path = Path(tempfile.mkstemp(prefix="tutorflow-api-", suffix=".log")[1])
     metrics_dir = tempfile.mkdtemp(prefix="tutorflow-metrics-")
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
+            host.command(command) if host else command,
             cwd=ROOT,
             env={
                 **os.environ,
                 **env,
-                "API_BIND": f"127.0.0.1:{port}",
+                "API_BIND": f"{address}:{port}",
                 **({"API_WORKERS": str(workers)} if workers is not None else {}),
                 # Its own: gunicorn's on_starting wipes the directory (a dev stack's too).
                 "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
@@ -332,7 +353,7 @@ def api_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    api = ApiProcess(process, port, log_path)
+    api = ApiProcess(process, port, log_path, address)
 
     def healthy() -> bool:
         try:

@@ -116,6 +116,13 @@ class TutoringSession(Base):
             where=text("status = 'scheduled'"),
         ),
         Index("ix_sessions_student_starts_at", "student_id", "starts_at"),
+        # A trainer's booked time from now on (domain.bookings), for one trainer or many.
+        Index(
+            "ix_sessions_trainer_scheduled_ends_at",
+            "trainer_id",
+            "ends_at",
+            postgresql_where=text("status = 'scheduled'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -83,17 +84,24 @@ REPORT = {
 }
 
 
-def start_provider() -> str:
-    """The provider sandbox in a thread of the soak: its base URL."""
-    server = make_server("127.0.0.1", 0, create_sandbox(SandboxConfig()), threaded=True)
+def start_provider(address: str = "127.0.0.1") -> str:
+    """The provider sandbox in a thread of this process, listening on `address`: its
+    base URL."""
+    server = make_server(address, 0, create_sandbox(SandboxConfig()), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.port}"
+    return f"http://{address}:{server.port}"
 
 
-def pay_at_the_provider(payment_ids: list[str]) -> None:
-    """Each payment gets a PaymentIntent for its amount, paid with the test card."""
-    provider = PaymentProvider.for_settings(get_settings())
-    engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+def pay_at_the_provider(
+    payment_ids: list[str], database_url: str, provider_base: str | None = None
+) -> None:
+    """Each payment gets a PaymentIntent for its amount, paid with the test card (at the
+    sandbox at `provider_base`, else the configured one)."""
+    settings_now = get_settings()
+    if provider_base is not None:
+        settings_now = dataclasses.replace(settings_now, stripe_api_base=provider_base)
+    provider = PaymentProvider.for_settings(settings_now)
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
 
     def pay(payment_id: str) -> tuple[str, str]:
         intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id=payment_id)
@@ -111,9 +119,14 @@ def pay_at_the_provider(payment_ids: list[str]) -> None:
     engine.dispose()
 
 
-def prepare(payments: int) -> list[str]:
-    rebuild_database(settings.database_url)
-    engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+def prepare(
+    payments: int, database_url: str | None = None, provider_base: str | None = None
+) -> list[str]:
+    """A fresh database with `payments` students who paid at the provider and have yet
+    to say so (the soak's own database unless `database_url`): their payment ids."""
+    database_url = database_url or settings.database_url
+    rebuild_database(database_url)
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         params = {
             "n": payments,
@@ -128,12 +141,14 @@ def prepare(payments: int) -> list[str]:
         connection.execute(hours_for_all_trainers())
         ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
     engine.dispose()
-    pay_at_the_provider(list(ids))
+    pay_at_the_provider(list(ids), database_url, provider_base)
     return list(ids)
 
 
-def report() -> tuple[dict[str, int], Counter]:
-    engine = create_engine(settings.database_url)
+def report(database_url: str | None = None) -> tuple[dict[str, int], Counter]:
+    """The rows counted: payments, fulfilled, dead-lettered, duplicate rows, lost; and
+    the dead letters by reason."""
+    engine = create_engine(database_url or settings.database_url)
     with engine.connect() as connection:
         figures = {name: connection.scalar(text(sql)) for name, sql in REPORT.items()}
         by_reason = text(
@@ -156,7 +171,12 @@ def run(payments: int, seed: int, timeout: float) -> int:
             "BROKER_URL": broker.url,
             "STRIPE_API_BASE": os.environ["STRIPE_API_BASE"],
             "CACHE_URL": broker.url,
+            # Recovery in seconds: the visibility timeout above the task time limit
+            # plus the longest retry countdown (celeryconfig.check_delivery_settings).
             "CELERY_VISIBILITY_TIMEOUT": "10",
+            "CELERY_TASK_TIME_LIMIT": "4",
+            "CELERY_RETRY_BACKOFF_MAX": "4",
+            "PROVIDER_RETRY_BACKOFF_MAX": "4",
             "PIPELINE_STALL_SECONDS": "20",
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "2",

@@ -116,8 +116,8 @@ def test_ten_concurrent_allocations_never_overfill_a_trainer(committed, monkeypa
     # without the trainer's row lock all ten would pass it before anyone commits.
     loads = fulfilment._trainer_loads
 
-    def slow_recheck(session, purchase, trainer_id=None):
-        result = loads(session, purchase, trainer_id)
+    def slow_recheck(session, course_id, trainer_id=None, first=None):
+        result = loads(session, course_id, trainer_id, first)
         if trainer_id is not None:
             time_module.sleep(0.1)
         return result

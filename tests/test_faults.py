@@ -123,7 +123,8 @@ def test_a_whole_worker_killed_mid_step_recovers_after_the_visibility_timeout(co
     started = time.monotonic()
     # The new worker restores the unacked message once it is older than its
     # visibility timeout (shortened here from the production 300 s).
-    with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3"}):
+    # (The startup check wants it above the task time limit: 2 s is plenty here.)
+    with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}):
         wait_until(lambda: sessions_count() == 7, 60, "the message was never redelivered")
     print(f"\nrecovered {time.monotonic() - started:.1f} s after the restart")
     assert_fulfilled_exactly_once(trainer_id)
@@ -207,6 +208,7 @@ def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
             "BROKER_URL": broker.url,
             "CACHE_URL": broker.url,
             "CELERY_VISIBILITY_TIMEOUT": "5",
+            "CELERY_TASK_TIME_LIMIT": "4",
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "2",
             "PIPELINE_STALL_SECONDS": "8",

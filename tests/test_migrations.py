@@ -1,5 +1,7 @@
 """Alembic owns the schema: models and migrations never drift, and migrations reverse."""
 
+from datetime import timedelta
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
@@ -36,3 +38,60 @@ def test_migrations_downgrade_to_base_and_upgrade_again():
         ).all()
     engine.dispose()
     assert tables == ["alembic_version"]
+
+
+def test_0003_converts_existing_rows_as_its_docstring_says():
+    """Sessions get their end, trainers UTC and all-day hours, and of two overlapping
+    scheduled sessions of one trainer the later-created is cancelled, with its event."""
+    url = make_url(settings.database_url).set(database="tutorflow_test_migrations")
+    url_text = url.render_as_string(hide_password=False)
+    ensure_database(url_text)
+    config = _config(url_text)
+    command.downgrade(config, "base")
+    command.upgrade(config, "0002")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for statement in OLD_ROWS:
+            connection.execute(text(statement))
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sessions = connection.execute(
+            text("SELECT id, status, ends_at - starts_at FROM tutoring_sessions ORDER BY id")
+        ).all()
+        hours = connection.execute(
+            text("SELECT count(*), min(starts), max(ends) FROM trainer_working_hours")
+        ).one()
+        zone = connection.scalar(text("SELECT timezone FROM trainers"))
+        events = connection.execute(
+            text("SELECT event_type, payload->>'reason' FROM domain_events")
+        ).all()
+    engine.dispose()
+    command.downgrade(config, "base")
+    assert [(s.id, s.status) for s in sessions] == [(1, "scheduled"), (2, "cancelled")]
+    assert {s[2] for s in sessions} == {timedelta(hours=1)}
+    assert (hours[0], str(hours[1]), str(hours[2])) == (7, "00:00:00", "23:59:59.999999")
+    assert zone == "UTC"
+    assert events == [("SESSION_CANCELLED", "overlap_at_migration")]
+
+
+# A trainer with two students whose sessions (17:00 and 17:30 UTC, no length then)
+# overlap once sessions last an hour.
+OLD_ROWS = [
+    "INSERT INTO courses (title) VALUES ('Old')",
+    "INSERT INTO trainers (name, email, max_students, active_students) "
+    "VALUES ('T', 't@old.example', 5, 2)",
+    "INSERT INTO students (name, email, timezone) VALUES "
+    "('A', 'a@old.example', 'UTC'), ('B', 'b@old.example', 'UTC')",
+    "INSERT INTO payments (id, student_id, course_id, tier, time_slot, amount_cents, currency, "
+    "status) VALUES "
+    "('00000000-0000-4000-8000-000000000001', 1, 1, 10, '17:00', 9900, 'EUR', 'succeeded'), "
+    "('00000000-0000-4000-8000-000000000002', 2, 1, 10, '17:30', 9900, 'EUR', 'succeeded')",
+    "INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot) "
+    "SELECT id, student_id, course_id, tier, time_slot FROM payments ORDER BY student_id",
+    "INSERT INTO trainer_allocations (purchase_id, student_id, course_id, trainer_id, "
+    "time_slot, sessions_total, status) SELECT id, student_id, course_id, 1, time_slot, 10, "
+    "'active' FROM student_course_purchases ORDER BY id",
+    "INSERT INTO tutoring_sessions (allocation_id, student_id, trainer_id, scheduled_date, "
+    "scheduled_time, starts_at) SELECT id, student_id, 1, date '2026-12-01', time_slot, "
+    "date '2026-12-01' + time_slot FROM trainer_allocations ORDER BY id",
+]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from celeryconfig import UnsafeDeliverySettings, check_delivery_settings
 from core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +108,26 @@ def test_logs_carry_the_correlation_id_as_json(capsys):
     assert {"ts", "level", "logger"} <= set(line)
     assert "4111 1111" not in line["message"] and line["message"].startswith("card ****1111")
     assert "a***@example.com" in line["message"]
+
+
+def _settings(**environ: str) -> Settings:
+    return Settings.from_env({"BROKER_URL": "redis://127.0.0.1:6379/0", **environ})
+
+
+def test_a_visibility_timeout_a_retry_could_outlast_is_refused_at_startup():
+    unsafe = _settings(CELERY_VISIBILITY_TIMEOUT="200")  # 120 s run + 150 s countdown
+    with pytest.raises(UnsafeDeliverySettings, match=r"must exceed .* 270 s in all"):
+        check_delivery_settings(unsafe)
+    check_delivery_settings(_settings())  # the defaults: 300 > 270
+    check_delivery_settings(_settings(CELERY_VISIBILITY_TIMEOUT="200", BROKER_URL="amqp://x//"))
+    # A real worker refuses to start, and says why.
+    refused = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--help"],
+        env={**os.environ, "CELERY_VISIBILITY_TIMEOUT": "200", "CELERY_RETRY_BACKOFF": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert refused.returncode != 0
+    assert "CELERY_VISIBILITY_TIMEOUT=200 s must exceed" in refused.stderr

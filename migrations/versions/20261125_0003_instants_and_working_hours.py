@@ -124,6 +124,12 @@ def upgrade() -> None:
         table_name="trainer_allocations",
         postgresql_where=sa.text("status IN ('approved', 'active')"),
     )
+    op.create_index(
+        "ix_sessions_trainer_scheduled_ends_at",
+        "tutoring_sessions",
+        ["trainer_id", "ends_at"],
+        postgresql_where=sa.text("status = 'scheduled'"),
+    )
     op.create_exclude_constraint(
         OVERLAP,
         "tutoring_sessions",
@@ -136,6 +142,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_constraint(OVERLAP, "tutoring_sessions")
+    op.drop_index(
+        "ix_sessions_trainer_scheduled_ends_at",
+        table_name="tutoring_sessions",
+        postgresql_where=sa.text("status = 'scheduled'"),
+    )
     op.create_index(
         "uq_allocations_live_trainer_slot",
         "trainer_allocations",
