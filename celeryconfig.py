@@ -85,7 +85,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # 8 short tasks are far below it.
         "worker_prefetch_multiplier": 4,
         "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1, settings.task_time_limit - 10),
+        # The soft limit (an exception in the task: retried like any transient error)
+        # comes first, by 10 s or a quarter of the limit when that is shorter.
+        "task_soft_time_limit": max(
+            1, settings.task_time_limit - min(10, settings.task_time_limit // 4)
+        ),
+        # A task killed at the hard limit (stuck in a call no exception can reach) is
+        # requeued at once, its chain intact, instead of acked and lost: the base task
+        # does not dead-letter it, and the inbox makes the rerun safe.
+        "task_acks_on_timeout": False,
         # Deploys: on SIGTERM (remapped to SIGQUIT by REMAP_SIGTERM) a worker finishes
         # what it can for 10 s, then requeues the rest at once instead of waiting for
         # visibility_timeout.

@@ -197,6 +197,9 @@ class PrivateRedis:
                 str(self.port),
                 "--bind",
                 *sorted({"127.0.0.1", self.address}),
+                # Other hosts (the test's own namespaces) connect without a password.
+                "--protected-mode",
+                "no" if self.address != "127.0.0.1" else "yes",
                 "--save",
                 "",
                 "--dir",
@@ -227,8 +230,8 @@ class PrivateRedis:
 def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[PrivateRedis]:
     """A redis-server of the test's own; `address`: where other hosts reach it too."""
     server = PrivateRedis(aof, address)
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()

@@ -43,8 +43,28 @@ class Database:
             pool_pre_ping=settings.db_pool_pre_ping,
             connect_args={
                 "connect_timeout": settings.db_connect_timeout,
-                "options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
+                # The server's side of a lost client: a transaction left open by a
+                # process cut off mid-step would hold its row locks (a trainer's, say)
+                # until TCP gave up, hours later. The server probes idle clients after
+                # 5 s and ends a transaction idle for 30 s (no step's transaction idles:
+                # the provider is asked outside them).
+                "options": (
+                    f"-c statement_timeout={statement} -c lock_timeout={lock}"
+                    " -c idle_in_transaction_session_timeout=30000"
+                    " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2"
+                    " -c tcp_keepalives_count=3"
+                ),
                 "application_name": f"tutorflow-{role}",
+                # A link that goes dark (a partition, a lost host) must fail the
+                # statement in seconds, not after TCP's ~15 minutes of retransmits:
+                # unacknowledged data gives up after 10 s, an idle connection is probed
+                # after 5 s. The statement_timeout above cannot help there: the server
+                # never hears from the client.
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 10_000,
             },
         )
         self.sessions = sessionmaker(

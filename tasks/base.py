@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     TransientStepError,
+    SoftTimeLimitExceeded,  # slow, not wrong: a network or database that hung
 )
 
 FIRST_FAILED_AT = "x_first_failed_at"
@@ -100,6 +101,11 @@ class PipelineTask(Task):
             )
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            # Killed at the hard limit: the worker requeues the message
+            # (task_acks_on_timeout=False), so this is not the end of it.
+            log.warning("hard time limit: the message is requeued", extra={"task_id": task_id})
+            return
         if not self.dead_letter_on_failure:
             log.error("step failed for good (no dead letter: non-critical)", exc_info=exc)
             return
@@ -108,6 +114,7 @@ class PipelineTask(Task):
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
             park(
                 task=self,
+                task_id=task_id,
                 exc=exc,
                 traceback=str(einfo),
                 args=list(args),

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 def park(
     *,
     task: Task,
+    task_id: str,
     exc: BaseException,
     traceback: str,
     args: list[Any],
@@ -37,7 +38,7 @@ def park(
         "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "exception_message": str(exc)[:4000],
         "correlation_id": kwargs.get("correlation_id"),
-        "task_id": task.request.id,
+        "task_id": task_id,  # the failure's own (task.request is empty in some paths)
         "args": args,
         "kwargs": kwargs,
         "chain": list(task.request.chain or []),

@@ -1,0 +1,138 @@
+"""A burst of paying students, and the rows that say how it ended: shared by the soak
+(scripts/soak.py) and the multi-host tests (tests/test_hosts.py).
+
+`prepare` makes a fresh database with N students who paid at the provider sandbox and
+have yet to say so; `report` counts payments, fulfilled, duplicate rows and lost, and
+the dead letters by reason. Nothing here reads or changes the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
+
+from app.cli import rebuild_database
+from core.config import get_settings
+from core.provider import PaymentProvider
+from domain.catalogue import hours_for_all_trainers
+from sandbox.app import SandboxConfig, create_sandbox
+
+CAPACITY = 50
+SLOTS = [f"{6 + i // 4:02d}:{15 * (i % 4):02d}" for i in range(64)]
+
+SEED = """
+INSERT INTO courses (title, session_minutes) VALUES ('Soak', 15);
+INSERT INTO trainers (name, email, max_students)
+SELECT 'T' || t, 't' || t || '@soak.example', :capacity FROM generate_series(1, :trainers) t;
+INSERT INTO trainer_courses (trainer_id, course_id) SELECT id, 1 FROM trainers;
+INSERT INTO students (name, email, timezone)
+SELECT 'S' || n, 's' || n || '@soak.example', 'Europe/Berlin' FROM generate_series(1, :n) n;
+INSERT INTO payments (student_id, course_id, tier, time_slot, amount_cents, currency)
+SELECT n, 1, 10, (:slots)[1 + (n - 1) % 64]::time, 9900, 'EUR' FROM generate_series(1, :n) n
+"""
+
+REPORT = {
+    "payments": "SELECT count(*) FROM payments",
+    "fulfilled": """SELECT count(*) FROM payments p
+        JOIN student_course_purchases pu ON pu.payment_id = p.id
+        JOIN trainer_allocations a ON a.purchase_id = pu.id AND a.status = 'active'
+        WHERE (SELECT count(*) FROM tutoring_sessions t WHERE t.allocation_id = a.id) = 7""",
+    "duplicate rows": """SELECT
+        (SELECT count(*) FROM (SELECT payment_id FROM student_course_purchases
+                               GROUP BY 1 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT purchase_id FROM trainer_allocations
+                               GROUP BY 1 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT allocation_id, scheduled_date FROM tutoring_sessions
+                               GROUP BY 1, 2 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT trainer_id, starts_at FROM tutoring_sessions
+                               WHERE status <> 'cancelled' GROUP BY 1, 2 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM trainers t WHERE t.active_students <> (SELECT count(*)
+           FROM trainer_allocations a WHERE a.trainer_id = t.id
+           AND a.status IN ('approved', 'active')))
+      + (SELECT count(*) FROM (SELECT correlation_id FROM domain_events
+           WHERE event_type = 'PURCHASE_CREATED' GROUP BY 1 HAVING count(*) > 1) d)""",
+    "lost": """SELECT count(*) FROM payments p
+        WHERE p.status IN ('confirming', 'succeeded')
+        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.correlation_id = p.id::text)
+        AND (SELECT count(*) FROM student_course_purchases pu
+             JOIN trainer_allocations a ON a.purchase_id = pu.id
+             JOIN tutoring_sessions t ON t.allocation_id = a.id
+             WHERE pu.payment_id = p.id) <> 7""",
+}
+
+
+def start_provider(address: str = "127.0.0.1") -> str:
+    """The provider sandbox in a thread of this process, listening on `address`: its
+    base URL."""
+    server = make_server(address, 0, create_sandbox(SandboxConfig()), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://{address}:{server.port}"
+
+
+def pay_at_the_provider(
+    payment_ids: list[str], database_url: str, provider_base: str | None = None
+) -> None:
+    """Each payment gets a PaymentIntent for its amount, paid with the test card (at the
+    sandbox at `provider_base`, else the configured one)."""
+    settings_now = get_settings()
+    if provider_base is not None:
+        settings_now = dataclasses.replace(settings_now, stripe_api_base=provider_base)
+    provider = PaymentProvider.for_settings(settings_now)
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+
+    def pay(payment_id: str) -> tuple[str, str]:
+        intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id=payment_id)
+        provider.client.v1.payment_intents.confirm(
+            intent.id, params={"payment_method": "pm_card_visa"}
+        )
+        return payment_id, intent.id
+
+    with ThreadPoolExecutor(8) as pool, engine.connect() as connection:
+        for payment_id, intent_id in pool.map(pay, payment_ids):
+            connection.execute(
+                text("UPDATE payments SET provider_payment_id = :intent WHERE id = :id"),
+                {"intent": intent_id, "id": payment_id},
+            )
+    engine.dispose()
+
+
+def prepare(payments: int, database_url: str, provider_base: str | None = None) -> list[str]:
+    """A fresh database at `database_url` with `payments` students who paid at the
+    provider and have yet to say so: their payment ids."""
+    rebuild_database(database_url)
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        params = {
+            "n": payments,
+            "capacity": CAPACITY,
+            "trainers": payments // CAPACITY + 2,
+            "slots": SLOTS,
+        }
+        for statement in SEED.split(";"):
+            connection.execute(text(statement), params)
+        # Quarter-hour sessions, trainers who work around the clock: the 64 slots
+        # (06:00 to 21:45 Berlin) fit one trainer's day.
+        connection.execute(hours_for_all_trainers())
+        ids = connection.scalars(text("SELECT id::text FROM payments ORDER BY student_id")).all()
+    engine.dispose()
+    pay_at_the_provider(list(ids), database_url, provider_base)
+    return list(ids)
+
+
+def report(database_url: str) -> tuple[dict[str, int], Counter]:
+    """The rows counted: payments, fulfilled, duplicate rows, lost; and the dead letters
+    by reason."""
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        figures = {name: connection.scalar(text(sql)) for name, sql in REPORT.items()}
+        by_reason = text(
+            "SELECT task_name || ': ' || exception_type, count(*) FROM dead_letters GROUP BY 1"
+        )
+        reasons = Counter(dict(connection.execute(by_reason).all()))
+    engine.dispose()
+    return figures, reasons
