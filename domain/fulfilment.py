@@ -344,14 +344,7 @@ def schedule_sessions(
         hours=calendar.hours,
     )
     created = insert_sessions(session, allocation, plan.sessions)
-    for shift in plan.shifts:
-        record_event(
-            session,
-            correlation_id=payment_id,
-            student_id=allocation.student_id,
-            event_type=EventType.SESSION_SHIFTED,
-            payload=shift_payload(allocation.id, shift),
-        )
+    record_shifts(session, payment_id, allocation, plan.shifts)
     if allocation.status == AllocationStatus.APPROVED:
         allocation.status = AllocationStatus.ACTIVE
     if created:
@@ -387,6 +380,20 @@ def insert_sessions(
         for p in planned
     ]
     return list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
+
+
+def record_shifts(
+    session: Session, payment_id: uuid.UUID, allocation: Allocation, shifts: list[Shift]
+) -> None:
+    """A SESSION_SHIFTED event per moved date, on the payment's timeline."""
+    for shift in shifts:
+        record_event(
+            session,
+            correlation_id=payment_id,
+            student_id=allocation.student_id,
+            event_type=EventType.SESSION_SHIFTED,
+            payload=shift_payload(allocation.id, shift),
+        )
 
 
 def shift_payload(allocation_id: int, shift: Shift) -> dict[str, object]:

@@ -21,7 +21,7 @@ from domain.bookings import lock_trainers, serves, trainer_calendars
 from domain.calendar import PlannedSession, Shift, ShiftReason, plan_window
 from domain.errors import NoTrainerAvailable
 from domain.events import EventType, record_event
-from domain.fulfilment import find_trainer, lock_live_allocation, shift_payload, wanted_by
+from domain.fulfilment import find_trainer, lock_live_allocation, record_shifts, wanted_by
 from models import (
     HOLDING_STATUSES,
     Allocation,
@@ -123,14 +123,7 @@ def reallocate(session: Session, allocation_id: int, *, now: datetime) -> Moved 
             "sessions_shifted": len(shifts),
         },
     )
-    for shift in shifts:
-        record_event(
-            session,
-            correlation_id=payment_id,
-            student_id=allocation.student_id,
-            event_type=EventType.SESSION_SHIFTED,
-            payload=shift_payload(allocation.id, shift),
-        )
+    record_shifts(session, payment_id, allocation, shifts)
     return moved
 
 
