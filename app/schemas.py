@@ -89,15 +89,19 @@ def _timezone(value: str) -> None:
 TIMEZONES = sorted(name for name in available_timezones() if is_valid_timezone(name))
 
 
+def TimezoneField(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=_timezone, metadata={"enum": TIMEZONES, "example": "Europe/Berlin"}, **kwargs
+    )
+
+
 # --- catalogue ---------------------------------------------------------------------
 
 
 class StudentIn(InputSchema):
     name = Text(200, required=True)
     email = fields.Email(required=True, validate=validate.Length(max=254))
-    timezone = fields.String(
-        required=True, validate=_timezone, metadata={"enum": TIMEZONES, "example": "Europe/Berlin"}
-    )
+    timezone = TimezoneField(required=True)
 
 
 class StudentOut(Schema):
@@ -183,12 +187,6 @@ class WorkingHoursIn(InputSchema):
             for day, hours in data.items()
             if hours is not None
         }
-
-
-def TimezoneField(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=_timezone, metadata={"enum": TIMEZONES, "example": "Europe/Berlin"}, **kwargs
-    )
 
 
 class TrainerIn(InputSchema):

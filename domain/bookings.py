@@ -163,8 +163,7 @@ def serves(session: Session, allocation: Allocation, *, now: datetime) -> bool:
     if not trainer.is_active:
         return False
     hours = working_hours(session, [trainer.id])[trainer.id]
-    intervals = _tier_intervals(session, allocation, now)
-    return all(hours.contains(start, end) for start, end in intervals)
+    return _tier_inside(session, allocation, hours, now)
 
 
 def allocations_outside_hours(
@@ -173,14 +172,19 @@ def allocations_outside_hours(
     """The trainer's live allocations with a booked or coming session outside its
     (new) working hours."""
     hours = working_hours(session, [trainer_id])[trainer_id]
-    outside = []
-    for row in holding_allocations(session, trainer_id):
-        allocation = session.get_one(Allocation, row[0])
-        if not all(
-            hours.contains(start, end) for start, end in _tier_intervals(session, allocation, now)
-        ):
-            outside.append(row)
-    return outside
+    return [
+        row
+        for row in holding_allocations(session, trainer_id)
+        if not _tier_inside(session, session.get_one(Allocation, row[0]), hours, now)
+    ]
+
+
+def _tier_inside(
+    session: Session, allocation: Allocation, hours: WorkingHours, now: datetime
+) -> bool:
+    """Every booked and coming session of the allocation's tier inside `hours`."""
+    intervals = _tier_intervals(session, allocation, now)
+    return all(hours.contains(start, end) for start, end in intervals)
 
 
 def _tier_intervals(

@@ -362,16 +362,15 @@ def schedule_sessions(
     return created
 
 
-def insert_sessions(
-    session: Session, allocation: Allocation, planned: list[PlannedSession]
-) -> list[TutoringSession]:
-    if not planned:
-        return []
-    rows = [
+def session_rows(
+    allocation_id: int, student_id: int, trainer_id: int, planned: list[PlannedSession]
+) -> list[dict[str, object]]:
+    """tutoring_sessions rows for an allocation's planned sessions (chain and top-up)."""
+    return [
         {
-            "allocation_id": allocation.id,
-            "student_id": allocation.student_id,
-            "trainer_id": allocation.trainer_id,
+            "allocation_id": allocation_id,
+            "student_id": student_id,
+            "trainer_id": trainer_id,
             "scheduled_date": p.scheduled_date,
             "scheduled_time": p.scheduled_time,
             "starts_at": p.starts_at,
@@ -379,6 +378,14 @@ def insert_sessions(
         }
         for p in planned
     ]
+
+
+def insert_sessions(
+    session: Session, allocation: Allocation, planned: list[PlannedSession]
+) -> list[TutoringSession]:
+    if not planned:
+        return []
+    rows = session_rows(allocation.id, allocation.student_id, allocation.trainer_id, planned)
     return list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain.bookings import trainer_calendars
+from domain.calendar import Busy
 from domain.errors import Conflict, NotFound
 from domain.events import EventType, record_event
 from models import Allocation, Purchase, SessionStatus, Student, TutoringSession
@@ -136,10 +137,8 @@ def reschedule_session(
             id=session_id,
             trainer_timezone=calendar.hours.timezone,
         )
-    others = [
-        interval for interval in calendar.busy if interval != (tutoring.starts_at, tutoring.ends_at)
-    ]
-    if any(start < ends_at and starts_at < end for start, end in others):
+    others = Busy(i for i in calendar.busy if i != (tutoring.starts_at, tutoring.ends_at))
+    if others.overlaps(starts_at, ends_at):
         raise Conflict("slot_taken", "The trainer is booked at that time.", id=session_id)
     if _student_busy(session, tutoring, starts_at, ends_at):
         raise Conflict("student_busy", "You have another session at that time.", id=session_id)

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, aliased
 from domain.bookings import trainer_calendars
 from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
-from domain.fulfilment import shift_payload
+from domain.fulfilment import session_rows, shift_payload
 from models import (
     Allocation,
     AllocationStatus,
@@ -218,18 +218,7 @@ def top_up_batch(
         )
         if not planned:
             continue
-        new_sessions.extend(
-            {
-                "allocation_id": row.id,
-                "student_id": row.student_id,
-                "trainer_id": row.trainer_id,
-                "scheduled_date": p.scheduled_date,
-                "scheduled_time": p.scheduled_time,
-                "starts_at": p.starts_at,
-                "ends_at": p.ends_at,
-            }
-            for p in planned
-        )
+        new_sessions.extend(session_rows(row.id, row.student_id, row.trainer_id, planned))
         events.append(
             _event(row, EventType.SESSIONS_GENERATED, count=len(planned), source="top_up")
         )
