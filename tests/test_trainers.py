@@ -56,6 +56,8 @@ def test_bad_patches_are_4xx_and_change_nothing(db_session, client):
     for body in refused:
         assert patch(client, trainer.id, body).status_code == 422, body
     assert patch(client, trainer.id, {}).json == before
+    no_body = client.patch(f"/api/v1/trainers/{trainer.id}", headers=ADMIN)
+    assert (no_body.status_code, no_body.json) == (200, before)  # names nothing: no change
     assert patch(client, 987654, {"active": False}).status_code == 404
 
 

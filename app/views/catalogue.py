@@ -58,7 +58,9 @@ def create_trainer(data: dict[str, Any]):
 @blp.route("/trainers/<int(max=9223372036854775807):trainer_id>", methods=["PATCH"])
 @admin_only
 @blp.doc(security=ADMIN_SECURITY)
-@blp.arguments(TrainerPatch)
+# Optional: every field is, and a PATCH that names none (no body, or `{}`) changes
+# nothing and answers the trainer as it is.
+@blp.arguments(TrainerPatch, required=False)
 @blp.response(200, TrainerOut)
 @blp.alt_response(401, schema=ErrorOut)
 @blp.alt_response(404, schema=ErrorOut)
