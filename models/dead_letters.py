@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -55,3 +56,7 @@ class DeadLetter(Base):
     status: Mapped[str] = mapped_column(String(16), server_default=DeadLetterStatus.OPEN)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replay_task_id: Mapped[str | None] = mapped_column(String(64))
+    # The letter whose replay failed again and parked this one.
+    replay_of: Mapped[int | None] = mapped_column(
+        ForeignKey("dead_letters.id", ondelete="SET NULL")
+    )

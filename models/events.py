@@ -77,6 +77,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The W3C traceparent of the writing transaction: the relay continues that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class ProcessedEvent(Base):
