@@ -109,6 +109,7 @@ class Settings:
     top_up_threshold: int
     top_up_interval_seconds: float
     top_up_batch_size: int
+    top_up_threads: int
     outbox_relay_interval_seconds: float
     # An outbox row younger than this is left to the API's own post-commit publish.
     outbox_relay_grace_seconds: float
@@ -192,6 +193,7 @@ class Settings:
             top_up_threshold=env.integer("TOP_UP_THRESHOLD", 7),
             top_up_interval_seconds=env.number("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
             top_up_batch_size=env.integer("TOP_UP_BATCH_SIZE", 1000),
+            top_up_threads=env.integer("TOP_UP_THREADS", 2),
             outbox_relay_interval_seconds=env.number("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
             outbox_relay_grace_seconds=env.number("OUTBOX_RELAY_GRACE_SECONDS", 10),
             outbox_retention_days=env.number("OUTBOX_RETENTION_DAYS", 7),
