@@ -30,6 +30,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "e2e_latency": (["--rate", "20", "--seconds", "30"], ["--rate", "10", "--seconds", "5"]),
     "top_up": (["--allocations", "100000"], ["--allocations", "5000"]),
     "home_cache": ([], []),
+    "knee": (["--seconds", "20"], ["--rates", "10,20", "--seconds", "5"]),
 }
 NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "reference_wsgi", "run_all"}
 TIMEOUT = {False: 1800, True: 600}  # seconds per script: every run stops by itself
