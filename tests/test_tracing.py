@@ -1,0 +1,324 @@
+"""One trace per payment (OpenTelemetry), proven on real processes.
+
+The API runs under gunicorn and the chain on a real Celery worker with beat, both with
+TRACING on and exporting by OTLP/HTTP, the production path, to a small OTLP receiver this
+test runs (it decodes the protobuf requests with the OTLP package's own messages). Why
+not the SDK's in-memory exporter in this process: it only sees this process's spans, and
+the point is the hand-offs between processes (request → outbox row → relay → broker →
+worker → next link, retry, dead letter). The API's broker is unreachable, so its
+after-commit publish fails for real and the row is left to the relay: the chain can only
+be in the request's trace if the relay continued the row's traceparent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from sqlalchemy import select
+
+from harness.processes import ROOT, api_server, celery_worker, free_port, wait_until
+from models import DeadLetter, OutboxMessage
+from models.events import TRACE_ID
+from tests.conftest import ADMIN, open_session, student_auth
+from tests.factories import make_course, make_payment, make_student, make_trainer
+
+pytestmark = pytest.mark.worker
+
+STEPS = (
+    "verify_payment",
+    "create_purchase",
+    "allocate_trainer",
+    "schedule_sessions",
+    "refresh_student_views",
+)
+
+
+@dataclass(frozen=True)
+class Span:
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    service: str
+    error: bool
+    path: str  # a server span's URL path
+
+
+class OtlpReceiver:
+    """A collector's OTLP/HTTP traces endpoint, keeping every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.receive(ExportTraceServiceRequest.FromString(body))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+
+    def receive(self, request: ExportTraceServiceRequest) -> None:
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                attributes = {
+                    a.key: a.value.string_value for a in resource_spans.resource.attributes
+                }
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append(
+                            Span(
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_id=span.parent_span_id.hex(),
+                                name=span.name,
+                                service=attributes.get("service.name", ""),
+                                error=span.status.code == span.status.STATUS_CODE_ERROR,
+                                path=next(
+                                    (
+                                        a.value.string_value
+                                        for a in span.attributes
+                                        if a.key in ("url.path", "http.target")
+                                    ),
+                                    "",
+                                ),
+                            )
+                        )
+
+    def wait_for_trace(
+        self, payment_id: str, complete: Callable[[list[Span]], bool], message: str
+    ) -> tuple[Span, list[Span]]:
+        """The payment's confirm span and its trace, once `complete` holds of it and no
+        span in it lacks its parent (spans come in batches, from several processes)."""
+
+        def done() -> bool:
+            root = self.root_of(payment_id)
+            if root is None:
+                return False
+            spans = self.trace(root.trace_id)
+            return complete(spans) and not orphans(spans)
+
+        wait_until(done, 120, message)
+        root = self.root_of(payment_id)
+        assert root is not None
+        return root, self.trace(root.trace_id)
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def root_of(self, payment_id: str) -> Span | None:
+        """The API's span of this payment's confirm request."""
+        with self.lock:
+            return next(
+                (
+                    s
+                    for s in self.spans
+                    if s.service == "tutorflow-api"
+                    and s.name.startswith("POST")
+                    and s.path.endswith(f"/payments/{payment_id}/confirm")
+                    and not s.parent_id
+                ),
+                None,
+            )
+
+
+def runs(spans: list[Span], task: str) -> list[Span]:
+    return [s for s in spans if s.name.startswith("run/") and s.name.endswith(task)]
+
+
+def orphans(spans: list[Span]) -> list[Span]:
+    """Spans whose parent is not in the trace (the root has none)."""
+    ids = {s.span_id for s in spans}
+    return [s for s in spans if s.parent_id and s.parent_id not in ids]
+
+
+@dataclass
+class Stack:
+    receiver: OtlpReceiver
+    api: object
+    worker: object
+
+
+@pytest.fixture(scope="module")
+def traced_stack(engine) -> Iterator[Stack]:
+    """API (gunicorn) and worker with beat, tracing to the receiver; the API's broker
+    is a port nobody listens on, the worker's the test's Redis."""
+    receiver = OtlpReceiver()
+    threading.Thread(target=receiver.server.serve_forever, daemon=True).start()
+    tracing = {
+        "TRACING": "on",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "LOG_JSON": "1",
+    }
+    worker_env = {
+        **tracing,
+        "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+        "OUTBOX_RELAY_GRACE_SECONDS": "0",
+    }
+    api_env = {**tracing, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    try:
+        with celery_worker(env=worker_env, beat=True) as worker, api_server(api_env) as api:
+            yield Stack(receiver, api, worker)
+    finally:
+        receiver.server.shutdown()
+
+
+def confirm_over_http(stack: Stack, student_id: int, payment_id: str) -> None:
+    answer = requests.post(
+        f"{stack.api.base}/api/v1/payments/{payment_id}/confirm",  # type: ignore[attr-defined]
+        json={},
+        headers=student_auth(student_id),
+        timeout=30,
+    )
+    assert answer.status_code == 202, answer.text
+
+
+def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish(
+    traced_stack: Stack, committed
+):
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        make_trainer(session, [course])
+        student_id, payment_id = student.id, str(make_payment(session, student, course).id)
+
+    confirm_over_http(traced_stack, student_id, payment_id)
+    root, spans = traced_stack.receiver.wait_for_trace(
+        payment_id,
+        lambda spans: all(runs(spans, step) for step in STEPS),
+        "the chain's spans never formed one trace with the confirm",
+    )
+    names = [s.name for s in spans]
+
+    # The API's own publish failed (its broker is away) and says so in the trace; the
+    # relay published the row later, from the worker, continuing the row's traceparent.
+    api_publish = [s for s in spans if s.name == "outbox publish"]
+    assert api_publish and all(s.error and s.service == "tutorflow-api" for s in api_publish)
+    relay = [s for s in spans if s.name == "outbox relay"]
+    assert len(relay) == 1 and relay[0].service == "tutorflow-worker", names
+    with open_session() as session:
+        row = session.scalars(select(OutboxMessage)).one()
+    assert row.published_at is not None
+    assert row.traceparent is not None and row.traceparent.startswith(f"00-{root.trace_id}-")
+    assert relay[0].parent_id == row.traceparent.split("-")[2]
+    # Every step ran in the trace, the last one too, and nothing hangs loose.
+    for step in STEPS:
+        assert runs(spans, step), f"{step} not in the trace: {names}"
+    assert orphans(spans) == []
+
+    # The trace id is on the payment's timeline and in the worker's JSON logs.
+    detail = requests.get(
+        f"{traced_stack.api.base}/api/v1/payments/{payment_id}",  # type: ignore[attr-defined]
+        headers=ADMIN,
+        timeout=30,
+    ).json()
+    assert detail["timeline"]
+    assert {event["payload"].get(TRACE_ID) for event in detail["timeline"]} == {root.trace_id}
+    step_lines = [
+        line
+        for line in map(json.loads, _json_lines(traced_stack.worker.log()))  # type: ignore[attr-defined]
+        if line.get("correlation_id") == payment_id and line.get("message") == "step done"
+    ]
+    assert len(step_lines) >= len(STEPS) - 1
+    assert {line["trace_id"] for line in step_lines} == {root.trace_id}
+
+
+def test_retries_and_the_dead_letter_are_in_the_payments_trace(traced_stack: Stack, committed):
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)  # nobody teaches it
+        student_id, payment_id = student.id, str(make_payment(session, student, course).id)
+
+    confirm_over_http(traced_stack, student_id, payment_id)
+    _, spans = traced_stack.receiver.wait_for_trace(
+        payment_id,
+        lambda spans: bool(runs(spans, "tutorflow.dead_letters.record")),
+        "the dead letter never joined the confirm's trace",
+    )
+    # The first attempt and its 5 retries, each run under the publish of the one before.
+    attempts = runs(spans, "tutorflow.pipeline.allocate_trainer")
+    assert len(attempts) == 6, [s.name for s in spans]
+    by_id = {s.span_id: s for s in spans}
+    retried_by = [by_id[by_id[a.parent_id].parent_id] for a in attempts]
+    assert sum(parent in attempts for parent in retried_by) == 5
+    # The dead letter is recorded under the last attempt's publish.
+    (record,) = runs(spans, "tutorflow.dead_letters.record")
+    assert by_id[by_id[record.parent_id].parent_id] in attempts
+    assert orphans(spans) == []
+    with open_session() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+    assert letter.correlation_id == payment_id
+
+
+def _json_lines(text: str) -> Iterator[str]:
+    return (line for line in text.splitlines() if line.startswith("{"))
+
+
+def test_tracing_off_installs_nothing():
+    """A fresh process with TRACING unset: the app and the Celery app built, the outbox
+    row's traceparent default evaluated, and still no tracer provider, no tracing SDK,
+    exporter or instrumentation module loaded, no Celery signal handler, the Flask app
+    not wrapped. (redis-py imports OpenTelemetry's API and metrics SDK by itself when
+    they are installed, for its own observability, off unless configured.)"""
+    probe = """
+import sys
+from flask import Flask
+from celery import signals
+from app import create_app
+from core import tracing
+from core.config import get_settings
+from models.events import OutboxMessage
+import tasks.celery_app
+from tasks.celery_app import celery_app
+
+app = create_app(get_settings(), testing=True)
+default = OutboxMessage.__table__.c.traceparent.default.arg
+receivers = [r for s in (signals.task_prerun, signals.before_task_publish) for r in s.receivers]
+ours = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "opentelemetry.exporter")
+print(sorted(m for m in sys.modules if m.startswith(ours)))
+trace = sys.modules.get("opentelemetry.trace")
+print(trace is None or trace._TRACER_PROVIDER is None)
+plain = getattr(app.wsgi_app, "__func__", None) is Flask.wsgi_app
+print(tracing.enabled(), plain, default(None), len(receivers))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACING", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    modules, no_provider, state = done.stdout.strip().splitlines()[-3:]
+    assert modules == "[]"
+    assert no_provider == "True"
+    assert state == "False True None 0"
