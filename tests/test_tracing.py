@@ -2,7 +2,7 @@
 
 The API runs under gunicorn and the chain on a real Celery worker with beat, both with
 TRACING on and exporting by OTLP/HTTP, the production path, to a small OTLP receiver this
-test runs (it decodes the protobuf requests with the OTLP package's own messages). Why
+test runs (harness.otlp: it decodes the requests with the OTLP package's messages). Why
 not the SDK's in-memory exporter in this process: it only sees this process's spans, and
 the point is the hand-offs between processes (request → outbox row → relay → broker →
 worker → next link, retry, dead letter). The API's broker is unreachable, so its
@@ -12,25 +12,19 @@ be in the request's trace if the relay continued the row's traceparent.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from sqlalchemy import select
 
-from harness.processes import ROOT, api_server, celery_worker, free_port, wait_until
+from harness.otlp import OtlpReceiver, Span, orphans, otlp_receiver, tracing_env
+from harness.processes import ROOT, ApiProcess, WorkerProcess, api_server, celery_worker, free_port
 from models import DeadLetter, OutboxMessage
 from models.events import TRACE_ID
 from tests.conftest import ADMIN, open_session, student_auth
@@ -47,154 +41,45 @@ STEPS = (
 )
 
 
-@dataclass(frozen=True)
-class Span:
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    service: str
-    error: bool
-    path: str  # a server span's URL path
-
-
-class OtlpReceiver:
-    """A collector's OTLP/HTTP traces endpoint, keeping every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                receiver.receive(ExportTraceServiceRequest.FromString(body))
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-
-    def receive(self, request: ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                attributes = {
-                    a.key: a.value.string_value for a in resource_spans.resource.attributes
-                }
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans:
-                        self.spans.append(
-                            Span(
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_id=span.parent_span_id.hex(),
-                                name=span.name,
-                                service=attributes.get("service.name", ""),
-                                error=span.status.code == span.status.STATUS_CODE_ERROR,
-                                path=next(
-                                    (
-                                        a.value.string_value
-                                        for a in span.attributes
-                                        if a.key in ("url.path", "http.target")
-                                    ),
-                                    "",
-                                ),
-                            )
-                        )
-
-    def wait_for_trace(
-        self, payment_id: str, complete: Callable[[list[Span]], bool], message: str
-    ) -> tuple[Span, list[Span]]:
-        """The payment's confirm span and its trace, once `complete` holds of it and no
-        span in it lacks its parent (spans come in batches, from several processes)."""
-
-        def done() -> bool:
-            root = self.root_of(payment_id)
-            if root is None:
-                return False
-            spans = self.trace(root.trace_id)
-            return complete(spans) and not orphans(spans)
-
-        wait_until(done, 120, message)
-        root = self.root_of(payment_id)
-        assert root is not None
-        return root, self.trace(root.trace_id)
-
-    def trace(self, trace_id: str) -> list[Span]:
-        with self.lock:
-            return [s for s in self.spans if s.trace_id == trace_id]
-
-    def root_of(self, payment_id: str) -> Span | None:
-        """The API's span of this payment's confirm request."""
-        with self.lock:
-            return next(
-                (
-                    s
-                    for s in self.spans
-                    if s.service == "tutorflow-api"
-                    and s.name.startswith("POST")
-                    and s.path.endswith(f"/payments/{payment_id}/confirm")
-                    and not s.parent_id
-                ),
-                None,
-            )
-
-
 def runs(spans: list[Span], task: str) -> list[Span]:
     return [s for s in spans if s.name.startswith("run/") and s.name.endswith(task)]
 
 
-def orphans(spans: list[Span]) -> list[Span]:
-    """Spans whose parent is not in the trace (the root has none)."""
-    ids = {s.span_id for s in spans}
-    return [s for s in spans if s.parent_id and s.parent_id not in ids]
+def confirm_span(payment_id: str) -> Callable[[Span], bool]:
+    """The API's span of this payment's confirm request: the root of its trace."""
+    return lambda s: (
+        s.service == "tutorflow-api"
+        and s.path.endswith(f"/payments/{payment_id}/confirm")
+        and not s.parent_id
+    )
 
 
 @dataclass
 class Stack:
     receiver: OtlpReceiver
-    api: object
-    worker: object
+    api: ApiProcess
+    worker: WorkerProcess
 
 
 @pytest.fixture(scope="module")
 def traced_stack(engine) -> Iterator[Stack]:
     """API (gunicorn) and worker with beat, tracing to the receiver; the API's broker
     is a port nobody listens on, the worker's the test's Redis."""
-    receiver = OtlpReceiver()
-    threading.Thread(target=receiver.server.serve_forever, daemon=True).start()
-    tracing = {
-        "TRACING": "on",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "LOG_JSON": "1",
-    }
-    worker_env = {
-        **tracing,
-        "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
-        "OUTBOX_RELAY_GRACE_SECONDS": "0",
-    }
-    api_env = {**tracing, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    try:
+    with otlp_receiver() as receiver:
+        tracing = {**tracing_env(receiver, delay_ms=100), "LOG_JSON": "1"}
+        worker_env = {
+            **tracing,
+            "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
+            "OUTBOX_RELAY_GRACE_SECONDS": "0",
+        }
+        api_env = {**tracing, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
         with celery_worker(env=worker_env, beat=True) as worker, api_server(api_env) as api:
             yield Stack(receiver, api, worker)
-    finally:
-        receiver.server.shutdown()
 
 
 def confirm_over_http(stack: Stack, student_id: int, payment_id: str) -> None:
     answer = requests.post(
-        f"{stack.api.base}/api/v1/payments/{payment_id}/confirm",  # type: ignore[attr-defined]
+        f"{stack.api.base}/api/v1/payments/{payment_id}/confirm",
         json={},
         headers=student_auth(student_id),
         timeout=30,
@@ -212,7 +97,7 @@ def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish
 
     confirm_over_http(traced_stack, student_id, payment_id)
     root, spans = traced_stack.receiver.wait_for_trace(
-        payment_id,
+        confirm_span(payment_id),
         lambda spans: all(runs(spans, step) for step in STEPS),
         "the chain's spans never formed one trace with the confirm",
     )
@@ -236,7 +121,7 @@ def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish
 
     # The trace id is on the payment's timeline and in the worker's JSON logs.
     detail = requests.get(
-        f"{traced_stack.api.base}/api/v1/payments/{payment_id}",  # type: ignore[attr-defined]
+        f"{traced_stack.api.base}/api/v1/payments/{payment_id}",
         headers=ADMIN,
         timeout=30,
     ).json()
@@ -244,7 +129,7 @@ def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish
     assert {event["payload"].get(TRACE_ID) for event in detail["timeline"]} == {root.trace_id}
     step_lines = [
         line
-        for line in map(json.loads, _json_lines(traced_stack.worker.log()))  # type: ignore[attr-defined]
+        for line in map(json.loads, _json_lines(traced_stack.worker.log()))
         if line.get("correlation_id") == payment_id and line.get("message") == "step done"
     ]
     assert len(step_lines) >= len(STEPS) - 1
@@ -258,7 +143,7 @@ def test_retries_and_the_dead_letter_are_in_the_payments_trace(traced_stack: Sta
 
     confirm_over_http(traced_stack, student_id, payment_id)
     _, spans = traced_stack.receiver.wait_for_trace(
-        payment_id,
+        confirm_span(payment_id),
         lambda spans: bool(runs(spans, "tutorflow.dead_letters.record")),
         "the dead letter never joined the confirm's trace",
     )
