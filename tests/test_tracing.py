@@ -114,6 +114,8 @@ def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish
     assert row.published_at is not None
     assert row.traceparent is not None and row.traceparent.startswith(f"00-{root.trace_id}-")
     assert relay[0].parent_id == row.traceparent.split("-")[2]
+    # The relay's own ticks (every second here) start no trace of their own.
+    assert traced_stack.receiver.find(lambda s: "relay_outbox" in s.name) is None
     # Every step ran in the trace, the last one too, and nothing hangs loose.
     for step in STEPS:
         assert runs(spans, step), f"{step} not in the trace: {names}"
