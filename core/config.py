@@ -128,6 +128,15 @@ class Settings:
     rate_limit_public: str
     log_level: str
     log_json: bool
+    # OpenTelemetry (core/tracing.py). Off by default: no tracer provider, no hooks.
+    # On, spans go by OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (a collector, Jaeger,
+    # Tempo...), in batches every OTEL_BSP_SCHEDULE_DELAY ms; a new trace is kept with
+    # TRACING_SAMPLE_RATIO (a continued one follows its parent's choice).
+    tracing: bool
+    otel_exporter_otlp_endpoint: str
+    otel_service_name: str
+    otel_bsp_schedule_delay_ms: int
+    tracing_sample_ratio: float
     # gunicorn (gunicorn.conf.py).
     api_bind: str
     api_workers: int
@@ -205,6 +214,13 @@ class Settings:
             rate_limit_public=env.text("RATE_LIMIT_PUBLIC", "600/minute"),
             log_level=env.text("LOG_LEVEL", "INFO"),
             log_json=env.flag("LOG_JSON", True),
+            tracing=env.flag("TRACING", False),
+            otel_exporter_otlp_endpoint=env.text(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"
+            ),
+            otel_service_name=env.text("OTEL_SERVICE_NAME", "tutorflow"),
+            otel_bsp_schedule_delay_ms=env.integer("OTEL_BSP_SCHEDULE_DELAY", 5000),
+            tracing_sample_ratio=env.number("TRACING_SAMPLE_RATIO", 1.0),
             api_bind=env.text("API_BIND", "127.0.0.1:8000"),
             api_workers=env.integer("API_WORKERS", 2),
             api_threads=env.integer("API_THREADS", 4),

@@ -53,6 +53,7 @@ from models import (
     TutoringSession,
     WrittenEvent,
     note_events,
+    traced,
 )
 
 
@@ -292,7 +293,7 @@ def _event(row, event_type: EventType, **payload) -> dict:
         "correlation_id": row.payment_id,
         "student_id": row.student_id,
         "event_type": event_type,
-        "payload": {"allocation_id": row.id, **payload},
+        "payload": traced({"allocation_id": row.id, **payload}),
     }
 
 

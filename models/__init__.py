@@ -4,7 +4,7 @@ from models.base import Base
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus
 from models.effects import Committed, WrittenEvent, WrittenOutbox, note_events, note_outbox
-from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent
+from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent, traced
 from models.fulfilment import (
     HOLDING_STATUSES,
     Allocation,
@@ -48,4 +48,5 @@ __all__ = [
     "execute_autocommit",
     "note_events",
     "note_outbox",
+    "traced",
 ]

@@ -17,6 +17,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from actions import payments
+from core import tracing
 from core.provider import PaymentProvider, ProviderUnavailable
 from domain import fulfilment
 from domain.clock import utcnow
@@ -139,7 +140,11 @@ def relay_outbox() -> dict[str, int]:
             for row in rows:
                 row.attempts += 1
                 try:
-                    PUBLISHERS[row.kind](row.payload)
+                    # In the trace that wrote the row: the chain continues it.
+                    with tracing.publishing(
+                        row.id, str(row.correlation_id), traceparent=row.traceparent
+                    ):
+                        PUBLISHERS[row.kind](row.payload)
                 except Exception as exc:  # broker down: back off, keep the row
                     failed += 1
                     row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
