@@ -10,10 +10,11 @@ import os
 import re
 import signal
 import uuid
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from domain import notifications
 from domain.calendar import Shift, ShiftReason
@@ -28,6 +29,7 @@ from models import (
     Trainer,
     TutoringSession,
 )
+from tasks.beat import relay_outbox
 from tasks.notifications import send_notification
 from tests.conftest import ADMIN, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
@@ -208,6 +210,31 @@ def test_a_refused_recipient_is_failed_and_dead_lettered(db_session, eager):
     assert not SINK.received(to="bounce@test.example")
 
 
+def test_a_send_whose_publish_was_lost_is_published_by_the_relay(db_connection, eager):
+    recipient = f"relay-{uuid.uuid4().hex[:12]}@test.example"
+    # Committed through a plain Session (no after-commit channel): nothing was published,
+    # as when the process dies right after its commit, or the broker is down.
+    with Session(bind=db_connection, join_transaction_mode="create_savepoint") as session:
+        notification_id = notifications.write(
+            session,
+            kind=NotificationKind.REFUNDED,
+            recipient=recipient,
+            correlation_id=uuid.uuid4(),
+            subject="Your payment was refunded",
+            body="b",
+        )
+        # Older than the relay's grace (rows that young are left to the channel).
+        session.execute(update(OutboxMessage).values(created_at=func.now() - timedelta(minutes=1)))
+        session.commit()
+    assert not SINK.received(to=recipient)
+    assert relay_outbox.apply().get() == {"published": 1, "failed": 0}
+    [mail] = SINK.received(to=recipient)
+    with Session(bind=db_connection) as session:
+        row = session.get_one(Notification, notification_id)
+        assert (row.status, row.message_id) == (NotificationStatus.SENT, mail.message_id)
+        assert session.scalar(select(OutboxMessage.published_at)) is not None
+
+
 # With a real worker: delivery semantics.
 
 
@@ -232,6 +259,10 @@ def seed_notification() -> tuple[int, str]:
 def stored(notification_id: int) -> Notification:
     with open_session() as session:
         return session.get_one(Notification, notification_id)
+
+
+def is_sent(notification_id: int) -> bool:
+    return stored(notification_id).status == NotificationStatus.SENT
 
 
 def of_payment(payment_id: uuid.UUID) -> list[Notification]:
@@ -295,29 +326,36 @@ def test_a_dead_mail_server_holds_up_no_fulfilment_and_the_mail_goes_once_it_is_
 
 
 @pytest.mark.worker
+@pytest.mark.parametrize("killed", ["pool_child", "whole_worker"])
 def test_a_worker_killed_after_the_server_took_the_mail_sends_it_again_with_its_message_id(
-    committed,
+    committed, killed
 ):
     """The stated guarantee: at least once, and a second copy carries the same
     Message-ID. The worker is paused in the commit that would record the send (the
-    server has the message), and its pool child is SIGKILLed there."""
+    server has the message), and SIGKILLed there: its pool child (the worker requeues
+    the message at once), or the whole worker with its pool (nobody acks or requeues:
+    the broker redelivers after the visibility timeout, to a new worker)."""
     env = {"FAULT_PAUSE_STEP": "tutorflow.notifications.send", "FAULT_PAUSE_SECONDS": "60"}
-    with celery_worker(queues="notifications,dead_letter", env=env) as worker:
+    restarted = {"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}
+    queues = "notifications,dead_letter"
+    with celery_worker(queues=queues, env=env) as worker:
         notification_id, recipient = seed_notification()
         worker.wait_for_log("fault pause pid=", timeout=60)
         [first] = SINK.received(to=recipient)  # the server took it...
         paused = stored(notification_id)
         assert (paused.status, paused.attempts) == ("sending", 1)  # ...we did not record it
-        pid = int(re.search(r"fault pause pid=(\d+)", worker.log()).group(1))
-        os.kill(pid, signal.SIGKILL)  # the child dies with that transaction open
-        wait_until(
-            lambda: stored(notification_id).status == NotificationStatus.SENT,
-            60,
-            "the send was not redone",
-        )
+        if killed == "pool_child":
+            pid = int(re.search(r"fault pause pid=(\d+)", worker.log()).group(1))
+            os.kill(pid, signal.SIGKILL)  # the child dies with that transaction open
+            wait_until(lambda: is_sent(notification_id), 60, "the send was not redone")
+        else:
+            worker.kill()
+    if killed == "whole_worker":
+        assert stored(notification_id).status == NotificationStatus.SENDING
+        with celery_worker(queues=queues, env=restarted):
+            wait_until(lambda: is_sent(notification_id), 60, "the send was not redelivered")
     final = stored(notification_id)
     assert final.attempts == 2
     received = SINK.received(to=recipient)
     assert len(received) == 2  # at least once: the second attempt could not know
-    assert {m.message_id for m in received} == {first.message_id, final.message_id}
-    assert first.message_id == final.message_id  # the duplicate is recognisable
+    assert first.message_id == received[1].message_id == final.message_id  # recognisable
