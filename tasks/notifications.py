@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.exceptions import TimeLimitExceeded
+
 from core.mail import Mail, Mailer, MailRejected, MailUnavailable
 from domain import notifications
 from domain.clock import utcnow
@@ -38,8 +40,9 @@ SEND = "tutorflow.notifications.send"
 
 class NotificationTask(PipelineTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Given up (5xx, or retries spent): say so on the row, then the dead letter.
-        if args:
+        # Given up (5xx, or retries spent): say so on the row, then the dead letter. (A
+        # hard time limit is not giving up: the message is requeued, see PipelineTask.)
+        if args and not isinstance(exc, TimeLimitExceeded):
             _record(args[0], NotificationStatus.FAILED, exc)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 

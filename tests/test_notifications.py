@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from domain import notifications
+from core.config import Settings
+from core.mail import Mailer, SmtpServer
+from domain import dead_letters, notifications
 from domain.calendar import Shift, ShiftReason
 from harness.processes import ALL_QUEUES, celery_worker, wait_until
 from models import (
@@ -235,6 +237,19 @@ def test_a_send_whose_publish_was_lost_is_published_by_the_relay(db_connection, 
         assert session.scalar(select(OutboxMessage.published_at)) is not None
 
 
+def test_the_smtp_login_is_read_from_the_environment_and_never_shown():
+    settings = Settings.from_env(
+        {"SMTP_URL": "smtps://relay.example:2465", "SMTP_USER": "tf", "SMTP_PASSWORD": "s3cret"}
+    )
+    server = Mailer.for_settings(settings).server
+    assert (server.host, server.port, server.implicit_tls) == ("relay.example", 2465, True)
+    assert (server.user, server.password) == ("tf", "s3cret")
+    assert "s3cret" not in repr(settings) and "s3cret" not in repr(server)
+    in_url = SmtpServer.from_url("smtp://u:p%40ss@relay.example:587?starttls=1")
+    assert (in_url.user, in_url.password, in_url.starttls) == ("u", "p@ss", True)
+    assert "p@ss" not in repr(in_url)
+
+
 # With a real worker: delivery semantics.
 
 
@@ -359,3 +374,34 @@ def test_a_worker_killed_after_the_server_took_the_mail_sends_it_again_with_its_
     received = SINK.received(to=recipient)
     assert len(received) == 2  # at least once: the second attempt could not know
     assert first.message_id == received[1].message_id == final.message_id  # recognisable
+
+
+@pytest.mark.worker
+def test_retries_spent_on_a_dead_server_dead_letter_the_mail_and_a_replay_sends_it_once(
+    committed,
+):
+    server = SmtpSink()  # not started: its port refuses connections
+    # Retries at once (the tests' CELERY_RETRY_BACKOFF=0): 8 retries are spent in moments.
+    with celery_worker(queues="notifications,dead_letter", env={"SMTP_URL": server.url}):
+        notification_id, recipient = seed_notification()
+
+        def letter() -> DeadLetter | None:
+            with open_session() as session:
+                return session.scalars(select(DeadLetter)).one_or_none()
+
+        wait_until(letter, 60, "the spent retries were not dead-lettered")
+        parked = letter()
+        assert parked.task_name == "tutorflow.notifications.send"
+        assert parked.retries == 8
+        failed = stored(notification_id)
+        assert (failed.status, failed.attempts) == (NotificationStatus.FAILED, 9)
+        assert "ConnectionRefusedError" in failed.last_error
+        server.start()
+        try:
+            with open_session() as session, session.begin():
+                dead_letters.replay(session, parked.id)  # published after the commit
+            wait_until(lambda: is_sent(notification_id), 60, "the replay never sent it")
+        finally:
+            server.stop()
+    [mail] = server.received(to=recipient)
+    assert mail.message_id == stored(notification_id).message_id
