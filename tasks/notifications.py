@@ -12,7 +12,9 @@ The guarantee (README, "Notifications"), step by step in domain.notifications:
   the redelivered task sends the message again, with the same Message-ID. Exactly once
   is impossible here (an SMTP server cannot take part in our transaction); we choose
   at least once (a lost confirmation is worse than a duplicate), and the duplicate
-  carries the Message-ID of the first, so a receiver or a person can drop it.
+  carries the Message-ID of the first, so a receiver or a person can drop it. (A
+  server slow enough that step 3's transaction outlives PostgreSQL's idle-in-transaction
+  limit ends the same way: that commit fails, the retry sends again.)
 - A server that is down or answers 4xx: retried with exponential backoff; 5xx or
   retries spent: `failed` and a dead letter (a replay sends it, once).
 """
