@@ -29,6 +29,7 @@ seed: migrate
 # The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
 up: export STRIPE_API_BASE ?= http://127.0.0.1:12111
 up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
+	@echo "Mail: every e-mail goes to the SMTP sink on 127.0.0.1:1025 (Procfile: mailsink) and is printed in full on its 'mailsink' lines below."
 	$(BIN)/honcho start -f Procfile
 
 test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)

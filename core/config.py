@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 _FALSE = ("0", "false", "no", "off", "")
@@ -70,6 +70,16 @@ class Settings:
     # minutes of provider outage before the dead letter. With the task time limit it must
     # stay under the broker's visibility timeout.
     provider_retry_backoff_max: int
+    # Outgoing e-mail (core/mail.py): smtp://host:port (STARTTLS with ?starttls=1) or
+    # smtps://host:port. The login comes from SMTP_USER / SMTP_PASSWORD (or the URL's
+    # user:password); neither is ever shown (repr=False keeps them out of any log line).
+    smtp_url: str = field(repr=False)
+    smtp_user: str | None = field(repr=False)
+    smtp_password: str | None = field(repr=False)
+    # Below the worker's 15 s lock timeout: a second sender waits out the first (tasks/
+    # notifications.py) and below PostgreSQL's 30 s idle-in-transaction limit.
+    smtp_timeout: float
+    mail_from: str
     # Students' bearer tokens (core/tokens.py): HS256 with JWT_SECRET, or RS256 with
     # JWT_PUBLIC_KEY (PEM) or JWT_JWKS_URL; audience and issuer must match.
     jwt_algorithm: str
@@ -172,6 +182,11 @@ class Settings:
             stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
             stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
             provider_retry_backoff_max=env.integer("PROVIDER_RETRY_BACKOFF_MAX", 150),
+            smtp_url=env.text("SMTP_URL", "smtp://127.0.0.1:1025"),
+            smtp_user=env.optional("SMTP_USER"),
+            smtp_password=env.optional("SMTP_PASSWORD"),
+            smtp_timeout=env.number("SMTP_TIMEOUT", 10.0),
+            mail_from=env.text("MAIL_FROM", "Tutorflow <no-reply@tutorflow.local>"),
             jwt_algorithm=env.text("JWT_ALGORITHM", "HS256"),
             jwt_secret=env.text("JWT_SECRET", "dev-jwt-secret-change-me-32-bytes!"),
             jwt_public_key=env.optional("JWT_PUBLIC_KEY"),

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
+from domain import notifications
 from domain.bookings import trainer_calendars
 from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
@@ -249,6 +250,14 @@ def top_up_batch(
         events.extend(
             _event(row, EventType.SESSION_SHIFTED, **shift_payload(row.id, shift))
             for shift in plan.shifts
+        )
+        notifications.sessions_shifted_notice(
+            session,
+            row.payment_id,
+            student_id=row.student_id,
+            allocation_id=row.id,
+            slot=row.time_slot,
+            shifts=plan.shifts,
         )
         if not planned:
             continue

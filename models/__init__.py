@@ -13,6 +13,7 @@ from models.fulfilment import (
     SessionStatus,
     TutoringSession,
 )
+from models.notifications import Notification, NotificationKind, NotificationStatus
 from models.payments import TIERS, IdempotencyKey, Payment, PaymentStatus, WebhookEvent
 from models.session import Database, execute_autocommit
 
@@ -30,6 +31,9 @@ __all__ = [
     "DeadLetterStatus",
     "DomainEvent",
     "IdempotencyKey",
+    "Notification",
+    "NotificationKind",
+    "NotificationStatus",
     "OutboxKind",
     "OutboxMessage",
     "Payment",

@@ -21,7 +21,8 @@ from models import Database
 class TutorflowCelery(Celery):
     def __init__(self, settings: Settings) -> None:
         super().__init__(
-            "tutorflow", include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat"]
+            "tutorflow",
+            include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat", "tasks.notifications"],
         )
         self.settings = settings
         self.conf.update(celery_config(settings))
