@@ -15,6 +15,7 @@ promoted replica without a restart. Celery's broker does the same through kombu'
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,6 +49,11 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         username=unquote(first.username) if first.username else None,
         password=unquote(first.password) if first.password else None,
     )
+
+
+def without_password(url: str) -> str:
+    """`url` fit for a message: each part's password replaced by ***."""
+    return re.sub(r"(://[^:/@;]*:)[^@/;]*@", r"\1***@", url)
 
 
 def redis_client(url: str, master_name: str, **options: Any) -> redis.Redis:

@@ -13,7 +13,7 @@ import dataclasses
 from celeryconfig import celery_config
 from core.cache import Cache, student_keys
 from core.config import Settings
-from core.redis_client import parse_sentinel_url
+from core.redis_client import parse_sentinel_url, without_password
 from harness.processes import SENTINEL_MASTER, sentinel_redis, wait_until
 from tests.conftest import settings
 
@@ -24,6 +24,10 @@ def test_a_sentinel_url_names_every_sentinel_and_the_first_ones_db_and_password(
     target = parse_sentinel_url(SENTINELS)
     assert target.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26380))
     assert (target.db, target.username, target.password) == (2, None, "pw")
+    assert without_password(SENTINELS).startswith("sentinel://:***@10.0.0.1:26379/2;")
+    assert (
+        without_password("redis://u:p@h:1/0;sentinel://h2") == "redis://u:***@h:1/0;sentinel://h2"
+    )
 
 
 def test_a_sentinel_broker_gets_the_master_name_and_the_cache_follows_the_broker():
@@ -69,3 +73,22 @@ def test_the_apis_redis_clients_follow_a_failover_without_a_restart(engine):
         answers = [client.get("/api/v1/events/recent").status_code for _ in range(4)]
         assert answers[-1] == 429
         assert group.replica.client().keys("LIMITS:*")  # counted on the new primary
+
+
+def test_the_compose_sentinel_profile_has_a_quorum_and_the_env_file_names_it():
+    from tests.test_operations import COMPOSE, ROOT
+
+    services = COMPOSE["services"]
+    profile = sorted(n for n, s in services.items() if "sentinel" in s.get("profiles", []))
+    assert profile == ["redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"]
+    assert services["redis-replica"]["command"][-4:-2] == ["redis", "6379"]  # --replicaof
+    for name in profile[1:]:
+        assert "sentinel monitor tutorflow redis 6379 2" in services[name]["command"][-1]
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "ops/sentinel.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for url in (env["BROKER_URL"], env["CACHE_URL"]):
+        assert [host for host, _ in parse_sentinel_url(url).sentinels] == profile[1:]
+    assert env["REDIS_SENTINEL_MASTER"] == "tutorflow"
