@@ -27,7 +27,7 @@ import psycopg2
 import redis
 import requests
 
-from harness.hosts import Host
+from harness.hosts import DATA_HOST, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
@@ -175,7 +175,8 @@ def free_port() -> int:
 
 class PrivateRedis:
     """redis-server on its own port; with `aof`, it keeps its data across restarts; with
-    `password`, clients and replicas need it; `options`: more redis-server options."""
+    `password`, clients and replicas need it; `options`: more redis-server options; with
+    `host` (harness.hosts), it runs inside that host, at its address."""
 
     def __init__(
         self,
@@ -183,8 +184,11 @@ class PrivateRedis:
         address: str = "127.0.0.1",
         password: str | None = None,
         options: tuple[str, ...] = (),
+        host: Host | None = None,
     ) -> None:
         self.port = free_port()
+        self.host = host
+        address = host.address if host else address
         self.address = address
         self.url = f"redis://{f':{password}@' if password else ''}{address}:{self.port}/0"
         if password:
@@ -200,24 +204,24 @@ class PrivateRedis:
             if self.aof
             else ["--appendonly", "no"]
         )
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            *sorted({"127.0.0.1", self.address}),
+            # Other hosts (the test's own namespaces) connect without a password.
+            "--protected-mode",
+            "no" if self.address != "127.0.0.1" else "yes",
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+            *persistence,
+            *self.options,
+        ]
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                *sorted({"127.0.0.1", self.address}),
-                # Other hosts (the test's own namespaces) connect without a password.
-                "--protected-mode",
-                "no" if self.address != "127.0.0.1" else "yes",
-                "--save",
-                "",
-                "--dir",
-                self.dir,
-                *persistence,
-                *self.options,
-            ],
-            stdout=subprocess.DEVNULL,
+            self.host.command(command) if self.host else command, stdout=subprocess.DEVNULL
         )
         wait_until(self.up, 10, "redis-server did not start")
 
@@ -254,9 +258,9 @@ def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[Pri
 
 SENTINEL_MASTER = "tutorflow"
 SENTINEL_CONFIG = """port {port}
-bind 127.0.0.1
+bind {bind}
 dir {dir}
-sentinel monitor {master} 127.0.0.1 {primary_port} 2
+sentinel monitor {master} {primary_address} {primary_port} 2
 sentinel auth-pass {master} {password}
 sentinel down-after-milliseconds {master} 1000
 sentinel failover-timeout {master} 10000
@@ -265,18 +269,24 @@ sentinel parallel-syncs {master} 1
 
 
 class SentinelGroup:
-    """A primary, a replica and three sentinels (quorum 2) on loopback, every process of
-    the test's own. Failover in seconds: a primary that does not answer for 1 s is
+    """A primary, a replica and three sentinels (quorum 2), every process of the test's
+    own, on loopback; with `primary_host` (harness.hosts), the primary runs inside that
+    host, and the rest on loopback and the data host's address, where the replica and
+    sentinels reach it. Failover in seconds: a primary that does not answer for 1 s is
     down, and a failover that stalls is retried after 10 s (production uses 5 to 30 s
     and minutes). The data nodes want a password: the sentinels and the clients learn
     it, and `stall_replication` uses it to cut the replica off."""
 
     PASSWORD = "sentinel-test"
 
-    def __init__(self) -> None:
-        self.primary = PrivateRedis(password=self.PASSWORD)
+    def __init__(self, primary_host: Host | None = None) -> None:
+        self.primary = PrivateRedis(password=self.PASSWORD, host=primary_host)
+        # Where the primary's replica and sentinels listen, and reach it from.
+        self.address = DATA_HOST if primary_host else "127.0.0.1"
         self.replica = PrivateRedis(
-            password=self.PASSWORD, options=("--replicaof", "127.0.0.1", str(self.primary.port))
+            address=self.address,
+            password=self.PASSWORD,
+            options=("--replicaof", self.primary.address, str(self.primary.port)),
         )
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.dir = tempfile.mkdtemp(prefix="tutorflow-sentinel-")
@@ -293,8 +303,10 @@ class SentinelGroup:
             config.write_text(
                 SENTINEL_CONFIG.format(
                     port=port,
+                    bind=" ".join(sorted({"127.0.0.1", self.address})),
                     dir=self.dir,
                     master=SENTINEL_MASTER,
+                    primary_address=self.primary.address,
                     primary_port=self.primary.port,
                     password=self.PASSWORD,
                 )
@@ -352,8 +364,9 @@ class SentinelGroup:
         self.replica.client().config_set("masterauth", self.PASSWORD)
 
     def kill_primary(self) -> None:
+        """SIGKILL: nothing flushed, nothing handed over."""
         assert self.primary.process is not None
-        self.primary.process.kill()  # SIGKILL: nothing flushed, nothing handed over
+        self.primary.process.kill()
         self.primary.process.wait(timeout=10)
 
     def stop(self) -> None:
@@ -362,16 +375,20 @@ class SentinelGroup:
                 process.terminate()
                 process.wait(timeout=10)
         for server in (self.replica, self.primary):
-            server.stop()
+            # SIGKILL: nothing here is kept, and a primary cut off from its replica
+            # would wait out Redis's shutdown-timeout (10 s) on SIGTERM.
+            if server.process is not None and server.process.poll() is None:
+                server.process.kill()
+                server.process.wait(timeout=10)
             shutil.rmtree(server.dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextmanager
-def sentinel_redis() -> Iterator[SentinelGroup]:
+def sentinel_redis(primary_host: Host | None = None) -> Iterator[SentinelGroup]:
     """A Redis primary, its replica and three sentinels of the test's own; clients use
     `group.url` (sentinel://…;…) with REDIS_SENTINEL_MASTER=SENTINEL_MASTER."""
-    group = SentinelGroup()
+    group = SentinelGroup(primary_host)
     try:
         group.start()
         yield group

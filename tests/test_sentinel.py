@@ -11,12 +11,17 @@ and the visibility timeout redelivers what the new primary still held as unacked
 counted by rows, every payment is fulfilled once, none lost, none doubled. The failover
 and recovery times are printed.
 
-It runs in the multi-host suite (`make test-hosts`, which `.ci/run` runs); it needs
-only redis-server, not root.
+A second test cuts the primary off instead (its own network namespace, link down: no
+RST, no FIN, celery#6348's case): the same processes notice the dead connections by
+themselves and follow the promoted replica.
+
+Both run in the multi-host suite (`make test-hosts`, which `.ci/run` runs); the first
+needs only redis-server, the second root and iproute2 as well.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -26,6 +31,7 @@ from sqlalchemy import create_engine, func, select
 
 from domain.events import EventType
 from harness.burst import Confirming, assert_exactly_once, burst_env, prepare, report
+from harness.hosts import hosts
 from harness.processes import (
     FLOWER_AUTH,
     SENTINEL_MASTER,
@@ -122,4 +128,45 @@ def test_a_sentinel_failover_mid_burst_loses_nothing_and_doubles_nothing():
         f"\nsentinel failover: {primary_offset - replica_offset} bytes of acknowledged "
         f"writes lost; new primary named {failover:.1f} s after the kill; all {BURST} "
         f"fulfilled {recovery:.1f} s after it; {resumed} chains resumed from PostgreSQL"
+    )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs root and iproute2 for network namespaces",
+)
+def test_a_primary_cut_off_without_a_word_is_left_for_the_promoted_replica():
+    """celery#6348: a primary that vanishes without closing its connections (its host's
+    link down: no RST, no FIN) leaves clients waiting on dead sockets. The primary runs
+    in a host of its own (harness.hosts) and is cut off between two halves of a burst;
+    the sentinels promote the replica, and the worker, beat and the API notice the dead
+    connections by themselves (kombu's socket timeout and BRPOP health check,
+    celeryconfig.py) and carry on with the new primary, without a restart."""
+    payment_ids = prepare(40, settings.database_url)
+    before, after = payment_ids[:20], payment_ids[20:]
+    with hosts("redis-a") as net, sentinel_redis(primary_host=net["redis-a"]) as group:
+        env = burst_env(settings.database_url, group.url, REDIS_SENTINEL_MASTER=SENTINEL_MASTER)
+        with (
+            api_server(env, workers=1) as api,
+            celery_worker(env=env, beat=True, supervise=True) as worker,
+        ):
+            Confirming(api.base, before, ADMIN_TOKEN).join(60)
+            wait_until(lambda: fulfilled() == 20, 120, "the first half did not finish")
+
+            net["redis-a"].cut()
+            cut_at = time.monotonic()
+            wait_until(lambda: group.master_port() == group.replica.port, 60, "no failover")
+            failover = time.monotonic() - cut_at
+            sender = Confirming(api.base, after, ADMIN_TOKEN)
+            sender.join(120)
+            assert sender.answers.count(202) == 20
+            wait_until(lambda: fulfilled() == 40, 120, "the second half did not finish")
+            recovery = time.monotonic() - cut_at
+
+            assert_exactly_once(settings.database_url, 40)
+            assert worker.restarts == 0, worker.log()[-3000:]
+            assert api.process.poll() is None
+    print(
+        f"\nsentinel, primary cut off: new primary {failover:.1f} s after the cut; the "
+        f"second 20 payments all fulfilled {recovery:.1f} s after it"
     )
