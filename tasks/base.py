@@ -9,6 +9,7 @@ and jitter, and — once retries are spent or the error is permanent — the dea
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from core.logs import log_context
 from domain.clock import utcnow
-from domain.errors import StepCancelled, TransientStepError
+from domain.errors import StepCancelled, TransientStepError, qualified_name, safe_reason
+from domain.events import record_step_retry
 from tasks import inbox
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,26 @@ class PipelineTask(Task):
                 "step failed, will retry",
                 extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
             )
+            self.note_retry(exc, kwargs.get("correlation_id"))
+
+    def note_retry(self, exc: BaseException, correlation_id: str | None) -> None:
+        """The payment's timeline says the step retries (attempt n of m, a safe reason).
+        Its own short transaction: the step's own was rolled back. Best effort: the
+        retry is already on its way, and a database that is away must not stop it."""
+        if correlation_id is None:
+            return
+        try:
+            with self.app.database.transaction() as session:
+                record_step_retry(
+                    session,
+                    correlation_id=uuid.UUID(correlation_id),
+                    step=self.name.rsplit(".", 1)[-1],
+                    attempt=self.request.retries + 1,
+                    attempts=(self.max_retries or 0) + 1,
+                    reason=safe_reason(qualified_name(exc)),
+                )
+        except Exception:
+            log.warning("the retry could not be written to the timeline", exc_info=True)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         if isinstance(exc, TimeLimitExceeded):
