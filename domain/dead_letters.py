@@ -208,13 +208,14 @@ class OpenLetters:
 
     def describe(self, now: datetime) -> str:
         """One line for Flower's task list: "2 dead letters open, oldest 7 min: ids 3, 4"."""
+        letters = "dead letter" if self.count == 1 else "dead letters"
         if not self.count:
             return "0 dead letters open"
         assert self.oldest_parked_at is not None
         minutes = int((now - self.oldest_parked_at).total_seconds() // 60)
         more = ", …" if self.count > len(self.oldest_ids) else ""
         ids = ", ".join(map(str, self.oldest_ids))
-        return f"{self.count} dead letters open, oldest {minutes} min: ids {ids}{more}"
+        return f"{self.count} {letters} open, oldest {minutes} min: ids {ids}{more}"
 
 
 OLDEST_SHOWN = 10
