@@ -72,7 +72,7 @@ def record_step_retry(
     correlation_id: uuid.UUID,
     step: str,
     attempt: int,
-    attempts: int,
+    attempts: int | None,  # None: no limit
     reason: str,
 ) -> None:
     """One INSERT ... SELECT (the payment's student looked up in the same statement):

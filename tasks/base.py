@@ -93,6 +93,10 @@ class PipelineTask(Task):
         # Carry the first failure's time across retries, for the dead letter.
         first = getattr(self.request, FIRST_FAILED_AT, None) or utcnow().isoformat()
         options["headers"] = {**(options.get("headers") or {}), FIRST_FAILED_AT: first}
+        limit = options.get("max_retries", self.max_retries)
+        if limit is None or self.request.retries < limit:  # else Celery raises exc: no retry
+            # Before the retry is published: the next attempt's events come after this.
+            self.note_retry(options.get("exc"), limit)
         return super().retry(*args, **options)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
@@ -101,12 +105,12 @@ class PipelineTask(Task):
                 "step failed, will retry",
                 extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
             )
-            self.note_retry(exc, kwargs.get("correlation_id"))
 
-    def note_retry(self, exc: BaseException, correlation_id: str | None) -> None:
+    def note_retry(self, exc: BaseException | None, limit: int | None) -> None:
         """The payment's timeline says the step retries (attempt n of m, a safe reason).
-        Its own short transaction: the step's own was rolled back. Best effort: the
-        retry is already on its way, and a database that is away must not stop it."""
+        Its own short transaction: the step's own was rolled back. Best effort: a
+        database that is away must not stop the retry."""
+        correlation_id = (self.request.kwargs or {}).get("correlation_id")
         if correlation_id is None:
             return
         try:
@@ -116,8 +120,8 @@ class PipelineTask(Task):
                     correlation_id=uuid.UUID(correlation_id),
                     step=self.name.rsplit(".", 1)[-1],
                     attempt=self.request.retries + 1,
-                    attempts=(self.max_retries or 0) + 1,
-                    reason=safe_reason(qualified_name(exc)),
+                    attempts=None if limit is None else limit + 1,
+                    reason=safe_reason(qualified_name(exc) if exc is not None else ""),
                 )
         except Exception:
             log.warning("the retry could not be written to the timeline", exc_info=True)

@@ -13,10 +13,16 @@ from sqlalchemy import func, select
 from domain.payments import request_confirmation
 from harness.processes import FLOWER_AUTH as AUTH
 from harness.processes import celery_worker, flower, wait_until
-from models import DeadLetter, Purchase, TutoringSession
+from models import Course, DeadLetter, Purchase, TutoringSession
 from tasks.dead_letters import report_open_dead_letters
 from tests.conftest import ADMIN, open_session, settings
-from tests.factories import make_course, make_dead_letter, make_payment, make_student
+from tests.factories import (
+    make_course,
+    make_dead_letter,
+    make_payment,
+    make_student,
+    make_trainer,
+)
 
 pytestmark = pytest.mark.worker
 LETTERS = "/api/v1/admin/dead-letters"
@@ -242,3 +248,30 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
     assert f"create_purchase[{letter.task_id}] retry" not in log.lower()
     with open_session() as session:
         assert session.scalar(select(func.count()).select_from(Purchase)) == 1
+
+
+def test_the_state_says_retrying_while_a_step_waits_to_retry(live_client):
+    payment_id, course_id = seed_payment_without_trainer()
+    # Backoff without jitter: the first retry waits 4 s, time enough to look.
+    slow_retries = {"CELERY_RETRY_BACKOFF": "4", "CELERY_RETRY_JITTER": "0"}
+
+    def state() -> str:
+        detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
+        return detail["fulfilment"]["state"]
+
+    with celery_worker(env=slow_retries):
+        confirmed = live_client.post(
+            f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
+        )
+        assert confirmed.status_code == 202
+        wait_until(lambda: state() == "retrying", 30, "the state never said retrying")
+        story = timeline(live_client, payment_id)
+        assert story[-1] == (
+            "STEP_RETRYING",
+            {"step": "allocate_trainer", "attempt": 1, "attempts": 6, "reason": NO_TRAINER},
+        )
+        # A trainer arrives while the step waits: its retry succeeds, the state moves on.
+        with open_session() as session, session.begin():
+            make_trainer(session, [session.get_one(Course, course_id)])
+        wait_until(lambda: state() == "scheduled", 60, "the retry never scheduled sessions")
+    assert open_letters() == []

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
+from domain.errors import NoTrainerAvailable
 from domain.events import EventType, record_step_retry
 from models import DeadLetter
 from tasks.celery_app import celery_app
-from tasks.pipeline import create_purchase
+from tasks.pipeline import create_purchase, fulfilment_chain
 from tests.conftest import ADMIN, student_auth
 from tests.factories import make_course, make_payment, make_student
 
@@ -137,3 +139,25 @@ def test_the_state_says_retrying_while_a_step_retries(client, db_session):
             "reason": "the database was briefly unavailable",
         },
     }
+
+
+def test_each_retry_is_told_with_its_attempt_and_a_safe_reason(client, db_session, eager):
+    celery_app.conf.task_eager_propagates = False
+    student, course = make_student(db_session), make_course(db_session)
+    payment = make_payment(db_session, student, course, confirmed=True)  # no trainer teaches
+    # Eager retries run nested in-process and the last failure comes back up to here.
+    with pytest.raises(NoTrainerAvailable):
+        fulfilment_chain(str(payment.id)).apply_async()
+    story = [(e["type"], e["payload"]) for e in timeline(client, payment)]
+    retries = [p for t, p in story if t == EventType.STEP_RETRYING]
+    assert retries == [
+        {
+            "step": "allocate_trainer",
+            "attempt": n,
+            "attempts": 6,
+            "reason": "no trainer is free for this course and time yet",
+        }
+        for n in range(1, 6)
+    ]
+    assert story[-1][0] == EventType.DEAD_LETTERED
+    assert [t for t, _ in story].count(EventType.DEAD_LETTERED) == 1
