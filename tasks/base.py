@@ -111,7 +111,8 @@ class PipelineTask(Task):
         Its own short transaction: the step's own was rolled back. Best effort: a
         database that is away must not stop the retry."""
         correlation_id = (self.request.kwargs or {}).get("correlation_id")
-        if correlation_id is None:
+        # A lost database connection: writing would wait for the connect timeout, in vain.
+        if correlation_id is None or getattr(exc, "connection_invalidated", False):
             return
         try:
             with self.app.database.transaction() as session:
