@@ -213,3 +213,19 @@ def test_cli_needs_an_id_or_a_filter_not_both(runner, db_session, letters):
     both = runner.invoke(args=["dead-letters", "discard", "1", "--task", ALLOCATE])
     assert both.exit_code == 2
     assert statuses(db_session)[letters["purchase"]] == "open"
+
+
+def test_the_open_summary_counts_all_names_the_oldest_ten_and_their_age(db_session):
+    from domain.dead_letters import open_letters
+
+    assert open_letters(db_session).describe(T0) == "0 dead letters open"
+    ids = [
+        make_dead_letter(db_session, last_failed_at=(T0 + timedelta(minutes=n)).isoformat()).id
+        for n in range(12)
+    ]
+    make_dead_letter(db_session, status="replayed", last_failed_at=T0.isoformat())
+    summary = open_letters(db_session)
+    assert (summary.count, summary.oldest_parked_at) == (12, T0)
+    assert summary.describe(T0 + timedelta(minutes=7, seconds=59)) == (
+        f"12 dead letters open, oldest 7 min: ids {', '.join(map(str, ids[:10]))}, …"
+    )
