@@ -153,6 +153,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": 600.0,
             },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
+            # Flower's view of the open dead letters (tasks/dead_letters.py).
+            "report-open-dead-letters": {
+                "task": "tutorflow.dead_letters.report_open",
+                "schedule": 60.0,
+                "options": {"expires": 120.0},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -41,7 +41,9 @@ def start_reallocation(payload: dict[str, Any]) -> None:
 def replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
     task = celery_app.tasks[payload["task_name"]]
+    # The task id the letter noted (older rows: none): a letter this run parks links back.
     task.apply_async(
+        task_id=payload.get("task_id"),
         args=payload["args"],
         kwargs=payload["kwargs"],
         chain=payload["chain"],
