@@ -1,0 +1,74 @@
+"""Logs an operator can read: the outbox relay, which runs every few seconds, says
+nothing above DEBUG when it had nothing to do, and Celery's own lines about it are DEBUG
+too; a relay that published something says so at INFO."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+import tasks.celery_app
+from domain.payments import request_confirmation
+from models import OutboxMessage
+from tasks.beat import relay_outbox
+from tasks.celery_app import celery_app
+from tests.factories import make_course, make_payment, make_student
+
+
+@pytest.fixture
+def restore_root_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _beat_records(caplog, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tasks.beat" and r.levelno == level]
+
+
+def test_an_idle_relay_logs_at_debug_and_a_busy_one_at_info(db_connection, caplog):
+    caplog.set_level(logging.DEBUG, logger="tasks.beat")
+    assert relay_outbox() == {"published": 0, "failed": 0}
+    assert _beat_records(caplog, logging.DEBUG) == ["outbox relay: nothing to publish"]
+    assert _beat_records(caplog, logging.INFO) == []
+
+    # A hand-off committed but never published (a plain Session has no after-commit
+    # channel), older than the grace the API's own publish gets.
+    with Session(bind=db_connection, join_transaction_mode="create_savepoint") as session:
+        student, course = make_student(session), make_course(session)
+        payment_id = make_payment(session, student, course, paid=True).id
+        request_confirmation(session, payment_id, student_id=None, source="test")
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        session.execute(update(OutboxMessage).values(created_at=long_ago, next_attempt_at=long_ago))
+        session.commit()
+    caplog.clear()
+    assert relay_outbox() == {"published": 1, "failed": 0}
+    assert _beat_records(caplog, logging.INFO) == ["outbox relay"]
+    assert _beat_records(caplog, logging.DEBUG) == []
+
+
+def test_celery_lines_about_the_relay_are_debug_others_stay_info(
+    db_connection, capsys, restore_root_logging
+):
+    """The worker's real logging set-up (the setup_logging signal's handler) and real
+    Celery trace lines: the relay's "succeeded" line is gone at INFO, while the line of
+    another task run after it is printed."""
+    tasks.celery_app._configure_logging()
+    celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
+    celery_app.tasks["tutorflow.beat.prune_retention"].apply()
+    err = capsys.readouterr().err
+    assert "tutorflow.beat.prune_retention[" in err and "succeeded" in err
+    assert "tutorflow.beat.relay_outbox" not in err
+
+    logging.getLogger().setLevel(logging.DEBUG)
+    celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
+    relay_lines = [line for line in capsys.readouterr().err.splitlines() if "relay_outbox[" in line]
+    assert relay_lines and all(" DEBUG celery.app.trace " in line for line in relay_lines)
