@@ -6,20 +6,17 @@ from __future__ import annotations
 import errno
 import re
 import shutil
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from harness.offline import can_make_namespaces, loopback_namespace, serve_in
 from models import TutoringSession
 from tests.conftest import _make_app, open_session, student_auth
 from tests.factories import make_allocation, make_course, make_trainer
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, live_server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None,
@@ -86,19 +83,10 @@ def test_docs_list_the_operations_with_the_network_unreachable(tmp_path: Path):
     assert requested and all(url.startswith(server.url) for url in requested), requested
 
 
-@pytest.fixture
-def live_url(live_app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, live_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-
-
 def test_student_page_shows_weekdays_times_in_the_students_zone_and_the_next_session(
-    live_url, browser, tmp_path
+    live_server,  # noqa: F811 (the fixture imported above)
+    browser,
+    tmp_path,
 ):
     from playwright.sync_api import expect
 
@@ -123,7 +111,7 @@ def test_student_page_shows_weekdays_times_in_the_students_zone_and_the_next_ses
 
     page = browser.new_page(timezone_id="Asia/Tokyo")  # the browser's zone is not the student's
     token = student_auth(student_id)["Authorization"].removeprefix("Bearer ")
-    page.goto(f"{live_url}/students/{student_id}#token={token}")
+    page.goto(f"{live_server.url}/students/{student_id}#token={token}")
     sessions = page.locator("li.session")
     expect(sessions).to_have_count(len(dates))
     expect(page.locator("#zone")).to_have_text("Times are in your time zone, America/New_York.")
@@ -141,11 +129,16 @@ def test_student_page_shows_weekdays_times_in_the_students_zone_and_the_next_ses
     page.close()
 
 
-def test_student_page_says_when_there_is_no_such_student_or_no_token(live_url, browser):
+def test_student_page_says_when_there_is_no_such_student_or_no_token(
+    live_server,  # noqa: F811 (the fixture imported above)
+    browser,
+):
     from playwright.sync_api import expect
 
     page = browser.new_page()
-    page.goto(f"{live_url}/students/424242#token={student_auth(424242)['Authorization'][7:]}")
+    page.goto(
+        f"{live_server.url}/students/424242#token={student_auth(424242)['Authorization'][7:]}"
+    )
     expect(page.locator("#notice")).to_have_text(
         "There is no student 424242. Check the link you were given, "
         "or ask your school for the right one."
@@ -153,7 +146,7 @@ def test_student_page_says_when_there_is_no_such_student_or_no_token(live_url, b
     expect(page.locator("#content")).to_be_hidden()
 
     fresh = browser.new_page()  # a new tab: no token kept
-    fresh.goto(f"{live_url}/students/1")
+    fresh.goto(f"{live_server.url}/students/1")
     expect(fresh.locator("#signin")).to_be_visible()
     expect(fresh.locator("#signin-why")).to_contain_text("Sign in to see your sessions")
     page.close()
