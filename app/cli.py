@@ -232,6 +232,13 @@ def register_cli(app: Flask) -> None:
         verifier = TokenVerifier.for_settings(runtime().settings)
         click.echo(verifier.issue(student_id, ttl=timedelta(hours=hours)))
 
+    @app.cli.command("urls")
+    def urls_command() -> None:
+        """Where the stack's parts are and the development credentials (make up)."""
+        from app.where import stack_summary
+
+        click.echo(stack_summary(runtime().settings))
+
     @app.cli.command("seed-demo")
     def seed_demo_command() -> None:
         """Load the demo catalogue (no-op if a catalogue exists)."""

@@ -9,6 +9,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from app.where import stack_summary
+from core.config import Settings
+from core.tokens import TokenVerifier
 from tests.conftest import open_session
 from tests.factories import make_dead_letter
 
@@ -73,3 +76,33 @@ def test_a_cli_command_prints_no_library_log_lines(committed):
     assert result.stderr == ""
     assert result.stdout.splitlines()[0].startswith("ID ")
     assert result.stdout.splitlines()[1].startswith(f"{letter.id} ")
+
+
+def test_urls_prints_every_part_and_only_development_secrets():
+    development = Settings.from_env({"STRIPE_API_BASE": "http://127.0.0.1:12111"})
+    printed = stack_summary(development)
+    for url in (
+        "http://127.0.0.1:8000/docs",
+        "http://127.0.0.1:8000/students/1#token=",
+        "http://127.0.0.1:5555",
+        "http://127.0.0.1:12111",
+        "http://127.0.0.1:8000/readyz",
+    ):
+        assert url in printed, url
+    assert "dev-admin-token" in printed and "admin:admin" in printed
+    assert "issue-token --student 1" in printed
+    token = printed.split("#token=")[1].split()[0]
+    assert TokenVerifier.for_settings(development).verify(token).student_id == 1
+
+    real = Settings.from_env(
+        {"ADMIN_TOKEN": "s3cret-admin", "FLOWER_BASIC_AUTH": "ops:s3cret", "JWT_SECRET": "x" * 40}
+    )
+    printed = stack_summary(real)
+    assert "s3cret" not in printed and "#token=" not in printed
+    assert "(from ADMIN_TOKEN)" in printed and "(from FLOWER_BASIC_AUTH)" in printed
+
+
+def test_the_urls_command_prints_them(runner):
+    result = runner.invoke(args=["urls"])
+    assert result.exit_code == 0, result.output
+    assert "/docs" in result.output and "(from ADMIN_TOKEN)" in result.output  # tests set it

@@ -1,22 +1,31 @@
-"""Logs an operator can read: the outbox relay, which runs every few seconds, says
+"""Logs a person can read: text by default (`make up`), JSON lines in the image and
+compose; the outbox relay, which runs every few seconds, says
 nothing above DEBUG when it had nothing to do, and Celery's own lines about it are DEBUG
 too; a relay that published something says so at INFO."""
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 import tasks.celery_app
+from core.config import Settings
+from core.logs import configure_logging, log_context
 from domain.payments import request_confirmation
 from models import OutboxMessage
 from tasks.beat import relay_outbox
 from tasks.celery_app import celery_app
 from tests.factories import make_course, make_payment, make_student
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -72,3 +81,24 @@ def test_celery_lines_about_the_relay_are_debug_others_stay_info(
     celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
     relay_lines = [line for line in capsys.readouterr().err.splitlines() if "relay_outbox[" in line]
     assert relay_lines and all(" DEBUG celery.app.trace " in line for line in relay_lines)
+
+
+def test_logs_are_text_by_default_and_json_in_the_image_and_compose():
+    assert Settings.from_env({}).log_json is False  # make up: a developer reads them
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    environment = compose["x-tutorflow"]["environment"]
+    assert Settings.from_env({k: str(v) for k, v in environment.items()}).log_json is True
+    assert re.search(r"^\s*LOG_JSON=1\b", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+
+
+def test_a_text_line_names_only_the_ids_that_are_set(restore_root_logging):
+    buffer = io.StringIO()
+    configure_logging("INFO", json_lines=False, stream=buffer)
+    log = logging.getLogger("tutorflow.test")
+    log.info("plain")
+    with log_context(correlation_id="pay-1", task_id="task-2"):
+        log.info("in a task")
+    plain, in_task = buffer.getvalue().splitlines()
+    assert re.fullmatch(r"\S+Z INFO tutorflow\.test plain", plain)
+    assert in_task.endswith("INFO tutorflow.test [correlation_id=pay-1 task_id=task-2] in a task")
+    assert "None" not in buffer.getvalue()
