@@ -55,6 +55,9 @@ def test_docs_load_swagger_ui_from_this_server_only(client):
         name = source.removeprefix("/docs/assets/")
         assert served.get_data() == (SWAGGER_UI_DIST / name).read_bytes()
     assert (SWAGGER_UI_DIST / "VERSION").read_text().strip() == "v5.34.0"
+    # Only that folder: nothing else on the disk is reachable through it.
+    assert client.get("/docs/assets/../../../app/cli.py").status_code == 404
+    assert client.get("/docs/assets/%2e%2e/flask_swagger_ui.py").status_code == 404
     # Nothing may come from elsewhere: the page's security policy says so too.
     policy = page.headers["Content-Security-Policy"]
     assert "http" not in policy and "cdn" not in policy
