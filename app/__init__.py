@@ -94,10 +94,13 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
 
 
 def invoked_by_flask_cli() -> bool:
-    """True while `flask ...` loads the app: its click context holds Flask's ScriptInfo.
-    (gunicorn and the tests build the app outside any click command.)"""
+    """True while a `flask ...` command loads the app: its click context holds Flask's
+    ScriptInfo. (gunicorn and the tests build the app outside any click command, and
+    `flask run` is a server: its log follows the settings.)"""
     context = click.get_current_context(silent=True)
-    return context is not None and context.find_object(ScriptInfo) is not None
+    if context is None or context.find_object(ScriptInfo) is None:
+        return False
+    return context.info_name != "run"
 
 
 def _log_level(settings: Settings) -> str:

@@ -9,6 +9,10 @@ import sys
 import traceback
 from pathlib import Path
 
+import click
+from flask.cli import ScriptInfo
+
+from app import invoked_by_flask_cli
 from app.where import stack_summary
 from core.config import Settings
 from core.tokens import TokenVerifier
@@ -106,3 +110,11 @@ def test_the_urls_command_prints_them(runner):
     result = runner.invoke(args=["urls"])
     assert result.exit_code == 0, result.output
     assert "/docs" in result.output and "(from ADMIN_TOKEN)" in result.output  # tests set it
+
+
+def test_commands_are_quiet_but_not_the_development_server_nor_gunicorn():
+    info = ScriptInfo()
+    for name, quiet in (("dead-letters", True), ("ensure-db", True), ("run", False)):
+        with click.Context(click.Command(name), info_name=name, obj=info):
+            assert invoked_by_flask_cli() is quiet, name
+    assert invoked_by_flask_cli() is False  # no click command at all: gunicorn, tests
