@@ -149,5 +149,6 @@ def test_student_page_says_when_there_is_no_such_student_or_no_token(
     fresh.goto(f"{live_server.url}/students/1")
     expect(fresh.locator("#signin")).to_be_visible()
     expect(fresh.locator("#signin-why")).to_contain_text("Sign in to see your sessions")
+    expect(fresh.locator("#content")).to_be_hidden()  # no "Loading…" under the form
     page.close()
     fresh.close()
