@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celery.beat import ScheduleEntry, Scheduler
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -65,17 +66,22 @@ def test_an_idle_relay_logs_at_debug_and_a_busy_one_at_info(db_connection, caplo
 
 
 def test_celery_lines_about_the_relay_are_debug_others_stay_info(
-    db_connection, capsys, restore_root_logging
+    db_connection, eager, capsys, restore_root_logging
 ):
-    """The worker's real logging set-up (the setup_logging signal's handler) and real
-    Celery trace lines: the relay's "succeeded" line is gone at INFO, while the line of
-    another task run after it is printed."""
+    """The worker's real logging set-up (the setup_logging signal's handler) and Celery's
+    real lines: beat's "sending due task" and the run's "succeeded" (eagerly, in this
+    process). The relay's are gone at INFO, while those of a job run after it print."""
     tasks.celery_app._configure_logging()
-    celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
-    celery_app.tasks["tutorflow.beat.prune_retention"].apply()
+    scheduler = Scheduler(celery_app, lazy=True)
+    for name, task in (
+        ("relay-outbox", "tutorflow.beat.relay_outbox"),
+        ("prune-retention", "tutorflow.beat.prune_retention"),
+    ):
+        scheduler.apply_entry(ScheduleEntry(name=name, task=task, app=celery_app, schedule=5.0))
     err = capsys.readouterr().err
+    assert "INFO celery.beat Scheduler: Sending due task prune-retention" in err
     assert "tutorflow.beat.prune_retention[" in err and "succeeded" in err
-    assert "tutorflow.beat.relay_outbox" not in err
+    assert "relay" not in err
 
     logging.getLogger().setLevel(logging.DEBUG)
     celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
