@@ -25,24 +25,30 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    """One Playwright per module: two sync instances cannot run side by side."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.mark.skipif(not can_make_namespaces(), reason="needs root and iproute2 (ip netns)")
-def test_docs_list_the_operations_with_the_network_unreachable(tmp_path: Path):
+def test_docs_list_the_operations_with_the_network_unreachable(playwright, tmp_path: Path):
     """The API and Chromium both inside a network namespace that has only loopback: a
     page that needed a CDN would stay blank. The app needs no database for /docs."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     app = _make_app()
     operations = [
@@ -57,11 +63,11 @@ def test_docs_list_the_operations_with_the_network_unreachable(tmp_path: Path):
         wrapper = tmp_path / "chromium-offline"
         wrapper.write_text(f'#!/bin/sh\nexec {" ".join(namespace.command([CHROMIUM]))} "$@"\n')
         wrapper.chmod(0o755)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(wrapper), headless=True, args=CHROMIUM_ARGS
-            )
-            page = browser.new_page()
+        offline = playwright.chromium.launch(
+            executable_path=str(wrapper), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = offline.new_page()
             requested: list[str] = []
             failed: list[str] = []
             page.on("request", lambda request: requested.append(request.url))
@@ -78,7 +84,8 @@ def test_docs_list_the_operations_with_the_network_unreachable(tmp_path: Path):
             }
             assert shown == set(operations)
             page.screenshot(path=str(tmp_path / "docs-offline.png"))
-            browser.close()
+        finally:
+            offline.close()  # before its namespace goes
     assert failed == []
     assert requested and all(url.startswith(server.url) for url in requested), requested
 
