@@ -83,7 +83,9 @@ class _IsoJsonFormatter(JsonFormatter):
 
 
 class _IsoTextFormatter(logging.Formatter):
-    """One readable line: the context ids that are set, and only those, in brackets."""
+    """One readable line: the context ids that are set, and only those, in brackets;
+    then the message and its `extra` fields as name=value (JSON lines carry them as
+    keys)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_utc(record)
@@ -93,7 +95,17 @@ class _IsoTextFormatter(logging.Formatter):
             f"{name}={value}" for name in _CONTEXT_VARS if (value := getattr(record, name, None))
         ]
         record.context = f" [{' '.join(ids)}]" if ids else ""
-        return super().formatMessage(record)
+        extras = [
+            f"{name}={value}"
+            for name, value in vars(record).items()
+            if name not in _STANDARD and name != "context" and not _repeats_message(record, name)
+        ]
+        return " ".join([super().formatMessage(record), *extras])
+
+
+def _repeats_message(record: logging.LogRecord, name: str) -> bool:
+    """Celery passes its message's arguments again as `extra={"data": …}`."""
+    return name == "data" and record.name.startswith("celery")
 
 
 @contextmanager

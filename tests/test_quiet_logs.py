@@ -103,8 +103,11 @@ def test_a_text_line_names_only_the_ids_that_are_set(restore_root_logging):
     log = logging.getLogger("tutorflow.test")
     log.info("plain")
     with log_context(correlation_id="pay-1", task_id="task-2"):
-        log.info("in a task")
+        log.info("in a task", extra={"published": 2, "to": "bob@example.org"})
     plain, in_task = buffer.getvalue().splitlines()
     assert re.fullmatch(r"\S+Z INFO tutorflow\.test plain", plain)
-    assert in_task.endswith("INFO tutorflow.test [correlation_id=pay-1 task_id=task-2] in a task")
+    assert in_task.endswith(
+        "INFO tutorflow.test [correlation_id=pay-1 task_id=task-2] in a task"
+        " published=2 to=b***@example.org"  # extra fields too, masked as in JSON
+    )
     assert "None" not in buffer.getvalue()
