@@ -9,7 +9,9 @@ from kombu import Exchange, Queue
 
 from core.config import Settings
 
-QUEUES = ("pipeline", "dead_letter", "maintenance")
+# "notifications": e-mail only, so a slow mail server never takes a pipeline worker's
+# slot (its own worker in the Procfile and compose).
+QUEUES = ("pipeline", "dead_letter", "maintenance", "notifications")
 
 
 class UnsafeDeliverySettings(ValueError):
@@ -118,6 +120,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
             "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
+            "tutorflow.notifications.*": {
+                "queue": "notifications",
+                "routing_key": "notifications",
+            },
         },
         # Beat: one process (docker-compose, Procfile), Celery's own scheduler. A second
         # one started by mistake is harmless: each job takes a PostgreSQL advisory lock

@@ -18,6 +18,7 @@ from app.errors import ApiError, TutorflowApi, register_error_handlers
 from app.limits import init_limiter
 from app.runtime import EXTENSION, Runtime
 from app.schemas import TimeSlot
+from core import tracing
 from core.cache import Cache
 from core.config import Settings, get_settings
 from core.logs import configure_logging, request_id_var
@@ -90,6 +91,9 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     from app.cli import register_cli
 
     register_cli(app)
+    # Under gunicorn each worker builds its app after the fork: its exporter thread too.
+    tracing.install(settings, role="api")
+    tracing.instrument_app(app)
     return app
 
 

@@ -4,6 +4,7 @@ part is and the development credentials it uses, all from the Settings object.""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from core.config import Settings
 from core.tokens import TokenVerifier
@@ -14,6 +15,11 @@ DEMO_STUDENT = 1  # the first student `flask seed-demo` creates
 def _http(bind: str) -> str:
     host, _, port = bind.rpartition(":")
     return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
+def _without_login(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def stack_summary(settings: Settings) -> str:
@@ -51,6 +57,8 @@ def stack_summary(settings: Settings) -> str:
             f"  Flower           {settings.flower_public_url}   (login {flower_login})",
             f"  provider sandbox {provider}",
             f"  health           {api}/healthz   {api}/readyz   {api}/metrics",
+            f"  mail (SMTP)      {_without_login(settings.smtp_url)}"
+            "   (under make up a sink that prints every mail on its 'mailsink' lines)",
             "Credentials (development defaults are shown; real ones are only named)",
             f"  admin token      {admin}   (Authorization: Bearer …, /api/v1/admin/…)",
             f"  Flower login     {flower_login}",

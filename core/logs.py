@@ -17,6 +17,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from core import tracing
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 task_id_var: ContextVar[str | None] = ContextVar("task_id", default=None)
@@ -52,6 +54,8 @@ def _masked(value: Any) -> Any:
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "trace_id",
+    "span_id",
     *_CONTEXT_VARS,
 }
 
@@ -64,6 +68,9 @@ class ContextFilter(logging.Filter):
         for name, var in _CONTEXT_VARS.items():
             if not hasattr(record, name):
                 setattr(record, name, var.get())
+        ids = tracing.current_ids()  # None unless tracing is on and a span is active
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         record.msg = mask_sensitive(record.getMessage())
         record.args = None
         for name in set(vars(record)) - _STANDARD:
@@ -92,7 +99,9 @@ class _IsoTextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         ids = [
-            f"{name}={value}" for name in _CONTEXT_VARS if (value := getattr(record, name, None))
+            f"{name}={value}"
+            for name in (*_CONTEXT_VARS, "trace_id")
+            if (value := getattr(record, name, None))
         ]
         record.context = f" [{' '.join(ids)}]" if ids else ""
         extras = [

@@ -16,6 +16,7 @@ from sqlalchemy import String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from domain import notifications
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.bookings import trainer_calendars
 from domain.calendar import (
@@ -359,6 +360,10 @@ def schedule_sessions(
                 "dates": [s.scheduled_date.isoformat() for s in created],
             },
         )
+        # The student's confirmation and the trainer's notice, sent off the chain.
+        notifications.sessions_booked_notice(
+            session, payment_id, allocation, [s.starts_at for s in created]
+        )
     return created
 
 
@@ -392,7 +397,16 @@ def insert_sessions(
 def record_shifts(
     session: Session, payment_id: uuid.UUID, allocation: Allocation, shifts: list[Shift]
 ) -> None:
-    """A SESSION_SHIFTED event per moved date, on the payment's timeline."""
+    """A SESSION_SHIFTED event per moved date, on the payment's timeline; the student
+    is told in one e-mail."""
+    notifications.sessions_shifted_notice(
+        session,
+        payment_id,
+        student_id=allocation.student_id,
+        allocation_id=allocation.id,
+        slot=allocation.time_slot,
+        shifts=shifts,
+    )
     for shift in shifts:
         record_event(
             session,

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
+from domain import notifications
 from domain.bookings import trainer_calendars
 from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
@@ -53,15 +54,21 @@ from models import (
     TutoringSession,
     WrittenEvent,
     note_events,
+    traced,
 )
 
 
 def _batch_statement() -> Select[Any]:
-    """Up to :limit active allocations after :after, locked (SKIP LOCKED: one the chain
-    or another top-up holds is left to it), with their session counts, in one statement."""
+    """Up to :limit active allocations after :after and up to :until, locked (SKIP
+    LOCKED: one the chain or another top-up holds is left to it), with their session
+    counts, in one statement."""
     batch = (
         select(Allocation.id)
-        .where(Allocation.status == AllocationStatus.ACTIVE, Allocation.id > bindparam("after"))
+        .where(
+            Allocation.status == AllocationStatus.ACTIVE,
+            Allocation.id > bindparam("after"),
+            Allocation.id <= bindparam("until"),
+        )
         .order_by(Allocation.id)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
@@ -155,6 +162,26 @@ _INSERT_EVENTS = insert(EVENTS).from_select(
 )
 
 
+# No allocation id is larger: the bound of a range that is open upwards.
+NO_UPPER_BOUND = 2**63 - 1
+
+
+def id_ranges(session: Session, size: int) -> list[tuple[int, int]]:
+    """The active allocations cut into (after, until] id ranges of about `size` each,
+    which separate transactions (threads, processes) can top up side by side. Only the
+    boundaries travel: one id in every `size`, counted by the server."""
+    numbered = (
+        select(Allocation.id, func.row_number().over(order_by=Allocation.id).label("n"))
+        .where(Allocation.status == AllocationStatus.ACTIVE)
+        .subquery()
+    )
+    bounds = session.scalars(
+        select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.id)
+    ).all()
+    lower = [0, *bounds]
+    return list(zip(lower, [*bounds, NO_UPPER_BOUND], strict=True))
+
+
 @dataclass
 class TopUpReport:
     allocations_seen: int = 0
@@ -177,10 +204,13 @@ def top_up_batch(
     limit: int,
     window: int,
     threshold: int,
+    until_id: int = NO_UPPER_BOUND,
 ) -> tuple[TopUpReport, int | None]:
     """One batch in the caller's transaction; returns its report and the last id seen
-    (None when there is nothing after `after_id`)."""
-    rows = session.execute(_BATCH, {"now": now, "after": after_id, "limit": limit}).all()
+    (None when there is nothing after `after_id` up to `until_id`)."""
+    rows = session.execute(
+        _BATCH, {"now": now, "after": after_id, "until": until_id, "limit": limit}
+    ).all()
     report = TopUpReport(allocations_seen=len(rows))
     if not rows:
         return report, None
@@ -196,7 +226,12 @@ def top_up_batch(
         if row.future >= threshold:
             continue
         wanting.append(row)
-    calendars = trainer_calendars(session, [row.trainer_id for row in wanting], now=now)
+    # Every trainer this batch writes to is locked here, in id order, before any write
+    # (completions free a trainer's place too): batches running side by side then wait
+    # for each other instead of deadlocking.
+    calendars = trainer_calendars(
+        session, [row.trainer_id for row in (*wanting, *completed)], now=now
+    )
     for row in wanting:
         count = sessions_needed(
             future=row.future, used=row.used, total=row.sessions_total, window=window
@@ -215,6 +250,14 @@ def top_up_batch(
         events.extend(
             _event(row, EventType.SESSION_SHIFTED, **shift_payload(row.id, shift))
             for shift in plan.shifts
+        )
+        notifications.sessions_shifted_notice(
+            session,
+            row.payment_id,
+            student_id=row.student_id,
+            allocation_id=row.id,
+            slot=row.time_slot,
+            shifts=plan.shifts,
         )
         if not planned:
             continue
@@ -259,7 +302,7 @@ def _event(row, event_type: EventType, **payload) -> dict:
         "correlation_id": row.payment_id,
         "student_id": row.student_id,
         "event_type": event_type,
-        "payload": {"allocation_id": row.id, **payload},
+        "payload": traced({"allocation_id": row.id, **payload}),
     }
 
 

@@ -10,9 +10,10 @@ import logging
 from functools import cached_property
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import beat_init, setup_logging, worker_process_init, worker_process_shutdown
 
 from celeryconfig import celery_config
+from core import tracing
 from core.config import Settings, get_settings
 from core.logs import configure_logging
 from models import Database
@@ -21,7 +22,8 @@ from models import Database
 class TutorflowCelery(Celery):
     def __init__(self, settings: Settings) -> None:
         super().__init__(
-            "tutorflow", include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat"]
+            "tutorflow",
+            include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat", "tasks.notifications"],
         )
         self.settings = settings
         self.conf.update(celery_config(settings))
@@ -68,3 +70,17 @@ def _configure_logging(**_: object) -> None:
 def _new_pool_child(**_: object) -> None:
     if "database" in celery_app.__dict__:  # created before the fork
         celery_app.database.dispose_after_fork()
+    # Here, not in the parent: the span exporter's thread lives in the process that runs
+    # the tasks (a pool child runs the steps and the relay).
+    tracing.install(celery_app.settings, role="worker")
+
+
+@worker_process_shutdown.connect
+def _pool_child_exit(**_: object) -> None:
+    tracing.flush()
+
+
+@beat_init.connect
+def _beat_started(**_: object) -> None:
+    # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
+    tracing.install(celery_app.settings, role="beat")

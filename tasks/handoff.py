@@ -11,6 +11,7 @@ from typing import Any
 
 from models import OutboxKind
 from tasks.celery_app import celery_app
+from tasks.notifications import send_notification
 from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
@@ -48,9 +49,18 @@ def replay_dead_letter(payload: dict[str, Any]) -> None:
     )
 
 
+def send_notification_mail(payload: dict[str, Any]) -> None:
+    send_notification.apply_async(
+        args=[payload["notification_id"]],
+        kwargs={"correlation_id": payload["payment_id"]},
+        retry_policy=API_PUBLISH_RETRY,
+    )
+
+
 PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     OutboxKind.START_PIPELINE: start_pipeline,
     OutboxKind.START_COMPENSATION: start_compensation,
     OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
     OutboxKind.REALLOCATE: start_reallocation,
+    OutboxKind.SEND_NOTIFICATION: send_notification_mail,
 }

@@ -30,12 +30,13 @@ def step(
     consumes: EventType | None = None,
     dead_letter_on_failure: bool = True,
     backoff_max: int | None = None,
+    base: type[PipelineTask] = PipelineTask,
 ) -> Any:
-    """A pipeline step: the base task, retries with the configured backoff (capped at
-    `backoff_max` seconds for this step if given)."""
+    """A pipeline step: the base task (or a subclass), retries with the configured
+    backoff (capped at `backoff_max` seconds for this step if given)."""
     settings = celery_app.settings
     return celery_app.task(
-        base=PipelineTask,
+        base=base,
         bind=True,
         name=name,
         max_retries=max_retries,

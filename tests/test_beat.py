@@ -7,18 +7,19 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from domain import fulfilment
 from domain.payments import has_active_course
-from domain.top_up import TopUpReport, top_up_batch
+from domain.top_up import NO_UPPER_BOUND, TopUpReport, id_ranges, top_up_batch
 from models import (
     Allocation,
     OutboxKind,
     OutboxMessage,
     ProcessedEvent,
     Purchase,
+    SessionStatus,
     TrainerCourse,
     TutoringSession,
 )
@@ -237,6 +238,42 @@ def test_the_job_tops_up_in_batches(committed, clock):
     assert report.sessions_created == 25
     with open_session() as session:
         assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids)
+
+
+def test_id_ranges_cover_every_active_allocation_once(db_session):
+    ids = [allocate(db_session, slot=time(6 + i, 0)).id for i in range(7)]
+    ranges = id_ranges(db_session, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == NO_UPPER_BOUND
+    assert [hi for _, hi in ranges[:-1]] == [lo for lo, _ in ranges[1:]]  # contiguous
+    covered = [i for i in ids for lo, hi in ranges if lo < i <= hi]
+    assert covered == ids  # each once
+    assert all(len([i for i in ids if lo < i <= hi]) <= 3 for lo, hi in ranges)
+
+
+def test_threads_top_up_side_by_side_with_completions_and_no_deadlock(committed, clock):
+    """Two threads, ranges of one allocation, every allocation on one trainer and half
+    of them completing: each batch locks the trainer before writing, so they queue."""
+    with open_session() as session, session.begin():
+        course = make_course(session)
+        trainer = make_trainer(session, [course], max_students=8)
+        ids = [
+            make_allocation(session, course, slot=time(8 + i, 0), now=MONDAY).id for i in range(8)
+        ]
+        # Half of them have used their whole tier: the top-up completes those.
+        session.execute(
+            update(TutoringSession)
+            .where(TutoringSession.allocation_id.in_(ids[:4]))
+            .values(status=SessionStatus.COMPLETED)
+        )
+        session.execute(
+            update(Allocation).where(Allocation.id.in_(ids[:4])).values(sessions_total=7)
+        )
+    clock(MONDAY + timedelta(days=7))
+    report = run_top_up(batch_size=1, threads=2)
+    assert report.allocations_seen == 8
+    with open_session() as session:
+        assert session.get(type(trainer), trainer.id).active_students == 4
+        assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids[4:])
 
 
 def test_retention_prunes_only_old_published_and_processed_rows(db_session, clock):

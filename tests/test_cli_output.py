@@ -98,11 +98,19 @@ def test_urls_prints_every_part_and_only_development_secrets():
     token = printed.split("#token=")[1].split()[0]
     assert TokenVerifier.for_settings(development).verify(token).student_id == 1
 
+    assert "smtp://127.0.0.1:1025" in printed  # where mail goes
+
     real = Settings.from_env(
-        {"ADMIN_TOKEN": "s3cret-admin", "FLOWER_BASIC_AUTH": "ops:s3cret", "JWT_SECRET": "x" * 40}
+        {
+            "ADMIN_TOKEN": "s3cret-admin",
+            "FLOWER_BASIC_AUTH": "ops:s3cret",
+            "JWT_SECRET": "x" * 40,
+            "SMTP_URL": "smtps://mailer:s3cret@smtp.example.org:465",
+        }
     )
     printed = stack_summary(real)
     assert "s3cret" not in printed and "#token=" not in printed
+    assert "smtps://smtp.example.org:465" in printed
     assert "(from ADMIN_TOKEN)" in printed and "(from FLOWER_BASIC_AUTH)" in printed
 
 
