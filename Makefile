@@ -43,8 +43,8 @@ test: services  ## lint, types, migration drift check and the whole suite (real 
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-hosts: services  ## the multi-host suite: hosts as network namespaces (root, iproute2)
-	$(BIN)/pytest -m hosts tests/test_hosts.py
+test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover
+	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py
 
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     app.extensions[EXTENSION] = Runtime(
         settings=settings,
         database=database_for(settings, role="api"),
-        cache=Cache.for_url(settings.cache_url),
+        cache=Cache.for_settings(settings),
     )
 
     api = TutorflowApi(

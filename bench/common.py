@@ -50,6 +50,7 @@ from app.cli import rebuild_database
 from core import tracing as otel
 from core.config import get_settings
 from core.provider import PaymentProvider
+from core.redis_client import redis_client
 from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
 from harness import processes
@@ -91,7 +92,9 @@ def fresh_database() -> None:
 
 
 def bench_redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2)
+    return redis_client(
+        settings.broker_url, settings.redis_sentinel_master, socket_connect_timeout=2
+    )
 
 
 def flush_bench_redis() -> None:

@@ -17,6 +17,9 @@ from typing import Any
 
 import redis
 
+from core.config import Settings
+from core.redis_client import redis_client
+
 log = logging.getLogger(__name__)
 
 READ_MODEL_TTL = 300  # a fallback only: every change invalidates explicitly
@@ -89,25 +92,31 @@ return n
 
 
 class Cache:
-    """One Redis (CACHE_URL): read models, their versions, live events, stats."""
+    """One Redis (CACHE_URL, a server or a Sentinel-managed primary): read models, their
+    versions, live events, stats."""
 
-    _instances: dict[str, Cache] = {}
+    _instances: dict[tuple[str, str], Cache] = {}
     _lock = threading.Lock()
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sentinel_master: str) -> None:
         self.url = url
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        self.client = redis_client(
+            url,
+            sentinel_master,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            health_check_interval=30,
         )
         self._invalidate_and_publish = self.client.register_script(_INVALIDATE_AND_PUBLISH)
 
     @classmethod
-    def for_url(cls, url: str) -> Cache:
-        """One client (and connection pool) per URL and process."""
+    def for_settings(cls, settings: Settings) -> Cache:
+        """One client (and connection pool) per cache and process."""
+        key = (settings.cache_url, settings.redis_sentinel_master)
         with cls._lock:
-            if url not in cls._instances:
-                cls._instances[url] = cls(url)
-            return cls._instances[url]
+            if key not in cls._instances:
+                cls._instances[key] = cls(*key)
+            return cls._instances[key]
 
     def cached_read_model(
         self, kind: str, student_id: int, load: Callable[[], str]

@@ -53,6 +53,9 @@ class Settings:
     broker_url: str
     # Read models and live events (pub/sub), and the rate-limit counters: always Redis.
     cache_url: str
+    # The primary's name when BROKER_URL or CACHE_URL is `sentinel://h1:26379;...`
+    # (core/redis_client.py): the sentinels say where it is, also after a failover.
+    redis_sentinel_master: str
     admin_token: str
     flower_basic_auth: str
     # The payment provider (Stripe). STRIPE_API_BASE points the stripe library at the local
@@ -170,13 +173,18 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
         broker_url = env.text("BROKER_URL", env.text("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        redis_default = broker_url if broker_url.startswith("redis") else "redis://127.0.0.1:6379/0"
+        redis_default = (
+            broker_url
+            if broker_url.startswith(("redis", "sentinel"))
+            else "redis://127.0.0.1:6379/0"
+        )
         return cls(
             database_url=env.text(
                 "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
             ),
             broker_url=broker_url,
             cache_url=env.text("CACHE_URL", redis_default),
+            redis_sentinel_master=env.text("REDIS_SENTINEL_MASTER", "tutorflow"),
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
             stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),

@@ -92,11 +92,12 @@ def database_for(settings: Settings, role: str = "worker") -> Database:
         settings.db_max_overflow,
         settings.db_pool_pre_ping,
         settings.cache_url,
+        settings.redis_sentinel_master,
     )
     with _lock:
         database = _databases.get(key)
         if database is None:
-            channel = AfterCommitChannel(Cache.for_url(settings.cache_url), PUBLISHERS)
+            channel = AfterCommitChannel(Cache.for_settings(settings), PUBLISHERS)
             database = _databases[key] = Database(settings, channel, role=role)
         return database
 
