@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed up test test-hosts lint bench clean
+.PHONY: install services migrate seed urls up test test-hosts lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ seed: migrate
 	$(BIN)/flask --app wsgi seed-demo
 
 # The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
-up: export STRIPE_API_BASE ?= http://127.0.0.1:12111
+up urls: export STRIPE_API_BASE ?= http://127.0.0.1:12111
+
+urls: install  ## where the stack's parts are and the development credentials
+	@$(BIN)/flask --app wsgi urls
+
 up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
-	@echo "Mail: every e-mail goes to the SMTP sink on 127.0.0.1:1025 (Procfile: mailsink) and is printed in full on its 'mailsink' lines below."
+	@$(BIN)/flask --app wsgi urls
+	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
 	$(BIN)/honcho start -f Procfile
 
 test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)

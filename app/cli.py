@@ -43,6 +43,9 @@ def ensure_database(url: str) -> bool:
 
 def upgrade_database(url: str | None = None) -> None:
     config = Config("alembic.ini")
+    # The process's logging stays as configured (Alembic's fileConfig would replace it,
+    # and print its INFO lines in the middle of a command's output).
+    config.attributes["configure_logger"] = False
     if url is not None:
         config.attributes["database_url"] = url
     command.upgrade(config, "head")
@@ -97,12 +100,45 @@ def seed_demo(database: Database) -> dict[str, int]:
 dead_letters_cli = AppGroup("dead-letters", help="List, show, replay or discard dead letters.")
 
 
-def _letter_line(letter: DeadLetter) -> str:
+LIST_HEADERS = ("ID", "STATUS", "LAST FAILED (UTC)", "TASK", "PAYMENT", "ERROR")
+
+
+def _letter_row(letter: DeadLetter) -> tuple[str, ...]:
     return (
-        f"{letter.id:>6}  {letter.status:<9}  {letter.last_failed_at:%Y-%m-%d %H:%M:%S}  "
-        f"{letter.task_name}  {letter.correlation_id}  {letter.exception_type}: "
-        f"{letter.exception_message[:80]}"
+        str(letter.id),
+        letter.status,
+        f"{letter.last_failed_at:%Y-%m-%d %H:%M:%S}",
+        letter.task_name,
+        letter.correlation_id or "-",
+        _shortened(f"{letter.exception_type}: {letter.exception_message}", 80),
     )
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Plain columns under a header line: readable, and still one record per line for
+    grep and awk (the last column is not padded)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    )
+
+
+def format_letter(letter: DeadLetter) -> str:
+    """Every field of the admin API's answer on its own line, under the API's names, then
+    the traceback as it was printed, not as one escaped JSON string."""
+    fields = DeadLetterOut().dump(letter)
+    traceback = fields.pop("traceback", "") or ""
+    width = max(len(name) for name in fields)
+    lines = [
+        f"{name:<{width}}  " + (json.dumps(value) if isinstance(value, list | dict) else str(value))
+        for name, value in fields.items()
+    ]
+    return "\n".join([*lines, "", "traceback:", traceback.rstrip()])
 
 
 @dead_letters_cli.command("list")
@@ -122,8 +158,8 @@ def list_command(
             correlation_id=correlation_id,
             per_page=limit,
         )
-    for letter in letters:
-        click.echo(_letter_line(letter))
+    if letters:
+        click.echo(format_table(LIST_HEADERS, [_letter_row(letter) for letter in letters]))
     click.echo(f"{len(letters)} of {total} shown")
 
 
@@ -132,7 +168,7 @@ def list_command(
 def show_command(letter_id: int) -> None:
     with runtime().database.session() as session:
         letter = _or_fail(lambda: get_dead_letter(session, letter_id))
-        click.echo(json.dumps(DeadLetterOut().dump(letter), indent=2))
+        click.echo(format_letter(letter))
 
 
 def _or_fail(action):
@@ -245,6 +281,13 @@ def register_cli(app: Flask) -> None:
         production the platform's identity provider issues them."""
         verifier = TokenVerifier.for_settings(runtime().settings)
         click.echo(verifier.issue(student_id, ttl=timedelta(hours=hours)))
+
+    @app.cli.command("urls")
+    def urls_command() -> None:
+        """Where the stack's parts are and the development credentials (make up)."""
+        from app.where import stack_summary
+
+        click.echo(stack_summary(runtime().settings))
 
     @app.cli.command("seed-demo")
     def seed_demo_command() -> None:

@@ -140,6 +140,8 @@ class Settings:
     # Per client address on the public (non-admin, non-webhook) endpoints.
     rate_limit_public: str
     log_level: str
+    # JSON lines for log shippers (docker-compose and the image set LOG_JSON=1); off by
+    # default so `make up` prints text a developer can read.
     log_json: bool
     # OpenTelemetry (core/tracing.py). Off by default: no tracer provider, no hooks.
     # On, spans go by OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (a collector, Jaeger,
@@ -161,6 +163,9 @@ class Settings:
     flower_address: str
     flower_port: int
     flower_db: str
+    # Where a browser reaches Flower (the landing page links it, `make up` prints it):
+    # behind a proxy it differs from the address Flower binds.
+    flower_public_url: str
     # Celery beat's schedule state file.
     beat_schedule_file: str
 
@@ -236,7 +241,7 @@ class Settings:
             stream_seconds=env.number("STREAM_SECONDS", 55),
             rate_limit_public=env.text("RATE_LIMIT_PUBLIC", "600/minute"),
             log_level=env.text("LOG_LEVEL", "INFO"),
-            log_json=env.flag("LOG_JSON", True),
+            log_json=env.flag("LOG_JSON", False),
             tracing=env.flag("TRACING", False),
             otel_exporter_otlp_endpoint=env.text(
                 "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"
@@ -251,6 +256,9 @@ class Settings:
             flower_address=env.text("FLOWER_ADDRESS", "127.0.0.1"),
             flower_port=env.integer("FLOWER_PORT", 5555),
             flower_db=env.text("FLOWER_DB", ".flower/flower.db"),
+            flower_public_url=env.text(
+                "FLOWER_PUBLIC_URL", f"http://127.0.0.1:{env.integer('FLOWER_PORT', 5555)}"
+            ),
             beat_schedule_file=env.text("BEAT_SCHEDULE_FILE", ".beat-schedule"),
         )
 

@@ -154,8 +154,12 @@ def relay_outbox() -> dict[str, int]:
                     break  # the broker is likely down for the rest too
                 row.published_at = utcnow()
                 published += 1
+    # Every few seconds: an idle run is DEBUG (so are Celery's own lines about it, see
+    # ROUTINE_TASKS), so a quiet stack has a quiet log; a run that did something is INFO.
     if published or failed:
         log.info("outbox relay", extra={"published": published, "failed": failed})
+    else:
+        log.debug("outbox relay: nothing to publish")
     return {"published": published, "failed": failed}
 
 

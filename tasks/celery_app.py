@@ -6,6 +6,7 @@ the tasks use (`celery_app.database`), whose sessions carry the after-commit cha
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 from celery import Celery
@@ -37,9 +38,32 @@ class TutorflowCelery(Celery):
 celery_app = TutorflowCelery(get_settings())
 
 
+# Beat jobs that run every few seconds. Celery's own lines about them (beat's "sending
+# due task", the worker's "received" and "succeeded") are DEBUG, not INFO: otherwise they
+# are half of an idle stack's log. The job itself logs INFO when it did something.
+ROUTINE_TASKS = frozenset({"tutorflow.beat.relay_outbox"})
+_CELERY_BOOKKEEPING = frozenset({"celery.beat", "celery.worker.strategy", "celery.app.trace"})
+
+
+class RoutineTasksAtDebug(logging.Filter):
+    """Lowers Celery's INFO bookkeeping lines about ROUTINE_TASKS to DEBUG (and drops
+    them unless DEBUG is on). Celery has no per-task log level, hence a filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.name not in _CELERY_BOOKKEEPING:
+            return True
+        args = record.args
+        names = args.values() if isinstance(args, dict) else (args or ())
+        if not any(isinstance(name, str) and name in ROUTINE_TASKS for name in names):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 @setup_logging.connect
 def _configure_logging(**_: object) -> None:
-    configure_logging(celery_app.settings.log_level, celery_app.settings.log_json)
+    handler = configure_logging(celery_app.settings.log_level, celery_app.settings.log_json)
+    handler.filters.insert(0, RoutineTasksAtDebug())  # before the masking filter formats
 
 
 @worker_process_init.connect

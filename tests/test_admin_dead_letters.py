@@ -91,7 +91,7 @@ def test_cli_lists_shows_discards(runner, db_session):
     assert "tutorflow.pipeline.create_purchase" in listed.output
     assert "1 of 1 shown" in listed.output
     shown = runner.invoke(args=["dead-letters", "show", str(letter.id)])
-    assert f'"task_id": "{letter.task_id}"' in shown.output
+    assert letter.task_id in shown.output
     assert runner.invoke(args=["dead-letters", "discard", str(letter.id)]).exit_code == 0
     again = runner.invoke(args=["dead-letters", "discard", str(letter.id)])
     assert again.exit_code != 0
