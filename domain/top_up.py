@@ -59,15 +59,15 @@ from models import (
 
 
 def _batch_statement() -> Select[Any]:
-    """Up to :limit active allocations after :after and up to :until, locked (SKIP
-    LOCKED: one the chain or another top-up holds is left to it), with their session
-    counts, in one statement."""
+    """Up to :limit active allocations after :after whose trainer is in shard :shard of
+    :shards, locked (SKIP LOCKED: one the chain or another top-up holds is left to it),
+    with their session counts, in one statement."""
     batch = (
         select(Allocation.id)
         .where(
             Allocation.status == AllocationStatus.ACTIVE,
             Allocation.id > bindparam("after"),
-            Allocation.id <= bindparam("until"),
+            Allocation.trainer_id % bindparam("shards") == bindparam("shard"),
         )
         .order_by(Allocation.id)
         .limit(bindparam("limit"))
@@ -162,24 +162,14 @@ _INSERT_EVENTS = insert(EVENTS).from_select(
 )
 
 
-# No allocation id is larger: the bound of a range that is open upwards.
-NO_UPPER_BOUND = 2**63 - 1
+@dataclass(frozen=True)
+class Shard:
+    """The allocations of one trainer in every `of`: side-by-side top-ups given
+    different shards never wait for each other's trainer locks (allocation id ranges
+    would: two batches of a thousand allocations share trainers)."""
 
-
-def id_ranges(session: Session, size: int) -> list[tuple[int, int]]:
-    """The active allocations cut into (after, until] id ranges of about `size` each,
-    which separate transactions (threads, processes) can top up side by side. Only the
-    boundaries travel: one id in every `size`, counted by the server."""
-    numbered = (
-        select(Allocation.id, func.row_number().over(order_by=Allocation.id).label("n"))
-        .where(Allocation.status == AllocationStatus.ACTIVE)
-        .subquery()
-    )
-    bounds = session.scalars(
-        select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.id)
-    ).all()
-    lower = [0, *bounds]
-    return list(zip(lower, [*bounds, NO_UPPER_BOUND], strict=True))
+    index: int = 0
+    of: int = 1
 
 
 @dataclass
@@ -204,12 +194,19 @@ def top_up_batch(
     limit: int,
     window: int,
     threshold: int,
-    until_id: int = NO_UPPER_BOUND,
+    shard: Shard = Shard(),
 ) -> tuple[TopUpReport, int | None]:
-    """One batch in the caller's transaction; returns its report and the last id seen
-    (None when there is nothing after `after_id` up to `until_id`)."""
+    """One batch of `shard` in the caller's transaction; returns its report and the last
+    id seen (None when there is nothing after `after_id`)."""
     rows = session.execute(
-        _BATCH, {"now": now, "after": after_id, "until": until_id, "limit": limit}
+        _BATCH,
+        {
+            "now": now,
+            "after": after_id,
+            "shards": shard.of,
+            "shard": shard.index,
+            "limit": limit,
+        },
     ).all()
     report = TopUpReport(allocations_seen=len(rows))
     if not rows:

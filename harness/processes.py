@@ -406,9 +406,11 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster owned by the `postgres` OS user (initdb refuses root)."""
 
-    def __init__(self, address: str = "127.0.0.1") -> None:
+    def __init__(self, address: str = "127.0.0.1", settings: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.address = address
+        # Server settings (-c name=value) beyond the defaults, e.g. a production's memory.
+        self.settings = settings or {}
         self.dir = tempfile.mkdtemp(prefix="tutorflow-pg-")
         shutil.chown(self.dir, "postgres")
         self.data = os.path.join(self.dir, "data")
@@ -438,7 +440,8 @@ class PrivatePostgres:
             os.path.join(self.dir, "log"),
             "-o",
             f"-p {self.port} -k {self.dir} -c listen_addresses={self.address}"
-            " -c max_connections=300",
+            " -c max_connections=300"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
             "start",
         )
 
@@ -460,8 +463,10 @@ class PrivatePostgres:
 
 
 @contextmanager
-def private_postgres(address: str = "127.0.0.1") -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(address)
+def private_postgres(
+    address: str = "127.0.0.1", settings: dict[str, str] | None = None
+) -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(address, settings)
     server.init()
     server.start()
     try:

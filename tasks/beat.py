@@ -21,7 +21,7 @@ from core import tracing
 from core.provider import PaymentProvider, ProviderUnavailable
 from domain import fulfilment
 from domain.clock import utcnow
-from domain.top_up import TopUpReport, id_ranges, top_up_batch
+from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import OutboxMessage, ProcessedEvent, WebhookEvent
 from tasks.celery_app import celery_app
 from tasks.handoff import PUBLISHERS
@@ -69,28 +69,27 @@ def exclusive(job_name: str) -> Iterator[bool]:
 
 
 def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> TopUpReport:
-    """Top up every active allocation: id ranges of one batch each, one transaction per
-    batch, `threads` ranges at a time (a batch waits on the database about half its
-    time, and the server has cores for another meanwhile)."""
+    """Top up every active allocation, one batch per transaction, `threads` shards of
+    the trainers side by side (a batch waits on the database about half its time, and
+    the server has cores for another meanwhile)."""
     settings = celery_app.settings
     now = utcnow()
-    size = batch_size or settings.top_up_batch_size
-    with celery_app.database.transaction() as session:
-        ranges = id_ranges(session, size)
+    if not celery_app.database.connections_of_its_own:
+        threads = 1  # tests: every session shares the test's one connection
+    shards = threads or settings.top_up_threads
 
-    def top_up_range(bounds: tuple[int, int]) -> TopUpReport:
-        report = TopUpReport()
-        after, until = bounds
+    def top_up_shard(index: int) -> TopUpReport:
+        report, after = TopUpReport(), 0
         while True:
             with celery_app.database.transaction() as session:
                 batch, last = top_up_batch(
                     session,
                     now=now,
                     after_id=after,
-                    until_id=until,
-                    limit=size,
+                    limit=batch_size or settings.top_up_batch_size,
                     window=settings.session_window,
                     threshold=settings.top_up_threshold,
+                    shard=Shard(index, shards),
                 )
             report.add(batch)
             if last is None:
@@ -98,10 +97,8 @@ def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> 
             after = last
 
     report = TopUpReport()
-    if not celery_app.database.connections_of_its_own:
-        threads = 1  # tests: every session shares the test's one connection
-    with ThreadPoolExecutor(max_workers=threads or settings.top_up_threads) as pool:
-        for part in pool.map(top_up_range, ranges):
+    with ThreadPoolExecutor(max_workers=shards) as pool:
+        for part in pool.map(top_up_shard, range(shards)):
             report.add(part)
     return report
 

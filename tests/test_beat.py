@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from domain import fulfilment
 from domain.payments import has_active_course
-from domain.top_up import NO_UPPER_BOUND, TopUpReport, id_ranges, top_up_batch
+from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import (
     Allocation,
     OutboxKind,
@@ -240,14 +240,29 @@ def test_the_job_tops_up_in_batches(committed, clock):
         assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids)
 
 
-def test_id_ranges_cover_every_active_allocation_once(db_session):
-    ids = [allocate(db_session, slot=time(6 + i, 0)).id for i in range(7)]
-    ranges = id_ranges(db_session, 3)
-    assert ranges[0][0] == 0 and ranges[-1][1] == NO_UPPER_BOUND
-    assert [hi for _, hi in ranges[:-1]] == [lo for lo, _ in ranges[1:]]  # contiguous
-    covered = [i for i in ids for lo, hi in ranges if lo < i <= hi]
-    assert covered == ids  # each once
-    assert all(len([i for i in ids if lo < i <= hi]) <= 3 for lo, hi in ranges)
+def test_shards_split_the_allocations_by_trainer_and_cover_each_once(db_session, clock):
+    allocations = [allocate(db_session, slot=time(6 + i, 0)) for i in range(6)]
+    clock(MONDAY + timedelta(days=7))
+    seen: dict[int, list[int]] = {}
+    for index in range(3):
+        after: int | None = 0
+        while after is not None:
+            _, last = top_up_batch(
+                db_session,
+                now=MONDAY + timedelta(days=7),
+                after_id=after,
+                limit=1,
+                window=7,
+                threshold=7,
+                shard=Shard(index, 3),
+            )
+            if last is not None:
+                seen.setdefault(index, []).append(last)
+            after = last
+    by_id = {a.id: a.trainer_id for a in allocations}
+    assert sorted(i for ids in seen.values() for i in ids) == sorted(by_id)  # each once
+    for index, ids in seen.items():
+        assert {by_id[i] % 3 for i in ids} == {index}  # a trainer belongs to one shard
 
 
 def test_threads_top_up_side_by_side_with_completions_and_no_deadlock(committed, clock):
