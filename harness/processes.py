@@ -406,11 +406,9 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster owned by the `postgres` OS user (initdb refuses root)."""
 
-    def __init__(self, address: str = "127.0.0.1", settings: dict[str, str] | None = None) -> None:
+    def __init__(self, address: str = "127.0.0.1") -> None:
         self.port = free_port()
         self.address = address
-        # Server settings (-c name=value) beyond the defaults, e.g. a production's memory.
-        self.settings = settings or {}
         self.dir = tempfile.mkdtemp(prefix="tutorflow-pg-")
         shutil.chown(self.dir, "postgres")
         self.data = os.path.join(self.dir, "data")
@@ -440,8 +438,7 @@ class PrivatePostgres:
             os.path.join(self.dir, "log"),
             "-o",
             f"-p {self.port} -k {self.dir} -c listen_addresses={self.address}"
-            " -c max_connections=300"
-            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
+            " -c max_connections=300",
             "start",
         )
 
@@ -463,10 +460,8 @@ class PrivatePostgres:
 
 
 @contextmanager
-def private_postgres(
-    address: str = "127.0.0.1", settings: dict[str, str] | None = None
-) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(address, settings)
+def private_postgres(address: str = "127.0.0.1") -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(address)
     server.init()
     server.start()
     try:
