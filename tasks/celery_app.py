@@ -15,6 +15,7 @@ from celeryconfig import celery_config
 from core.config import Settings, get_settings
 from core.logs import configure_logging
 from models import Database
+from tasks import telemetry
 
 
 class TutorflowCelery(Celery):
@@ -33,6 +34,7 @@ class TutorflowCelery(Celery):
 
 
 celery_app = TutorflowCelery(get_settings())
+telemetry.install(celery_app)  # durations, retries, queue consumers for /metrics
 
 
 @setup_logging.connect
