@@ -5,10 +5,14 @@ database's dead letters, outbox and payments, and what workers wrote to the cach
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from flask.testing import FlaskClient
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
@@ -174,3 +178,32 @@ def test_a_real_worker_reports_its_queues_and_step_durations(metrics, committed)
 
         wait_until(ran, 60, "the worker's run never reached /metrics")
     assert value(metrics(), "tutorflow_queue_consumers", queue="maintenance") == 0
+
+
+OPS = Path(__file__).resolve().parent.parent / "ops"
+
+
+def test_rules_and_dashboard_read_only_series_that_metrics_exports(metrics):
+    """A renamed series would leave an alert silent forever: every `tutorflow_*` name in
+    the alert rules and the Grafana dashboard is one /metrics exports."""
+    flaky.apply(kwargs={"correlation_id": "c-2", "failures": 1}).get()  # a histogram, a retry
+    metrics()  # this request's latency shows in the next scrape
+    exported = {name for name, _labels in metrics()}
+    rules = yaml.safe_load((OPS / "prometheus/alerts.yml").read_text())
+    dashboard = json.loads((OPS / "grafana-dashboard.json").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = set(re.findall(r"\btutorflow_\w+", " ".join(expressions)))
+    assert used and used <= exported, used - exported
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test():
+    """promtool runs the cases (`make test`); this holds the rule that each alert has both."""
+    rules = yaml.safe_load((OPS / "prometheus/alerts.yml").read_text())
+    tests = yaml.safe_load((OPS / "prometheus/alerts_test.yml").read_text())
+    cases = [case for test in tests["tests"] for case in test["alert_rule_test"]]
+    for rule in (rule for group in rules["groups"] for rule in group["rules"]):
+        outcomes = {
+            bool(case["exp_alerts"]) for case in cases if case["alertname"] == rule["alert"]
+        }
+        assert outcomes == {True, False}, rule["alert"]
