@@ -37,10 +37,13 @@ up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 —
 	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
 	$(BIN)/honcho start -f Procfile
 
-test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)
+test: services  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (Debian ships it there)"; exit 1; }
+	promtool check config ops/prometheus/prometheus.yml
+	promtool test rules ops/prometheus/alerts_test.yml
 	$(BIN)/pytest
 
 test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover

@@ -17,6 +17,7 @@ from core import tracing
 from core.config import Settings, get_settings
 from core.logs import configure_logging
 from models import Database
+from tasks import telemetry
 
 
 class TutorflowCelery(Celery):
@@ -36,6 +37,7 @@ class TutorflowCelery(Celery):
 
 
 celery_app = TutorflowCelery(get_settings())
+telemetry.install(celery_app)  # durations, retries, queue consumers for /metrics
 
 
 # Beat jobs that run every few seconds. Celery's own lines about them (beat's "sending
