@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import time
+from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -80,6 +80,18 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise ValidationError("Must be true or false.")
         return value
+
+
+class Instant(fields.AwareDateTime):
+    """An instant with its UTC offset, loaded as UTC: offsets are where the person is,
+    and PostgreSQL takes none beyond ±15:59 (ISO 8601 allows up to ±23:59)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        instant = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return instant.astimezone(UTC)
+        except OverflowError as exc:  # year 1 or 9999 shifted out of range
+            raise ValidationError("Not a valid instant.") from exc
 
 
 def _timezone(value: str) -> None:
@@ -329,7 +341,7 @@ class SessionOut(Schema):
 
 
 class RescheduleIn(InputSchema):
-    starts_at = fields.AwareDateTime(
+    starts_at = Instant(
         required=True,
         metadata={
             "description": "The new start, an instant with its UTC offset, at least 24 hours "
@@ -464,8 +476,8 @@ class DeadLetterFilterIn(InputSchema):
     exception_type = Text(
         255, metadata={"description": "Full name or class name.", "example": "NoTrainerAvailable"}
     )
-    failed_from = fields.AwareDateTime(metadata={"description": "Parked at or after."})
-    failed_until = fields.AwareDateTime(metadata={"description": "Parked before."})
+    failed_from = Instant(metadata={"description": "Parked at or after."})
+    failed_until = Instant(metadata={"description": "Parked before."})
     course_id = Id()
     correlation_id = Text(64, metadata={"description": "The payment id."})
     all = StrictBoolean(

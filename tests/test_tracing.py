@@ -182,6 +182,7 @@ def test_tracing_off_installs_nothing():
     they are installed, for its own observability, off unless configured.)"""
     probe = """
 import sys
+import weakref
 from flask import Flask
 from celery import signals
 from app import create_app
@@ -193,7 +194,14 @@ from tasks.celery_app import celery_app
 
 app = create_app(get_settings(), testing=True)
 default = OutboxMessage.__table__.c.traceparent.default.arg
-receivers = [r for s in (signals.task_prerun, signals.before_task_publish) for r in s.receivers]
+def target(receiver):
+    ref = receiver[1]
+    return ref() if isinstance(ref, weakref.ReferenceType) else ref
+receivers = [  # tracing's own: the metrics' signal handlers (tasks.telemetry) stay
+    t for s in (signals.task_prerun, signals.before_task_publish) for r in s.receivers
+    if (t := target(r)) is not None
+    and getattr(t, "__module__", "").startswith(("opentelemetry", "core.tracing"))
+]
 ours = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "opentelemetry.exporter")
 print(sorted(m for m in sys.modules if m.startswith(ours)))
 trace = sys.modules.get("opentelemetry.trace")
