@@ -50,7 +50,7 @@ from core.config import get_settings
 from core.provider import PaymentProvider
 from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
-from harness import processes
+from harness import brokers, processes
 from harness.processes import ApiProcess, WorkerProcess, api_server
 
 settings = get_settings()
@@ -75,7 +75,7 @@ def _refuse_shared_stores() -> None:
     if database in FORBIDDEN_DATABASES:
         raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
     for name, url in (("BROKER_URL", settings.broker_url), ("CACHE_URL", settings.cache_url)):
-        if _redis_db(url) in FORBIDDEN_REDIS_DBS:
+        if url.startswith("redis") and _redis_db(url) in FORBIDDEN_REDIS_DBS:
             raise SystemExit(f"bench refuses {name} Redis db {_redis_db(url)}")
 
 
@@ -88,14 +88,18 @@ def fresh_database() -> None:
 
 
 def bench_redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2)
+    """The cache's Redis db (on a Redis broker, the queues' too)."""
+    return redis.Redis.from_url(settings.cache_url, socket_connect_timeout=2)
 
 
 def flush_bench_redis() -> None:
-    """Empty the bench Redis db (queues, cache keys): the guard above vetted its number."""
+    """Empty the bench Redis db (queues, cache keys): the guard above vetted its number;
+    on RabbitMQ, purge the queues as well."""
     client = bench_redis()
     client.flushdb()
     client.close()
+    if brokers.is_rabbitmq(settings.broker_url):
+        brokers.purge_rabbitmq(settings.broker_url)
 
 
 def redis_calls() -> int:
