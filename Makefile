@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed up test test-hosts test-rabbitmq lint bench clean
+.PHONY: install services migrate seed urls up test test-hosts test-rabbitmq lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,18 +27,27 @@ seed: migrate
 	$(BIN)/flask --app wsgi seed-demo
 
 # The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
-up: export STRIPE_API_BASE ?= http://127.0.0.1:12111
+up urls: export STRIPE_API_BASE ?= http://127.0.0.1:12111
+
+urls: install  ## where the stack's parts are and the development credentials
+	@$(BIN)/flask --app wsgi urls
+
 up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
+	@$(BIN)/flask --app wsgi urls
+	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
 	$(BIN)/honcho start -f Procfile
 
-test: services  ## lint, types, migration drift check and the whole suite (real PostgreSQL + Redis)
+test: services  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (Debian ships it there)"; exit 1; }
+	promtool check config ops/prometheus/prometheus.yml
+	promtool test rules ops/prometheus/alerts_test.yml
 	$(BIN)/pytest
 
-test-hosts: services  ## the multi-host suite: hosts as network namespaces (root, iproute2)
-	$(BIN)/pytest -m hosts tests/test_hosts.py
+test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover
+	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py
 
 # The broker matrix: the delivery, retry, dead-letter and crash tests again on RabbitMQ
 # (quorum queues), in a vhost of their own made for the run and deleted after it.

@@ -8,8 +8,11 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from core.config import Settings
+from core.redis_client import sentinel_transport_options
 
-QUEUES = ("pipeline", "dead_letter", "maintenance")
+# "notifications": e-mail only, so a slow mail server never takes a pipeline worker's
+# slot (its own worker in the Procfile and compose).
+QUEUES = ("pipeline", "dead_letter", "maintenance", "notifications")
 
 
 class UnsafeDeliverySettings(ValueError):
@@ -118,6 +121,8 @@ def _base_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
+            # With `sentinel://` URLs: the primary's name, and how a lost one is noticed.
+            **sentinel_transport_options(settings.broker_url, settings.redis_sentinel_master),
         },
         # Workers publish the next link of a chain before acking the current one: they
         # wait out a broker restart (about 15 s) rather than fail a step whose work is
@@ -175,6 +180,10 @@ def _base_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
             "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
+            "tutorflow.notifications.*": {
+                "queue": "notifications",
+                "routing_key": "notifications",
+            },
         },
         # Beat: one process (docker-compose, Procfile), Celery's own scheduler. A second
         # one started by mistake is harmless: each job takes a PostgreSQL advisory lock
@@ -201,6 +210,12 @@ def _base_config(settings: Settings) -> dict[str, Any]:
                 "schedule": 600.0,
             },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
+            # Flower's view of the open dead letters (tasks/dead_letters.py).
+            "report-open-dead-letters": {
+                "task": "tutorflow.dead_letters.report_open",
+                "schedule": 60.0,
+                "options": {"expires": 120.0},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

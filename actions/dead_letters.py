@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from domain import dead_letters
+from domain.dead_letters import LetterFilter, OpenLetters
+from domain.errors import Conflict
 from models import Database, DeadLetter
 
 
-def record(database: Database, letter: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Recorded:
+    """A stored letter and the open letters after it: the record task's result."""
+
+    letter_id: int
+    task_name: str
+    correlation_id: str | None
+    exception: str
+    replay_of: int | None
+    open: OpenLetters
+
+
+def record(database: Database, letter: dict) -> Recorded:
     with database.transaction() as session:
-        dead_letters.store_dead_letter(session, letter)
+        stored = dead_letters.store_dead_letter(session, letter)
+        return Recorded(
+            letter_id=stored.id,
+            task_name=stored.task_name,
+            correlation_id=stored.correlation_id,
+            exception=f"{stored.exception_type}: {stored.exception_message}",
+            replay_of=stored.replay_of,
+            open=dead_letters.open_letters(session),
+        )
+
+
+def open_letters(database: Database) -> OpenLetters:
+    with database.session() as session:
+        return dead_letters.open_letters(session)
 
 
 def replay(database: Database, letter_id: int) -> DeadLetter:
@@ -24,10 +52,44 @@ def discard(database: Database, letter_id: int) -> DeadLetter:
         return dead_letters.discard(session, letter_id)
 
 
-def open_letter_ids(
-    database: Database, *, task_name: str | None = None, correlation_id: str | None = None
-) -> list[int]:
+def matching(database: Database, filters: LetterFilter) -> list[int]:
     with database.transaction() as session:
-        return dead_letters.open_letter_ids(
-            session, task_name=task_name, correlation_id=correlation_id
-        )
+        return dead_letters.open_letter_ids(session, filters)
+
+
+BULK: dict[str, Callable[[Database, int], DeadLetter]] = {"replay": replay, "discard": discard}
+
+
+def each(database: Database, action: str, ids: Iterable[int]) -> Iterator[tuple[int, bool]]:
+    """Replay or discard each letter in its own transaction (a progress bar can follow
+    it); (id, False) for one that someone replayed or discarded meanwhile."""
+    for letter_id in ids:
+        try:
+            BULK[action](database, letter_id)
+        except Conflict:
+            yield letter_id, False
+        else:
+            yield letter_id, True
+
+
+@dataclass(frozen=True)
+class Bulk:
+    action: str
+    dry_run: bool
+    matched: int
+    ids: list[int]  # a dry run: the first DRY_RUN_SAMPLE matched; else those acted on
+    skipped: list[int]
+
+
+DRY_RUN_SAMPLE = 100
+
+
+def bulk(database: Database, action: str, *, filters: LetterFilter, dry_run: bool) -> Bulk:
+    """The admin API's bulk replay or discard (the CLI drives `each` itself, for its
+    progress bar)."""
+    ids = matching(database, filters)
+    if dry_run:
+        return Bulk(action, True, len(ids), ids[:DRY_RUN_SAMPLE], [])
+    done = list(each(database, action, ids))
+    acted = [one for one, ok in done if ok]
+    return Bulk(action, False, len(ids), acted, [one for one, ok in done if not ok])

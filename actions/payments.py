@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.provider import PaymentProvider
 from domain import idempotency
-from domain.dead_letters import discard, open_letter_ids
+from domain.dead_letters import LetterFilter, discard, open_letter_ids
 from domain.errors import Conflict
 from domain.events import EventType, record_event
 from domain.payments import (
@@ -137,7 +137,7 @@ def give_up_allocation(
             event_type=EventType.ALLOCATION_GIVEN_UP,
             payload={"reason": "no_trainer_available", "after_hours": hours},
         )
-        for letter_id in open_letter_ids(session, correlation_id=str(payment_id)):
+        for letter_id in open_letter_ids(session, LetterFilter(correlation_id=str(payment_id))):
             discard(session, letter_id)
 
     return refund(database, provider, payment_id, source="allocation_give_up", then=say_why)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import click
 from flask import Flask, g, request
+from flask.cli import ScriptInfo
 from flask_cors import CORS
 from flask_talisman import Talisman
 
@@ -15,6 +18,7 @@ from app.errors import ApiError, TutorflowApi, register_error_handlers
 from app.limits import init_limiter
 from app.runtime import EXTENSION, Runtime
 from app.schemas import TimeSlot
+from core import tracing
 from core.cache import Cache
 from core.config import Settings, get_settings
 from core.logs import configure_logging, request_id_var
@@ -30,7 +34,9 @@ FLASK_CONFIG: dict[str, Any] = {
     "OPENAPI_URL_PREFIX": "/",
     "OPENAPI_JSON_PATH": "openapi.json",
     "OPENAPI_SWAGGER_UI_PATH": "/docs",
-    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    # Swagger UI's files come from the pinned flask-swagger-ui package (app/views/pages.py
+    # serves them): /docs works on a network without internet, at a known version.
+    "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
 
@@ -44,11 +50,11 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     app = Flask(__name__)
     app.config.from_mapping(FLASK_CONFIG, TESTING=testing)
     if not testing:
-        configure_logging(settings.log_level, settings.log_json)
+        configure_logging(_log_level(settings), settings.log_json)
     app.extensions[EXTENSION] = Runtime(
         settings=settings,
         database=database_for(settings, role="api"),
-        cache=Cache.for_url(settings.cache_url),
+        cache=Cache.for_settings(settings),
     )
 
     api = TutorflowApi(
@@ -85,7 +91,31 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     from app.cli import register_cli
 
     register_cli(app)
+    # Under gunicorn each worker builds its app after the fork: its exporter thread too.
+    tracing.install(settings, role="api")
+    tracing.instrument_app(app)
     return app
+
+
+def invoked_by_flask_cli() -> bool:
+    """True while a `flask ...` command loads the app: its click context holds Flask's
+    ScriptInfo. (gunicorn and the tests build the app outside any click command, and
+    `flask run` is a server: its log follows the settings.)"""
+    context = click.get_current_context(silent=True)
+    if context is None or context.find_object(ScriptInfo) is None:
+        return False
+    return context.info_name != "run"
+
+
+def _log_level(settings: Settings) -> str:
+    """A CLI command prints its own result: the log adds warnings and errors only, not
+    the INFO lines libraries write when they load (Alembic's seven plugin lines, printed
+    before every command, `--help` included) or work."""
+    if not invoked_by_flask_cli():
+        return settings.log_level
+    configured = logging.getLevelName(settings.log_level.upper())
+    level = configured if isinstance(configured, int) else logging.INFO
+    return logging.getLevelName(max(level, logging.WARNING))
 
 
 def _protect(app: Flask, settings: Settings) -> None:
@@ -100,9 +130,9 @@ def _protect(app: Flask, settings: Settings) -> None:
         referrer_policy="no-referrer",
         content_security_policy={
             "default-src": "'self'",
-            # The student page's inline script and the docs' Swagger UI bundle.
-            "script-src": ["'self'", "'unsafe-inline'", "cdn.jsdelivr.net"],
-            "style-src": ["'self'", "'unsafe-inline'", "cdn.jsdelivr.net"],
+            # The student page's and the docs page's inline scripts; nothing from elsewhere.
+            "script-src": ["'self'", "'unsafe-inline'"],
+            "style-src": ["'self'", "'unsafe-inline'"],
             "img-src": ["'self'", "data:"],
             "connect-src": "'self'",
         },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import click
 from alembic import command
@@ -18,7 +18,8 @@ from app.runtime import runtime
 from app.schemas import DeadLetterOut
 from core.tokens import TokenVerifier
 from domain import catalogue
-from domain.errors import Conflict, DomainError
+from domain.dead_letters import LetterFilter
+from domain.errors import DomainError
 from domain.read_models import get_dead_letter, list_dead_letters
 from models import Course, Database, DeadLetter
 
@@ -42,6 +43,9 @@ def ensure_database(url: str) -> bool:
 
 def upgrade_database(url: str | None = None) -> None:
     config = Config("alembic.ini")
+    # The process's logging stays as configured (Alembic's fileConfig would replace it,
+    # and print its INFO lines in the middle of a command's output).
+    config.attributes["configure_logger"] = False
     if url is not None:
         config.attributes["database_url"] = url
     command.upgrade(config, "head")
@@ -96,12 +100,45 @@ def seed_demo(database: Database) -> dict[str, int]:
 dead_letters_cli = AppGroup("dead-letters", help="List, show, replay or discard dead letters.")
 
 
-def _letter_line(letter: DeadLetter) -> str:
+LIST_HEADERS = ("ID", "STATUS", "LAST FAILED (UTC)", "TASK", "PAYMENT", "ERROR")
+
+
+def _letter_row(letter: DeadLetter) -> tuple[str, ...]:
     return (
-        f"{letter.id:>6}  {letter.status:<9}  {letter.last_failed_at:%Y-%m-%d %H:%M:%S}  "
-        f"{letter.task_name}  {letter.correlation_id}  {letter.exception_type}: "
-        f"{letter.exception_message[:80]}"
+        str(letter.id),
+        letter.status,
+        f"{letter.last_failed_at:%Y-%m-%d %H:%M:%S}",
+        letter.task_name,
+        letter.correlation_id or "-",
+        _shortened(f"{letter.exception_type}: {letter.exception_message}", 80),
     )
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Plain columns under a header line: readable, and still one record per line for
+    grep and awk (the last column is not padded)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    )
+
+
+def format_letter(letter: DeadLetter) -> str:
+    """Every field of the admin API's answer on its own line, under the API's names, then
+    the traceback as it was printed, not as one escaped JSON string."""
+    fields = DeadLetterOut().dump(letter)
+    traceback = fields.pop("traceback", "") or ""
+    width = max(len(name) for name in fields)
+    lines = [
+        f"{name:<{width}}  " + (json.dumps(value) if isinstance(value, list | dict) else str(value))
+        for name, value in fields.items()
+    ]
+    return "\n".join([*lines, "", "traceback:", traceback.rstrip()])
 
 
 @dead_letters_cli.command("list")
@@ -121,8 +158,8 @@ def list_command(
             correlation_id=correlation_id,
             per_page=limit,
         )
-    for letter in letters:
-        click.echo(_letter_line(letter))
+    if letters:
+        click.echo(format_table(LIST_HEADERS, [_letter_row(letter) for letter in letters]))
     click.echo(f"{len(letters)} of {total} shown")
 
 
@@ -131,7 +168,7 @@ def list_command(
 def show_command(letter_id: int) -> None:
     with runtime().database.session() as session:
         letter = _or_fail(lambda: get_dead_letter(session, letter_id))
-        click.echo(json.dumps(DeadLetterOut().dump(letter), indent=2))
+        click.echo(format_letter(letter))
 
 
 def _or_fail(action):
@@ -141,38 +178,87 @@ def _or_fail(action):
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
 
 
+DRY_RUN_SHOWN = 10
+
+
+def letter_filters(command):
+    """The filters of a bulk replay or discard (domain.dead_letters.LetterFilter)."""
+    when = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+    options = [
+        click.option("--all", "bulk", is_flag=True, help="Every open letter matching the filters."),
+        click.option("--task", "task_name", default=None, help="Full task name."),
+        click.option("--error-type", "exception_type", default=None, help="Full or class name."),
+        click.option("--from", "failed_from", type=when, help="Parked at or after (UTC)."),
+        click.option("--until", "failed_until", type=when, help="Parked before (UTC)."),
+        click.option("--course", "course_id", type=click.IntRange(1), help="Course id."),
+        click.option("--correlation-id", default=None, help="The payment id."),
+        click.option("--dry-run", is_flag=True, help="Count and show a sample; change nothing."),
+        click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _bulk(action: str, letter_id: int | None, bulk: bool, **options) -> None:
+    """One letter by id, or every open letter matching the filters: count, sample on a
+    dry run, confirmation (unless --yes), then a progress bar."""
+    dry_run, yes = options.pop("dry_run"), options.pop("yes")
+    for name in ("failed_from", "failed_until"):
+        if options[name] is not None:
+            options[name] = options[name].replace(tzinfo=UTC)
+    filters = LetterFilter(**options)
+    if (letter_id is None) == (not bulk and filters == LetterFilter()):
+        raise click.UsageError("give either a LETTER_ID or --all and/or filters")
+    database = runtime().database
+    doing, past = {"replay": ("replaying", "replayed"), "discard": ("discarding", "discarded")}[
+        action
+    ]
+    if letter_id is not None:
+        _or_fail(lambda: dead_letters.BULK[action](database, letter_id))
+        click.echo(f"{past} {letter_id}")
+        return
+    ids = dead_letters.matching(database, filters)
+    click.echo(f"{len(ids)} open dead letters match")
+    if dry_run:
+        with database.session() as session:
+            for one in ids[:DRY_RUN_SHOWN]:
+                letter = get_dead_letter(session, one)
+                click.echo(
+                    f"  {one}  {letter.task_name}  {letter.correlation_id}  {letter.exception_type}"
+                )
+        click.echo(f"dry run: nothing {past}")
+        return
+    if not ids:
+        return
+    if not yes:
+        click.confirm(f"{action} {len(ids)} dead letters?", abort=True)
+    skipped = 0
+    with click.progressbar(
+        dead_letters.each(database, action, ids),
+        length=len(ids),
+        label=f"{doing} {len(ids)} dead letters",
+    ) as bar:
+        for _, acted in bar:
+            skipped += not acted  # replayed or discarded meanwhile by someone else
+    click.echo(f"{past} {len(ids) - skipped}, skipped {skipped}")
+
+
 @dead_letters_cli.command("replay")
 @click.argument("letter_id", type=int, required=False)
-@click.option("--all", "replay_all", is_flag=True, help="Every open letter matching the filters.")
-@click.option("--task", "task_name", default=None)
-@click.option("--correlation-id", default=None)
-def replay_command(
-    letter_id: int | None, replay_all: bool, task_name: str | None, correlation_id: str | None
-) -> None:
-    """Re-publish the failed task with its arguments and the rest of its chain."""
-    if (letter_id is None) == (not replay_all):
-        raise click.UsageError("give either a LETTER_ID or --all")
-    if letter_id is not None:
-        _or_fail(lambda: dead_letters.replay(runtime().database, letter_id))
-        click.echo(f"replayed {letter_id}")
-        return
-    database = runtime().database
-    ids = dead_letters.open_letter_ids(database, task_name=task_name, correlation_id=correlation_id)
-    skipped = 0
-    with click.progressbar(ids, label=f"replaying {len(ids)} dead letters") as bar:
-        for one in bar:
-            try:
-                dead_letters.replay(database, one)
-            except Conflict:
-                skipped += 1  # replayed or discarded meanwhile by someone else
-    click.echo(f"replayed {len(ids) - skipped}, skipped {skipped}")
+@letter_filters
+def replay_command(letter_id: int | None, bulk: bool, **options) -> None:
+    """Re-publish the failed task with its arguments and the rest of its chain: one
+    letter, or every open one matching the filters."""
+    _bulk("replay", letter_id, bulk, **options)
 
 
 @dead_letters_cli.command("discard")
-@click.argument("letter_id", type=int)
-def discard_command(letter_id: int) -> None:
-    _or_fail(lambda: dead_letters.discard(runtime().database, letter_id))
-    click.echo(f"discarded {letter_id}")
+@click.argument("letter_id", type=int, required=False)
+@letter_filters
+def discard_command(letter_id: int | None, bulk: bool, **options) -> None:
+    """Close without running: one letter, or every open one matching the filters."""
+    _bulk("discard", letter_id, bulk, **options)
 
 
 def register_cli(app: Flask) -> None:
@@ -195,6 +281,13 @@ def register_cli(app: Flask) -> None:
         production the platform's identity provider issues them."""
         verifier = TokenVerifier.for_settings(runtime().settings)
         click.echo(verifier.issue(student_id, ttl=timedelta(hours=hours)))
+
+    @app.cli.command("urls")
+    def urls_command() -> None:
+        """Where the stack's parts are and the development credentials (make up)."""
+        from app.where import stack_summary
+
+        click.echo(stack_summary(runtime().settings))
 
     @app.cli.command("seed-demo")
     def seed_demo_command() -> None:

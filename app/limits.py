@@ -8,6 +8,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from core.config import Settings
+from core.redis_client import redis_client
 
 
 def init_limiter(app: Flask, settings: Settings) -> Limiter:
@@ -16,8 +17,18 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
     return Limiter(
         get_remote_address,
         app=app,
-        storage_uri=settings.cache_url,
-        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        # The counters' client is built like every other (a server or a Sentinel-managed
+        # primary that follows a failover); limits uses its connection pool.
+        storage_uri="redis://",
+        # Flask-Limiter types the options as str | int; limits' RedisStorage takes a pool.
+        storage_options={
+            "connection_pool": redis_client(  # type: ignore[dict-item]
+                settings.cache_url,
+                settings.redis_sentinel_master,
+                socket_connect_timeout=1,
+                socket_timeout=1,
+            ).connection_pool
+        },
         strategy="fixed-window",
         # No X-RateLimit-* headers on every answer: each costs a Redis round trip.
         # A 429 still says Retry-After (app.errors).

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the API process(es).
+"""Prometheus metrics of the API process(es), and of the whole pipeline.
 
 Under gunicorn set PROMETHEUS_MULTIPROC_DIR so every worker's samples are summed.
-Gauges that describe shared state (open dead letters, outbox backlog) are read from
-PostgreSQL at scrape time, so any process reports the same truth.
+Everything else (queues, dead letters, outbox, stalled payments, step durations, retries,
+breakers, consumers) is read at scrape time from the source of truth (SharedStateCollector),
+so any API process reports the same. Series and alerts: README, "Alerts and metrics".
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,14 +19,19 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from app.runtime import Runtime, runtime
-from core.provider import PaymentProvider
+from celeryconfig import QUEUES
+from core.telemetry import Telemetry
+from domain import fulfilment
 from models import DeadLetter, DeadLetterStatus, OutboxMessage
+from tasks.celery_app import celery_app
+from tasks.telemetry import CONSUMER_FRESH_SECONDS, queue_depths
 
+log = logging.getLogger(__name__)
 request_log = logging.getLogger("tutorflow.requests")
 
 REQUEST_LATENCY = Histogram(
@@ -38,45 +43,130 @@ REQUEST_LATENCY = Histogram(
 
 
 class SharedStateCollector(Collector):
+    """Series read at scrape time from where the truth is kept, so every API process
+    reports the same: PostgreSQL (dead letters, outbox, payments), the broker (queue
+    depths, through kombu) and the cache Redis (what workers report: core.telemetry).
+    A source that cannot be read drops its series and says so in
+    tutorflow_metrics_source_up, instead of failing the whole scrape."""
+
     def __init__(self, app: Runtime) -> None:
         self.app = app
 
     def collect(self):
-        with self.app.database.session() as session:
-            open_letters = session.scalar(
-                select(func.count()).where(DeadLetter.status == DeadLetterStatus.OPEN)
-            )
-            oldest = session.scalar(
-                select(
-                    func.extract("epoch", func.now() - func.min(OutboxMessage.created_at))
-                ).where(OutboxMessage.published_at.is_(None))
-            )
-        yield from _read_model_metrics(self.app)
-        breaker = GaugeMetricFamily(
-            "tutorflow_payment_provider_breaker_open",
-            "1 while this process's circuit breaker to the payment provider is open "
-            "(0.5 half-open, 0 closed).",
+        up = GaugeMetricFamily(
+            "tutorflow_metrics_source_up",
+            "1 if /metrics could read this source at this scrape, else 0.",
+            labels=["source"],
         )
-        state = PaymentProvider.for_settings(self.app.settings).state
-        breaker.add_metric([], {"open": 1.0, "half-open": 0.5}.get(state, 0.0))
-        yield breaker
+        for source, read in (
+            ("database", self._database),
+            ("broker", self._broker),
+            ("cache", self._cache),
+        ):
+            try:
+                families = list(read())
+            except Exception:  # any failure: report the source down, keep the rest
+                log.warning("metrics: %s unavailable", source, exc_info=True)
+                up.add_metric([source], 0)
+                continue
+            up.add_metric([source], 1)
+            yield from families
+        yield up
+
+    def _database(self):
+        with self.app.database.session() as session:
+            letters, letters_oldest = session.execute(
+                select(
+                    func.count(),
+                    func.extract("epoch", func.now() - func.min(DeadLetter.last_failed_at)),
+                ).where(DeadLetter.status == DeadLetterStatus.OPEN)
+            ).one()
+            backlog, backlog_oldest = session.execute(
+                select(
+                    func.count(),
+                    func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)),
+                ).where(OutboxMessage.published_at.is_(None))
+            ).one()
+            confirmed = fulfilment.oldest_unfinished_confirmation(session)
+            stalled = session.scalar(select(func.extract("epoch", func.now() - confirmed)))
         yield GaugeMetricFamily(
-            "tutorflow_dead_letters_open",
-            "Dead letters waiting for an operator.",
-            value=open_letters or 0,
+            "tutorflow_dead_letters_open", "Dead letters waiting for an operator.", value=letters
+        )
+        yield GaugeMetricFamily(
+            "tutorflow_dead_letters_oldest_open_seconds",
+            "Age of the oldest open dead letter, from its last failure (0 when none).",
+            value=float(letters_oldest or 0),
+        )
+        yield GaugeMetricFamily(
+            "tutorflow_outbox_unpublished",
+            "Outbox rows not yet published to the broker.",
+            value=backlog,
         )
         yield GaugeMetricFamily(
             "tutorflow_outbox_oldest_unpublished_seconds",
             "Age of the oldest outbox row not yet published (0 when none).",
-            value=float(oldest or 0),
+            value=float(backlog_oldest or 0),
         )
+        yield GaugeMetricFamily(
+            "tutorflow_pipeline_oldest_unfinished_seconds",
+            "Time since the oldest confirmed payment whose chain has not scheduled its "
+            "sessions was confirmed (payments with an open dead letter excluded; 0 when none).",
+            value=float(stalled or 0),
+        )
+
+    def _broker(self):
+        depths = queue_depths(celery_app, QUEUES)
+        messages = GaugeMetricFamily(
+            "tutorflow_queue_messages",
+            "Messages in each broker queue: ready (waiting) and, on Redis, unacked "
+            "(delivered to a worker or waiting for a retry's countdown).",
+            labels=["queue", "state"],
+        )
+        for queue, depth in depths.items():
+            messages.add_metric([queue, "ready"], depth.ready)
+            if depth.unacked is not None:
+                messages.add_metric([queue, "unacked"], depth.unacked)
+        yield messages
+
+    def _cache(self):
+        telemetry = Telemetry.for_settings(self.app.settings)
+        yield from _read_model_metrics(self.app)
+        consumers = GaugeMetricFamily(
+            "tutorflow_queue_consumers",
+            f"Workers that said within {CONSUMER_FRESH_SECONDS:g} s that they consume the queue.",
+            labels=["queue"],
+        )
+        for queue, count in telemetry.consumers(QUEUES, CONSUMER_FRESH_SECONDS).items():
+            consumers.add_metric([queue], count)
+        yield consumers
+        durations = HistogramMetricFamily(
+            "tutorflow_task_duration_seconds",
+            "Run time of each task run (retries and failures included), all workers.",
+            labels=["task"],
+        )
+        for task, histogram in telemetry.durations().items():
+            durations.add_metric([task], histogram.buckets, histogram.total_seconds)
+        yield durations
+        retries = CounterMetricFamily(
+            "tutorflow_task_retries", "Retries scheduled, by task, all workers.", labels=["task"]
+        )
+        for task, count in telemetry.retries().items():
+            retries.add_metric([task], count)
+        yield retries
+        breakers = telemetry.breakers(self.app.settings.stripe_breaker_reset_seconds)
+        states = GaugeMetricFamily(
+            "tutorflow_payment_provider_breakers",
+            "Processes (API and workers) whose payment-provider circuit breaker is open "
+            "(refusing calls) or half-open (its next call is a probe).",
+            labels=["state"],
+        )
+        states.add_metric(["open"], breakers.open)
+        states.add_metric(["half_open"], breakers.half_open)
+        yield states
 
 
 def _read_model_metrics(app: Runtime):
-    try:
-        stats = app.cache.read_model_stats()
-    except redis.RedisError:
-        return
+    stats = app.cache.read_model_stats()
     total = CounterMetricFamily(
         "tutorflow_read_model_cache", "Read-model cache lookups.", labels=["view", "result"]
     )

@@ -20,6 +20,8 @@ from marshmallow import (
 )
 
 from domain.calendar import END_OF_DAY, is_valid_timezone
+from domain.dead_letters import LetterFilter
+from domain.errors import safe_reason
 from models import TIERS
 
 MAX_ID = 2**63 - 1
@@ -337,12 +339,19 @@ class RescheduleIn(InputSchema):
     )
 
 
+def _safe_reason(letter: Any) -> str:
+    return safe_reason(letter.exception_type)
+
+
 class DeadLetterBrief(Schema):
+    """What the payment's owner may read: an operator-safe reason, never the exception's
+    class, message or traceback (those are in the admin-only dead-letter API)."""
+
     id = fields.Integer()
     task_name = fields.String()
     status = fields.String()
-    exception_type = fields.String()
-    exception_message = fields.String()
+    reason = fields.Function(_safe_reason)
+    replay_of = fields.Integer(allow_none=True)
 
 
 class FulfilmentOut(Schema):
@@ -351,6 +360,7 @@ class FulfilmentOut(Schema):
             "enum": [
                 "awaiting_payment",
                 "verifying",
+                "retrying",
                 "confirmed",
                 "finding_trainer",
                 "allocated",
@@ -428,11 +438,68 @@ class DeadLetterOut(Schema):
     chain = fields.List(fields.Raw(), metadata={"description": "Links that had not run yet."})
     exception_type = fields.String()
     exception_message = fields.String()
+    reason = fields.Function(_safe_reason, metadata={"description": "What the student reads."})
     traceback = fields.String()
     retries = fields.Integer()
     first_failed_at = fields.DateTime()
     last_failed_at = fields.DateTime()
     resolved_at = fields.DateTime(allow_none=True)
+    replay_task_id = fields.String(
+        allow_none=True, metadata={"description": "The task id its replay was published as."}
+    )
+    replay_of = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The letter whose replay failed again and parked this one."},
+    )
+    failed_again_as = fields.List(
+        fields.Integer(),
+        metadata={"description": "Letters its replays parked: the replay failed again."},
+    )
+
+
+class DeadLetterFilterIn(InputSchema):
+    """Which open letters a bulk replay or discard takes (all filters must match)."""
+
+    task_name = Text(255, metadata={"example": "tutorflow.pipeline.allocate_trainer"})
+    exception_type = Text(
+        255, metadata={"description": "Full name or class name.", "example": "NoTrainerAvailable"}
+    )
+    failed_from = fields.AwareDateTime(metadata={"description": "Parked at or after."})
+    failed_until = fields.AwareDateTime(metadata={"description": "Parked before."})
+    course_id = Id()
+    correlation_id = Text(64, metadata={"description": "The payment id."})
+    all = StrictBoolean(
+        load_default=False, metadata={"description": "Required when no filter is given."}
+    )
+    dry_run = StrictBoolean(
+        load_default=False, metadata={"description": "Only count and list; change nothing."}
+    )
+
+    @validates_schema
+    def _narrowed(self, data: dict[str, Any], **kwargs: Any) -> None:
+        filters = set(data) - {"all", "dry_run"}
+        if not filters and not data.get("all"):
+            raise ValidationError("Give at least one filter, or all: true.")
+        if filters and data.get("all"):
+            raise ValidationError("all: true takes no filters.")
+        start, end = data.get("failed_from"), data.get("failed_until")
+        if start and end and start >= end:
+            raise ValidationError("failed_from must be before failed_until.", "failed_until")
+
+    @post_load
+    def _as_filter(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        filters = {k: v for k, v in data.items() if k not in ("all", "dry_run")}
+        return {"filters": LetterFilter(**filters), "dry_run": data["dry_run"]}
+
+
+class BulkOut(Schema):
+    action = fields.String(metadata={"enum": ["replay", "discard"]})
+    dry_run = fields.Boolean()
+    matched = fields.Integer(metadata={"description": "Open letters matching the filter."})
+    ids = fields.List(fields.Integer(), metadata={"description": "Matched (dry run) or acted on."})
+    skipped = fields.List(
+        fields.Integer(), metadata={"description": "Replayed or discarded meanwhile by another."}
+    )
 
 
 class DeadLetterPage(Schema):

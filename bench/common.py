@@ -27,6 +27,7 @@ os.environ.setdefault("RATE_LIMIT_PUBLIC", "1000000000/minute")
 # workers the bench starts inherit its address.
 os.environ.setdefault("STRIPE_API_BASE", sandbox_thread.start())
 
+import dataclasses
 import http.client
 import json
 import sys
@@ -35,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.cli import rebuild_database
+from core import tracing as otel
 from core.config import get_settings
 from core.provider import PaymentProvider
+from core.redis_client import redis_client
 from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
 from harness import brokers, processes
+from harness.otlp import OtlpReceiver, otlp_receiver, tracing_env
 from harness.processes import ApiProcess, WorkerProcess, api_server
 
 settings = get_settings()
@@ -89,7 +93,9 @@ def fresh_database() -> None:
 
 def bench_redis() -> redis.Redis:
     """The cache's Redis db (on a Redis broker, the queues' too)."""
-    return redis.Redis.from_url(settings.cache_url, socket_connect_timeout=2)
+    return redis_client(
+        settings.cache_url, settings.redis_sentinel_master, socket_connect_timeout=2
+    )
 
 
 def flush_bench_redis() -> None:
@@ -455,3 +461,69 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
+
+
+# --- tracing on/off ----------------------------------------------------------------------
+
+# The marker of a script's machine-readable summary line (bench.run_all sets the
+# tracing-off and tracing-on figures side by side from them).
+SUMMARY = "BENCHJSON "
+
+
+def add_tracing_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--tracing",
+        choices=["off", "on"],
+        default="off",
+        help="on: every process traces (OTLP/HTTP to a local sink that discards the spans)",
+    )
+
+
+@contextmanager
+def tracing(mode: str, *, here: bool = False) -> Iterator[OtlpReceiver | None]:
+    """With "on": the gunicorn and workers started inside trace as in production
+    (TRACING=on, the default batch exporter), exporting by OTLP/HTTP to a sink in this
+    process that answers and discards; with `here`, this process traces too (the
+    pipeline bench confirms in-process). The sink is cheap beside the exporting side."""
+    if mode != "on":
+        yield None
+        return
+    with otlp_receiver(keep=False) as sink:
+        env = tracing_env(sink)
+        os.environ.update(env)
+        if here:
+            otel.install(
+                dataclasses.replace(
+                    settings, tracing=True, otel_exporter_otlp_endpoint=sink.endpoint
+                ),
+                role="bench",
+            )
+        try:
+            yield sink
+        finally:
+            otel.flush()
+            for name in env:
+                os.environ.pop(name, None)
+
+
+def root_span(name: str) -> AbstractContextManager[object]:
+    """A span with no parent (what the API's request span is), when this process traces."""
+    if not otel.enabled():
+        return nullcontext()
+    from opentelemetry import trace
+
+    return trace.get_tracer("bench").start_as_current_span(name)
+
+
+def tracing_note(mode: str, sink: OtlpReceiver | None) -> str:
+    if sink is None:
+        return f"tracing: {mode}"
+    return (
+        f"tracing: on (TRACING=on, OTLP/HTTP batches every {settings.otel_bsp_schedule_delay_ms}"
+        f" ms to a local sink that discards them: {sink.requests:,} export requests, "
+        f"{sink.bytes / 1e6:.1f} MB)"
+    )
+
+
+def print_summary(script: str, mode: str, figures: dict[str, float]) -> None:
+    print(SUMMARY + json.dumps({"script": script, "tracing": mode, "figures": figures}))

@@ -12,6 +12,10 @@ start and the end. The load comes from wrk (a Lua script gives each request its 
 id) or, where wrk is missing, from Python threads on keep-alive connections.
 
     python -m bench.confirm_api [--seconds 10] [--connections 16,64] [--loadgen auto]
+                                [--tracing off|on]
+
+With `--tracing on` the gunicorn traces every request (OpenTelemetry, OTLP/HTTP to a
+local sink that discards the spans): bench.run_all runs both and sets them side by side.
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ def main() -> None:
         help="pending payments seeded per second of each confirm case (more than it can do)",
     )
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    common.add_tracing_argument(parser)
     args = parser.parse_args()
     levels = [int(c) for c in args.connections.split(",")]
     loadgen = args.loadgen
@@ -204,7 +209,10 @@ def main() -> None:
     # (connections, template) → (load result, rows written, Redis commands run)
     results: dict[tuple[int, str], tuple[LoadResult, int, int]] = {}
     try:
-        with common.gunicorn("bench.reference_wsgi:app") as server:
+        with (
+            common.tracing(args.tracing) as sink,
+            common.gunicorn("bench.reference_wsgi:app") as server,
+        ):
             print(f"gunicorn pid {server.process.pid} on {server.base}")
             for _, template in CASES:  # warm every worker's pools and imports
                 ids = payments[:warmup] if template == CONFIRM else fresh_tokens(warmup)
@@ -230,6 +238,7 @@ def main() -> None:
         f"{args.seconds:g} s per case, each confirm on a fresh pending payment; "
         "gunicorn.conf.py (gthread), same process for all rows"
     )
+    print(common.tracing_note(args.tracing, sink))
     print()
     rows = []
     for connections in levels:
@@ -313,6 +322,12 @@ def main() -> None:
             rows,
         )
     )
+    figures: dict[str, float] = {}
+    for connections in levels:
+        confirm = results[connections, CONFIRM][0]
+        figures[f"confirm req/s, {connections} conns"] = confirm.rate
+        figures[f"confirm p99 ms, {connections} conns"] = confirm.p99 * 1000
+    common.print_summary("confirm_api", args.tracing, figures)
 
 
 def fresh_tokens(count: int) -> list[str]:

@@ -16,7 +16,7 @@ from core.cache import Cache
 from tasks.celery_app import celery_app
 
 DONE_CHANNEL = "bench:noop:done"
-CACHE = Cache.for_url(celery_app.settings.cache_url)
+CACHE = Cache.for_settings(celery_app.settings)
 
 
 @celery_app.task(name="bench.noop")

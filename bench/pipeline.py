@@ -10,7 +10,10 @@ step announced STUDENT_VIEWS_REFRESHED (Redis pub/sub).
 Reference in the same run, on the same broker and worker flags: N bare 5-task no-op
 chains (bench/noop_tasks.py) queued the same way and drained by a fresh worker.
 
-    python -m bench.pipeline [--payments 2000] [--timeout 900]
+    python -m bench.pipeline [--payments 2000] [--timeout 900] [--tracing off|on]
+
+With `--tracing on` this process (the confirms) and the workers trace (OpenTelemetry,
+OTLP/HTTP to a local sink that discards the spans), the reference chains too.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def confirm_all(payments: list[uuid.UUID]) -> float:
     the chain published after the commit); seconds taken."""
     started = time.perf_counter()
     for payment_id in payments:
-        actions.confirm(celery_app.database, payment_id, student_id=None, source="bench")
+        with common.root_span("bench confirm"):  # as the API's request span, when tracing
+            actions.confirm(celery_app.database, payment_id, student_id=None, source="bench")
     return time.perf_counter() - started
 
 
@@ -139,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
+    common.add_tracing_argument(parser)
     args = parser.parse_args()
     n = args.payments
 
@@ -159,20 +164,21 @@ def main() -> None:
     )
     print(common.machine_note())
 
-    confirm_seconds = confirm_all(payments)
-    queued = queue_length(settings.broker_url, "pipeline")
-    print(
-        f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
-        f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"
-    )
-
-    try:
-        to_sessions, to_end, real_health = run_pipeline(payments, args.timeout)
-        letters = common.scalar("SELECT count(*) FROM dead_letters")
-        common.flush_bench_redis()
-        noop, noop_health = run_noop(n, args.timeout)
-    finally:
-        common.flush_bench_redis()
+    with common.tracing(args.tracing, here=True) as sink:
+        confirm_seconds = confirm_all(payments)
+        queued = queue_length(settings.broker_url, "pipeline")
+        print(
+            f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
+            f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"
+        )
+        try:
+            to_sessions, to_end, real_health = run_pipeline(payments, args.timeout)
+            letters = common.scalar("SELECT count(*) FROM dead_letters")
+            common.flush_bench_redis()
+            noop, noop_health = run_noop(n, args.timeout)
+        finally:
+            common.flush_bench_redis()
+    print(common.tracing_note(args.tracing, sink))
 
     print()
     print(
@@ -221,6 +227,15 @@ def main() -> None:
     ]
     print(common.table(["ratio to the bare chain", "chains/s ratio", "target", ""], rows))
     print(f"\nreal run: {real_health}, {letters} dead letters; bare run: {noop_health}")
+    common.print_summary(
+        "pipeline",
+        args.tracing,
+        {
+            "pipeline chains/s, all sessions in the DB": to_sessions.rate,
+            "pipeline chains/s, last step done": to_end.rate,
+            "bare no-op chains/s": noop.rate,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Progress goes to stderr; the report to stdout (and --output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -30,8 +31,13 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "e2e_latency": (["--rate", "20", "--seconds", "30"], ["--rate", "10", "--seconds", "5"]),
     "top_up": (["--allocations", "100000"], ["--allocations", "5000"]),
     "home_cache": ([], []),
+    "knee": (["--seconds", "20"], ["--rates", "10,20", "--seconds", "5"]),
 }
 NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "reference_wsgi", "run_all"}
+# Run a second time with `--tracing on` (OpenTelemetry exporting to a local sink): the
+# report ends with their figures with tracing off and on side by side.
+TRACED = ("confirm_api", "pipeline")
+SUMMARY = "BENCHJSON "  # bench.common.SUMMARY: not imported (it points at the bench stores)
 TIMEOUT = {False: 1800, True: 600}  # seconds per script: every run stops by itself
 
 
@@ -78,7 +84,9 @@ def git_revision() -> str:
     return f"{revision}{' (with uncommitted changes)' if dirty else ''}"
 
 
-def run(script: str, args: list[str], timeout: float) -> str:
+def run(script: str, args: list[str], timeout: float) -> tuple[str, list[dict]]:
+    """The script's section of the report, and the summaries it printed (SUMMARY lines,
+    left out of the section)."""
     command = [sys.executable, "-m", f"bench.{script}", *args]
     shown = " ".join(["python", "-m", f"bench.{script}", *args])
     print(f"running {shown} ...", file=sys.stderr, flush=True)
@@ -101,10 +109,45 @@ def run(script: str, args: list[str], timeout: float) -> str:
     code = process.returncode
     elapsed = time.perf_counter() - started
     print(f"  ... {elapsed:.0f} s, exit {code}", file=sys.stderr, flush=True)
-    parts = [f"## {script}", "", f"`{shown}` — {elapsed:.0f} s, exit {code}", "", stdout.strip()]
+    lines = stdout.strip().splitlines()
+    summaries = [json.loads(x.removeprefix(SUMMARY)) for x in lines if x.startswith(SUMMARY)]
+    shown_out = "\n".join(x for x in lines if not x.startswith(SUMMARY))
+    title = f"{script}, tracing on" if "--tracing" in args else script
+    parts = [f"## {title}", "", f"`{shown}` — {elapsed:.0f} s, exit {code}", "", shown_out]
     if code != 0:
         parts += ["", "```", *stderr.strip().splitlines()[-30:], "```"]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts) + "\n", summaries
+
+
+def tracing_section(summaries: list[dict]) -> str:
+    """The TRACED scripts' figures with tracing off and on, and on / off."""
+    figures: dict[str, dict[str, float]] = {}
+    for summary in summaries:
+        for name, value in summary["figures"].items():
+            figures.setdefault(name, {})[summary["tracing"]] = value
+    rows = []
+    for name, by_mode in figures.items():
+        off, on = by_mode.get("off"), by_mode.get("on")
+        ratio = f"{on / off:.2f}x" if off and on else "-"
+        rows.append(
+            f"| {name} | {'-' if off is None else f'{off:,.1f}'} "
+            f"| {'-' if on is None else f'{on:,.1f}'} | {ratio} |"
+        )
+    return (
+        "\n".join(
+            [
+                "## tracing off / on",
+                "",
+                "The same scripts, run twice in this report: TRACING unset, then TRACING=on with "
+                "every span exported by OTLP/HTTP to a local sink (README, Tracing).",
+                "",
+                "| figure | tracing off | tracing on | on / off |",
+                "|---|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> None:
@@ -128,7 +171,18 @@ def main() -> None:
         "reference measured in the same run.",
         "",
     ]
-    sections = [run(s, arguments(s, args.quick), TIMEOUT[args.quick]) for s in scripts]
+    sections: list[str] = []
+    summaries: list[dict] = []
+    for script in scripts:
+        variants = [arguments(script, args.quick)]
+        if script in TRACED:
+            variants.append([*variants[0], "--tracing", "on"])
+        for variant in variants:
+            section, printed = run(script, variant, TIMEOUT[args.quick])
+            sections.append(section)
+            summaries += printed
+    if summaries:
+        sections.append(tracing_section(summaries))
     report = "\n".join(header) + "\n" + "\n".join(sections)
     print(report)
     if args.output:

@@ -17,6 +17,9 @@ from typing import Any
 
 import redis
 
+from core.config import Settings
+from core.redis_client import redis_client
+
 log = logging.getLogger(__name__)
 
 READ_MODEL_TTL = 300  # a fallback only: every change invalidates explicitly
@@ -55,25 +58,65 @@ def student_channel(student_id: int) -> str:
     return f"student:{student_id}:events"
 
 
-class Cache:
-    """One Redis (CACHE_URL): read models, their versions, live events, stats."""
+_ANY_ID = 2**63 - 1  # stands for the Lua variable `id` in a key
 
-    _instances: dict[str, Cache] = {}
+
+def _lua_key(key: str) -> str:
+    """A key made for `_ANY_ID`, as a Lua expression of the variable `id`: each key is
+    spelled once, by its function, here and in the scripts."""
+    before, after = key.split(str(_ANY_ID))
+    return f"'{before}' .. id .. '{after}'"
+
+
+# ARGV: n students, their ids, then pairs (student id, event JSON). One command however
+# many students a commit touched: for each student, bump the version and drop the
+# entries; then publish each event. A script runs atomically, like the MULTI it replaces,
+# and the server does the per-student work (a top-up batch touches a thousand students).
+_INVALIDATE_AND_PUBLISH = """
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+    local id = ARGV[i]
+    redis.call('incr', {version})
+    redis.call('del', {entries})
+end
+for i = n + 2, #ARGV, 2 do
+    local id = ARGV[i]
+    redis.call('publish', {channel}, ARGV[i + 1])
+end
+return n
+""".format(
+    version=_lua_key(version_key(_ANY_ID)),
+    entries=", ".join(_lua_key(read_model_key(kind, _ANY_ID)) for kind in READ_MODELS),
+    channel=_lua_key(student_channel(_ANY_ID)),
+)
+
+
+class Cache:
+    """One Redis (CACHE_URL, a server or a Sentinel-managed primary): read models, their
+    versions, live events, stats."""
+
+    _instances: dict[tuple[str, str], Cache] = {}
     _lock = threading.Lock()
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sentinel_master: str) -> None:
         self.url = url
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        self.client = redis_client(
+            url,
+            sentinel_master,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            health_check_interval=30,
         )
+        self._invalidate_and_publish = self.client.register_script(_INVALIDATE_AND_PUBLISH)
 
     @classmethod
-    def for_url(cls, url: str) -> Cache:
-        """One client (and connection pool) per URL and process."""
+    def for_settings(cls, settings: Settings) -> Cache:
+        """One client (and connection pool) per cache and process."""
+        key = (settings.cache_url, settings.redis_sentinel_master)
         with cls._lock:
-            if url not in cls._instances:
-                cls._instances[url] = cls(url)
-            return cls._instances[url]
+            if key not in cls._instances:
+                cls._instances[key] = cls(*key)
+            return cls._instances[key]
 
     def cached_read_model(
         self, kind: str, student_id: int, load: Callable[[], str]
@@ -115,13 +158,12 @@ class Cache:
         if not events:
             return
         students = {student_id for student_id, _ in events}
-        pipe = self.client.pipeline(transaction=True)
-        for student_id in students:
-            pipe.incr(version_key(student_id))
-        pipe.delete(*(key for student_id in students for key in student_keys(student_id)))
-        for student_id, event in events:
-            pipe.publish(student_channel(student_id), json.dumps(event, default=str))
-        pipe.execute()
+        published = [
+            part
+            for student_id, event in events
+            for part in (student_id, json.dumps(event, default=str))
+        ]
+        self._invalidate_and_publish(args=[len(students), *students, *published])
         log.info(
             "cache invalidate",
             extra={"students": sorted(students)[:20], "reason": events[0][1].get("type", "?")},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 _FALSE = ("0", "false", "no", "off", "")
@@ -53,6 +53,9 @@ class Settings:
     broker_url: str
     # Read models and live events (pub/sub), and the rate-limit counters: always Redis.
     cache_url: str
+    # The primary's name when BROKER_URL or CACHE_URL is `sentinel://h1:26379;...`
+    # (core/redis_client.py): the sentinels say where it is, also after a failover.
+    redis_sentinel_master: str
     admin_token: str
     flower_basic_auth: str
     # The payment provider (Stripe). STRIPE_API_BASE points the stripe library at the local
@@ -70,6 +73,16 @@ class Settings:
     # minutes of provider outage before the dead letter. With the task time limit it must
     # stay under the broker's visibility timeout.
     provider_retry_backoff_max: int
+    # Outgoing e-mail (core/mail.py): smtp://host:port (STARTTLS with ?starttls=1) or
+    # smtps://host:port. The login comes from SMTP_USER / SMTP_PASSWORD (or the URL's
+    # user:password); neither is ever shown (repr=False keeps them out of any log line).
+    smtp_url: str = field(repr=False)
+    smtp_user: str | None = field(repr=False)
+    smtp_password: str | None = field(repr=False)
+    # Below the worker's 15 s lock timeout: a second sender waits out the first (tasks/
+    # notifications.py) and below PostgreSQL's 30 s idle-in-transaction limit.
+    smtp_timeout: float
+    mail_from: str
     # Students' bearer tokens (core/tokens.py): HS256 with JWT_SECRET, or RS256 with
     # JWT_PUBLIC_KEY (PEM) or JWT_JWKS_URL; audience and issuer must match.
     jwt_algorithm: str
@@ -109,6 +122,7 @@ class Settings:
     top_up_threshold: int
     top_up_interval_seconds: float
     top_up_batch_size: int
+    top_up_threads: int
     outbox_relay_interval_seconds: float
     # An outbox row younger than this is left to the API's own post-commit publish.
     outbox_relay_grace_seconds: float
@@ -126,7 +140,18 @@ class Settings:
     # Per client address on the public (non-admin, non-webhook) endpoints.
     rate_limit_public: str
     log_level: str
+    # JSON lines for log shippers (docker-compose and the image set LOG_JSON=1); off by
+    # default so `make up` prints text a developer can read.
     log_json: bool
+    # OpenTelemetry (core/tracing.py). Off by default: no tracer provider, no hooks.
+    # On, spans go by OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (a collector, Jaeger,
+    # Tempo...), in batches every OTEL_BSP_SCHEDULE_DELAY ms; a new trace is kept with
+    # TRACING_SAMPLE_RATIO (a continued one follows its parent's choice).
+    tracing: bool
+    otel_exporter_otlp_endpoint: str
+    otel_service_name: str
+    otel_bsp_schedule_delay_ms: int
+    tracing_sample_ratio: float
     # gunicorn (gunicorn.conf.py).
     api_bind: str
     api_workers: int
@@ -138,6 +163,9 @@ class Settings:
     flower_address: str
     flower_port: int
     flower_db: str
+    # Where a browser reaches Flower (the landing page links it, `make up` prints it):
+    # behind a proxy it differs from the address Flower binds.
+    flower_public_url: str
     # Celery beat's schedule state file.
     beat_schedule_file: str
 
@@ -145,13 +173,18 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
         broker_url = env.text("BROKER_URL", env.text("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        redis_default = broker_url if broker_url.startswith("redis") else "redis://127.0.0.1:6379/0"
+        redis_default = (
+            broker_url
+            if broker_url.startswith(("redis", "sentinel"))
+            else "redis://127.0.0.1:6379/0"
+        )
         return cls(
             database_url=env.text(
                 "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
             ),
             broker_url=broker_url,
             cache_url=env.text("CACHE_URL", redis_default),
+            redis_sentinel_master=env.text("REDIS_SENTINEL_MASTER", "tutorflow"),
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
             stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),
@@ -162,6 +195,11 @@ class Settings:
             stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
             stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
             provider_retry_backoff_max=env.integer("PROVIDER_RETRY_BACKOFF_MAX", 150),
+            smtp_url=env.text("SMTP_URL", "smtp://127.0.0.1:1025"),
+            smtp_user=env.optional("SMTP_USER"),
+            smtp_password=env.optional("SMTP_PASSWORD"),
+            smtp_timeout=env.number("SMTP_TIMEOUT", 10.0),
+            mail_from=env.text("MAIL_FROM", "Tutorflow <no-reply@tutorflow.local>"),
             jwt_algorithm=env.text("JWT_ALGORITHM", "HS256"),
             jwt_secret=env.text("JWT_SECRET", "dev-jwt-secret-change-me-32-bytes!"),
             jwt_public_key=env.optional("JWT_PUBLIC_KEY"),
@@ -192,6 +230,7 @@ class Settings:
             top_up_threshold=env.integer("TOP_UP_THRESHOLD", 7),
             top_up_interval_seconds=env.number("TOP_UP_INTERVAL_SECONDS", 6 * 3600),
             top_up_batch_size=env.integer("TOP_UP_BATCH_SIZE", 1000),
+            top_up_threads=env.integer("TOP_UP_THREADS", 2),
             outbox_relay_interval_seconds=env.number("OUTBOX_RELAY_INTERVAL_SECONDS", 5),
             outbox_relay_grace_seconds=env.number("OUTBOX_RELAY_GRACE_SECONDS", 10),
             outbox_retention_days=env.number("OUTBOX_RETENTION_DAYS", 7),
@@ -202,7 +241,14 @@ class Settings:
             stream_seconds=env.number("STREAM_SECONDS", 55),
             rate_limit_public=env.text("RATE_LIMIT_PUBLIC", "600/minute"),
             log_level=env.text("LOG_LEVEL", "INFO"),
-            log_json=env.flag("LOG_JSON", True),
+            log_json=env.flag("LOG_JSON", False),
+            tracing=env.flag("TRACING", False),
+            otel_exporter_otlp_endpoint=env.text(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"
+            ),
+            otel_service_name=env.text("OTEL_SERVICE_NAME", "tutorflow"),
+            otel_bsp_schedule_delay_ms=env.integer("OTEL_BSP_SCHEDULE_DELAY", 5000),
+            tracing_sample_ratio=env.number("TRACING_SAMPLE_RATIO", 1.0),
             api_bind=env.text("API_BIND", "127.0.0.1:8000"),
             api_workers=env.integer("API_WORKERS", 2),
             api_threads=env.integer("API_THREADS", 4),
@@ -210,6 +256,9 @@ class Settings:
             flower_address=env.text("FLOWER_ADDRESS", "127.0.0.1"),
             flower_port=env.integer("FLOWER_PORT", 5555),
             flower_db=env.text("FLOWER_DB", ".flower/flower.db"),
+            flower_public_url=env.text(
+                "FLOWER_PUBLIC_URL", f"http://127.0.0.1:{env.integer('FLOWER_PORT', 5555)}"
+            ),
             beat_schedule_file=env.text("BEAT_SCHEDULE_FILE", ".beat-schedule"),
         )
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from core import tracing
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 task_id_var: ContextVar[str | None] = ContextVar("task_id", default=None)
@@ -52,6 +54,8 @@ def _masked(value: Any) -> Any:
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "trace_id",
+    "span_id",
     *_CONTEXT_VARS,
 }
 
@@ -64,6 +68,9 @@ class ContextFilter(logging.Filter):
         for name, var in _CONTEXT_VARS.items():
             if not hasattr(record, name):
                 setattr(record, name, var.get())
+        ids = tracing.current_ids()  # None unless tracing is on and a span is active
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         record.msg = mask_sensitive(record.getMessage())
         record.args = None
         for name in set(vars(record)) - _STANDARD:
@@ -83,8 +90,31 @@ class _IsoJsonFormatter(JsonFormatter):
 
 
 class _IsoTextFormatter(logging.Formatter):
+    """One readable line: the context ids that are set, and only those, in brackets;
+    then the message and its `extra` fields as name=value (JSON lines carry them as
+    keys)."""
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_utc(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        ids = [
+            f"{name}={value}"
+            for name in (*_CONTEXT_VARS, "trace_id")
+            if (value := getattr(record, name, None))
+        ]
+        record.context = f" [{' '.join(ids)}]" if ids else ""
+        extras = [
+            f"{name}={value}"
+            for name, value in vars(record).items()
+            if name not in _STANDARD and name != "context" and not _repeats_message(record, name)
+        ]
+        return " ".join([super().formatMessage(record), *extras])
+
+
+def _repeats_message(record: logging.LogRecord, name: str) -> bool:
+    """Celery passes its message's arguments again as `extra={"data": …}`."""
+    return name == "data" and record.name.startswith("celery")
 
 
 @contextmanager
@@ -102,7 +132,8 @@ def log_context(**values: str | None) -> Iterator[None]:
 def configure_logging(
     level: str = "INFO", json_lines: bool = True, stream: Any = None
 ) -> logging.Handler:
-    """One handler on the root logger (stderr unless `stream` is given); returns it."""
+    """One handler on the root logger (stderr unless `stream` is given); returns it.
+    JSON lines for log shippers, or text for a person (`LOG_JSON`, off by default)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if json_lines:
         handler.setFormatter(
@@ -114,9 +145,7 @@ def configure_logging(
         )
     else:
         handler.setFormatter(
-            _IsoTextFormatter(
-                "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(task_id)s] %(message)s"
-            )
+            _IsoTextFormatter("%(asctime)s %(levelname)s %(name)s%(context)s %(message)s")
         )
     handler.addFilter(ContextFilter())
     root = logging.getLogger()

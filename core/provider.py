@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import pybreaker
 import stripe
 
 from core.config import Settings
+from core.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,17 @@ class _LogTransitions(pybreaker.CircuitBreakerListener):
         )
 
 
+class _ShareTransitions(pybreaker.CircuitBreakerListener):
+    """Each process has its own breaker; /metrics (any API process) reports them all
+    from the cache Redis (core.telemetry), keyed by host and pid."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        self.telemetry.breaker_changed(f"{socket.gethostname()}:{os.getpid()}", new.name)
+
+
 def _is_outage(error: BaseException) -> bool:
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
         return True
@@ -110,7 +124,7 @@ class PaymentProvider:
             reset_timeout=settings.stripe_breaker_reset_seconds,
             # Only outages trip it: a declined card is the provider working fine.
             exclude=[lambda error: not _is_outage(error)],
-            listeners=[_LogTransitions()],
+            listeners=[_LogTransitions(), _ShareTransitions(Telemetry.for_settings(settings))],
             name="stripe",
         )
 

@@ -8,38 +8,101 @@ by the beat relay after a crash).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, String, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
-from domain.errors import Conflict, NotFound
-from models import DeadLetter, DeadLetterStatus, OutboxKind, OutboxMessage
+from domain.errors import Conflict, NotFound, safe_reason
+from domain.events import EventType, record_event
+from models import DeadLetter, DeadLetterStatus, OutboxKind, OutboxMessage, Payment
 
 
-def store_dead_letter(session: Session, letter: dict[str, Any]) -> None:
-    """Insert, or — for a redelivered failure of the same task id — update, the row."""
+def store_dead_letter(session: Session, letter: dict[str, Any]) -> DeadLetter:
+    """Insert, or — for a redelivered failure of the same task id — update, the row.
+
+    A new letter whose task is a replay's (its task id is a letter's `replay_task_id`)
+    points at that letter (`replay_of`): the replay failed again. Only a new letter
+    goes on the payment's timeline."""
     values = {
         **letter,
         "first_failed_at": datetime.fromisoformat(letter["first_failed_at"]),
         "last_failed_at": datetime.fromisoformat(letter["last_failed_at"]),
+        "replay_of": select(DeadLetter.id)
+        .where(DeadLetter.replay_task_id == letter["task_id"])
+        .scalar_subquery(),
     }
-    insert = pg_insert(DeadLetter).values(**values)
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[DeadLetter.task_id],
-            set_={
-                "last_failed_at": insert.excluded.last_failed_at,
-                "retries": insert.excluded.retries,
-                "exception_type": insert.excluded.exception_type,
-                "exception_message": insert.excluded.exception_message,
-                "traceback": insert.excluded.traceback,
-            },
-        )
+    inserted = session.scalar(
+        pg_insert(DeadLetter)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[DeadLetter.task_id])
+        .returning(DeadLetter.id)
     )
+    if inserted is None:
+        session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.task_id == letter["task_id"])
+            .values(
+                {
+                    name: values[name]
+                    for name in (
+                        "last_failed_at",
+                        "retries",
+                        "exception_type",
+                        "exception_message",
+                        "traceback",
+                    )
+                }
+            )
+        )
+    stored = session.scalars(
+        select(DeadLetter)
+        .where(DeadLetter.task_id == letter["task_id"])
+        .execution_options(populate_existing=True)
+    ).one()
+    if inserted is not None:
+        _on_timeline(
+            session,
+            stored,
+            EventType.DEAD_LETTERED,
+            retries=stored.retries,
+            reason=safe_reason(stored.exception_type),
+            **(
+                {"replay_of": stored.replay_of, "replay_failed_again": True}
+                if stored.replay_of
+                else {}
+            ),
+        )
+    return stored
+
+
+def _on_timeline(
+    session: Session, letter: DeadLetter, event_type: EventType, **payload: Any
+) -> None:
+    """The letter's event on its payment's timeline (a letter without a payment has none)."""
+    try:
+        payment_id = uuid.UUID(letter.correlation_id or "")
+    except ValueError:
+        return
+    student_id = session.scalar(select(Payment.student_id).where(Payment.id == payment_id))
+    if student_id is None:
+        return
+    record_event(
+        session,
+        correlation_id=payment_id,
+        student_id=student_id,
+        event_type=event_type,
+        payload={"dead_letter_id": letter.id, "step": step_name(letter.task_name), **payload},
+    )
+
+
+def step_name(task_name: str) -> str:
+    """`tutorflow.pipeline.allocate_trainer` → `allocate_trainer`."""
+    return task_name.rsplit(".", 1)[-1]
 
 
 def _open_letter(session: Session, letter_id: int) -> DeadLetter:
@@ -60,12 +123,15 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
     """Mark the letter replayed and queue the original task (and the rest of its chain)
     in the outbox, in the caller's transaction."""
     letter = _open_letter(session, letter_id)
+    # The replay's task id, known now: a letter its failure parks points back here.
+    letter.replay_task_id = str(uuid.uuid4())
     session.add(
         OutboxMessage(
             correlation_id=uuid.UUID(letter.correlation_id),
             kind=OutboxKind.REPLAY_DEAD_LETTER,
             payload={
                 "dead_letter_id": letter.id,
+                "task_id": letter.replay_task_id,
                 "task_name": letter.task_name,
                 "args": letter.args,
                 "kwargs": letter.kwargs,
@@ -75,6 +141,7 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
     )
     letter.status = DeadLetterStatus.REPLAYED
     letter.resolved_at = utcnow()
+    _on_timeline(session, letter, EventType.DEAD_LETTER_REPLAYED)
     session.flush()
     return letter
 
@@ -83,21 +150,89 @@ def discard(session: Session, letter_id: int) -> DeadLetter:
     letter = _open_letter(session, letter_id)
     letter.status = DeadLetterStatus.DISCARDED
     letter.resolved_at = utcnow()
+    _on_timeline(session, letter, EventType.DEAD_LETTER_DISCARDED)
     return letter
 
 
-def open_letter_ids(
-    session: Session, *, task_name: str | None = None, correlation_id: str | None = None
-) -> list[int]:
-    """Open letters matching the filters, oldest first (bulk replay)."""
-    return list(
-        session.scalars(
-            select(DeadLetter.id)
-            .where(
-                DeadLetter.status == DeadLetterStatus.OPEN,
-                *([DeadLetter.task_name == task_name] if task_name else []),
-                *([DeadLetter.correlation_id == correlation_id] if correlation_id else []),
+@dataclass(frozen=True)
+class LetterFilter:
+    """Which open letters a bulk replay or discard takes. `exception_type` is the full
+    name or the class name alone; the time range is on `last_failed_at` (when the
+    letter was parked), from inclusive, until exclusive."""
+
+    task_name: str | None = None
+    exception_type: str | None = None
+    failed_from: datetime | None = None
+    failed_until: datetime | None = None
+    course_id: int | None = None
+    correlation_id: str | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = [DeadLetter.status == DeadLetterStatus.OPEN]
+        if self.task_name:
+            conditions.append(DeadLetter.task_name == self.task_name)
+        if self.exception_type:
+            conditions.append(
+                or_(
+                    DeadLetter.exception_type == self.exception_type,
+                    DeadLetter.exception_type.endswith(f".{self.exception_type}", autoescape=True),
+                )
             )
-            .order_by(DeadLetter.id)
-        )
+        if self.failed_from:
+            conditions.append(DeadLetter.last_failed_at >= self.failed_from)
+        if self.failed_until:
+            conditions.append(DeadLetter.last_failed_at < self.failed_until)
+        if self.course_id:
+            conditions.append(
+                DeadLetter.correlation_id.in_(
+                    select(cast(Payment.id, String)).where(Payment.course_id == self.course_id)
+                )
+            )
+        if self.correlation_id:
+            conditions.append(DeadLetter.correlation_id == self.correlation_id)
+        return conditions
+
+
+def open_letter_ids(session: Session, filters: LetterFilter) -> list[int]:
+    """Open letters matching the filters, oldest first (bulk replay and discard)."""
+    return list(
+        session.scalars(select(DeadLetter.id).where(*filters.conditions()).order_by(DeadLetter.id))
     )
+
+
+@dataclass(frozen=True)
+class OpenLetters:
+    count: int
+    oldest_parked_at: datetime | None  # its last_failed_at: when it was parked
+    oldest_ids: list[int]  # up to OLDEST_SHOWN, oldest first
+
+    def describe(self, now: datetime) -> str:
+        """One line for Flower's task list: "2 dead letters open, oldest 7 min: ids 3, 4"."""
+        letters = "dead letter" if self.count == 1 else "dead letters"
+        if not self.count:
+            return "0 dead letters open"
+        assert self.oldest_parked_at is not None
+        minutes = int((now - self.oldest_parked_at).total_seconds() // 60)
+        more = ", …" if self.count > len(self.oldest_ids) else ""
+        ids = ", ".join(map(str, self.oldest_ids))
+        return f"{self.count} {letters} open, oldest {minutes} min: ids {ids}{more}"
+
+
+OLDEST_SHOWN = 10
+
+
+def open_letters(session: Session) -> OpenLetters:
+    """How many letters are open and since when: what Flower's tasks page shows (the
+    record task's and the beat report's results)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(DeadLetter.last_failed_at)).where(
+            DeadLetter.status == DeadLetterStatus.OPEN
+        )
+    ).one()
+    ids = session.scalars(
+        select(DeadLetter.id)
+        .where(DeadLetter.status == DeadLetterStatus.OPEN)
+        .order_by(DeadLetter.id)
+        .limit(OLDEST_SHOWN)
+    )
+    return OpenLetters(count, oldest, list(ids))

@@ -10,9 +10,11 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import insert, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models import DomainEvent
+from models import DomainEvent, Payment
 
 
 class EventType(StrEnum):
@@ -38,13 +40,18 @@ class EventType(StrEnum):
     REALLOCATION_REQUESTED = "REALLOCATION_REQUESTED"
     TRAINER_REALLOCATED = "TRAINER_REALLOCATED"
     ALLOCATION_GIVEN_UP = "ALLOCATION_GIVEN_UP"
+    # A step failed and will run again: attempt n of m, with an operator-safe reason.
+    STEP_RETRYING = "STEP_RETRYING"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    DEAD_LETTER_REPLAYED = "DEAD_LETTER_REPLAYED"
+    DEAD_LETTER_DISCARDED = "DEAD_LETTER_DISCARDED"
 
 
 def record_event(
     session: Session,
     *,
     correlation_id: uuid.UUID,
-    student_id: int,
+    student_id: int | None,
     event_type: EventType,
     payload: dict[str, Any] | None = None,
 ) -> DomainEvent:
@@ -57,3 +64,29 @@ def record_event(
     )
     session.add(event)
     return event
+
+
+def record_step_retry(
+    session: Session,
+    *,
+    correlation_id: uuid.UUID,
+    step: str,
+    attempt: int,
+    attempts: int | None,  # None: no limit
+    reason: str,
+) -> None:
+    """One INSERT ... SELECT (the payment's student looked up in the same statement):
+    it runs on every retry, in a transaction of its own. Not announced live: a retry
+    changes nothing on the student's screens, only the payment's timeline and state."""
+    payload = {"step": step, "attempt": attempt, "attempts": attempts, "reason": reason}
+    session.execute(
+        insert(DomainEvent).from_select(
+            ["correlation_id", "student_id", "event_type", "payload"],
+            select(
+                Payment.id,
+                Payment.student_id,
+                literal(EventType.STEP_RETRYING.value),
+                literal(payload, JSONB),
+            ).where(Payment.id == correlation_id),
+        )
+    )

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, and_, cast, exists, func, or_, select, update
+from sqlalchemy import Select, String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from domain import notifications
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.bookings import trainer_calendars
 from domain.calendar import (
@@ -359,6 +360,10 @@ def schedule_sessions(
                 "dates": [s.scheduled_date.isoformat() for s in created],
             },
         )
+        # The student's confirmation and the trainer's notice, sent off the chain.
+        notifications.sessions_booked_notice(
+            session, payment_id, allocation, [s.starts_at for s in created]
+        )
     return created
 
 
@@ -392,7 +397,16 @@ def insert_sessions(
 def record_shifts(
     session: Session, payment_id: uuid.UUID, allocation: Allocation, shifts: list[Shift]
 ) -> None:
-    """A SESSION_SHIFTED event per moved date, on the payment's timeline."""
+    """A SESSION_SHIFTED event per moved date, on the payment's timeline; the student
+    is told in one e-mail."""
+    notifications.sessions_shifted_notice(
+        session,
+        payment_id,
+        student_id=allocation.student_id,
+        allocation_id=allocation.id,
+        slot=allocation.time_slot,
+        shifts=shifts,
+    )
     for shift in shifts:
         record_event(
             session,
@@ -412,6 +426,37 @@ def shift_payload(allocation_id: int, shift: Shift) -> dict[str, object]:
     }
 
 
+def _unfinished_confirmed() -> Select:
+    """Confirmed payments whose chain has not reached its schedule, with no open dead
+    letter (an operator owns those): the payment row joined to its purchase and
+    allocation, for stalled_payments (what to resume) and oldest_unfinished_confirmation
+    (how far behind the pipeline is, for /metrics)."""
+    parked = (
+        select(DeadLetter.id)
+        .where(
+            DeadLetter.correlation_id == cast(Payment.id, String),
+            DeadLetter.status == DeadLetterStatus.OPEN,
+        )
+        .exists()
+    )
+    return (
+        select(Payment.id, Payment.student_id)
+        .outerjoin(Purchase, Purchase.payment_id == Payment.id)
+        .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
+        .where(
+            # Confirming too: a verify step lost with the broker is asked again.
+            Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
+            Payment.confirmed_at.is_not(None),
+            or_(
+                Purchase.id.is_(None),
+                Allocation.id.is_(None),
+                Allocation.status == AllocationStatus.APPROVED,
+            ),
+            ~parked,
+        )
+    )
+
+
 def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit: int) -> list:
     """Confirmed payments whose chain has not reached its schedule after `stall`, with no
     open dead letter (an operator owns those) and not resumed within `stall` either."""
@@ -424,34 +469,23 @@ def stalled_payments(session: Session, *, now: datetime, stall: timedelta, limit
         )
         .exists()
     )
-    parked = (
-        select(DeadLetter.id)
-        .where(
-            DeadLetter.correlation_id == cast(Payment.id, String),
-            DeadLetter.status == DeadLetterStatus.OPEN,
-        )
-        .exists()
-    )
     return list(
         session.execute(
-            select(Payment.id, Payment.student_id)
-            .outerjoin(Purchase, Purchase.payment_id == Payment.id)
-            .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
-            .where(
-                # Confirming too: a verify step lost with the broker is asked again.
-                Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
-                Payment.confirmed_at < now - stall,
-                or_(
-                    Purchase.id.is_(None),
-                    Allocation.id.is_(None),
-                    Allocation.status == AllocationStatus.APPROVED,
-                ),
-                ~parked,
-                ~resumed_recently,
-            )
+            _unfinished_confirmed()
+            .where(Payment.confirmed_at < now - stall, ~resumed_recently)
             .order_by(Payment.confirmed_at)
             .limit(limit)
         )
+    )
+
+
+def oldest_unfinished_confirmation(session: Session) -> datetime | None:
+    """When the longest-waiting confirmed, unfinished, not dead-lettered payment was
+    confirmed (None: the pipeline is caught up). A payment resumed by beat still counts:
+    resuming is not finishing."""
+    unfinished = _unfinished_confirmed().subquery()
+    return session.scalar(
+        select(func.min(Payment.confirmed_at)).where(Payment.id.in_(select(unfinished.c.id)))
     )
 
 

@@ -56,6 +56,7 @@ from models import (
     WrittenOutbox,
     note_events,
     note_outbox,
+    traced,
 )
 
 
@@ -234,7 +235,7 @@ def request_confirmation(
     from_statuses = [PaymentStatus.PENDING]
     if source == "webhook":
         from_statuses.append(PaymentStatus.FAILED)
-    event_payload = {"source": source}
+    event_payload = traced({"source": source})
     row = session.execute(
         _CONFIRM,
         {

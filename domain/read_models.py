@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
 from domain.errors import NotFound, NoTrainerAvailable
+from domain.events import EventType
 from models import (
     Allocation,
     Course,
@@ -36,7 +37,12 @@ def fulfilment_state(
     allocation: Allocation | None,
     sessions: int,
     open_dead_letters: int,
+    retrying: bool = False,
 ) -> str:
+    """`retrying`: the newest timeline event is a step's retry. It yields to an open
+    letter and to a finished schedule (a retry of the last link changes neither)."""
+    if payment.status == PaymentStatus.CONFIRMING and retrying:
+        return "retrying"
     if payment.status != PaymentStatus.SUCCEEDED:
         return {"pending": "awaiting_payment", "confirming": "verifying"}.get(
             payment.status, payment.status
@@ -45,6 +51,8 @@ def fulfilment_state(
         return "needs_attention"
     if sessions:
         return "scheduled"
+    if retrying:
+        return "retrying"
     if allocation is not None:
         return "allocated"
     if purchase is not None:
@@ -100,9 +108,14 @@ def payment_detail(
             .order_by(DeadLetter.id)
         )
     )
-    events = session.scalars(
-        select(DomainEvent).where(DomainEvent.correlation_id == payment.id).order_by(DomainEvent.id)
+    events = list(
+        session.scalars(
+            select(DomainEvent)
+            .where(DomainEvent.correlation_id == payment.id)
+            .order_by(DomainEvent.id)
+        )
     )
+    retrying = bool(events) and events[-1].event_type == EventType.STEP_RETRYING
     # No trainer free is no fault to attend to: the student waits, and is refunded
     # after ALLOCATION_GIVE_UP_HOURS (beat: give_up_unallocated).
     open_letters = sum(
@@ -113,7 +126,9 @@ def payment_detail(
     return {
         "payment": payment,
         "fulfilment": {
-            "state": fulfilment_state(payment, purchase, allocation, scheduled, open_letters),
+            "state": fulfilment_state(
+                payment, purchase, allocation, scheduled, open_letters, retrying
+            ),
             "purchase": purchase,
             "allocation": allocation
             and {
@@ -127,7 +142,7 @@ def payment_detail(
             "upcoming_sessions": sessions,
             "dead_letters": letters,
         },
-        "timeline": list(events),
+        "timeline": events,
     }
 
 

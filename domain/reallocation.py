@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
+from domain import notifications
 from domain.bookings import lock_trainers, serves, trainer_calendars
 from domain.calendar import PlannedSession, Shift, ShiftReason, plan_window
 from domain.errors import NoTrainerAvailable
@@ -124,6 +125,9 @@ def reallocate(session: Session, allocation_id: int, *, now: datetime) -> Moved 
         },
     )
     record_shifts(session, payment_id, allocation, shifts)
+    notifications.trainer_changed_notice(
+        session, payment_id, allocation, from_trainer_id=old_trainer, now=now
+    )
     return moved
 
 

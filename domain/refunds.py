@@ -9,11 +9,13 @@ forward effect that committed before the refund, and none can commit after it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from domain import notifications
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, PermanentStepError
 from domain.events import EventType, record_event
@@ -139,6 +141,7 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
         if purchase is not None
         else None
     )
+    cancelled: Sequence[int] = ()
     if allocation is not None and allocation.status in HOLDING_STATUSES:
         cancelled = session.scalars(
             update(TutoringSession)
@@ -167,5 +170,13 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
         purchase.is_active = False
         purchase.deactivated_at = now
         event(EventType.PURCHASE_DEACTIVATED, purchase_id=purchase.id)
+    notifications.refunded_notice(
+        session,
+        payment.id,
+        student_id=payment.student_id,
+        amount_cents=payment.amount_cents,
+        currency=payment.currency,
+        sessions_cancelled=len(cancelled),
+    )
     event(EventType.COMPENSATION_DONE)
     return payment.student_id

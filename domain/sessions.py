@@ -9,6 +9,7 @@ sessions; the exclusion constraint is the last word (a clash that slipped throug
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from domain import notifications
 from domain.bookings import trainer_calendars
 from domain.calendar import Busy
 from domain.errors import Conflict, NotFound
@@ -51,7 +53,8 @@ def _scheduled(
 
 def _record(
     session: Session, tutoring: TutoringSession, event_type: EventType, **payload: object
-) -> None:
+) -> uuid.UUID:
+    """The event on the session's payment's timeline; returns that payment's id."""
     payment_id = session.execute(
         select(Purchase.payment_id)
         .join(Allocation, Allocation.purchase_id == Purchase.id)
@@ -64,6 +67,7 @@ def _record(
         event_type=event_type,
         payload={"session_id": tutoring.id, "date": tutoring.scheduled_date.isoformat(), **payload},
     )
+    return payment_id
 
 
 def _too_late(session_id: int, what: str) -> Conflict:
@@ -152,13 +156,14 @@ def reschedule_session(
             session.flush()
     except IntegrityError as exc:  # the constraint's word under a race
         raise Conflict("slot_taken", "The trainer is booked at that time.", id=session_id) from exc
-    _record(
+    payment_id = _record(
         session,
         tutoring,
         EventType.SESSION_RESCHEDULED,
         starts_at=starts_at.isoformat(),
         was=was.isoformat(),
     )
+    notifications.session_rescheduled_notice(session, payment_id, tutoring, was)
     return tutoring
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
+from domain import notifications
 from domain.bookings import trainer_calendars
 from domain.calendar import plan_window, sessions_needed
 from domain.events import EventType
@@ -53,15 +54,21 @@ from models import (
     TutoringSession,
     WrittenEvent,
     note_events,
+    traced,
 )
 
 
 def _batch_statement() -> Select[Any]:
-    """Up to :limit active allocations after :after, locked (SKIP LOCKED: one the chain
-    or another top-up holds is left to it), with their session counts, in one statement."""
+    """Up to :limit active allocations after :after whose trainer is in shard :shard of
+    :shards, locked (SKIP LOCKED: one the chain or another top-up holds is left to it),
+    with their session counts, in one statement."""
     batch = (
         select(Allocation.id)
-        .where(Allocation.status == AllocationStatus.ACTIVE, Allocation.id > bindparam("after"))
+        .where(
+            Allocation.status == AllocationStatus.ACTIVE,
+            Allocation.id > bindparam("after"),
+            Allocation.trainer_id % bindparam("shards") == bindparam("shard"),
+        )
         .order_by(Allocation.id)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
@@ -155,6 +162,16 @@ _INSERT_EVENTS = insert(EVENTS).from_select(
 )
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The allocations of one trainer in every `of`: side-by-side top-ups given
+    different shards never wait for each other's trainer locks (allocation id ranges
+    would: two batches of a thousand allocations share trainers)."""
+
+    index: int = 0
+    of: int = 1
+
+
 @dataclass
 class TopUpReport:
     allocations_seen: int = 0
@@ -177,10 +194,20 @@ def top_up_batch(
     limit: int,
     window: int,
     threshold: int,
+    shard: Shard = Shard(),
 ) -> tuple[TopUpReport, int | None]:
-    """One batch in the caller's transaction; returns its report and the last id seen
-    (None when there is nothing after `after_id`)."""
-    rows = session.execute(_BATCH, {"now": now, "after": after_id, "limit": limit}).all()
+    """One batch of `shard` in the caller's transaction; returns its report and the last
+    id seen (None when there is nothing after `after_id`)."""
+    rows = session.execute(
+        _BATCH,
+        {
+            "now": now,
+            "after": after_id,
+            "shards": shard.of,
+            "shard": shard.index,
+            "limit": limit,
+        },
+    ).all()
     report = TopUpReport(allocations_seen=len(rows))
     if not rows:
         return report, None
@@ -196,7 +223,12 @@ def top_up_batch(
         if row.future >= threshold:
             continue
         wanting.append(row)
-    calendars = trainer_calendars(session, [row.trainer_id for row in wanting], now=now)
+    # Every trainer this batch writes to is locked here, in id order, before any write
+    # (completions free a trainer's place too): batches running side by side then wait
+    # for each other instead of deadlocking.
+    calendars = trainer_calendars(
+        session, [row.trainer_id for row in (*wanting, *completed)], now=now
+    )
     for row in wanting:
         count = sessions_needed(
             future=row.future, used=row.used, total=row.sessions_total, window=window
@@ -215,6 +247,14 @@ def top_up_batch(
         events.extend(
             _event(row, EventType.SESSION_SHIFTED, **shift_payload(row.id, shift))
             for shift in plan.shifts
+        )
+        notifications.sessions_shifted_notice(
+            session,
+            row.payment_id,
+            student_id=row.student_id,
+            allocation_id=row.id,
+            slot=row.time_slot,
+            shifts=plan.shifts,
         )
         if not planned:
             continue
@@ -259,7 +299,7 @@ def _event(row, event_type: EventType, **payload) -> dict:
         "correlation_id": row.payment_id,
         "student_id": row.student_id,
         "event_type": event_type,
-        "payload": {"allocation_id": row.id, **payload},
+        "payload": traced({"allocation_id": row.id, **payload}),
     }
 
 

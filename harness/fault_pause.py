@@ -12,18 +12,18 @@ import logging
 import os
 import time
 
-import redis
 from celery import current_task
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from core.config import get_settings
+from core.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
 STEP = os.environ.get("FAULT_PAUSE_STEP", "")
 SECONDS = float(os.environ.get("FAULT_PAUSE_SECONDS", "0") or 0)
-_client = redis.Redis.from_url(
-    os.environ.get("CACHE_URL") or os.environ.get("BROKER_URL") or "redis://127.0.0.1:6379/0"
-)
+_client = redis_client(get_settings().cache_url, get_settings().redis_sentinel_master)
 
 
 @event.listens_for(Session, "before_commit")

@@ -30,7 +30,7 @@ import psycopg2
 import redis
 import requests
 
-from harness.hosts import Host
+from harness.hosts import DATA_HOST, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
@@ -177,14 +177,28 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """redis-server on its own port; with `aof`, it keeps its data across restarts."""
+    """redis-server on its own port; with `aof`, it keeps its data across restarts; with
+    `password`, clients and replicas need it; `options`: more redis-server options; with
+    `host` (harness.hosts), it runs inside that host, at its address."""
 
-    def __init__(self, aof: bool = False, address: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        aof: bool = False,
+        address: str = "127.0.0.1",
+        password: str | None = None,
+        options: tuple[str, ...] = (),
+        host: Host | None = None,
+    ) -> None:
         self.port = free_port()
+        self.host = host
+        address = host.address if host else address
         self.address = address
-        self.url = f"redis://{address}:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}{address}:{self.port}/0"
+        if password:
+            options = ("--requirepass", password, "--masterauth", password, *options)
         self.dir = tempfile.mkdtemp(prefix="tutorflow-redis-")
         self.aof = aof
+        self.options = options
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -193,29 +207,33 @@ class PrivateRedis:
             if self.aof
             else ["--appendonly", "no"]
         )
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            *sorted({"127.0.0.1", self.address}),
+            # Other hosts (the test's own namespaces) connect without a password.
+            "--protected-mode",
+            "no" if self.address != "127.0.0.1" else "yes",
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+            *persistence,
+            *self.options,
+        ]
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                *sorted({"127.0.0.1", self.address}),
-                # Other hosts (the test's own namespaces) connect without a password.
-                "--protected-mode",
-                "no" if self.address != "127.0.0.1" else "yes",
-                "--save",
-                "",
-                "--dir",
-                self.dir,
-                *persistence,
-            ],
-            stdout=subprocess.DEVNULL,
+            self.host.command(command) if self.host else command, stdout=subprocess.DEVNULL
         )
         wait_until(self.up, 10, "redis-server did not start")
 
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)
+
     def up(self) -> bool:
         try:
-            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+            return bool(self.client().ping())
         except redis.RedisError:
             return False
 
@@ -253,6 +271,146 @@ def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[Pri
     """A redis-server of the test's own; `address`: where other hosts reach it too."""
     with _running(PrivateRedis(aof, address)) as server:
         yield server
+
+
+SENTINEL_MASTER = "tutorflow"
+SENTINEL_CONFIG = """port {port}
+bind {bind}
+dir {dir}
+sentinel monitor {master} {primary_address} {primary_port} 2
+sentinel auth-pass {master} {password}
+sentinel down-after-milliseconds {master} 1000
+sentinel failover-timeout {master} 10000
+sentinel parallel-syncs {master} 1
+"""
+
+
+class SentinelGroup:
+    """A primary, a replica and three sentinels (quorum 2), every process of the test's
+    own, on loopback; with `primary_host` (harness.hosts), the primary runs inside that
+    host, and the rest on loopback and the data host's address, where the replica and
+    sentinels reach it. Failover in seconds: a primary that does not answer for 1 s is
+    down, and a failover that stalls is retried after 10 s (production uses 5 to 30 s
+    and minutes). The data nodes want a password: the sentinels and the clients learn
+    it, and `stall_replication` uses it to cut the replica off."""
+
+    PASSWORD = "sentinel-test"
+
+    def __init__(self, primary_host: Host | None = None) -> None:
+        self.primary = PrivateRedis(password=self.PASSWORD, host=primary_host)
+        # Where the primary's replica and sentinels listen, and reach it from.
+        self.address = DATA_HOST if primary_host else "127.0.0.1"
+        self.replica = PrivateRedis(
+            address=self.address,
+            password=self.PASSWORD,
+            options=("--replicaof", self.primary.address, str(self.primary.port)),
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.dir = tempfile.mkdtemp(prefix="tutorflow-sentinel-")
+        self.sentinels: list[subprocess.Popen] = []
+        self.url = ";".join(
+            f"sentinel://:{self.PASSWORD}@127.0.0.1:{port}/0" for port in self.sentinel_ports
+        )
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            config = Path(self.dir, f"sentinel-{port}.conf")  # sentinel rewrites it
+            config.write_text(
+                SENTINEL_CONFIG.format(
+                    port=port,
+                    bind=" ".join(sorted({"127.0.0.1", self.address})),
+                    dir=self.dir,
+                    master=SENTINEL_MASTER,
+                    primary_address=self.primary.address,
+                    primary_port=self.primary.port,
+                    password=self.PASSWORD,
+                )
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL
+                )
+            )
+        wait_until(self.watching, 60, "the sentinels never saw the replica and each other")
+
+    def ask(self, port: int, *command: str) -> object:
+        client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def watching(self) -> bool:
+        """Every sentinel knows the replica (in sync) and the two other sentinels: a
+        failover can be voted and has somewhere to go."""
+        try:
+            link = self.replica.client().info("replication").get("master_link_status")
+            return link == "up" and all(
+                len(self.ask(port, "SENTINEL", "REPLICAS", SENTINEL_MASTER)) == 1  # type: ignore[arg-type]
+                and len(self.ask(port, "SENTINEL", "SENTINELS", SENTINEL_MASTER)) == 2  # type: ignore[arg-type]
+                for port in self.sentinel_ports
+            )
+        except redis.RedisError:
+            return False
+
+    def master_port(self) -> int | None:
+        """The primary's port as a majority of the sentinels name it (None: no majority)."""
+        named: list[int] = []
+        for port in self.sentinel_ports:
+            try:
+                address = self.ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER)
+            except redis.RedisError:
+                continue
+            if address:
+                named.append(int(address[1]))  # type: ignore[index]
+        for candidate in set(named):
+            if named.count(candidate) >= 2:
+                return candidate
+        return None
+
+    def stall_replication(self) -> None:
+        """The replica falls behind, as asynchronous replication allows: its link to the
+        primary is closed and it can no longer log in to open another, while the
+        primary goes on acknowledging writes that exist nowhere else."""
+        self.replica.client().config_set("masterauth", "not-the-password")
+        self.primary.client().client_kill_filter(_type="slave")
+
+    def resume_replication(self) -> None:
+        self.replica.client().config_set("masterauth", self.PASSWORD)
+
+    def kill_primary(self) -> None:
+        """SIGKILL: nothing flushed, nothing handed over."""
+        assert self.primary.process is not None
+        self.primary.process.kill()
+        self.primary.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+        for server in (self.replica, self.primary):
+            # SIGKILL: nothing here is kept, and a primary cut off from its replica
+            # would wait out Redis's shutdown-timeout (10 s) on SIGTERM.
+            if server.process is not None and server.process.poll() is None:
+                server.process.kill()
+                server.process.wait(timeout=10)
+            shutil.rmtree(server.dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def sentinel_redis(primary_host: Host | None = None) -> Iterator[SentinelGroup]:
+    """A Redis primary, its replica and three sentinels of the test's own; clients use
+    `group.url` (sentinel://…;…) with REDIS_SENTINEL_MASTER=SENTINEL_MASTER."""
+    group = SentinelGroup(primary_host)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
 
 
 def _pg_bin(name: str) -> str:
@@ -394,11 +552,12 @@ def api_server(
 
 
 @contextmanager
-def flower() -> Iterator[str]:
+def flower(env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     state = Path(tempfile.mkdtemp(prefix="tutorflow-flower-"))
     env = {
         **os.environ,
+        **(env or {}),
         "FLOWER_PORT": str(port),
         "FLOWER_DB": str(state / "flower.db"),
         "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),

@@ -4,7 +4,7 @@ from models.base import Base
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus
 from models.effects import Committed, WrittenEvent, WrittenOutbox, note_events, note_outbox
-from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent
+from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent, traced
 from models.fulfilment import (
     HOLDING_STATUSES,
     Allocation,
@@ -13,6 +13,7 @@ from models.fulfilment import (
     SessionStatus,
     TutoringSession,
 )
+from models.notifications import Notification, NotificationKind, NotificationStatus
 from models.payments import TIERS, IdempotencyKey, Payment, PaymentStatus, WebhookEvent
 from models.session import Database, execute_autocommit
 
@@ -30,6 +31,9 @@ __all__ = [
     "DeadLetterStatus",
     "DomainEvent",
     "IdempotencyKey",
+    "Notification",
+    "NotificationKind",
+    "NotificationStatus",
     "OutboxKind",
     "OutboxMessage",
     "Payment",
@@ -48,4 +52,5 @@ __all__ = [
     "execute_autocommit",
     "note_events",
     "note_outbox",
+    "traced",
 ]

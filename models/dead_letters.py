@@ -19,7 +19,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base
 
@@ -60,3 +60,11 @@ class DeadLetter(Base):
     replay_of: Mapped[int | None] = mapped_column(
         ForeignKey("dead_letters.id", ondelete="SET NULL")
     )
+    # The letters this one's replays parked: a replay of a cause not yet fixed.
+    failed_replays: Mapped[list[DeadLetter]] = relationship(
+        lazy="selectin", join_depth=1, order_by="DeadLetter.id", viewonly=True
+    )
+
+    @property
+    def failed_again_as(self) -> list[int]:
+        return [letter.id for letter in self.failed_replays]

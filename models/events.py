@@ -17,12 +17,18 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.tracing import current_trace_id, current_traceparent
 from models.base import Base, created_at_column
+
+# The payload key of an event's trace id (when tracing is on): the timeline names the
+# trace that holds the spans of the step that wrote it.
+TRACE_ID = "trace_id"
 
 
 class OutboxKind(StrEnum):
@@ -32,6 +38,7 @@ class OutboxKind(StrEnum):
     START_COMPENSATION = "start_compensation"
     REPLAY_DEAD_LETTER = "replay_dead_letter"
     REALLOCATE = "reallocate"  # an allocation whose trainer can no longer serve it
+    SEND_NOTIFICATION = "send_notification"  # one e-mail (models.notifications)
 
 
 class DomainEvent(Base):
@@ -78,7 +85,23 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The W3C traceparent of the writing transaction: the relay continues that trace.
-    traceparent: Mapped[str | None] = mapped_column(String(55))
+    # A column default, so every writer stamps it, ORM or Core (an INSERT ... SELECT
+    # evaluates it once per statement), without knowing of tracing.
+    traceparent: Mapped[str | None] = mapped_column(String(55), default=current_traceparent)
+
+
+def traced(payload: dict[str, Any]) -> dict[str, Any]:
+    """The event payload with the active trace's id, for writers that insert events
+    with SQL; ORM-added events get it at flush."""
+    trace_id = current_trace_id()
+    return payload if trace_id is None else {**payload, TRACE_ID: trace_id}
+
+
+@event.listens_for(DomainEvent, "before_insert")
+def _stamp_trace_id(_mapper: object, _connection: object, target: DomainEvent) -> None:
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        target.payload = {**(target.payload or {}), TRACE_ID: trace_id}
 
 
 class ProcessedEvent(Base):

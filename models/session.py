@@ -70,6 +70,8 @@ class Database:
         self.sessions = sessionmaker(
             bind=self.engine, expire_on_commit=False, info={CHANNEL: channel}
         )
+        # False while tests bind every session to one connection: no concurrent units.
+        self.connections_of_its_own = True
 
     def session(self) -> Session:
         return self.sessions()
@@ -84,10 +86,12 @@ class Database:
     def bound_to(self, connection: Connection) -> Iterator[None]:
         """Tests: every session joins `connection`'s transaction through savepoints."""
         self.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
+        self.connections_of_its_own = False
         try:
             yield
         finally:
             self.sessions.configure(bind=self.engine, join_transaction_mode="conditional_savepoint")
+            self.connections_of_its_own = True
 
     def dispose_after_fork(self) -> None:
         """A forked child must not reuse its parent's sockets (Superset's pattern)."""

@@ -9,6 +9,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from core.config import get_settings
+from core.redis_client import redis_client, without_password
 
 settings = get_settings()
 
@@ -41,13 +42,14 @@ def main() -> int:
         )
     # The cache is always Redis; the broker too unless BROKER_URL names RabbitMQ.
     redis_urls = {settings.cache_url}
-    if settings.broker_url.startswith(("redis", "rediss")):
+    if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
         redis_urls.add(settings.broker_url)
     for redis_url in sorted(redis_urls):
         try:
-            redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+            redis_client(redis_url, settings.redis_sentinel_master, socket_connect_timeout=3).ping()
         except redis.RedisError as exc:
-            problems.append(f"Redis at {redis_url} is not reachable ({exc}); {REDIS_HINT}")
+            where = without_password(redis_url)
+            problems.append(f"Redis at {where} is not reachable ({exc}); {REDIS_HINT}")
     for problem in problems:
         print(f"tutorflow: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -9,6 +9,7 @@ and jitter, and — once retries are spent or the error is permanent — the dea
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from core.logs import log_context
 from domain.clock import utcnow
-from domain.errors import StepCancelled, TransientStepError
+from domain.errors import StepCancelled, TransientStepError, qualified_name, safe_reason
+from domain.events import record_step_retry
 from tasks import inbox
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,10 @@ class PipelineTask(Task):
         # Carry the first failure's time across retries, for the dead letter.
         first = getattr(self.request, FIRST_FAILED_AT, None) or utcnow().isoformat()
         options["headers"] = {**(options.get("headers") or {}), FIRST_FAILED_AT: first}
+        limit = options.get("max_retries", self.max_retries)
+        if limit is None or self.request.retries < limit:  # else Celery raises exc: no retry
+            # Before the retry is published: the next attempt's events come after this.
+            self.note_retry(options.get("exc"), limit)
         return super().retry(*args, **options)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
@@ -99,6 +105,27 @@ class PipelineTask(Task):
                 "step failed, will retry",
                 extra={"retries": self.request.retries, "error": f"{type(exc).__name__}: {exc}"},
             )
+
+    def note_retry(self, exc: BaseException | None, limit: int | None) -> None:
+        """The payment's timeline says the step retries (attempt n of m, a safe reason).
+        Its own short transaction: the step's own was rolled back. Best effort: a
+        database that is away must not stop the retry."""
+        correlation_id = (self.request.kwargs or {}).get("correlation_id")
+        # A lost database connection: writing would wait for the connect timeout, in vain.
+        if correlation_id is None or getattr(exc, "connection_invalidated", False):
+            return
+        try:
+            with self.app.database.transaction() as session:
+                record_step_retry(
+                    session,
+                    correlation_id=uuid.UUID(correlation_id),
+                    step=self.name.rsplit(".", 1)[-1],
+                    attempt=self.request.retries + 1,
+                    attempts=None if limit is None else limit + 1,
+                    reason=safe_reason(qualified_name(exc) if exc is not None else ""),
+                )
+        except Exception:
+            log.warning("the retry could not be written to the timeline", exc_info=True)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         if isinstance(exc, TimeLimitExceeded):

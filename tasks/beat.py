@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
@@ -16,10 +17,11 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from actions import payments
+from core import tracing
 from core.provider import PaymentProvider, ProviderUnavailable
 from domain import fulfilment
 from domain.clock import utcnow
-from domain.top_up import TopUpReport, top_up_batch
+from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import OutboxMessage, ProcessedEvent, WebhookEvent
 from tasks.celery_app import celery_app
 from tasks.handoff import PUBLISHERS
@@ -66,25 +68,39 @@ def exclusive(job_name: str) -> Iterator[bool]:
             connection.commit()
 
 
-def run_top_up(*, batch_size: int | None = None) -> TopUpReport:
-    """Top up every active allocation, one batch per transaction."""
+def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> TopUpReport:
+    """Top up every active allocation, one batch per transaction, `threads` shards of
+    the trainers side by side (a batch waits on the database about half its time, and
+    the server has cores for another meanwhile)."""
+    settings = celery_app.settings
     now = utcnow()
+    if not celery_app.database.connections_of_its_own:
+        threads = 1  # tests: every session shares the test's one connection
+    shards = threads or settings.top_up_threads
+
+    def top_up_shard(index: int) -> TopUpReport:
+        report, after = TopUpReport(), 0
+        while True:
+            with celery_app.database.transaction() as session:
+                batch, last = top_up_batch(
+                    session,
+                    now=now,
+                    after_id=after,
+                    limit=batch_size or settings.top_up_batch_size,
+                    window=settings.session_window,
+                    threshold=settings.top_up_threshold,
+                    shard=Shard(index, shards),
+                )
+            report.add(batch)
+            if last is None:
+                return report
+            after = last
+
     report = TopUpReport()
-    after = 0
-    while True:
-        with celery_app.database.transaction() as session:
-            batch, last = top_up_batch(
-                session,
-                now=now,
-                after_id=after,
-                limit=batch_size or celery_app.settings.top_up_batch_size,
-                window=celery_app.settings.session_window,
-                threshold=celery_app.settings.top_up_threshold,
-            )
-        report.add(batch)
-        if last is None:
-            return report
-        after = last
+    with ThreadPoolExecutor(max_workers=shards) as pool:
+        for part in pool.map(top_up_shard, range(shards)):
+            report.add(part)
+    return report
 
 
 @job(name="tutorflow.beat.top_up_sessions")
@@ -121,7 +137,11 @@ def relay_outbox() -> dict[str, int]:
             for row in rows:
                 row.attempts += 1
                 try:
-                    PUBLISHERS[row.kind](row.payload)
+                    # In the trace that wrote the row: the chain continues it.
+                    with tracing.publishing(
+                        row.id, str(row.correlation_id), traceparent=row.traceparent
+                    ):
+                        PUBLISHERS[row.kind](row.payload)
                 except Exception as exc:  # broker down: back off, keep the row
                     failed += 1
                     row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -131,8 +151,12 @@ def relay_outbox() -> dict[str, int]:
                     break  # the broker is likely down for the rest too
                 row.published_at = utcnow()
                 published += 1
+    # Every few seconds: an idle run is DEBUG (so are Celery's own lines about it, see
+    # ROUTINE_TASKS), so a quiet stack has a quiet log; a run that did something is INFO.
     if published or failed:
         log.info("outbox relay", extra={"published": published, "failed": failed})
+    else:
+        log.debug("outbox relay: nothing to publish")
     return {"published": published, "failed": failed}
 
 

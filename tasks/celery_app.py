@@ -6,21 +6,25 @@ the tasks use (`celery_app.database`), whose sessions carry the after-commit cha
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import beat_init, setup_logging, worker_process_init, worker_process_shutdown
 
 from celeryconfig import celery_config
+from core import tracing
 from core.config import Settings, get_settings
 from core.logs import configure_logging
 from models import Database
+from tasks import telemetry
 
 
 class TutorflowCelery(Celery):
     def __init__(self, settings: Settings) -> None:
         super().__init__(
-            "tutorflow", include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat"]
+            "tutorflow",
+            include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat", "tasks.notifications"],
         )
         self.settings = settings
         self.conf.update(celery_config(settings))
@@ -33,14 +37,52 @@ class TutorflowCelery(Celery):
 
 
 celery_app = TutorflowCelery(get_settings())
+telemetry.install(celery_app)  # durations, retries, queue consumers for /metrics
+
+
+# Beat jobs that run every few seconds. Celery's own lines about them (beat's "sending
+# due task", the worker's "received" and "succeeded") are DEBUG, not INFO: otherwise they
+# are half of an idle stack's log. The job itself logs INFO when it did something.
+ROUTINE_TASKS = frozenset({"tutorflow.beat.relay_outbox"})
+_CELERY_BOOKKEEPING = frozenset({"celery.beat", "celery.worker.strategy", "celery.app.trace"})
+
+
+class RoutineTasksAtDebug(logging.Filter):
+    """Lowers Celery's INFO bookkeeping lines about ROUTINE_TASKS to DEBUG (and drops
+    them unless DEBUG is on). Celery has no per-task log level, hence a filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.name not in _CELERY_BOOKKEEPING:
+            return True
+        args = record.args
+        names = args.values() if isinstance(args, dict) else (args or ())
+        if not any(isinstance(name, str) and name in ROUTINE_TASKS for name in names):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 @setup_logging.connect
 def _configure_logging(**_: object) -> None:
-    configure_logging(celery_app.settings.log_level, celery_app.settings.log_json)
+    handler = configure_logging(celery_app.settings.log_level, celery_app.settings.log_json)
+    handler.filters.insert(0, RoutineTasksAtDebug())  # before the masking filter formats
 
 
 @worker_process_init.connect
 def _new_pool_child(**_: object) -> None:
     if "database" in celery_app.__dict__:  # created before the fork
         celery_app.database.dispose_after_fork()
+    # Here, not in the parent: the span exporter's thread lives in the process that runs
+    # the tasks (a pool child runs the steps and the relay).
+    tracing.install(celery_app.settings, role="worker")
+
+
+@worker_process_shutdown.connect
+def _pool_child_exit(**_: object) -> None:
+    tracing.flush()
+
+
+@beat_init.connect
+def _beat_started(**_: object) -> None:
+    # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
+    tracing.install(celery_app.settings, role="beat")

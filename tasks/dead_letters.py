@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from actions import dead_letters
 from domain.clock import utcnow
+from domain.errors import qualified_name
 from tasks.celery_app import celery_app
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def park(
     now = utcnow().isoformat()
     letter = {
         "task_name": task.name,
-        "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "exception_type": qualified_name(exc),
         "exception_message": str(exc)[:4000],
         "correlation_id": kwargs.get("correlation_id"),
         "task_id": task_id,  # the failure's own (task.request is empty in some paths)
@@ -49,7 +50,7 @@ def park(
     }
     log.error("dead-lettering %s: %s", task.name, letter["exception_message"])
     try:
-        record_dead_letter.apply_async(kwargs=letter)
+        record_dead_letter.apply_async(kwargs=letter, argsrepr="()", kwargsrepr=_short(letter))
         return
     except Exception:
         log.exception("dead-letter publish failed; recording it directly")
@@ -70,5 +71,40 @@ def park(
     retry_backoff_max=60,
     max_retries=None,  # the database coming back is all it waits for
 )
-def record_dead_letter(self: Task, **letter: Any) -> None:
-    dead_letters.record(celery_app.database, letter)
+def record_dead_letter(self: Task, **letter: Any) -> str:
+    """Its result is what Flower's task page shows: the letter id replay needs, the
+    failed task, the reason, and how many letters are open."""
+    recorded = dead_letters.record(celery_app.database, letter)
+    again = f" (its replay of dead letter {recorded.replay_of} failed again)"
+    return (
+        f"dead letter {recorded.letter_id}: {recorded.task_name}"
+        f"{again if recorded.replay_of else ''} failed for payment {recorded.correlation_id}"
+        f" — {recorded.exception[:REASON_SHOWN]}. {recorded.open.describe(utcnow())}"
+    )
+
+
+# Celery cuts a message's argument repr at 1024 characters (and the letter's traceback
+# alone is longer): Flower would show a cut-off dict. It shows this instead.
+REASON_SHOWN = 300
+
+
+def _short(letter: dict[str, Any]) -> str:
+    return repr(
+        {
+            "task_name": letter["task_name"],
+            "task_id": letter["task_id"],
+            "correlation_id": letter["correlation_id"],
+            "retries": letter["retries"],
+            "exception": f"{letter['exception_type']}: {letter['exception_message']}"[
+                :REASON_SHOWN
+            ],
+        }
+    )
+
+
+@celery_app.task(name="tutorflow.dead_letters.report_open", acks_late=True)
+def report_open_dead_letters() -> str:
+    """Beat, every minute: Flower's tasks page always has a current line "N dead
+    letters open, oldest X min: ids …" (filter by `dead_letters`). The dead_letter
+    queue's length says nothing about this: its consumer stores each letter at once."""
+    return dead_letters.open_letters(celery_app.database).describe(utcnow())

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, update
 
+from core import tracing
 from core.cache import Cache
 from core.config import Settings
 from models import Committed, Database, OutboxMessage, WrittenOutbox, execute_autocommit
@@ -50,7 +51,8 @@ class AfterCommitChannel:
     def publish(self, message: WrittenOutbox, bind: Engine | Connection) -> bool:
         """Publish one outbox message and stamp it; False (and logged) if the broker failed."""
         try:
-            self.publishers[message.kind](dict(message.payload))
+            with tracing.publishing(message.id, message.correlation_id):
+                self.publishers[message.kind](dict(message.payload))
         except Exception:
             log.warning(
                 "outbox publish failed; the relay will retry",
@@ -90,11 +92,12 @@ def database_for(settings: Settings, role: str = "worker") -> Database:
         settings.db_max_overflow,
         settings.db_pool_pre_ping,
         settings.cache_url,
+        settings.redis_sentinel_master,
     )
     with _lock:
         database = _databases.get(key)
         if database is None:
-            channel = AfterCommitChannel(Cache.for_url(settings.cache_url), PUBLISHERS)
+            channel = AfterCommitChannel(Cache.for_settings(settings), PUBLISHERS)
             database = _databases[key] = Database(settings, channel, role=role)
         return database
 

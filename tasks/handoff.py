@@ -11,6 +11,7 @@ from typing import Any
 
 from models import OutboxKind
 from tasks.celery_app import celery_app
+from tasks.notifications import send_notification
 from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
@@ -40,10 +41,20 @@ def start_reallocation(payload: dict[str, Any]) -> None:
 def replay_dead_letter(payload: dict[str, Any]) -> None:
     # The chain option carries the links that had not run: the pipeline runs to its end.
     task = celery_app.tasks[payload["task_name"]]
+    # The task id the letter noted (older rows: none): a letter this run parks links back.
     task.apply_async(
+        task_id=payload.get("task_id"),
         args=payload["args"],
         kwargs=payload["kwargs"],
         chain=payload["chain"],
+        retry_policy=API_PUBLISH_RETRY,
+    )
+
+
+def send_notification_mail(payload: dict[str, Any]) -> None:
+    send_notification.apply_async(
+        args=[payload["notification_id"]],
+        kwargs={"correlation_id": payload["payment_id"]},
         retry_policy=API_PUBLISH_RETRY,
     )
 
@@ -53,4 +64,5 @@ PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     OutboxKind.START_COMPENSATION: start_compensation,
     OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
     OutboxKind.REALLOCATE: start_reallocation,
+    OutboxKind.SEND_NOTIFICATION: send_notification_mail,
 }

@@ -30,12 +30,13 @@ def step(
     consumes: EventType | None = None,
     dead_letter_on_failure: bool = True,
     backoff_max: int | None = None,
+    base: type[PipelineTask] = PipelineTask,
 ) -> Any:
-    """A pipeline step: the base task, retries with the configured backoff (capped at
-    `backoff_max` seconds for this step if given)."""
+    """A pipeline step: the base task (or a subclass), retries with the configured
+    backoff (capped at `backoff_max` seconds for this step if given)."""
     settings = celery_app.settings
     return celery_app.task(
-        base=PipelineTask,
+        base=base,
         bind=True,
         name=name,
         max_retries=max_retries,
@@ -145,7 +146,7 @@ def schedule_sessions(self: PipelineTask, allocation_id: int, *, correlation_id:
 def refresh_student_views(self: PipelineTask, student_id: int, *, correlation_id: str) -> None:
     # Unlike the best-effort invalidation after each step, this one raises on a Redis
     # error, so it is retried: the home screen must not stay stale.
-    Cache.for_url(celery_app.settings.cache_url).invalidate_and_announce(
+    Cache.for_settings(celery_app.settings).invalidate_and_announce(
         [(student_id, {"type": "STUDENT_VIEWS_REFRESHED", "payment_id": correlation_id})]
     )
 

@@ -33,6 +33,11 @@ from tests import sandbox_server
 # the tests and for the workers they start (they inherit STRIPE_API_BASE).
 os.environ["STRIPE_API_BASE"] = sandbox_server.shared().base
 
+from tests import smtp_sink
+
+# The mail server: a real SMTP server (aiosmtpd) in a thread, likewise inherited.
+os.environ["SMTP_URL"] = smtp_sink.shared().url
+
 import pytest
 import redis
 from flask import Flask

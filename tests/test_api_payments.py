@@ -6,7 +6,7 @@ import uuid
 from sqlalchemy import func, select
 
 from domain.payments import request_confirmation
-from models import DeadLetter, OutboxMessage, Payment, Purchase
+from models import DeadLetter, OutboxKind, OutboxMessage, Payment, Purchase
 from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
@@ -137,7 +137,9 @@ def test_confirm_answers_202_and_the_chain_asks_the_provider(client, db_session,
         "TRAINER_ALLOCATED",
         "SESSIONS_GENERATED",
     ]
-    outbox = db_session.scalars(select(OutboxMessage)).one()
+    outbox = db_session.scalars(
+        select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.START_PIPELINE)
+    ).one()
     assert outbox.published_at is not None
 
 
@@ -192,7 +194,12 @@ def test_confirming_again_answers_the_same_and_publishes_nothing_new(client, db_
     again = client.post(url, json={}, headers=auth)
     assert first.status_code == again.status_code == 202
     assert again.json["status"] == "succeeded"
-    assert db_session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+    assert (
+        db_session.scalar(
+            select(func.count()).where(OutboxMessage.kind == OutboxKind.START_PIPELINE)
+        )
+        == 1
+    )
     assert db_session.scalar(select(func.count()).select_from(Purchase)) == 1
 
 

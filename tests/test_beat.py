@@ -7,18 +7,19 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from domain import fulfilment
 from domain.payments import has_active_course
-from domain.top_up import TopUpReport, top_up_batch
+from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import (
     Allocation,
     OutboxKind,
     OutboxMessage,
     ProcessedEvent,
     Purchase,
+    SessionStatus,
     TrainerCourse,
     TutoringSession,
 )
@@ -237,6 +238,57 @@ def test_the_job_tops_up_in_batches(committed, clock):
     assert report.sessions_created == 25
     with open_session() as session:
         assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids)
+
+
+def test_shards_split_the_allocations_by_trainer_and_cover_each_once(db_session, clock):
+    allocations = [allocate(db_session, slot=time(6 + i, 0)) for i in range(6)]
+    clock(MONDAY + timedelta(days=7))
+    seen: dict[int, list[int]] = {}
+    for index in range(3):
+        after: int | None = 0
+        while after is not None:
+            _, last = top_up_batch(
+                db_session,
+                now=MONDAY + timedelta(days=7),
+                after_id=after,
+                limit=1,
+                window=7,
+                threshold=7,
+                shard=Shard(index, 3),
+            )
+            if last is not None:
+                seen.setdefault(index, []).append(last)
+            after = last
+    by_id = {a.id: a.trainer_id for a in allocations}
+    assert sorted(i for ids in seen.values() for i in ids) == sorted(by_id)  # each once
+    for index, ids in seen.items():
+        assert {by_id[i] % 3 for i in ids} == {index}  # a trainer belongs to one shard
+
+
+def test_threads_top_up_side_by_side_with_completions_and_no_deadlock(committed, clock):
+    """Two threads, ranges of one allocation, every allocation on one trainer and half
+    of them completing: each batch locks the trainer before writing, so they queue."""
+    with open_session() as session, session.begin():
+        course = make_course(session)
+        trainer = make_trainer(session, [course], max_students=8)
+        ids = [
+            make_allocation(session, course, slot=time(8 + i, 0), now=MONDAY).id for i in range(8)
+        ]
+        # Half of them have used their whole tier: the top-up completes those.
+        session.execute(
+            update(TutoringSession)
+            .where(TutoringSession.allocation_id.in_(ids[:4]))
+            .values(status=SessionStatus.COMPLETED)
+        )
+        session.execute(
+            update(Allocation).where(Allocation.id.in_(ids[:4])).values(sessions_total=7)
+        )
+    clock(MONDAY + timedelta(days=7))
+    report = run_top_up(batch_size=1, threads=2)
+    assert report.allocations_seen == 8
+    with open_session() as session:
+        assert session.get(type(trainer), trainer.id).active_students == 4
+        assert all(len(future(session, i, MONDAY + timedelta(days=7))) == 7 for i in ids[4:])
 
 
 def test_retention_prunes_only_old_published_and_processed_rows(db_session, clock):

@@ -24,6 +24,7 @@ from harness.processes import celery_worker, wait_until
 from models import (
     Allocation,
     DomainEvent,
+    Notification,
     OutboxMessage,
     Purchase,
     Trainer,
@@ -88,7 +89,15 @@ def test_twenty_concurrent_confirmations_by_api_and_webhook_fulfil_once(live_app
 
         wait_until(three_chains_finished, 30, "the duplicate chains never ran")
 
-    assert counts(Purchase, Allocation, TutoringSession, OutboxMessage) == [1, 1, 7, 1]
+    # One hand-off, and the two notifications (student, trainer) with their sends: the
+    # duplicate chains owed nobody a second e-mail.
+    assert counts(Purchase, Allocation, TutoringSession, OutboxMessage, Notification) == [
+        1,
+        1,
+        7,
+        3,
+        2,
+    ]
     with open_session() as session:
         confirmed_events = session.scalar(
             select(func.count()).where(DomainEvent.event_type == "PAYMENT_CONFIRMATION_REQUESTED")

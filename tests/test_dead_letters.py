@@ -13,9 +13,16 @@ from domain.payments import request_confirmation
 from harness.brokers import queue_length
 from harness.processes import FLOWER_AUTH as AUTH
 from harness.processes import celery_worker, flower, wait_until
-from models import DeadLetter, Purchase, TutoringSession
+from models import Course, DeadLetter, Purchase, TutoringSession
+from tasks.dead_letters import report_open_dead_letters
 from tests.conftest import ADMIN, open_session, settings
-from tests.factories import make_course, make_payment, make_student
+from tests.factories import (
+    make_course,
+    make_dead_letter,
+    make_payment,
+    make_student,
+    make_trainer,
+)
 
 pytestmark = pytest.mark.worker
 LETTERS = "/api/v1/admin/dead-letters"
@@ -42,9 +49,32 @@ def sessions_of(payment_id: uuid.UUID) -> int:
         )
 
 
+def flower_tasks(base: str, name: str) -> list[dict]:
+    """Flower's record of the tasks called `name`, oldest first."""
+    tasks = requests.get(
+        f"{base}/api/tasks", params={"taskname": name}, auth=AUTH, timeout=5
+    ).json()
+    return sorted(tasks.values(), key=lambda t: t.get("received") or 0)
+
+
+def succeeded(base: str, name: str, count: int) -> list[dict]:
+    done = [t for t in flower_tasks(base, name) if t["state"] == "SUCCESS"]
+    return done if len(done) >= count else []
+
+
+def timeline(live_client, payment_id: uuid.UUID) -> list[tuple[str, dict]]:
+    detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
+    return [(e["type"], e["payload"]) for e in detail["timeline"]]
+
+
+RECORD = "tutorflow.dead_letters.record"
+NO_TRAINER = "no trainer is free for this course and time yet"
+
+
 def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(live_client):
     payment_id, course_id = seed_payment_without_trainer()
-    with celery_worker() as worker:
+    # Flower first: it shows only the task events it was there to receive.
+    with flower() as base, celery_worker() as worker:
         confirmed = live_client.post(
             f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
         )
@@ -70,16 +100,58 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         # operator still sees the letter; the give-up refund comes after 48 hours).
         assert detail["fulfilment"]["state"] == "finding_trainer"
         assert [d["id"] for d in detail["fulfilment"]["dead_letters"]] == [letter["id"]]
+        # The timeline: each retry (attempt n of 6, why), then the dead letter.
+        story = timeline(live_client, payment_id)
+        retries = [p for t, p in story if t == "STEP_RETRYING"]
+        assert [(r["step"], r["attempt"], r["attempts"]) for r in retries] == [
+            ("allocate_trainer", n, 6) for n in range(1, 6)
+        ]
+        assert {r["reason"] for r in retries} == {NO_TRAINER}
+        assert story[-1] == (
+            "DEAD_LETTERED",
+            {
+                "dead_letter_id": letter["id"],
+                "step": "allocate_trainer",
+                "retries": 5,
+                "reason": NO_TRAINER,
+            },
+        )
 
-        # Flower lists the dead-letter queue (a worker consumes it) and the record task.
-        with flower() as base:
+        # Flower: the record task's result names the letter, the failed task and why;
+        # its keyword arguments are a short summary, not a cut-off dump.
+        [record] = wait_or_fail(lambda: succeeded(base, RECORD, 1), "Flower missed the record")
+        assert record["result"].startswith(
+            f"'dead letter {letter['id']}: tutorflow.pipeline.allocate_trainer failed for "
+            f"payment {payment_id} — domain.errors.NoTrainerAvailable: no trainer free"
+        )
+        assert f"1 dead letter open, oldest 0 min: ids {letter['id']}" in record["result"]
+        assert record["kwargs"].endswith("}")
+        assert letter["task_id"] in record["kwargs"]
+        assert "traceback" not in record["kwargs"]
 
-            def flower_sees_dead_letter_queue() -> bool:
-                queues = requests.get(f"{base}/api/queues/length", auth=AUTH, timeout=5).json()
-                return "dead_letter" in {q["name"] for q in queues["active_queues"]}
+        # Flower lists the dead-letter queue (a worker consumes it).
+        def flower_sees_dead_letter_queue() -> bool:
+            queues = requests.get(f"{base}/api/queues/length", auth=AUTH, timeout=5).json()
+            return "dead_letter" in {q["name"] for q in queues["active_queues"]}
 
-            wait_until(flower_sees_dead_letter_queue, 30, "Flower never listed dead_letter")
-            assert requests.get(f"{base}/api/queues/length", timeout=5).status_code == 401
+        wait_until(flower_sees_dead_letter_queue, 30, "Flower never listed dead_letter")
+        assert requests.get(f"{base}/api/queues/length", timeout=5).status_code == 401
+
+        # A replay before the cause is fixed fails again: its letter points back.
+        replay = live_client.post(f"{LETTERS}/{letter['id']}/replay", headers=ADMIN)
+        assert replay.status_code == 200
+        wait_until(open_letters, 60, "the failed replay was not parked")
+        [again] = live_client.get(f"{LETTERS}?status=open", headers=ADMIN).json["items"]
+        assert again["replay_of"] == letter["id"]
+        assert again["task_id"] == replay.json["replay_task_id"]
+        old = live_client.get(f"{LETTERS}/{letter['id']}", headers=ADMIN).json
+        assert old["failed_again_as"] == [again["id"]]
+        parked_again = timeline(live_client, payment_id)[-1]
+        assert parked_again[0] == "DEAD_LETTERED"
+        assert parked_again[1]["replay_of"] == letter["id"]
+        assert parked_again[1]["replay_failed_again"] is True
+        [_, second] = wait_or_fail(lambda: succeeded(base, RECORD, 2), "Flower missed it")
+        assert f"(its replay of dead letter {letter['id']} failed again)" in second["result"]
 
         # The operator fixes the cause, then replays: the chain runs on to the end.
         trainer = live_client.post(
@@ -93,16 +165,46 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
             headers=ADMIN,
         )
         assert trainer.status_code == 201
-        replay = live_client.post(f"{LETTERS}/{letter['id']}/replay", headers=ADMIN)
+        replay = live_client.post(f"{LETTERS}/{again['id']}/replay", headers=ADMIN)
         assert replay.status_code == 200
         wait_until(lambda: sessions_of(payment_id) == 7, 30, "replay did not finish the chain")
-        again = live_client.post(f"{LETTERS}/{letter['id']}/replay", headers=ADMIN)
-        assert again.status_code == 409
+        repeat = live_client.post(f"{LETTERS}/{again['id']}/replay", headers=ADMIN)
+        assert repeat.status_code == 409
 
     detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "scheduled"
     assert detail["fulfilment"]["sessions_scheduled"] == 7
     assert open_letters() == []
+    replays = [
+        p["dead_letter_id"]
+        for t, p in timeline(live_client, payment_id)
+        if t == "DEAD_LETTER_REPLAYED"
+    ]
+    assert replays == [letter["id"], again["id"]]
+
+
+def wait_or_fail(probe, message: str, timeout: float = 30):
+    """wait_until, returning what the probe found."""
+    found: list = []
+    wait_until(lambda: found.append(probe()) or found[-1], timeout, message)
+    return found[-1]
+
+
+def test_flower_shows_how_many_letters_are_open_and_since_when(committed):
+    seed_payment_without_trainer()
+    with flower() as base, celery_worker():
+        report_open_dead_letters.delay()
+        [empty] = wait_or_fail(lambda: succeeded(base, REPORT, 1), "Flower missed the report")
+        assert empty["result"] == "'0 dead letters open'"
+        with open_session() as session, session.begin():
+            first = make_dead_letter(session).id
+            second = make_dead_letter(session).id
+        report_open_dead_letters.delay()
+        [_, now] = wait_or_fail(lambda: succeeded(base, REPORT, 2), "Flower missed the report")
+        assert now["result"] == f"'2 dead letters open, oldest 0 min: ids {first}, {second}'"
+
+
+REPORT = "tutorflow.dead_letters.report_open"
 
 
 def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(committed):
@@ -149,3 +251,30 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
     assert f"create_purchase[{letter.task_id}] retry" not in log.lower()
     with open_session() as session:
         assert session.scalar(select(func.count()).select_from(Purchase)) == 1
+
+
+def test_the_state_says_retrying_while_a_step_waits_to_retry(live_client):
+    payment_id, course_id = seed_payment_without_trainer()
+    # Backoff without jitter: the first retry waits 4 s, time enough to look.
+    slow_retries = {"CELERY_RETRY_BACKOFF": "4", "CELERY_RETRY_JITTER": "0"}
+
+    def state() -> str:
+        detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
+        return detail["fulfilment"]["state"]
+
+    with celery_worker(env=slow_retries):
+        confirmed = live_client.post(
+            f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
+        )
+        assert confirmed.status_code == 202
+        wait_until(lambda: state() == "retrying", 30, "the state never said retrying")
+        story = timeline(live_client, payment_id)
+        assert story[-1] == (
+            "STEP_RETRYING",
+            {"step": "allocate_trainer", "attempt": 1, "attempts": 6, "reason": NO_TRAINER},
+        )
+        # A trainer arrives while the step waits: its retry succeeds, the state moves on.
+        with open_session() as session, session.begin():
+            make_trainer(session, [session.get_one(Course, course_id)])
+        wait_until(lambda: state() == "scheduled", 60, "the retry never scheduled sessions")
+    assert open_letters() == []

@@ -118,7 +118,7 @@ def test_a_failing_publish_is_logged_and_the_other_callbacks_still_run(
         raise ConnectionError("broker gone")
 
     channel = AfterCommitChannel(
-        Cache.for_url(settings.cache_url),
+        Cache.for_settings(settings),
         {"broken": broken, "working": published.append},
     )
     bad, good = uuid.uuid4(), uuid.uuid4()

@@ -18,6 +18,8 @@ from core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+# Services that run someone else's image with its own configuration.
+THIRD_PARTY = ("postgres", "redis", "prom/")
 PROCFILE = dict(
     line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
 )
@@ -68,7 +70,7 @@ def test_every_procfile_process_runs_the_same_command_in_compose():
 
 def test_every_app_service_command_exists():
     for name, service in COMPOSE["services"].items():
-        if "command" not in service or service.get("image", "").startswith(("postgres", "redis")):
+        if "command" not in service or service.get("image", "").startswith(THIRD_PARTY):
             continue
         executable = service["command"][0]
         assert shutil.which(executable) or (ROOT / ".venv/bin" / executable).exists(), name
@@ -77,7 +79,7 @@ def test_every_app_service_command_exists():
 def test_compose_defines_only_variables_the_app_reads_and_all_secrets():
     read = read_variables()
     for name, service in COMPOSE["services"].items():
-        if service.get("image", "").startswith(("postgres", "redis")):
+        if service.get("image", "").startswith(THIRD_PARTY):
             continue
         env = service.get("environment", {})
         unknown = set(env) - read

@@ -105,7 +105,7 @@ def test_metrics_report_the_hit_ratio(client, db_session):
 # --- the race: a slow reader that loaded before a commit ----------------------------
 
 
-CACHE = Cache.for_url(settings.cache_url)
+CACHE = Cache.for_settings(settings)
 
 
 def naive_cached_read_model(kind: str, student_id: int, load: Callable[[], str]):

@@ -10,7 +10,14 @@ from actions import dead_letters
 from app.auth import ADMIN_SECURITY, admin_only
 from app.db import db
 from app.runtime import runtime
-from app.schemas import DeadLetterOut, DeadLetterPage, DeadLetterQuery, ErrorOut
+from app.schemas import (
+    BulkOut,
+    DeadLetterFilterIn,
+    DeadLetterOut,
+    DeadLetterPage,
+    DeadLetterQuery,
+    ErrorOut,
+)
 from domain.read_models import get_dead_letter, list_dead_letters
 
 blp = Blueprint("admin", __name__, description="Dead letters: list, replay, discard (admin).")
@@ -57,3 +64,16 @@ def replay_letter(letter_id: int):
 @blp.alt_response(409, schema=ErrorOut)
 def discard_letter(letter_id: int):
     return dead_letters.discard(runtime().database, letter_id)
+
+
+@blp.route("/admin/dead-letters/<any(replay, discard):action>", methods=["POST"])
+@admin_only
+@blp.doc(security=ADMIN_SECURITY)
+@blp.arguments(DeadLetterFilterIn)
+@blp.response(200, BulkOut)
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(422, schema=ErrorOut)
+def act_on_matching(body: dict[str, Any], action: str):
+    """Replay or discard every open letter matching the filter; `dry_run` only counts
+    them and lists the first 100."""
+    return dead_letters.bulk(runtime().database, action, **body)

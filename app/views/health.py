@@ -16,6 +16,7 @@ from app.metrics import metrics_response
 from app.runtime import runtime
 from celeryconfig import AMQP_TRANSPORTS, broker_transport
 from core.provider import PaymentProvider
+from core.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -33,8 +34,12 @@ def _broker_client() -> redis.Redis:
     """One client (and connection pool) per app, not a new one per readiness probe."""
     extensions = current_app.extensions
     if "broker_ping" not in extensions:
-        extensions["broker_ping"] = redis.Redis.from_url(
-            runtime().settings.broker_url, socket_connect_timeout=1, socket_timeout=1
+        settings = runtime().settings
+        extensions["broker_ping"] = redis_client(
+            settings.broker_url,
+            settings.redis_sentinel_master,
+            socket_connect_timeout=1,
+            socket_timeout=1,
         )
     return extensions["broker_ping"]
 

@@ -1,13 +1,31 @@
-"""The student page: plain HTML and JavaScript, no build step."""
+"""Pages for people: the landing page, the student page (plain HTML and JavaScript, no
+build step) and the files of the Swagger UI at /docs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, send_from_directory
+import flask_swagger_ui
+from flask import Blueprint, render_template, send_from_directory
+
+from app.runtime import runtime
 
 blp = Blueprint("pages", __name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
+# Swagger UI's dist files as the pinned flask-swagger-ui wheel ships them: no CDN, so the
+# docs work offline, and the version moves only with pyproject.toml.
+SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
+
+
+@blp.get("/")
+def landing():
+    """Where everything is: docs, the student page, Flower, health."""
+    return render_template("landing.html", flower_url=runtime().settings.flower_public_url)
+
+
+@blp.get("/docs/assets/<path:filename>")
+def swagger_ui_asset(filename: str):
+    return send_from_directory(SWAGGER_UI_DIST, filename, max_age=24 * 3600)
 
 
 @blp.get("/students/<int(max=9223372036854775807):student_id>")

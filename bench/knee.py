@@ -1,0 +1,239 @@
+"""The knee: open-loop offered load stepping up until the pipeline cannot keep up.
+
+Each step offers RATE payments/s for --seconds (new students, distinct slots, enough
+trainers) against gunicorn and a real worker (-c 2), everything on this machine. A
+client confirms its payment with POST /api/v1/payments/{id}/confirm at its scheduled
+instant, then reads the student's home screen as the app does: at once after each live
+event and every --poll-ms otherwise, until the sessions show. A share of extra
+home-screen reads (--reads-per-payment) stands for students who open the app meanwhile.
+
+Per step it prints confirm p50/p99, confirm → sessions visible p50/p95/p99, the
+deepest pipeline queue, and where the CPU went (API, workers, PostgreSQL, Redis, this
+load generator, in % of one core). The knee is the highest rate with confirm p99 ≤
+50 ms and confirm → visible p95 ≤ 150 ms. Beside it, the same steps for a bare 5-task
+no-op chain published by the same gunicorn (its POST → done event): this machine's
+ceiling.
+
+    python -m bench.knee [--rates 10,15,20,25,30,35] [--seconds 30] [--poll-ms 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import bench.common as common
+from bench.e2e_latency import Client, Track, latencies, open_loop, payment_job, reference_job
+from bench.noop_tasks import DONE_CHANNEL
+
+HOME = "/api/v1/students/{student_id}/home"
+CONFIRM_P99 = 0.050
+VISIBLE_P95 = 0.150
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process and its reaped children, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / TICKS
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        todo += _children(current)
+    return pids
+
+
+def _postmaster() -> int:
+    """The PostgreSQL server's pid: its backends are its children, and an ended
+    backend's CPU moves into the postmaster's children's time, so the tree's sum holds."""
+    data = common.scalar("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+    return int(Path(data, "postmaster.pid").read_text().split()[0])
+
+
+class CpuSplit:
+    """CPU used per part of the system between `start()` and `stop()`, as % of one core."""
+
+    def __init__(self, api_pid: int, worker_pid: int) -> None:
+        postgres = _postmaster()
+        redis_pid = int(common.bench_redis().info("server")["process_id"])
+        self.parts = {
+            "API": lambda: _tree(api_pid),
+            "workers": lambda: _tree(worker_pid),
+            "PostgreSQL": lambda: _tree(postgres),
+            "Redis": lambda: [redis_pid],
+            "load generator": lambda: [os.getpid()],
+        }
+
+    def _sample(self) -> dict[str, float]:
+        return {part: sum(map(_cpu_seconds, pids())) for part, pids in self.parts.items()}
+
+    @contextmanager
+    def measure(self) -> Iterator[dict[str, float]]:
+        result: dict[str, float] = {}
+        before, started = self._sample(), time.monotonic()
+        yield result
+        after, elapsed = self._sample(), time.monotonic() - started
+        result.update({k: 100 * (after[k] - before[k]) / elapsed for k in after})
+
+
+def _step_row(rate: float, tracks: list[Track], depth: int, cpu: dict[str, float]) -> list:
+    confirm = common.summary(latencies(tracks, "answered"))
+    visible = common.summary(latencies(tracks, "visible"))
+    seen = len(latencies(tracks, "visible"))
+    return [
+        f"{rate:g}",
+        f"{seen}/{len(tracks)}",
+        common.ms(confirm["p50"]),
+        common.ms(confirm["p99"]),
+        common.ms(visible["p50"]),
+        common.ms(visible["p95"]),
+        common.ms(visible["p99"]),
+        depth,
+        " / ".join(f"{cpu[k]:.0f}" for k in cpu),
+    ]
+
+
+def _healthy(tracks: list[Track]) -> bool:
+    answered = latencies(tracks, "answered")
+    visible = latencies(tracks, "visible")
+    return (
+        len(visible) == len(tracks)
+        and common.percentile(answered, 99) <= CONFIRM_P99
+        and common.percentile(visible, 95) <= VISIBLE_P95
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", default="10,15,20,25,30,35", help="payments/s per step")
+    parser.add_argument("--seconds", type=float, default=30.0, help="per step")
+    parser.add_argument("--poll-ms", type=float, default=500.0)
+    parser.add_argument(
+        "--reads-per-payment", type=float, default=0.5, help="extra home reads (0..1)"
+    )
+    parser.add_argument("--timeout", type=float, default=20.0, help="per payment, seconds")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    counts = [max(1, int(rate * args.seconds)) for rate in rates]
+    warmup = 20
+    poll = args.poll_ms / 1000
+
+    common.fresh_database()
+    common.flush_bench_redis()
+    total = sum(counts) + warmup
+    course_id = common.seed_catalogue(trainers=common.trainers_for(total))
+    seeded = common.seed_pending_payments(course_id, total)
+    common.pay_at_the_provider([p for p, _ in seeded])
+    tracks = [Track(str(p), student_id=s, token=common.student_token(s)) for p, s in seeded]
+    by_key = {t.key: t for t in tracks}
+    reference_steps = [[Track(uuid.uuid4().hex) for _ in range(n)] for n in counts]
+    by_key.update({t.key: t for step in reference_steps for t in step})
+
+    def on_event(at: float, channel: str, data: dict) -> None:
+        track = by_key.get(data.get("payment_id") or data.get("token") or "")
+        if track is None:
+            return
+        if channel == DONE_CHANNEL and track.done_event is None:
+            track.done_event = at
+        track.wake.set()
+
+    print(common.machine_note())
+    payment_rows, reference_rows, knee, ceiling = [], [], None, None
+    with (
+        common.LiveEvents(
+            patterns=("student:*:events",), channels=(DONE_CHANNEL,), on_event=on_event
+        ),
+        common.gunicorn("bench.reference_wsgi:app") as server,
+        common.celery_worker(concurrency=2) as worker,
+    ):
+        client = Client(server.port)
+        split = CpuSplit(server.process.pid, worker.process.pid)
+        reader = random.Random(7)
+
+        def visible(track: Track) -> bool:
+            path = HOME.format(student_id=track.student_id)
+            # A share of extra reads on the first look: students opening the app.
+            if track.polls == 1 and reader.random() < args.reads_per_payment:
+                client.request("GET", path, token=track.token)
+            status, body = client.request("GET", path, token=track.token)
+            return status == 200 and bool((body or {}).get("upcoming_sessions"))
+
+        job = payment_job(client, visible, poll, args.timeout)
+        offset = warmup
+        open_loop(tracks[:warmup], 10, job, 64)  # warms pools; not reported
+        for rate, count in zip(rates, counts, strict=True):
+            step = tracks[offset : offset + count]
+            offset += count
+            threads = int(min(512, max(32, rate * args.timeout)))
+            with split.measure() as cpu:
+                depth = open_loop(step, rate, job, threads)
+            payment_rows.append(_step_row(rate, step, depth, cpu))
+            if _healthy(step):
+                knee = rate
+            print(f"step {rate:g}/s done", flush=True)
+            common.wait_for(lambda: common.bench_redis().llen("pipeline") == 0, 60, 0.5)
+        reference = reference_job(client, args.timeout)
+        for rate, step in zip(rates, reference_steps, strict=True):
+            for track in step:
+                track.visible = None
+            with split.measure() as cpu:
+                depth = open_loop(step, rate, reference, int(min(512, max(32, rate * 20))))
+            for track in step:
+                track.visible = track.done_event
+            reference_rows.append(_step_row(rate, step, depth, cpu))
+            if _healthy(step):
+                ceiling = rate
+            common.wait_for(lambda: common.bench_redis().llen("pipeline") == 0, 60, 0.5)
+    common.flush_bench_redis()
+
+    headers = [
+        "offered /s",
+        "seen",
+        "confirm p50",
+        "confirm p99",
+        "visible p50",
+        "visible p95",
+        "visible p99",
+        "max queue",
+        "CPU % API / workers / PostgreSQL / Redis / load gen",
+    ]
+    print(
+        f"\nopen loop, {args.seconds:g} s per step; worker -c 2; visible = the home screen "
+        f"shows sessions (read after each live event and every {args.poll_ms:g} ms, plus "
+        f"{args.reads_per_payment:g} extra home read per payment); milliseconds\n"
+    )
+    print("Payments (confirm → sessions visible):\n")
+    print(common.table(headers, payment_rows))
+    print("\nReference: bare 5-task no-op chain (POST → answered; POST → done event):\n")
+    print(common.table(headers, reference_rows))
+    print(
+        f"\nknee (confirm p99 ≤ 50 ms, visible p95 ≤ 150 ms): "
+        f"{knee if knee is not None else 'below the lowest step'} payments/s; "
+        f"the no-op chain's: {ceiling if ceiling is not None else 'below the lowest step'}/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The e-mails a change owes, written in the change's own transaction; and the steps of
+sending one (tasks/notifications.py runs them).
+
+Each `*_notice` function renders the message now (what was true when it happened: the
+sessions as booked, each time in the reader's own zone with the zone named) and writes a
+`notifications` row with an outbox message beside it. The row's UNIQUE key makes writing
+the same news twice a no-op that also publishes nothing. The outbox message is published
+after the commit by the one after-commit channel, or later by the beat relay, to the
+send task on its own queue: the change never waits for a mail server.
+
+Sending cannot be atomic with a commit; the protocol (README, "Notifications"):
+1. `CLAIM` commits status sending and attempts + 1 on its own (the record that the
+   server may now have the message);
+2. `lock_for_sending` locks the row in a second transaction that stays open while the
+   message goes out, so a concurrent copy of the task waits, then finds it sent;
+3. `mark_sent` records the server's acceptance, and that transaction commits.
+A crash between the server's acceptance and that commit leaves the row `sending`; the
+redelivered task sends again with the same Message-ID. At least once, never twice
+without such a crash, and a second copy is always recognisable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from domain.calendar import Shift, session_start
+from models import (
+    Allocation,
+    Course,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    OutboxKind,
+    OutboxMessage,
+    SessionStatus,
+    Student,
+    Trainer,
+    TutoringSession,
+)
+
+MESSAGE_ID_DOMAIN = "notifications.tutorflow"
+_KEY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, MESSAGE_ID_DOMAIN)
+
+
+def local_time(instant: datetime, timezone: str) -> str:
+    """'Monday 30 November 2026, 17:00 (Europe/Berlin)': the reader's wall clock, named."""
+    local = instant.astimezone(ZoneInfo(timezone))
+    return f"{local:%A %-d %B %Y, %H:%M} ({timezone})"
+
+
+def local_day(day: date) -> str:
+    return f"{day:%A %-d %B %Y}"
+
+
+def message_id(kind: str, recipient: str, correlation_id: uuid.UUID, occasion: str) -> str:
+    """The Message-ID every attempt at this notification sends: from its unique key."""
+    key = "\x1f".join((kind, recipient.lower(), str(correlation_id), occasion))
+    return f"<{kind}.{uuid.uuid5(_KEY_NAMESPACE, key).hex}@{MESSAGE_ID_DOMAIN}>"
+
+
+def write(
+    session: Session,
+    *,
+    kind: NotificationKind,
+    recipient: str,
+    correlation_id: uuid.UUID,
+    subject: str,
+    body: str,
+    occasion: str = "",
+) -> int | None:
+    """The notification and its outbox message; None (and nothing written) when this
+    news was already owed to this recipient."""
+    notification_id = session.scalar(
+        pg_insert(Notification)
+        .values(
+            kind=kind,
+            recipient=recipient,
+            correlation_id=correlation_id,
+            occasion=occasion,
+            subject=subject,
+            body=body,
+            message_id=message_id(kind, recipient, correlation_id, occasion),
+        )
+        .on_conflict_do_nothing(constraint="uq_notifications_key")
+        .returning(Notification.id)
+    )
+    if notification_id is not None:
+        session.add(
+            OutboxMessage(
+                correlation_id=correlation_id,
+                kind=OutboxKind.SEND_NOTIFICATION,
+                payload={"notification_id": notification_id, "payment_id": str(correlation_id)},
+            )
+        )
+    return notification_id
+
+
+def _lines(instants: Iterable[datetime], timezone: str) -> str:
+    return "\n".join(f"  - {local_time(i, timezone)}" for i in instants)
+
+
+def _parties(session: Session, allocation: Allocation) -> tuple[Student, Trainer, Course]:
+    return (
+        session.get_one(Student, allocation.student_id),
+        session.get_one(Trainer, allocation.trainer_id),
+        session.get_one(Course, allocation.course_id),
+    )
+
+
+def _upcoming(session: Session, allocation: Allocation, now: datetime) -> list[datetime]:
+    return list(
+        session.scalars(
+            select(TutoringSession.starts_at)
+            .where(
+                TutoringSession.allocation_id == allocation.id,
+                TutoringSession.status == SessionStatus.SCHEDULED,
+                TutoringSession.starts_at > now,
+            )
+            .order_by(TutoringSession.starts_at)
+        )
+    )
+
+
+def sessions_booked_notice(
+    session: Session,
+    payment_id: uuid.UUID,
+    allocation: Allocation,
+    starts: list[datetime],
+) -> None:
+    """The student's confirmation (their zone) and the trainer's new-student notice
+    (the trainer's zone), listing the first sessions booked."""
+    student, trainer, course = _parties(session, allocation)
+    starts = sorted(starts)
+    write(
+        session,
+        kind=NotificationKind.SESSIONS_BOOKED,
+        recipient=student.email,
+        correlation_id=payment_id,
+        subject=f"Your {course.title} sessions are booked",
+        body=(
+            f"Hello {student.name},\n\n"
+            f"your {course.title} sessions with {trainer.name} are booked. "
+            f"The first {len(starts)}, in your time zone:\n\n"
+            f"{_lines(starts, student.timezone)}\n\n"
+            f"{allocation.sessions_total} sessions in all; the next ones are booked as "
+            "these take place.\n"
+        ),
+    )
+    _new_student_notice(
+        session, payment_id, (student, trainer, course), starts, occasion="", joins="joins you"
+    )
+
+
+def _new_student_notice(
+    session: Session,
+    payment_id: uuid.UUID,
+    parties: tuple[Student, Trainer, Course],
+    starts: list[datetime],
+    *,
+    occasion: str,
+    joins: str,
+) -> None:
+    """The trainer's notice of a student who `joins` them, sessions in their zone."""
+    student, trainer, course = parties
+    write(
+        session,
+        kind=NotificationKind.NEW_STUDENT,
+        recipient=trainer.email,
+        correlation_id=payment_id,
+        occasion=occasion,
+        subject=f"New student for {course.title}: {student.name}",
+        body=(
+            f"Hello {trainer.name},\n\n"
+            f"{student.name} <{student.email}> {joins} for {course.title}. Their next "
+            f"sessions, in your time zone:\n\n{_lines(starts, trainer.timezone)}\n"
+        ),
+    )
+
+
+def session_rescheduled_notice(
+    session: Session, payment_id: uuid.UUID, tutoring: TutoringSession, was: datetime
+) -> None:
+    """The student and the trainer, each with the old and new time in their own zone."""
+    student = session.get_one(Student, tutoring.student_id)
+    trainer = session.get_one(Trainer, tutoring.trainer_id)
+    occasion = f"session {tutoring.id}: {was.isoformat()} > {tutoring.starts_at.isoformat()}"
+    for recipient, name, timezone, whose in (
+        (student.email, student.name, student.timezone, f"with {trainer.name}"),
+        (trainer.email, trainer.name, trainer.timezone, f"with {student.name}"),
+    ):
+        write(
+            session,
+            kind=NotificationKind.SESSION_RESCHEDULED,
+            recipient=recipient,
+            correlation_id=payment_id,
+            occasion=occasion,
+            subject=f"Session moved to {local_time(tutoring.starts_at, timezone)}",
+            body=(
+                f"Hello {name},\n\n"
+                f"the session {whose} on {local_time(was, timezone)} has moved to "
+                f"{local_time(tutoring.starts_at, timezone)}.\n"
+            ),
+        )
+
+
+def sessions_shifted_notice(
+    session: Session,
+    payment_id: uuid.UUID,
+    *,
+    student_id: int,
+    allocation_id: int,
+    slot: time,
+    shifts: list[Shift],
+) -> None:
+    """The student: planned dates that were taken, and the dates used instead."""
+    if not shifts:
+        return
+    student = session.get_one(Student, student_id)
+    moved = "\n".join(
+        f"  - {local_day(s.wanted)} → "
+        f"{local_time(session_start(s.got, slot, student.timezone), student.timezone)}"
+        f" ({s.reason.replace('_', ' ')})"
+        for s in shifts
+    )
+    occasion = f"allocation {allocation_id}: " + ", ".join(
+        f"{s.wanted.isoformat()}>{s.got.isoformat()}" for s in shifts
+    )
+    write(
+        session,
+        kind=NotificationKind.SESSIONS_SHIFTED,
+        recipient=student.email,
+        correlation_id=payment_id,
+        occasion=occasion[:200],
+        subject=f"{len(shifts)} session(s) moved to another day",
+        body=(
+            f"Hello {student.name},\n\n"
+            "these sessions could not take their usual day and moved to the next free "
+            f"weekday:\n\n{moved}\n"
+        ),
+    )
+
+
+def trainer_changed_notice(
+    session: Session,
+    payment_id: uuid.UUID,
+    allocation: Allocation,
+    *,
+    from_trainer_id: int,
+    now: datetime,
+) -> None:
+    """The student hears of the new trainer; the new trainer gets a new-student notice."""
+    student, trainer, course = _parties(session, allocation)
+    upcoming = _upcoming(session, allocation, now)
+    occasion = f"allocation {allocation.id}: trainer {from_trainer_id} > {trainer.id}"
+    write(
+        session,
+        kind=NotificationKind.TRAINER_CHANGED,
+        recipient=student.email,
+        correlation_id=payment_id,
+        occasion=occasion,
+        subject=f"Your {course.title} trainer is now {trainer.name}",
+        body=(
+            f"Hello {student.name},\n\n"
+            f"your trainer for {course.title} could no longer take your sessions: "
+            f"{trainer.name} takes them from now on. Your next sessions, in your time "
+            f"zone:\n\n{_lines(upcoming, student.timezone)}\n"
+        ),
+    )
+    _new_student_notice(
+        session,
+        payment_id,
+        (student, trainer, course),
+        upcoming,
+        occasion=occasion,
+        joins="moves to you from another trainer",
+    )
+
+
+def refunded_notice(
+    session: Session,
+    payment_id: uuid.UUID,
+    *,
+    student_id: int,
+    amount_cents: int,
+    currency: str,
+    sessions_cancelled: int,
+) -> None:
+    student = session.get_one(Student, student_id)
+    write(
+        session,
+        kind=NotificationKind.REFUNDED,
+        recipient=student.email,
+        correlation_id=payment_id,
+        subject="Your payment was refunded",
+        body=(
+            f"Hello {student.name},\n\n"
+            f"your payment of {amount_cents / 100:.2f} {currency} was refunded. "
+            f"{sessions_cancelled} upcoming session(s) were cancelled.\n"
+        ),
+    )
+
+
+# Sending (tasks/notifications.py). Step 1, in its own committed statement: from now on
+# the server may have the message. A row another sender holds locked (step 2) is waited
+# for; found sent then, it is not claimed (RETURNING nothing).
+CLAIM = (
+    update(Notification)
+    .where(
+        Notification.id == bindparam("notification_id"),
+        Notification.status != NotificationStatus.SENT,
+    )
+    .values(
+        status=NotificationStatus.SENDING,
+        attempts=Notification.attempts + 1,
+        last_attempt_at=func.now(),
+    )
+)
+
+# After an attempt that the server did not take (it was rolled back): say why.
+RECORD_FAILURE = (
+    update(Notification)
+    .where(
+        Notification.id == bindparam("notification_id"),
+        Notification.status != NotificationStatus.SENT,
+    )
+    .values(status=bindparam("status"), last_error=bindparam("error"))
+)
+
+
+def lock_for_sending(session: Session, notification_id: int) -> Notification | None:
+    """Step 2: the row, locked until this transaction ends; None when there is nothing
+    to send (no such row, or sent already)."""
+    notification = session.scalar(
+        select(Notification)
+        .where(Notification.id == notification_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if notification is None or notification.status == NotificationStatus.SENT:
+        return None
+    return notification
+
+
+def mark_sent(notification: Notification, now: datetime) -> None:
+    """Step 3: the server took it; committed with the lock's transaction."""
+    notification.status = NotificationStatus.SENT
+    notification.sent_at = now
+    notification.last_error = None

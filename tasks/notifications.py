@@ -1,0 +1,95 @@
+"""Sending one notification e-mail: its own task on its own queue, off the fulfilment
+chain (a slow or dead mail server holds up only this queue's worker), published through
+the outbox like every hand-off.
+
+The guarantee (README, "Notifications"), step by step in domain.notifications:
+
+- Redelivered, published twice, replayed, or run twice at once: the e-mail is sent
+  once. A copy that finds the row sent does nothing; a concurrent copy waits for the
+  row lock held while the first one sends, then finds it sent.
+- A worker killed after the mail server took the message (its 250 after DATA) and
+  before the commit that records it: the row stays `sending` with the attempt counted;
+  the redelivered task sends the message again, with the same Message-ID. Exactly once
+  is impossible here (an SMTP server cannot take part in our transaction); we choose
+  at least once (a lost confirmation is worse than a duplicate), and the duplicate
+  carries the Message-ID of the first, so a receiver or a person can drop it. (A
+  server slow enough that step 3's transaction outlives PostgreSQL's idle-in-transaction
+  limit ends the same way: that commit fails, the retry sends again.)
+- A server that is down or answers 4xx: retried with exponential backoff; 5xx or
+  retries spent: `failed` and a dead letter (a replay sends it, once).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import TimeLimitExceeded
+
+from core.mail import Mail, Mailer, MailRejected, MailUnavailable
+from domain import notifications
+from domain.clock import utcnow
+from domain.errors import PermanentStepError, TransientStepError
+from models import NotificationStatus, execute_autocommit
+from tasks.base import PipelineTask
+from tasks.celery_app import celery_app
+from tasks.pipeline import step
+
+log = logging.getLogger(__name__)
+
+SEND = "tutorflow.notifications.send"
+
+
+class NotificationTask(PipelineTask):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Given up (5xx, or retries spent): say so on the row, then the dead letter. (A
+        # hard time limit is not giving up: the message is requeued, see PipelineTask.)
+        if args and not isinstance(exc, TimeLimitExceeded):
+            _record(args[0], NotificationStatus.FAILED, exc)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def _bind() -> Any:
+    with celery_app.database.session() as session:  # no connection is taken
+        return session.get_bind()
+
+
+def _record(notification_id: int, status: NotificationStatus, exc: BaseException) -> None:
+    try:
+        execute_autocommit(
+            _bind(),
+            notifications.RECORD_FAILURE,
+            {"notification_id": notification_id, "status": status, "error": str(exc)[:2000]},
+        )
+    except Exception:  # the retry or dead letter still happens; the row says less
+        log.warning("could not record the failed attempt", exc_info=True)
+
+
+@step(SEND, max_retries=8, base=NotificationTask)
+def send_notification(self: NotificationTask, notification_id: int, *, correlation_id: str) -> str:
+    # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
+    # fault harness pauses at is step 3's).
+    execute_autocommit(_bind(), notifications.CLAIM, {"notification_id": notification_id})
+    try:
+        # 2. Locked while the message goes out; 3. marked sent, committed.
+        with celery_app.database.transaction() as session:
+            notification = notifications.lock_for_sending(session, notification_id)
+            if notification is None:
+                log.info("notification sent already", extra={"notification_id": notification_id})
+                return "sent already"
+            Mailer.for_settings(celery_app.settings).send(
+                Mail(
+                    recipient=notification.recipient,
+                    subject=notification.subject,
+                    body=notification.body,
+                    message_id=notification.message_id,
+                )
+            )
+            notifications.mark_sent(notification, utcnow())
+    except MailUnavailable as exc:
+        _record(notification_id, NotificationStatus.RETRYING, exc)
+        raise TransientStepError(str(exc)) from exc
+    except MailRejected as exc:
+        raise PermanentStepError(str(exc)) from exc
+    log.info("notification sent", extra={"notification_id": notification_id})
+    return notification.message_id

@@ -1,0 +1,113 @@
+"""Logs a person can read: text by default (`make up`), JSON lines in the image and
+compose; the outbox relay, which runs every few seconds, says
+nothing above DEBUG when it had nothing to do, and Celery's own lines about it are DEBUG
+too; a relay that published something says so at INFO."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from celery.beat import ScheduleEntry, Scheduler
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+import tasks.celery_app
+from core.config import Settings
+from core.logs import configure_logging, log_context
+from domain.payments import request_confirmation
+from models import OutboxMessage
+from tasks.beat import relay_outbox
+from tasks.celery_app import celery_app
+from tests.factories import make_course, make_payment, make_student
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def restore_root_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _beat_records(caplog, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tasks.beat" and r.levelno == level]
+
+
+def test_an_idle_relay_logs_at_debug_and_a_busy_one_at_info(db_connection, caplog):
+    caplog.set_level(logging.DEBUG, logger="tasks.beat")
+    assert relay_outbox() == {"published": 0, "failed": 0}
+    assert _beat_records(caplog, logging.DEBUG) == ["outbox relay: nothing to publish"]
+    assert _beat_records(caplog, logging.INFO) == []
+
+    # A hand-off committed but never published (a plain Session has no after-commit
+    # channel), older than the grace the API's own publish gets.
+    with Session(bind=db_connection, join_transaction_mode="create_savepoint") as session:
+        student, course = make_student(session), make_course(session)
+        payment_id = make_payment(session, student, course, paid=True).id
+        request_confirmation(session, payment_id, student_id=None, source="test")
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        session.execute(update(OutboxMessage).values(created_at=long_ago, next_attempt_at=long_ago))
+        session.commit()
+    caplog.clear()
+    assert relay_outbox() == {"published": 1, "failed": 0}
+    assert _beat_records(caplog, logging.INFO) == ["outbox relay"]
+    assert _beat_records(caplog, logging.DEBUG) == []
+
+
+def test_celery_lines_about_the_relay_are_debug_others_stay_info(
+    db_connection, eager, capsys, restore_root_logging
+):
+    """The worker's real logging set-up (the setup_logging signal's handler) and Celery's
+    real lines: beat's "sending due task" and the run's "succeeded" (eagerly, in this
+    process). The relay's are gone at INFO, while those of a job run after it print."""
+    tasks.celery_app._configure_logging()
+    scheduler = Scheduler(celery_app, lazy=True)
+    for name, task in (
+        ("relay-outbox", "tutorflow.beat.relay_outbox"),
+        ("prune-retention", "tutorflow.beat.prune_retention"),
+    ):
+        scheduler.apply_entry(ScheduleEntry(name=name, task=task, app=celery_app, schedule=5.0))
+    err = capsys.readouterr().err
+    assert "INFO celery.beat Scheduler: Sending due task prune-retention" in err
+    assert "tutorflow.beat.prune_retention[" in err and "succeeded" in err
+    assert "relay" not in err
+
+    logging.getLogger().setLevel(logging.DEBUG)
+    celery_app.tasks["tutorflow.beat.relay_outbox"].apply()
+    relay_lines = [line for line in capsys.readouterr().err.splitlines() if "relay_outbox[" in line]
+    assert relay_lines and all(" DEBUG celery.app.trace " in line for line in relay_lines)
+
+
+def test_logs_are_text_by_default_and_json_in_the_image_and_compose():
+    assert Settings.from_env({}).log_json is False  # make up: a developer reads them
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    environment = compose["x-tutorflow"]["environment"]
+    assert Settings.from_env({k: str(v) for k, v in environment.items()}).log_json is True
+    assert re.search(r"^\s*LOG_JSON=1\b", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+
+
+def test_a_text_line_names_only_the_ids_that_are_set(restore_root_logging):
+    buffer = io.StringIO()
+    configure_logging("INFO", json_lines=False, stream=buffer)
+    log = logging.getLogger("tutorflow.test")
+    log.info("plain")
+    with log_context(correlation_id="pay-1", task_id="task-2"):
+        log.info("in a task", extra={"published": 2, "to": "bob@example.org"})
+    plain, in_task = buffer.getvalue().splitlines()
+    assert re.fullmatch(r"\S+Z INFO tutorflow\.test plain", plain)
+    assert in_task.endswith(
+        "INFO tutorflow.test [correlation_id=pay-1 task_id=task-2] in a task"
+        " published=2 to=b***@example.org"  # extra fields too, masked as in JSON
+    )
+    assert "None" not in buffer.getvalue()
