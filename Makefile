@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed urls up test test-hosts lint bench clean
+.PHONY: install services migrate seed urls up test test-hosts test-rabbitmq lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ test: services  ## lint, types, alert rules, migration drift check and the whole
 
 test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover
 	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py
+
+# The broker matrix: the delivery, retry, dead-letter and crash tests again on RabbitMQ
+# (quorum queues), in a vhost of their own made for the run and deleted after it.
+RABBITMQ_VHOST ?= tutorflow_test
+BROKER_TESTS := tests/test_worker_pipeline.py tests/test_faults.py tests/test_dead_letters.py \
+	tests/test_concurrency.py tests/test_outbox_relay.py tests/test_rabbitmq.py
+test-rabbitmq: services  ## the worker tests on RabbitMQ (rabbitmqctl: the vhost)
+	-@rabbitmqctl -q delete_vhost $(RABBITMQ_VHOST) >/dev/null 2>&1
+	@rabbitmqctl -q add_vhost $(RABBITMQ_VHOST)
+	@rabbitmqctl -q set_permissions -p $(RABBITMQ_VHOST) guest '.*' '.*' '.*'
+	TEST_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/$(RABBITMQ_VHOST) \
+		$(BIN)/pytest -m worker $(BROKER_TESTS); status=$$?; \
+		rabbitmqctl -q delete_vhost $(RABBITMQ_VHOST); exit $$status
 
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"

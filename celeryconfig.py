@@ -22,14 +22,35 @@ class UnsafeDeliverySettings(ValueError):
 # Brokers that redeliver an unacked message after `visibility_timeout` (RabbitMQ does so
 # only when the consumer's connection closes: no timeout to get wrong there).
 VISIBILITY_TRANSPORTS = ("redis", "rediss", "sentinel", "sqs")
+# RabbitMQ (py-amqp): quorum queues, publisher confirms, delayed retries in the broker.
+AMQP_TRANSPORTS = ("amqp", "amqps", "pyamqp")
+# RabbitMQ closes the channel of a consumer that holds a delivery unacked longer than
+# its `consumer_timeout` (30 min by default), and the message is redelivered.
+RABBITMQ_CONSUMER_TIMEOUT = 1800
+
+
+def broker_transport(url: str) -> str:
+    """The transport a broker URL names: "redis", "amqp", "sentinel"…"""
+    return url.split("://", 1)[0].split("+", 1)[0]
 
 
 def check_delivery_settings(settings: Settings) -> None:
-    """Refuse to start with a visibility timeout that a task run plus a retry's countdown
-    can outlast: the broker would hand the still-unacked message to another worker
-    (a retry waiting for its ETA is an unacked message too), and the step would run
-    twice at once."""
-    transport = settings.broker_url.split("://", 1)[0].split("+", 1)[0]
+    """Refuse to start with a redelivery deadline that a task run can outlast: the broker
+    would hand the still-unacked message to another worker, and the step would run twice
+    at once. On Redis the deadline is the visibility timeout, and a retry waiting for its
+    ETA is an unacked message too. On RabbitMQ it is the consumer timeout, and a retry
+    waits in the broker (native delayed delivery), not unacked in the worker: only the
+    task time limit counts."""
+    transport = broker_transport(settings.broker_url)
+    if transport in AMQP_TRANSPORTS:
+        if settings.task_time_limit >= RABBITMQ_CONSUMER_TIMEOUT:
+            raise UnsafeDeliverySettings(
+                f"CELERY_TASK_TIME_LIMIT={settings.task_time_limit} s must stay under "
+                f"RabbitMQ's consumer_timeout ({RABBITMQ_CONSUMER_TIMEOUT} s by default): "
+                "RabbitMQ closes the channel of a worker that holds a message unacked that "
+                "long and redelivers it while it still runs. Lower the time limit."
+            )
+        return
     if transport not in VISIBILITY_TRANSPORTS:
         return
     countdown = (
@@ -49,8 +70,44 @@ def check_delivery_settings(settings: Settings) -> None:
         )
 
 
+def amqp_config() -> dict[str, Any]:
+    """What RabbitMQ needs instead of the Redis settings (README, "RabbitMQ as the broker").
+
+    Quorum queues (durable, replicated once there are several nodes) for every queue,
+    the dead letter's too. Celery then turns off global QoS (a quorum queue has none: the
+    prefetch count is static) and, since a worker must not hold a retry unacked until its
+    ETA, sends a retry's countdown through RabbitMQ's native delayed delivery: TTL queues
+    `celery_delayed_0…27` that dead-letter the message back to its queue when due,
+    declared and bound by each worker at start. That binding takes topic exchanges (with
+    a direct one the retry would wait, unacked, in the worker). Publisher confirms: a
+    publish returns once RabbitMQ has the message, so an outbox row is stamped published
+    only when its message is in the broker."""
+    return {
+        "task_queues": tuple(
+            Queue(
+                name,
+                Exchange(name, type="topic"),
+                routing_key=name,
+                durable=True,
+                queue_arguments={"x-queue-type": "quorum"},
+            )
+            for name in QUEUES
+        ),
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        "broker_transport_options": {"confirm_publish": True},
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     check_delivery_settings(settings)
+    config = _base_config(settings)
+    if broker_transport(settings.broker_url) in AMQP_TRANSPORTS:
+        config.update(amqp_config())
+    return config
+
+
+def _base_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,

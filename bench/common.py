@@ -53,7 +53,7 @@ from core.provider import PaymentProvider
 from core.redis_client import redis_client
 from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
-from harness import processes
+from harness import brokers, processes
 from harness.otlp import OtlpReceiver, otlp_receiver, tracing_env
 from harness.processes import ApiProcess, WorkerProcess, api_server
 
@@ -79,7 +79,7 @@ def _refuse_shared_stores() -> None:
     if database in FORBIDDEN_DATABASES:
         raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
     for name, url in (("BROKER_URL", settings.broker_url), ("CACHE_URL", settings.cache_url)):
-        if _redis_db(url) in FORBIDDEN_REDIS_DBS:
+        if url.startswith("redis") and _redis_db(url) in FORBIDDEN_REDIS_DBS:
             raise SystemExit(f"bench refuses {name} Redis db {_redis_db(url)}")
 
 
@@ -92,16 +92,20 @@ def fresh_database() -> None:
 
 
 def bench_redis() -> redis.Redis:
+    """The cache's Redis db (on a Redis broker, the queues' too)."""
     return redis_client(
-        settings.broker_url, settings.redis_sentinel_master, socket_connect_timeout=2
+        settings.cache_url, settings.redis_sentinel_master, socket_connect_timeout=2
     )
 
 
 def flush_bench_redis() -> None:
-    """Empty the bench Redis db (queues, cache keys): the guard above vetted its number."""
+    """Empty the bench Redis db (queues, cache keys): the guard above vetted its number;
+    on RabbitMQ, purge the queues as well."""
     client = bench_redis()
     client.flushdb()
     client.close()
+    if brokers.is_rabbitmq(settings.broker_url):
+        brokers.purge_rabbitmq(settings.broker_url)
 
 
 def redis_calls() -> int:

@@ -28,6 +28,7 @@ import bench.common as common
 from actions import payments as actions
 from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL, noop_chain
+from harness.brokers import queue_length
 from tasks.celery_app import celery_app
 
 TASKS_PER_CHAIN = 5
@@ -165,7 +166,7 @@ def main() -> None:
 
     with common.tracing(args.tracing, here=True) as sink:
         confirm_seconds = confirm_all(payments)
-        queued = common.bench_redis().llen("pipeline")
+        queued = queue_length(settings.broker_url, "pipeline")
         print(
             f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
             f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"

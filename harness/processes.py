@@ -22,7 +22,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+import kombu
+import kombu.exceptions
 import psycopg2
 import redis
 import requests
@@ -243,17 +246,31 @@ class PrivateRedis:
         self.stop()
         self.start()
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What points a process at it: the broker and the cache alike."""
+        return {"BROKER_URL": self.url, "CACHE_URL": self.url}
+
+
+Server = TypeVar("Server", "PrivateRedis", "PrivateRabbitMQ")
+
 
 @contextmanager
-def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[PrivateRedis]:
-    """A redis-server of the test's own; `address`: where other hosts reach it too."""
-    server = PrivateRedis(aof, address)
+def _running(server: Server) -> Iterator[Server]:
+    """Started, then stopped and its data directory removed."""
     try:
         server.start()
         yield server
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@contextmanager
+def private_redis(aof: bool = False, address: str = "127.0.0.1") -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own; `address`: where other hosts reach it too."""
+    with _running(PrivateRedis(aof, address)) as server:
+        yield server
 
 
 SENTINEL_MASTER = "tutorflow"
@@ -576,3 +593,92 @@ def flower(env: dict[str, str] | None = None) -> Iterator[str]:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the test's own (its name, ports and data directory), run as the
+    `rabbitmq` OS user with the machine's Erlang cookie; its queues (quorum: always on
+    disk) survive a restart. The cache stays the test run's Redis."""
+
+    def __init__(self) -> None:
+        self.port, dist_port = free_port(), free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.dir = tempfile.mkdtemp(prefix="tutorflow-rabbitmq-")
+        Path(self.dir, "enabled_plugins").write_text("[].\n")
+        Path(self.dir, "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        )
+        shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+        self.node_env = {
+            "HOME": "/var/lib/rabbitmq",  # its .erlang.cookie
+            "RABBITMQ_NODENAME": f"tutorflow-{uuid.uuid4().hex[:8]}@localhost",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": f"{self.dir}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{self.dir}/log",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{self.dir}/enabled_plugins",
+            "RABBITMQ_CONFIG_FILE": f"{self.dir}/rabbitmq.conf",
+            "RABBITMQ_PID_FILE": f"{self.dir}/node.pid",
+        }
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"BROKER_URL": self.url}
+
+    def start(self) -> None:
+        env = [f"{name}={value}" for name, value in self.node_env.items()]
+        log_path = Path(self.dir, "server.log")
+        with log_path.open("a") as log:
+            process = subprocess.Popen(
+                [
+                    "runuser",
+                    "-u",
+                    "rabbitmq",
+                    "--",
+                    "env",
+                    *env,
+                    "/usr/lib/rabbitmq/bin/rabbitmq-server",
+                ],
+                cwd="/var/lib/rabbitmq",
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.process = process
+        # A node boots in 10 to 30 s on this machine.
+        wait_until(lambda: self.up() or process.poll() is not None, 120, "RabbitMQ did not start")
+        if not self.up():
+            raise AssertionError(f"RabbitMQ exited:\n{log_path.read_text()[-3000:]}")
+
+    def up(self) -> bool:
+        try:
+            with kombu.Connection(self.url, connect_timeout=1) as connection:
+                connection.ensure_connection(max_retries=1)
+            return True
+        except (OSError, kombu.exceptions.OperationalError):
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: the node shuts down cleanly, its queues on disk."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def private_broker(aof: bool = False) -> Iterator[PrivateRedis | PrivateRabbitMQ]:
+    """A broker of the test's own, of the kind this test run uses (BROKER_URL): a
+    redis-server (`aof`: it keeps its data across restarts) or a RabbitMQ node."""
+    from harness.brokers import is_rabbitmq
+
+    if is_rabbitmq(os.environ.get("BROKER_URL", "")):
+        with _running(PrivateRabbitMQ()) as node:
+            yield node
+    else:
+        with _running(PrivateRedis(aof)) as server:
+            yield server

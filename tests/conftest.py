@@ -13,8 +13,10 @@ import os
 os.environ["DATABASE_URL"] = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_test"
 )
-os.environ["BROKER_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-os.environ["CACHE_URL"] = os.environ["BROKER_URL"]
+os.environ["CACHE_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+# TEST_BROKER_URL=amqp://… runs the suite on RabbitMQ (`make test-rabbitmq`); the cache
+# stays Redis. Unset, Redis is the broker too.
+os.environ["BROKER_URL"] = os.environ.get("TEST_BROKER_URL") or os.environ["CACHE_URL"]
 os.environ.pop("REDIS_URL", None)
 os.environ["ADMIN_TOKEN"] = "test-admin-token"
 os.environ["JWT_SECRET"] = "test-jwt-secret-of-at-least-32-bytes!"
@@ -47,6 +49,7 @@ from app import create_app
 from app.cli import rebuild_database
 from core.config import get_settings
 from core.tokens import TokenVerifier
+from harness.brokers import is_rabbitmq, purge_rabbitmq
 from models import Base, Database
 from tasks.celery_app import celery_app
 from tasks.effects import database_for
@@ -81,16 +84,23 @@ def database() -> Database:
     return celery_app.database
 
 
+def flush(client: redis.Redis) -> None:
+    """Empty the cache and the broker's queues (on Redis one database holds both)."""
+    client.flushdb()
+    if is_rabbitmq(settings.broker_url):
+        purge_rabbitmq(settings.broker_url)
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(settings.broker_url)
-    client.flushdb()
+    client = redis.Redis.from_url(settings.cache_url)
+    flush(client)
     return client
 
 
 @pytest.fixture
 def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connection]:
-    redis_client.flushdb()  # cached read models are keyed by ids that tests reuse
+    flush(redis_client)  # cached read models are keyed by ids that tests reuse
     connection = engine.connect()
     outer = connection.begin()
     try:
@@ -115,14 +125,14 @@ def db_session(db_connection: Connection) -> Iterator[Session]:
 @pytest.fixture
 def committed(engine: Engine, redis_client: redis.Redis) -> Iterator[Engine]:
     """Data that other connections, threads and processes see; wiped afterwards."""
-    redis_client.flushdb()
+    flush(redis_client)
     try:
         yield engine
     finally:
         tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
         with engine.begin() as connection:
             connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        redis_client.flushdb()
+        flush(redis_client)
 
 
 def _make_app() -> Flask:

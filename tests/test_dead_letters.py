@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import redis
 import requests
 from sqlalchemy import func, select
 
 from domain.payments import request_confirmation
+from harness.brokers import queue_length
 from harness.processes import FLOWER_AUTH as AUTH
 from harness.processes import celery_worker, flower, wait_until
 from models import Course, DeadLetter, Purchase, TutoringSession
@@ -209,12 +209,15 @@ REPORT = "tutorflow.dead_letters.report_open"
 
 def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(committed):
     payment_id, _ = seed_payment_without_trainer()
-    broker = redis.Redis.from_url(settings.broker_url)
-    # Only the pipeline queue: the dead-letter message waits in Redis, unrecorded.
+    # Only the pipeline queue: the dead-letter message waits in the broker, unrecorded.
     with celery_worker(queues="pipeline") as worker:
         with open_session() as session, session.begin():  # published after commit
             request_confirmation(session, payment_id, student_id=None, source="test")
-        wait_until(lambda: broker.llen("dead_letter") == 1, 60, "no dead-letter message")
+        wait_until(
+            lambda: queue_length(settings.broker_url, "dead_letter") == 1,
+            60,
+            "no dead-letter message",
+        )
         worker.kill()  # SIGKILL the whole worker, main process and pool
     assert open_letters() == []
 

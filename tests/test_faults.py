@@ -2,7 +2,8 @@
 mid-step, the broker stopped and restarted, PostgreSQL restarted mid-pipeline.
 
 Every process here is started by the test and killed by its pid; the machine's shared
-PostgreSQL and Redis are never stopped (private ones are started where a test must)."""
+PostgreSQL, Redis and RabbitMQ are never stopped (private ones are started where a test
+must). The broker is the test run's: Redis, or RabbitMQ under `make test-rabbitmq`."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from harness.processes import (
     ROOT,
     api_server,
     celery_worker,
+    private_broker,
     private_postgres,
-    private_redis,
     wait_until,
 )
 from models import Allocation, ProcessedEvent, Purchase, Trainer, TutoringSession
@@ -112,7 +113,7 @@ def test_a_pool_child_killed_mid_step_is_redone_exactly_once(committed, step):
     assert_fulfilled_exactly_once(trainer_id)
 
 
-def test_a_whole_worker_killed_mid_step_recovers_after_the_visibility_timeout(committed):
+def test_a_whole_worker_killed_mid_step_is_redelivered_to_the_next_worker(committed):
     payment_id, trainer_id = seed_payment()
     pause = {"FAULT_PAUSE_STEP": STEPS[2], "FAULT_PAUSE_SECONDS": "60"}
     with celery_worker(env=pause) as worker:
@@ -121,9 +122,10 @@ def test_a_whole_worker_killed_mid_step_recovers_after_the_visibility_timeout(co
         worker.kill()  # SIGKILL main process and pool: nobody acks or requeues
     assert sessions_count() == 0
     started = time.monotonic()
-    # The new worker restores the unacked message once it is older than its
-    # visibility timeout (shortened here from the production 300 s).
-    # (The startup check wants it above the task time limit: 2 s is plenty here.)
+    # Redis: the new worker restores the unacked message once it is older than its
+    # visibility timeout (shortened here from the production 300 s; the startup check
+    # wants it above the task time limit: 2 s is plenty here). RabbitMQ requeued it
+    # when the dead worker's connection closed.
     with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}):
         wait_until(lambda: sessions_count() == 7, 60, "the message was never redelivered")
     print(f"\nrecovered {time.monotonic() - started:.1f} s after the restart")
@@ -181,10 +183,9 @@ def _confirm(api: str, payment_id: str) -> int:
 
 
 def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
-    with private_redis() as broker:
+    with private_broker() as broker:
         env = {
-            "BROKER_URL": broker.url,
-            "CACHE_URL": broker.url,
+            **broker.env,
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "0",
         }
@@ -202,11 +203,11 @@ def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
         assert session.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
 
 
-def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
-    with private_redis(aof=True) as broker:
+def test_broker_restarted_mid_pipeline_loses_nothing(committed):
+    # Redis with its append-only file; RabbitMQ's quorum queues are always on disk.
+    with private_broker(aof=True) as broker:
         env = {
-            "BROKER_URL": broker.url,
-            "CACHE_URL": broker.url,
+            **broker.env,
             "CELERY_VISIBILITY_TIMEOUT": "5",
             "CELERY_TASK_TIME_LIMIT": "4",
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
@@ -217,10 +218,10 @@ def test_redis_restarted_mid_pipeline_loses_nothing_with_aof(committed):
             payment_ids = _seed_over_http(api.base, 20)
             for n, payment_id in enumerate(payment_ids):
                 if n == 10:
-                    broker.restart()  # messages queued and unacked survive in the AOF
+                    broker.restart()  # messages queued and unacked survive on disk
                 assert _confirm(api.base, payment_id) == 202
-            # Queued and unacked messages survive in the AOF; a chain link whose publish
-            # failed while Redis was down is resumed by the stalled-pipeline sweep.
+            # Queued and unacked messages survive the restart; a chain link whose publish
+            # failed while the broker was down is resumed by the stalled-pipeline sweep.
             wait_for_sessions(140, 120)
     with open_session() as session:
         assert session.scalar(select(func.count()).select_from(Allocation)) == 20

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import kombu
+import kombu.exceptions
 import redis
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -12,6 +14,7 @@ from sqlalchemy import text
 
 from app.metrics import metrics_response
 from app.runtime import runtime
+from celeryconfig import AMQP_TRANSPORTS, broker_transport
 from core.provider import PaymentProvider
 from core.redis_client import redis_client
 
@@ -41,6 +44,16 @@ def _broker_client() -> redis.Redis:
     return extensions["broker_ping"]
 
 
+def _ping_broker() -> None:
+    url = runtime().settings.broker_url
+    if broker_transport(url) not in AMQP_TRANSPORTS:
+        _broker_client().ping()
+        return
+    # RabbitMQ: an AMQP handshake (a probe every few seconds: no pool needed).
+    with kombu.Connection(url, connect_timeout=1) as connection:
+        connection.ensure_connection(max_retries=1)
+
+
 @blp.get("/healthz")
 def healthz():
     return jsonify(status="ok")
@@ -58,9 +71,9 @@ def readyz():
         log.warning("readiness: database", exc_info=True)
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        _broker_client().ping()
+        _ping_broker()
         checks["broker"] = "ok"
-    except redis.RedisError as exc:
+    except (redis.RedisError, kombu.exceptions.OperationalError, OSError) as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     # Not a readiness condition (confirms and reads work without the provider), but
