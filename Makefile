@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed urls up test test-hosts test-rabbitmq lint bench clean
+.PHONY: install services migrate seed urls up test test-slow test-hosts test-rabbitmq lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test: services  ## lint, types, alert rules, migration drift check and the whole
 	promtool check config ops/prometheus/prometheus.yml
 	promtool test rules ops/prometheus/alerts_test.yml
 	$(BIN)/pytest
+
+test-slow: services  ## the long runs kept out of `make test` (soak, restarts, schemathesis's every check)
+	$(BIN)/pytest -m slow
 
 test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover
 	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py

@@ -113,6 +113,7 @@ def test_a_pool_child_killed_mid_step_is_redone_exactly_once(committed, step):
     assert_fulfilled_exactly_once(trainer_id)
 
 
+@pytest.mark.slow
 def test_a_whole_worker_killed_mid_step_is_redelivered_to_the_next_worker(committed):
     payment_id, trainer_id = seed_payment()
     pause = {"FAULT_PAUSE_STEP": STEPS[2], "FAULT_PAUSE_SECONDS": "60"}
@@ -203,6 +204,7 @@ def test_broker_down_confirm_still_answers_and_nothing_is_lost(committed):
         assert session.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) == 0
 
 
+@pytest.mark.slow
 def test_broker_restarted_mid_pipeline_loses_nothing(committed):
     # Redis with its append-only file; RabbitMQ's quorum queues are always on disk.
     with private_broker(aof=True) as broker:
@@ -234,6 +236,7 @@ def test_broker_restarted_mid_pipeline_loses_nothing(committed):
         assert duplicates == 0
 
 
+@pytest.mark.slow
 def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
     with private_postgres() as database:
         env = {

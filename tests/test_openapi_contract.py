@@ -19,6 +19,7 @@ pytestmark = pytest.mark.worker
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
+@pytest.mark.slow
 def test_schemathesis_checks_all_finds_nothing(committed):
     env = {
         "RATE_LIMIT_PUBLIC": "1000000/minute",  # one client sends everything

@@ -12,6 +12,7 @@ from harness.processes import ROOT
 pytestmark = pytest.mark.worker
 
 
+@pytest.mark.slow
 def test_short_soak_has_no_duplicates_and_loses_nothing():
     result = subprocess.run(
         [
