@@ -117,10 +117,12 @@ def test_a_sentinel_failover_mid_burst_loses_nothing_and_doubles_nothing():
             wait_until(lambda: flower_lists_the_pipeline_queue(flower_base), 60, "Flower lost")
 
             assert_exactly_once(settings.database_url, BURST)
-            # The sweep published chains again from PostgreSQL: the ones the failover
-            # lost (and, on a loaded machine, some merely slow; harmless).
+            # What the failover lost is timing: chain messages (then the sweep publishes
+            # them again from PostgreSQL, counted here) or only acks and unacked
+            # bookkeeping (then the visibility timeout redelivers and the inbox answers).
+            # Either way the rows above are the claim; the count is reported, not
+            # required (one clean-clone run lost no chain message: 0 resumed).
             resumed = resumed_pipelines()
-            assert resumed > 0
             # Every process followed the new primary by itself: none exited.
             assert (w1.restarts, w2.restarts) == (0, 0), w1.log()[-3000:] + w2.log()[-3000:]
             assert api.process.poll() is None
