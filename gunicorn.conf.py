@@ -16,9 +16,13 @@ settings = get_settings()
 
 bind = settings.api_bind
 workers = settings.api_workers
-worker_class = "gthread"
+# gunicorn's gthread worker, closing connections off its main thread: a client slow to
+# close its end no longer holds up every other connection (core/gunicorn_worker.py).
+worker_class = "core.gunicorn_worker.GracefulThreadWorker"
 threads = settings.api_threads
 timeout = 30
+# gunicorn's default, said here: an idle kept-alive connection is closed after 2 s.
+keepalive = 2
 # The longest request line gunicorn reads (its maximum): a stream ticket in the query
 # string fits with room to spare, so a bad one reaches the app and gets its JSON 401.
 limit_request_line = 8190
