@@ -7,6 +7,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from core import kombu_redis
 from core.config import Settings
 from core.redis_client import sentinel_transport_options
 
@@ -101,6 +102,7 @@ def amqp_config() -> dict[str, Any]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     check_delivery_settings(settings)
+    kombu_redis.install()  # a lost Redis broker never ends a worker
     config = _base_config(settings)
     if broker_transport(settings.broker_url) in AMQP_TRANSPORTS:
         config.update(amqp_config())

@@ -9,8 +9,13 @@ from PostgreSQL) is tests/test_sentinel.py, in the multi-host suite.
 from __future__ import annotations
 
 import dataclasses
+import uuid
+
+import redis
+from kombu import Connection, Exchange, Queue
 
 from celeryconfig import celery_config
+from core import kombu_redis
 from core.cache import Cache, student_keys
 from core.config import Settings
 from core.redis_client import parse_sentinel_url, without_password
@@ -92,3 +97,32 @@ def test_the_compose_sentinel_profile_has_a_quorum_and_the_env_file_names_it():
     for url in (env["BROKER_URL"], env["CACHE_URL"]):
         assert [host for host, _ in parse_sentinel_url(url).sentinels] == profile[1:]
     assert env["REDIS_SENTINEL_MASTER"] == "tutorflow"
+
+
+def test_a_channel_closed_after_its_connection_gives_a_connection_error_and_keeps_its_message():
+    """kombu's close path after a lost broker (core/kombu_redis.py): closing a channel
+    that holds a message unacked, once its transport has let go of the connection, used
+    to raise AttributeError, which made Celery end the worker. Now a connection error
+    (kombu swallows it while closing) and the message waits in the unacked hash for the
+    visibility sweep."""
+    kombu_redis.install()
+    name = f"close-{uuid.uuid4().hex}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    client = redis.Redis.from_url(settings.cache_url)
+    with Connection(settings.cache_url) as connection:
+        assert isinstance(connection.transport, kombu_redis.Transport)
+        connection.Producer().publish(
+            {"n": 1}, exchange=queue.exchange, routing_key=name, declare=[queue]
+        )
+        channel = connection.channel()
+        message = queue(channel).get()
+        assert message is not None
+        try:
+            connection.transport.client = None  # as kombu's Connection._close leaves it
+            channel._disconnect_pools()  # as the redis Channel.close does first
+            connection.maybe_close_channel(channel)  # kombu's own: AttributeError
+            assert client.hexists(channel.unacked_key, message.delivery_tag)
+        finally:
+            client.hdel("unacked", message.delivery_tag)
+            client.zrem("unacked_index", message.delivery_tag)
+            client.delete(name, f"_kombu.binding.{name}")
