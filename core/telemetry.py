@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -69,6 +69,28 @@ class Breakers:
     half_open: int
 
 
+@dataclass
+class StepRuns:
+    """Task runs (a retry or a failure is a run too) and retries not yet written: per
+    task, the cumulative bucket counts (DURATION_BUCKETS, then +Inf) and the seconds."""
+
+    durations: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.durations or self.retries)
+
+    def add_run(self, task: str, seconds: float) -> None:
+        counts, total = self.durations.get(task) or ([0] * (len(DURATION_BUCKETS) + 1), 0.0)
+        for i, le in enumerate((*DURATION_BUCKETS, math.inf)):
+            if seconds <= le:
+                counts[i] += 1
+        self.durations[task] = (counts, total + seconds)
+
+    def add_retry(self, task: str) -> None:
+        self.retries[task] = self.retries.get(task, 0) + 1
+
+
 class Telemetry:
     """Writers (workers, any process with a breaker) and readers (the API's collector)."""
 
@@ -87,19 +109,19 @@ class Telemetry:
 
     # -- writers (best effort) -------------------------------------------------------
 
-    def record_duration(self, task: str, seconds: float) -> None:
-        """One run of `task` (a retry or a failure is a run too): one round trip."""
-        key = duration_key(task)
+    def record(self, runs: StepRuns) -> None:
+        """Runs and retries gathered in one process (tasks.telemetry): one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(DURATION_TASKS, task)
-        for le in (*DURATION_BUCKETS, math.inf):
-            if seconds <= le:
-                pipe.hincrby(key, _label(le), 1)
-        pipe.hincrbyfloat(key, "sum", seconds)
+        for task, (counts, seconds) in runs.durations.items():
+            key = duration_key(task)
+            pipe.sadd(DURATION_TASKS, task)
+            for le, count in zip((*DURATION_BUCKETS, math.inf), counts, strict=True):
+                if count:
+                    pipe.hincrby(key, _label(le), count)
+            pipe.hincrbyfloat(key, "sum", seconds)
+        for task, count in runs.retries.items():
+            pipe.hincrby(RETRIES, task, count)
         self._best_effort(pipe.execute)
-
-    def count_retry(self, task: str) -> None:
-        self._best_effort(lambda: self.client.hincrby(RETRIES, task, 1))
 
     def consumer_beat(self, hostname: str, queues: Iterable[str]) -> None:
         """`hostname` consumes `queues` now (the worker's consumer bootstep, every few s)."""
