@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 STAMP_PUBLISHED = (
     update(OutboxMessage)
-    .where(OutboxMessage.id == bindparam("outbox_id"), OutboxMessage.published_at.is_(None))
+    .where(OutboxMessage.id.in_(bindparam("outbox_ids", expanding=True)))
+    .where(OutboxMessage.published_at.is_(None))
     .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
 )
 
@@ -41,15 +42,16 @@ class AfterCommitChannel:
         self.publishers = publishers
 
     def __call__(self, committed: Committed) -> None:
-        for message in committed.outbox:
-            self.publish(message, committed.bind)
+        published = [m for m in committed.outbox if self.publish(m)]
+        if published:
+            self.stamp(published, committed.bind)
         if committed.events:
             self.cache.announce(
                 [(e.student_id, e.as_live_event()) for e in committed.events if e.student_id]
             )
 
-    def publish(self, message: WrittenOutbox, bind: Engine | Connection) -> bool:
-        """Publish one outbox message and stamp it; False (and logged) if the broker failed."""
+    def publish(self, message: WrittenOutbox) -> bool:
+        """Publish one outbox message; False (and logged) if the broker failed."""
         try:
             with tracing.publishing(message.id, message.correlation_id):
                 self.publishers[message.kind](dict(message.payload))
@@ -60,16 +62,24 @@ class AfterCommitChannel:
                 extra={"outbox_id": message.id, "correlation_id": message.correlation_id},
             )
             return False
+        return True
+
+    @staticmethod
+    def stamp(messages: list[WrittenOutbox], bind: Engine | Connection) -> None:
+        """Stamp the published messages, all in one statement (a schedule step publishes
+        its e-mails together)."""
         try:
-            execute_autocommit(bind, STAMP_PUBLISHED, {"outbox_id": message.id})
+            execute_autocommit(bind, STAMP_PUBLISHED, {"outbox_ids": [m.id for m in messages]})
         except Exception:
-            # Published but not stamped: the relay publishes it again, which is harmless.
+            # Published but not stamped: the relay publishes them again, which is harmless.
             log.warning(
                 "outbox stamp failed",
                 exc_info=True,
-                extra={"outbox_id": message.id, "correlation_id": message.correlation_id},
+                extra={
+                    "outbox_ids": [m.id for m in messages],
+                    "correlation_id": messages[0].correlation_id,
+                },
             )
-        return True
 
 
 _databases: dict[tuple[object, ...], Database] = {}
