@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from domain import fulfilment
 from domain.payments import has_active_course
 from domain.top_up import Shard, TopUpReport, top_up_batch
+from harness.brokers import queue_length
 from models import (
     Allocation,
     OutboxKind,
@@ -311,7 +312,7 @@ def test_retention_prunes_only_old_published_and_processed_rows(db_session, cloc
     assert db_session.scalar(select(func.count()).select_from(ProcessedEvent)) == 1
 
 
-def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed, redis_client):
+def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed):
     """A second beat started by mistake sends every job twice: the job's advisory lock
     (or, run after the first, the stamped row) makes the effect happen once."""
     from tasks.beat import relay_outbox
@@ -327,7 +328,8 @@ def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed, r
                 created_at=datetime.now(UTC) - timedelta(hours=1),
             )
         )
-    redis_client.delete("pipeline")
+    with celery_app.connection_for_write() as connection:
+        connection.default_channel.queue_purge("pipeline")  # every priority sub-list
     barrier, results = threading.Barrier(2), []
 
     def beat() -> None:
@@ -340,7 +342,7 @@ def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed, r
     for thread in beats:
         thread.join(30)
     assert sorted(r.get("published", 0) for r in results) == [0, 1], results
-    assert redis_client.llen("pipeline") == 1
+    assert queue_length(celery_app.conf.broker_url, "pipeline") == 1
 
 
 def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, clock):
