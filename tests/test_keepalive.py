@@ -14,6 +14,7 @@ import http.client
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 import pytest
@@ -76,9 +77,20 @@ def test_a_new_connection_is_served_while_other_clients_linger(api) -> None:
 def test_thousands_of_kept_alive_requests_each_answered_in_time(api) -> None:
     """Sequential requests on one connection, some closing it and some with a body
     the app never reads: each answered within the client's timeout, none lost."""
-    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=ANSWER_WITHIN)
+    kept_alive_requests(api.port, 2000)
+
+
+def test_concurrent_kept_alive_clients_each_answered_in_time(api) -> None:
+    """Eight clients at once (more than the worker's four threads), 300 requests each."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for done in [pool.submit(kept_alive_requests, api.port, 300) for _ in range(8)]:
+            done.result()
+
+
+def kept_alive_requests(port: int, count: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_WITHIN)
     unread_body = b"x" * 9000  # more than gunicorn reads with the headers
-    for n in range(2000):
+    for n in range(count):
         if n % 100 == 99:
             connection.request("GET", "/healthz", headers={"Connection": "close"})
         elif n % 10 == 5:
