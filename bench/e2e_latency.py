@@ -34,6 +34,7 @@ from typing import Any
 import bench.common as common
 from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL
+from harness.brokers import queue_length
 
 HOME = "/api/v1/students/{student_id}/home"
 
@@ -92,10 +93,8 @@ def open_loop(tracks: list[Track], rate: float, job: Callable[[Track], None], th
     depths = [0]
 
     def sample_queue() -> None:
-        client = common.bench_redis()
         while not stop.wait(0.25):
-            depths.append(client.llen("pipeline"))
-        client.close()
+            depths.append(queue_length(settings.broker_url, "pipeline"))
 
     sampler = threading.Thread(target=sample_queue, daemon=True)
     sampler.start()

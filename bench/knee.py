@@ -7,14 +7,17 @@ instant, then reads the student's home screen as the app does: at once after eac
 event and every --poll-ms otherwise, until the sessions show. A share of extra
 home-screen reads (--reads-per-payment) stands for students who open the app meanwhile.
 
-Per step it prints confirm p50/p99, confirm → sessions visible p50/p95/p99, the
-deepest pipeline queue, and where the CPU went (API, workers, PostgreSQL, Redis, this
-load generator, in % of one core). The knee is the highest rate with confirm p99 ≤
-50 ms and confirm → visible p95 ≤ 150 ms. Beside it, the same steps for a bare 5-task
-no-op chain published by the same gunicorn (its POST → done event): this machine's
-ceiling.
+Per step it prints confirm p50/p99, confirm → sessions visible p50/p95/p99, confirms
+answered 5xx or not at all, the deepest pipeline queue, how long after the step's last
+confirm its last payment showed its sessions (the backlog drained), and where the CPU
+went (API, workers, PostgreSQL, Redis, this load generator, in % of one core). The knee
+is the highest rate with confirm p99 ≤ 50 ms and confirm → visible p95 ≤ 150 ms; one
+more step at 1.5 times the knee shows how it degrades past it. Beside it, the same
+steps for a bare 5-task no-op chain published by the same gunicorn (its POST → done
+event): this machine's ceiling.
 
     python -m bench.knee [--rates 10,15,20,25,30,35] [--seconds 30] [--poll-ms 500]
+                         [--concurrency 2]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import bench.common as common
 from bench.e2e_latency import Client, Track, latencies, open_loop, payment_job, reference_job
 from bench.noop_tasks import DONE_CHANNEL
+from harness.brokers import queue_length
 
 HOME = "/api/v1/students/{student_id}/home"
 CONFIRM_P99 = 0.050
@@ -98,21 +102,38 @@ class CpuSplit:
         result.update({k: 100 * (after[k] - before[k]) / elapsed for k in after})
 
 
-def _step_row(rate: float, tracks: list[Track], depth: int, cpu: dict[str, float]) -> list:
+def _step_row(
+    rate: float | str, tracks: list[Track], depth: int, drained: str, cpu: dict[str, float]
+) -> list:
     confirm = common.summary(latencies(tracks, "answered"))
     visible = common.summary(latencies(tracks, "visible"))
     seen = len(latencies(tracks, "visible"))
+    failed = sum(1 for t in tracks if t.status >= 500) + sum(t.errors for t in tracks)
     return [
-        f"{rate:g}",
+        rate if isinstance(rate, str) else f"{rate:g}",
         f"{seen}/{len(tracks)}",
+        failed,
         common.ms(confirm["p50"]),
         common.ms(confirm["p99"]),
         common.ms(visible["p50"]),
         common.ms(visible["p95"]),
         common.ms(visible["p99"]),
         depth,
+        drained,
         " / ".join(f"{cpu[k]:.0f}" for k in cpu),
     ]
+
+
+def _drained(tracks: list[Track]) -> str:
+    """Seconds from the step's last confirm until its last payment's sessions showed."""
+    shown = [t.visible for t in tracks if t.visible is not None]
+    if len(shown) < len(tracks):
+        return "not all"
+    return f"{max(shown) - max(t.sent for t in tracks):.1f}"
+
+
+def _wait_for_an_empty_queue() -> None:
+    common.wait_for(lambda: queue_length(common.settings.broker_url, "pipeline") == 0, 60, 0.5)
 
 
 def _healthy(tracks: list[Track]) -> bool:
@@ -134,6 +155,9 @@ def main() -> None:
         "--reads-per-payment", type=float, default=0.5, help="extra home reads (0..1)"
     )
     parser.add_argument("--timeout", type=float, default=20.0, help="per payment, seconds")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="worker pool processes (production: 2)"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     counts = [max(1, int(rate * args.seconds)) for rate in rates]
@@ -142,7 +166,9 @@ def main() -> None:
 
     common.fresh_database()
     common.flush_bench_redis()
-    total = sum(counts) + warmup
+    # The overload step: 1.5 times the knee, at most 1.5 times the highest rate.
+    overload_count = int(1.5 * max(rates) * args.seconds)
+    total = sum(counts) + warmup + overload_count
     course_id = common.seed_catalogue(trainers=common.trainers_for(total))
     seeded = common.seed_pending_payments(course_id, total)
     common.pay_at_the_provider([p for p, _ in seeded])
@@ -166,7 +192,7 @@ def main() -> None:
             patterns=("student:*:events",), channels=(DONE_CHANNEL,), on_event=on_event
         ),
         common.gunicorn("bench.reference_wsgi:app") as server,
-        common.celery_worker(concurrency=2) as worker,
+        common.celery_worker(concurrency=args.concurrency) as worker,
     ):
         client = Client(server.port)
         split = CpuSplit(server.process.pid, worker.process.pid)
@@ -189,11 +215,21 @@ def main() -> None:
             threads = int(min(512, max(32, rate * args.timeout)))
             with split.measure() as cpu:
                 depth = open_loop(step, rate, job, threads)
-            payment_rows.append(_step_row(rate, step, depth, cpu))
+            payment_rows.append(_step_row(rate, step, depth, _drained(step), cpu))
+            _wait_for_an_empty_queue()
             if _healthy(step):
                 knee = rate
             print(f"step {rate:g}/s done", flush=True)
-            common.wait_for(lambda: common.bench_redis().llen("pipeline") == 0, 60, 0.5)
+        if knee is not None:
+            # Past the knee: confirms must still answer (the outbox takes the burst),
+            # nothing may fail, and the queue must drain once the burst is over.
+            rate = 1.5 * knee
+            step = tracks[offset : offset + int(rate * args.seconds)]
+            with split.measure() as cpu:
+                depth = open_loop(step, rate, job, int(min(512, max(32, rate * args.timeout))))
+            payment_rows.append(
+                _step_row(f"{rate:g} (1.5 x knee)", step, depth, _drained(step), cpu)
+            )
         reference = reference_job(client, args.timeout)
         for rate, step in zip(rates, reference_steps, strict=True):
             for track in step:
@@ -202,26 +238,29 @@ def main() -> None:
                 depth = open_loop(step, rate, reference, int(min(512, max(32, rate * 20))))
             for track in step:
                 track.visible = track.done_event
-            reference_rows.append(_step_row(rate, step, depth, cpu))
+            reference_rows.append(_step_row(rate, step, depth, _drained(step), cpu))
+            _wait_for_an_empty_queue()
             if _healthy(step):
                 ceiling = rate
-            common.wait_for(lambda: common.bench_redis().llen("pipeline") == 0, 60, 0.5)
     common.flush_bench_redis()
 
     headers = [
         "offered /s",
         "seen",
+        "5xx/errors",
         "confirm p50",
         "confirm p99",
         "visible p50",
         "visible p95",
         "visible p99",
         "max queue",
+        "last shown after last confirm, s",
         "CPU % API / workers / PostgreSQL / Redis / load gen",
     ]
     print(
-        f"\nopen loop, {args.seconds:g} s per step; worker -c 2; visible = the home screen "
-        f"shows sessions (read after each live event and every {args.poll_ms:g} ms, plus "
+        f"\nopen loop, {args.seconds:g} s per step; worker -c {args.concurrency}; "
+        "visible = the home screen shows sessions (read after each live event and every "
+        f"{args.poll_ms:g} ms, plus "
         f"{args.reads_per_payment:g} extra home read per payment); milliseconds\n"
     )
     print("Payments (confirm → sessions visible):\n")

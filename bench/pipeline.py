@@ -10,7 +10,7 @@ step announced STUDENT_VIEWS_REFRESHED (Redis pub/sub).
 Reference in the same run, on the same broker and worker flags: N bare 5-task no-op
 chains (bench/noop_tasks.py) queued the same way and drained by a fresh worker.
 
-    python -m bench.pipeline [--payments 2000] [--timeout 900] [--tracing off|on]
+    python -m bench.pipeline [--payments 2000] [--timeout 900] [--concurrency 2] [--tracing off|on]
 
 With `--tracing on` this process (the confirms) and the workers trace (OpenTelemetry,
 OTLP/HTTP to a local sink that discards the spans), the reference chains too.
@@ -28,11 +28,11 @@ import bench.common as common
 from actions import payments as actions
 from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL, noop_chain
+from core.telemetry import Telemetry
 from harness.brokers import queue_length
 from tasks.celery_app import celery_app
 
 TASKS_PER_CHAIN = 5
-CONCURRENCY = 2  # the production flag: -c 2
 POLL_SECONDS = 0.1  # the DB count's period: the resolution of "all have 7 sessions"
 
 
@@ -65,7 +65,9 @@ def worker_health(log: str) -> str:
     return f"{retries} retries, {errors} ERROR lines in the worker log"
 
 
-def run_pipeline(payments: list[uuid.UUID], timeout: float) -> tuple[Drain, Drain, str]:
+def run_pipeline(
+    payments: list[uuid.UUID], timeout: float, concurrency: int
+) -> tuple[Drain, Drain, str]:
     wanted = {str(p) for p in payments}
     refreshed: dict[str, float] = {}
 
@@ -79,7 +81,7 @@ def run_pipeline(payments: list[uuid.UUID], timeout: float) -> tuple[Drain, Drai
     calls = common.redis_calls()
     with (
         common.LiveEvents(patterns=("student:*:events",), on_event=on_event),
-        common.celery_worker(concurrency=CONCURRENCY) as worker,
+        common.celery_worker(concurrency=concurrency) as worker,
     ):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,7 +117,27 @@ def run_pipeline(payments: list[uuid.UUID], timeout: float) -> tuple[Drain, Drai
     return to_sessions, to_end, health
 
 
-def run_noop(n: int, timeout: float) -> tuple[Drain, str]:
+def step_times() -> list[list[str]]:
+    """Each task's runs and time in the drain just done, from the duration histograms
+    the workers keep for /metrics (core.telemetry), longest total first."""
+    durations = Telemetry.for_settings(settings).durations()
+    total = sum(d.total_seconds for d in durations.values()) or 1.0
+    rows = []
+    for task, d in sorted(durations.items(), key=lambda item: -item[1].total_seconds):
+        runs = d.buckets[-1][1]
+        rows.append(
+            [
+                task.rsplit(".", 1)[-1],
+                f"{runs:,}",
+                f"{1000 * d.total_seconds / max(runs, 1):.2f}",
+                f"{d.total_seconds:.1f}",
+                f"{100 * d.total_seconds / total:.0f}%",
+            ]
+        )
+    return rows
+
+
+def run_noop(n: int, timeout: float, concurrency: int) -> tuple[Drain, str]:
     tokens = [uuid.uuid4().hex for _ in range(n)]
     wanted = set(tokens)
     done: dict[str, float] = {}
@@ -129,7 +151,7 @@ def run_noop(n: int, timeout: float) -> tuple[Drain, str]:
     calls = common.redis_calls()
     with (
         common.LiveEvents(patterns=(), channels=(DONE_CHANNEL,), on_event=on_event),
-        common.celery_worker(concurrency=CONCURRENCY) as worker,
+        common.celery_worker(concurrency=concurrency) as worker,
     ):
         common.wait_for(lambda: len(done) >= n, timeout, interval=POLL_SECONDS)
         health = worker_health(worker.log())
@@ -143,6 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=900.0, help="per drain, seconds")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="worker pool processes (production: 2)"
+    )
     common.add_tracing_argument(parser)
     args = parser.parse_args()
     n = args.payments
@@ -172,24 +197,27 @@ def main() -> None:
             f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"
         )
         try:
-            to_sessions, to_end, real_health = run_pipeline(payments, args.timeout)
+            to_sessions, to_end, real_health = run_pipeline(
+                payments, args.timeout, args.concurrency
+            )
             letters = common.scalar("SELECT count(*) FROM dead_letters")
+            steps = step_times()
             common.flush_bench_redis()
-            noop, noop_health = run_noop(n, args.timeout)
+            noop, noop_health = run_noop(n, args.timeout, args.concurrency)
         finally:
             common.flush_bench_redis()
     print(common.tracing_note(args.tracing, sink))
 
     print()
     print(
-        f"{n:,} chains queued before the worker starts; worker: -c 2 prefork, "
+        f"{n:,} chains queued before the worker starts; worker: -c {args.concurrency} prefork, "
         "clock from its worker_ready signal"
     )
     print()
     rows = []
     for drain in (to_sessions, to_end, noop):
         tasks = TASKS_PER_CHAIN * drain.chains
-        per_task = CONCURRENCY * drain.seconds / tasks if drain.seconds else None
+        per_task = args.concurrency * drain.seconds / tasks if drain.seconds else None
         rows.append(
             [
                 drain.label,
@@ -227,6 +255,8 @@ def main() -> None:
     ]
     print(common.table(["ratio to the bare chain", "chains/s ratio", "target", ""], rows))
     print(f"\nreal run: {real_health}, {letters} dead letters; bare run: {noop_health}")
+    print("\nWhere the real run's time went (the workers' own step durations, /metrics):\n")
+    print(common.table(["task", "runs", "mean ms", "total s", "share"], steps))
     common.print_summary(
         "pipeline",
         args.tracing,
