@@ -12,6 +12,7 @@ connection that restarts it), so a worker cut off from the broker stops counting
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from celery import Celery, bootsteps
 from celery.signals import task_postrun, task_prerun, task_retry, worker_process_shutdown
 
 from core.telemetry import StepRuns, Telemetry
+
+log = logging.getLogger(__name__)
 
 # How often a consuming worker says so; /metrics counts beats fresher than 3 of these.
 CONSUMER_BEAT_SECONDS = 5.0
@@ -83,7 +86,10 @@ class PendingRuns:
     def _flush_forever(self) -> None:
         while True:
             time.sleep(FLUSH_SECONDS)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # Redis errors are dropped in record(); this keeps the thread
+                log.warning("telemetry flush failed", exc_info=True)
 
 
 pending = PendingRuns()
