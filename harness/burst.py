@@ -188,5 +188,5 @@ def assert_exactly_once(database_url: str, payments: int) -> None:
     letter (nothing here is a business failure)."""
     figures, dead_letters = report(database_url)
     expected = {"payments": payments, "fulfilled": payments, "duplicate rows": 0, "lost": 0}
-    assert figures == expected
-    assert not dead_letters
+    assert figures == expected, figures
+    assert not dead_letters, f"dead letters: {dict(dead_letters)}"

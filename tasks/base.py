@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 FIRST_FAILED_AT = "x_first_failed_at"
+# The ids of this process's attempts whose retry is in the broker but whose retry
+# handling has not finished (on_retry). By id, not on the request: an error raised outside
+# the task body reaches on_failure after Celery has popped the request.
+_retry_published: set[str] = set()
 
 
 class PipelineTask(Task):
@@ -97,9 +101,15 @@ class PipelineTask(Task):
         if limit is None or self.request.retries < limit:  # else Celery raises exc: no retry
             # Before the retry is published: the next attempt's events come after this.
             self.note_retry(options.get("exc"), limit)
-        return super().retry(*args, **options)
+        try:
+            return super().retry(*args, **options)
+        except Retry:
+            # Published: from here on the retry owns the message's future (on_failure).
+            _retry_published.add(self.request.id)
+            raise
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        _retry_published.discard(task_id)
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
             log.warning(
                 "step failed, will retry",
@@ -132,6 +142,17 @@ class PipelineTask(Task):
             # Killed at the hard limit: the worker requeues the message
             # (task_acks_on_timeout=False), so this is not the end of it.
             log.warning("hard time limit: the message is requeued", extra={"task_id": task_id})
+            return
+        if task_id in _retry_published:
+            _retry_published.discard(task_id)
+            # The retry was already in the broker when this attempt failed after all
+            # (the soft time limit struck while Celery was still handling the retry, say,
+            # after a step hung on a partitioned network): the retry goes on, and a dead
+            # letter beside it would be a false alarm for a payment that completes.
+            log.warning(
+                "failed after its retry was published: no dead letter, the retry goes on",
+                extra={"task_id": task_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
             return
         if not self.dead_letter_on_failure:
             log.error("step failed for good (no dead letter: non-critical)", exc_info=exc)

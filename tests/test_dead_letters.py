@@ -278,3 +278,31 @@ def test_the_state_says_retrying_while_a_step_waits_to_retry(live_client):
             make_trainer(session, [session.get_one(Course, course_id)])
         wait_until(lambda: state() == "scheduled", 60, "the retry never scheduled sessions")
     assert open_letters() == []
+
+
+def test_an_attempt_that_fails_after_its_retry_was_published_is_not_dead_lettered(
+    committed, redis_client
+):
+    """The retry runs to the end; the first attempt's late failure (a soft time limit
+    striking while Celery handled the retry) parks nothing: no dead letter, no message on
+    the dead_letter queue. Checked once that attempt's on_failure has said so."""
+    from tests.late_failure_tasks import DONE_KEY, step
+
+    correlation_id = uuid.uuid4().hex
+    with celery_worker(queues="pipeline", include=("tests.late_failure_tasks",)) as worker:
+        step.apply_async(kwargs={"correlation_id": correlation_id})
+        wait_until(
+            lambda: redis_client.get(DONE_KEY.format(correlation_id=correlation_id)),
+            30,
+            "the retry never ran",
+        )
+        wait_until(
+            lambda: "failed after its retry was published" in worker.log(),
+            30,
+            "the first attempt's late failure was never handled",
+        )
+        log = worker.log()
+    assert "SoftTimeLimitExceeded" in log  # the late failure did happen
+    assert "dead-lettering" not in log
+    assert queue_length(settings.broker_url, "dead_letter") == 0
+    assert open_letters() == []

@@ -1,0 +1,42 @@
+"""Test-only: a step whose first attempt fails again after its retry was published.
+
+Loaded by a harness worker (`include=("tests.late_failure_tasks",)`). It stands for what a
+partition did in the hosts suite: a step hung on the cut network, Celery published its
+retry once the link was back, and the soft time limit struck while Celery was still
+handling that retry, so the attempt ended as a failure although its retry was on its way.
+Here the late failure is raised by hand, at the same point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from core.config import get_settings
+from core.redis_client import redis_client
+from domain.errors import TransientStepError
+from tasks.base import PipelineTask
+from tasks.celery_app import celery_app
+
+DONE_KEY = "tests:late-failure:{correlation_id}"
+
+
+class FailsAfterItsRetry(PipelineTask):
+    def retry(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().retry(*args, **options)
+        finally:
+            if self.request.retries == 0:
+                raise SoftTimeLimitExceeded()
+
+
+@celery_app.task(base=FailsAfterItsRetry, bind=True, name="tests.late_failure.step", max_retries=3)
+def step(self: PipelineTask, *, correlation_id: str) -> str:
+    if self.request.retries == 0:
+        raise TransientStepError("the first attempt fails")
+    settings = get_settings()
+    redis_client(settings.cache_url, settings.redis_sentinel_master).set(
+        DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
+    )
+    return "done"
