@@ -78,7 +78,7 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
     payment = lock_live_payment(session, payment_id)
     # ON CONFLICT covers both a purchase already made for this payment (redelivery)
     # and another active purchase of the same course (told apart just below).
-    purchase_id = session.scalar(
+    purchase = session.scalar(
         pg_insert(Purchase)
         .values(
             payment_id=payment.id,
@@ -88,9 +88,9 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
             time_slot=payment.time_slot,
         )
         .on_conflict_do_nothing()
-        .returning(Purchase.id)
+        .returning(Purchase)  # the row as inserted: no second read
     )
-    if purchase_id is None:
+    if purchase is None:
         existing = session.scalar(select(Purchase).where(Purchase.payment_id == payment.id))
         if existing is not None:
             return existing
@@ -103,9 +103,9 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
         correlation_id=payment.id,
         student_id=payment.student_id,
         event_type=EventType.PURCHASE_CREATED,
-        payload={"purchase_id": purchase_id},
+        payload={"purchase_id": purchase.id},
     )
-    return session.get_one(Purchase, purchase_id)
+    return purchase
 
 
 def _trainer_loads(
@@ -302,18 +302,32 @@ def lock_live_allocation(session: Session, allocation_id: int) -> tuple[uuid.UUI
     return payment_id, allocation
 
 
+@dataclass(frozen=True)
+class Scheduled:
+    """What schedule_window did: whose window it was, and the sessions it created."""
+
+    student_id: int
+    created: list[TutoringSession]
+
+
 def schedule_sessions(
     session: Session, allocation_id: int, *, now: datetime, window: int
 ) -> list[TutoringSession]:
+    """schedule_window's new sessions (none when the window is already full)."""
+    return schedule_window(session, allocation_id, now=now, window=window).created
+
+
+def schedule_window(
+    session: Session, allocation_id: int, *, now: datetime, window: int
+) -> Scheduled:
     """Top the allocation up to `window` future sessions, within its tier.
 
     The allocation row is locked, so two schedulers of one allocation (the chain and
     a beat top-up) run one after the other; the unique slot per allocation backs it.
-    Returns the sessions this call created (none when the window is already full).
     """
     payment_id, allocation = lock_live_allocation(session, allocation_id)
     if allocation.status not in HOLDING_STATUSES:
-        return []
+        return Scheduled(allocation.student_id, [])
     wanted = wanted_by(session, allocation)
     not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
     used, future, last_date = session.execute(
@@ -364,7 +378,7 @@ def schedule_sessions(
         notifications.sessions_booked_notice(
             session, payment_id, allocation, [s.starts_at for s in created]
         )
-    return created
+    return Scheduled(allocation.student_id, created)
 
 
 def session_rows(

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
 from models import (
@@ -114,6 +114,7 @@ def _parties(session: Session, allocation: Allocation) -> tuple[Student, Trainer
         .join(Trainer, Trainer.id == allocation.trainer_id)
         .join(Course, Course.id == allocation.course_id)
         .where(Student.id == allocation.student_id)
+        .options(lazyload(Course.prices))  # not needed here: no second query for them
     ).one()
     return student, trainer, course
 

@@ -130,10 +130,9 @@ def allocate_trainer(self: PipelineTask, purchase_id: int, *, correlation_id: st
 )
 def schedule_sessions(self: PipelineTask, allocation_id: int, *, correlation_id: str) -> int:
     def effect(session) -> int:
-        fulfilment.schedule_sessions(
+        return fulfilment.schedule_window(
             session, allocation_id, now=utcnow(), window=celery_app.settings.session_window
-        )
-        return session.get_one(fulfilment.Allocation, allocation_id).student_id
+        ).student_id
 
     return self.run_step(effect, correlation_id=correlation_id)
 
