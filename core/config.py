@@ -44,6 +44,12 @@ class _Env:
         raw = self.environ.get(name)
         return default if raw is None else raw.strip().lower() not in _FALSE
 
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.environ.get(name, default).strip().lower()
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        return value
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -117,6 +123,10 @@ class Settings:
     retry_backoff_max: int
     task_time_limit: int
     retry_jitter: bool
+    # Which task events a pipeline step sends to Flower: "all" (received, started,
+    # succeeded too: every step of every payment) or "outcomes" (failed, retried,
+    # rejected, revoked: what an operator acts on). README, "Flower and task events".
+    step_events: str
     # Rolling session window.
     session_window: int
     top_up_threshold: int
@@ -224,6 +234,7 @@ class Settings:
             retry_backoff_max=env.integer("CELERY_RETRY_BACKOFF_MAX", 60),
             task_time_limit=env.integer("CELERY_TASK_TIME_LIMIT", 120),
             retry_jitter=env.flag("CELERY_RETRY_JITTER", True),
+            step_events=env.choice("CELERY_STEP_EVENTS", "all", ("all", "outcomes")),
             session_window=env.integer("SESSION_WINDOW", 7),
             # The window is kept full (DESIGN invariant 9): an allocation below it is
             # topped up; a lower threshold trades that for fewer, larger top-ups.

@@ -17,6 +17,7 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker.request import Request
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -47,8 +48,30 @@ FIRST_FAILED_AT = "x_first_failed_at"
 _retry_published: set[str] = set()
 
 
+# The task events an operator acts on. With CELERY_STEP_EVENTS=outcomes a step sends only
+# these: Flower lists every step that failed or retries, not each success of each payment.
+OUTCOME_EVENTS = frozenset({"task-failed", "task-retried", "task-rejected", "task-revoked"})
+
+
+class StepRequest(Request):
+    """A step's run as the worker's main process sees it; it decides which task events
+    reach Flower (settings.step_events). The events cost the worker's main process:
+    serialized and published to the broker, three per step when all are sent."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if self.task.app.settings.step_events == "all":
+            super().send_event(type, **fields)
+        elif type in OUTCOME_EVENTS and self._eventer and self._eventer.enabled:
+            # Flower never had this task's "task-received": name it here.
+            fields.setdefault("name", self.name)
+            fields.setdefault("args", self.argsrepr)
+            fields.setdefault("kwargs", self.kwargsrepr)
+            self._eventer.send(type, uuid=self.id, **fields)
+
+
 class PipelineTask(Task):
     acks_late = True
+    Request = StepRequest
     autoretry_for = TRANSIENT_ERRORS
     # retry_backoff, retry_backoff_max and retry_jitter come from the Celery app's
     # settings (tasks.pipeline.step). Used only when retry_backoff is 0 (tests):
@@ -58,6 +81,11 @@ class PipelineTask(Task):
     consumes: ClassVar[str | None] = None
     # False for steps whose failure harms nothing (the cache refresh): logged only.
     dead_letter_on_failure: ClassVar[bool] = True
+
+    @property
+    def send_events(self) -> bool:
+        """Read by the worker for the "task-received" event (StepRequest: the others)."""
+        return self.app.settings.step_events == "all"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):

@@ -1,0 +1,54 @@
+"""Which task events a pipeline step sends to Flower (CELERY_STEP_EVENTS), with a real
+worker and a real Flower: "all" shows every step of every payment; "outcomes" shows the
+steps that retried or failed, named, and leaves out each routine success."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from domain.payments import request_confirmation
+from harness.processes import FLOWER_AUTH as AUTH
+from harness.processes import celery_worker, flower, wait_until
+from tests.conftest import open_session
+from tests.test_dead_letters import open_letters, seed_payment_without_trainer
+
+pytestmark = pytest.mark.worker
+RECORD = "tutorflow.dead_letters.record"
+
+
+def flower_tasks(base: str) -> list[dict]:
+    tasks = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=5).json()
+    return list(tasks.values())
+
+
+@pytest.mark.parametrize("events", ["all", "outcomes"])
+def test_flower_shows_the_steps_the_setting_asks_for(committed, events):
+    # No trainer: verify and create succeed, allocate retries 5 times, then the dead
+    # letter is recorded (its record task always sends all its events).
+    payment_id, _ = seed_payment_without_trainer()
+    env = {"CELERY_STEP_EVENTS": events}
+    with flower(env) as base, celery_worker(env=env):
+        with open_session() as session, session.begin():  # published after commit
+            request_confirmation(session, payment_id, student_id=None, source="test")
+        wait_until(open_letters, 60, "no dead letter was recorded")
+        # The record's events come after every step's: once Flower has it, it has all.
+        wait_until(
+            lambda: any(
+                t.get("name") == RECORD and t["state"] == "SUCCESS" for t in flower_tasks(base)
+            ),
+            30,
+            "Flower never showed the dead letter's record task",
+        )
+        seen = {(t.get("name"), t["state"]) for t in flower_tasks(base)}
+    allocate = "tutorflow.pipeline.allocate_trainer"
+    assert (allocate, "FAILURE") in seen  # named, with its last state
+    routine = {
+        ("tutorflow.pipeline.verify_payment", "SUCCESS"),
+        ("tutorflow.pipeline.create_purchase", "SUCCESS"),
+    }
+    if events == "all":
+        assert routine <= seen
+    else:
+        assert not routine & seen
+        assert all(name is not None for name, _ in seen)  # no nameless task in Flower
