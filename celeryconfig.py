@@ -9,7 +9,7 @@ from kombu import Exchange, Queue
 
 from core import kombu_redis
 from core.config import Settings
-from core.redis_client import sentinel_transport_options
+from core.redis_client import broker_transport_options
 
 # "notifications": e-mail only, so a slow mail server never takes a pipeline worker's
 # slot (its own worker in the Procfile and compose).
@@ -146,8 +146,8 @@ def _base_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
-            # With `sentinel://` URLs: the primary's name, and how a lost one is noticed.
-            **sentinel_transport_options(settings.broker_url, settings.redis_sentinel_master),
+            # How a lost Redis is noticed; with `sentinel://` URLs the primary's name too.
+            **broker_transport_options(settings.broker_url, settings.redis_sentinel_master),
         },
         # Workers publish the next link of a chain before acking the current one: they
         # wait out a broker restart (about 15 s) rather than fail a step whose work is

@@ -75,12 +75,17 @@ def redis_client(url: str, master_name: str, **options: Any) -> redis.Redis:
     )
 
 
-def sentinel_transport_options(url: str, master_name: str) -> dict[str, Any]:
-    """kombu's (and Flower's) transport options for a `sentinel://` broker; none for any
-    other. With Sentinel the primary can vanish without closing its TCP connections (a
-    host lost, a partition): a socket timeout and kombu's health checks (which drop a
-    BRPOP connection whose reply is overdue) make a worker notice and ask the sentinels
-    again, instead of waiting on a dead socket (celery#6348)."""
-    if not is_sentinel(url):
-        return {}
-    return {"master_name": master_name, "socket_timeout": 5, "health_check_interval": 5}
+def broker_transport_options(url: str, master_name: str) -> dict[str, Any]:
+    """kombu's (and Flower's) transport options for a Redis broker (`redis://`,
+    `rediss://`, `sentinel://`); none for any other. A Redis host can vanish without
+    closing its TCP connections (a host lost, a partition): a socket timeout and kombu's
+    health checks (which drop a BRPOP connection whose reply is overdue) make a worker
+    notice, instead of its main process waiting on a dead socket in an ack or an event
+    publish — where it also stops enforcing time limits (their timers run on that loop).
+    With Sentinel it then asks the sentinels for the primary again (celery#6348)."""
+    scheme = url.split("://", 1)[0]
+    if is_sentinel(url):
+        return {"master_name": master_name, "socket_timeout": 5, "health_check_interval": 5}
+    if scheme in ("redis", "rediss"):
+        return {"socket_timeout": 5, "health_check_interval": 5}
+    return {}

@@ -10,7 +10,13 @@ import logging
 from functools import cached_property
 
 from celery import Celery
-from celery.signals import beat_init, setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    beat_init,
+    before_task_publish,
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from celeryconfig import celery_config
 from core import tracing
@@ -86,3 +92,25 @@ def _pool_child_exit(**_: object) -> None:
 def _beat_started(**_: object) -> None:
     # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
     tracing.install(celery_app.settings, role="beat")
+
+
+@before_task_publish.connect
+def _leave_time_limits_to_the_worker(headers: dict | None = None, **_: object) -> None:
+    """Celery 5.7 writes the publisher's task_time_limit and task_soft_time_limit into
+    every message (its `timelimit` header), and a worker obeys the header over its own
+    configuration: an API or beat process with other settings than the workers' would
+    set their limits (the tests' 120 s over a worker's 4 s: no limit ever fired). The
+    publisher's defaults are dropped, so the worker that runs a task applies its own
+    limits; a limit set for one task or one call stays in the message."""
+    limits = (headers or {}).get("timelimit")
+    conf = celery_app.conf
+    if (
+        headers is not None
+        and limits
+        and tuple(limits)
+        == (
+            conf.task_time_limit,
+            conf.task_soft_time_limit,
+        )
+    ):
+        headers["timelimit"] = (None, None)

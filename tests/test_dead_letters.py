@@ -286,10 +286,10 @@ def test_an_attempt_that_fails_after_its_retry_was_published_is_not_dead_lettere
     """The retry runs to the end; the first attempt's late failure (a soft time limit
     striking while Celery handled the retry) parks nothing: no dead letter, no message on
     the dead_letter queue. Checked once that attempt's on_failure has said so."""
-    from tests.late_failure_tasks import DONE_KEY, step
+    from tests.worker_tasks import DONE_KEY, step
 
     correlation_id = uuid.uuid4().hex
-    with celery_worker(queues="pipeline", include=("tests.late_failure_tasks",)) as worker:
+    with celery_worker(queues="pipeline", include=("tests.worker_tasks",)) as worker:
         step.apply_async(kwargs={"correlation_id": correlation_id})
         wait_until(
             lambda: redis_client.get(DONE_KEY.format(correlation_id=correlation_id)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -47,3 +48,26 @@ def test_confirm_over_http_schedules_seven_sessions(live_client):
         "TRAINER_ALLOCATED",
         "SESSIONS_GENERATED",
     ]
+
+
+def test_the_worker_applies_its_own_time_limits_whoever_sent_the_task(redis_client):
+    """This process sends with the default limits (120 s, soft 110 s); the worker runs
+    with 4 s (soft 3 s), and its limit is the one that strikes: Celery 5.7 writes the
+    sender's limits into each message, which tasks.celery_app drops for the defaults."""
+    from tests.worker_tasks import DONE_KEY, slow_step
+
+    correlation_id = uuid.uuid4().hex
+    with celery_worker(
+        queues="pipeline",
+        include=("tests.worker_tasks",),
+        env={"CELERY_TASK_TIME_LIMIT": "4"},
+    ) as worker:
+        slow_step.apply_async(kwargs={"correlation_id": correlation_id, "seconds": 12})
+        wait_until(
+            lambda: redis_client.get(DONE_KEY.format(correlation_id=correlation_id)),
+            30,
+            "the retry never finished",
+        )
+        log = worker.log()
+    assert "Soft time limit (3s) exceeded for tests.worker_tasks.slow_step" in log
+    assert "no time limit struck" not in log

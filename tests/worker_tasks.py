@@ -1,14 +1,17 @@
-"""Test-only: a step whose first attempt fails again after its retry was published.
+"""Test-only tasks, loaded by a harness worker (`include=("tests.worker_tasks",)`).
 
-Loaded by a harness worker (`include=("tests.late_failure_tasks",)`). It stands for what a
+`step`: its first attempt fails again after its retry was published. It stands for what a
 partition did in the hosts suite: a step hung on the cut network, Celery published its
 retry once the link was back, and the soft time limit struck while Celery was still
 handling that retry, so the attempt ended as a failure although its retry was on its way.
 Here the late failure is raised by hand, at the same point.
+
+`slow_step`: its first attempt outlasts the worker's soft time limit.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -31,10 +34,24 @@ class FailsAfterItsRetry(PipelineTask):
                 raise SoftTimeLimitExceeded()
 
 
-@celery_app.task(base=FailsAfterItsRetry, bind=True, name="tests.late_failure.step", max_retries=3)
+@celery_app.task(base=FailsAfterItsRetry, bind=True, name="tests.worker_tasks.step", max_retries=3)
 def step(self: PipelineTask, *, correlation_id: str) -> str:
     if self.request.retries == 0:
         raise TransientStepError("the first attempt fails")
+    settings = get_settings()
+    redis_client(settings.cache_url, settings.redis_sentinel_master).set(
+        DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
+    )
+    return "done"
+
+
+@celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.slow_step", max_retries=3)
+def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str:
+    """The first attempt sleeps `seconds`, then fails; a soft time limit that strikes
+    first is a transient error too (tasks.base): either way the retry finishes."""
+    if self.request.retries == 0:
+        time.sleep(seconds)
+        raise TransientStepError("slept to the end: no time limit struck")
     settings = get_settings()
     redis_client(settings.cache_url, settings.redis_sentinel_master).set(
         DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
