@@ -158,12 +158,20 @@ class Wanted:
     sessions: int
 
 
-def wanted_by(session: Session, allocation_or_purchase: Allocation | Purchase) -> Wanted:
-    timezone, minutes = session.execute(
-        select(Student.timezone, Course.session_minutes)
-        .join(Course, Course.id == allocation_or_purchase.course_id)
-        .where(Student.id == allocation_or_purchase.student_id)
-    ).one()
+def wanted_by(
+    session: Session,
+    allocation_or_purchase: Allocation | Purchase,
+    people: notifications.Parties | None = None,
+) -> Wanted:
+    """`people`: the allocation's parties if the caller read them (no query then)."""
+    if people is not None:
+        timezone, minutes = people[0].timezone, people[2].session_minutes
+    else:
+        timezone, minutes = session.execute(
+            select(Student.timezone, Course.session_minutes)
+            .join(Course, Course.id == allocation_or_purchase.course_id)
+            .where(Student.id == allocation_or_purchase.student_id)
+        ).one()
     sessions = (
         allocation_or_purchase.sessions_total
         if isinstance(allocation_or_purchase, Allocation)
@@ -328,7 +336,10 @@ def schedule_window(
     payment_id, allocation = lock_live_allocation(session, allocation_id)
     if allocation.status not in HOLDING_STATUSES:
         return Scheduled(allocation.student_id, [])
-    wanted = wanted_by(session, allocation)
+    # The student, trainer and course: the planner's zone and length, and the booking
+    # notice's names and addresses, in one read.
+    people = notifications.parties(session, allocation)
+    wanted = wanted_by(session, allocation, people)
     not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
     used, future, last_date = session.execute(
         select(
@@ -376,7 +387,7 @@ def schedule_window(
         )
         # The student's confirmation and the trainer's notice, sent off the chain.
         notifications.sessions_booked_notice(
-            session, payment_id, allocation, [s.starts_at for s in created]
+            session, payment_id, allocation, [s.starts_at for s in created], people
         )
     return Scheduled(allocation.student_id, created)
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, lazyload
 
@@ -43,6 +43,8 @@ from models import (
     Student,
     Trainer,
     TutoringSession,
+    WrittenOutbox,
+    note_outbox,
 )
 
 MESSAGE_ID_DOMAIN = "notifications.tutorflow"
@@ -75,9 +77,10 @@ def write(
     body: str,
     occasion: str = "",
 ) -> int | None:
-    """The notification and its outbox message; None (and nothing written) when this
-    news was already owed to this recipient."""
-    notification_id = session.scalar(
+    """The notification and its outbox message, in one statement (the message is made
+    from the row the INSERT returned); None (and nothing written) when this news was
+    already owed to this recipient."""
+    notification = (
         pg_insert(Notification)
         .values(
             kind=kind,
@@ -90,23 +93,38 @@ def write(
         )
         .on_conflict_do_nothing(constraint="uq_notifications_key")
         .returning(Notification.id)
+        .cte("notification")
     )
-    if notification_id is not None:
-        session.add(
-            OutboxMessage(
-                correlation_id=correlation_id,
-                kind=OutboxKind.SEND_NOTIFICATION,
-                payload={"notification_id": notification_id, "payment_id": str(correlation_id)},
-            )
+    payment = str(correlation_id)
+    written = session.execute(
+        insert(OutboxMessage)
+        .from_select(
+            ["correlation_id", "kind", "payload"],
+            select(
+                literal(correlation_id, OutboxMessage.correlation_id.type),
+                literal(OutboxKind.SEND_NOTIFICATION.value, OutboxMessage.kind.type),
+                func.jsonb_build_object(
+                    "notification_id", notification.c.id, "payment_id", payment
+                ),
+            ),
         )
-    return notification_id
+        .returning(OutboxMessage.id, OutboxMessage.payload)
+    ).one_or_none()
+    if written is None:
+        return None
+    outbox_id, payload = written
+    note_outbox(session, [WrittenOutbox(outbox_id, payment, OutboxKind.SEND_NOTIFICATION, payload)])
+    return int(payload["notification_id"])
 
 
 def _lines(instants: Iterable[datetime], timezone: str) -> str:
     return "\n".join(f"  - {local_time(i, timezone)}" for i in instants)
 
 
-def _parties(session: Session, allocation: Allocation) -> tuple[Student, Trainer, Course]:
+Parties = tuple[Student, Trainer, Course]
+
+
+def parties(session: Session, allocation: Allocation) -> Parties:
     """The allocation's student, trainer and course, in one round trip."""
     student, trainer, course = session.execute(
         select(Student, Trainer, Course)
@@ -138,10 +156,12 @@ def sessions_booked_notice(
     payment_id: uuid.UUID,
     allocation: Allocation,
     starts: list[datetime],
+    read: Parties | None = None,
 ) -> None:
     """The student's confirmation (their zone) and the trainer's new-student notice
-    (the trainer's zone), listing the first sessions booked."""
-    student, trainer, course = _parties(session, allocation)
+    (the trainer's zone), listing the first sessions booked. `read`: the parties, if the
+    caller has them already."""
+    student, trainer, course = read or parties(session, allocation)
     starts = sorted(starts)
     write(
         session,
@@ -166,14 +186,14 @@ def sessions_booked_notice(
 def _new_student_notice(
     session: Session,
     payment_id: uuid.UUID,
-    parties: tuple[Student, Trainer, Course],
+    people: Parties,
     starts: list[datetime],
     *,
     occasion: str,
     joins: str,
 ) -> None:
     """The trainer's notice of a student who `joins` them, sessions in their zone."""
-    student, trainer, course = parties
+    student, trainer, course = people
     write(
         session,
         kind=NotificationKind.NEW_STUDENT,
@@ -261,7 +281,7 @@ def trainer_changed_notice(
     now: datetime,
 ) -> None:
     """The student hears of the new trainer; the new trainer gets a new-student notice."""
-    student, trainer, course = _parties(session, allocation)
+    student, trainer, course = parties(session, allocation)
     upcoming = _upcoming(session, allocation, now)
     occasion = f"allocation {allocation.id}: trainer {from_trainer_id} > {trainer.id}"
     write(

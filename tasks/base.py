@@ -69,9 +69,20 @@ class StepRequest(Request):
             self._eventer.send(type, uuid=self.id, **fields)
 
 
-class PipelineTask(Task):
-    acks_late = True
+class StepEvents(Task):
+    """A task whose events follow settings.step_events (the pipeline's steps; the
+    benches' bare chain, so that it pays what the steps pay)."""
+
     Request = StepRequest
+
+    @property
+    def send_events(self) -> bool:
+        """Read by the worker for the "task-received" event (StepRequest: the others)."""
+        return self.app.settings.step_events == "all"
+
+
+class PipelineTask(StepEvents):
+    acks_late = True
     autoretry_for = TRANSIENT_ERRORS
     # retry_backoff, retry_backoff_max and retry_jitter come from the Celery app's
     # settings (tasks.pipeline.step). Used only when retry_backoff is 0 (tests):
@@ -81,11 +92,6 @@ class PipelineTask(Task):
     consumes: ClassVar[str | None] = None
     # False for steps whose failure harms nothing (the cache refresh): logged only.
     dead_letter_on_failure: ClassVar[bool] = True
-
-    @property
-    def send_events(self) -> bool:
-        """Read by the worker for the "task-received" event (StepRequest: the others)."""
-        return self.app.settings.step_events == "all"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):
