@@ -59,18 +59,24 @@ def lock_live_payment(session: Session, payment_id: uuid.UUID) -> Payment:
     the step sees the refund and stops, or it commits before the refund does and the
     compensation (which runs after the refund's commit) undoes what it made.
     """
-    payment = session.scalar(
-        select(Payment)
-        .where(Payment.id == payment_id)
-        .with_for_update(read=True)
-        .execution_options(populate_existing=True)  # a locking read must see the row as it is
-    )
+    payment = session.scalar(_share_locked(select(Payment).where(Payment.id == payment_id)))
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
+    return _still_paid_for(payment)
+
+
+def _share_locked(query: Select) -> Select:
+    """`query`, share-locking the payment row it reads, as the row is now."""
+    return query.with_for_update(read=True, of=Payment).execution_options(
+        populate_existing=True  # a locking read must see the row as it is
+    )
+
+
+def _still_paid_for(payment: Payment) -> Payment:
     if payment.status == PaymentStatus.REFUNDED:
-        raise StepCancelled(f"payment {payment_id} was refunded")
+        raise StepCancelled(f"payment {payment.id} was refunded")
     if payment.status != PaymentStatus.SUCCEEDED:
-        raise PermanentStepError(f"payment {payment_id} is {payment.status}, not succeeded")
+        raise PermanentStepError(f"payment {payment.id} is {payment.status}, not succeeded")
     return payment
 
 
@@ -250,10 +256,18 @@ def allocate_trainer(
     CHECK on `active_students` and the exclusion constraint on sessions back this up in
     the database."""
     now = now or utcnow()
-    purchase = session.get(Purchase, purchase_id)
-    if purchase is None:
+    # The purchase with its payment share-locked (lock_live_payment), in one read.
+    found = session.execute(
+        _share_locked(
+            select(Purchase, Payment)
+            .join(Payment, Payment.id == Purchase.payment_id)
+            .where(Purchase.id == purchase_id)
+        )
+    ).one_or_none()
+    if found is None:
         raise PermanentStepError(f"purchase {purchase_id} does not exist")
-    lock_live_payment(session, purchase.payment_id)
+    purchase = found.Purchase
+    _still_paid_for(found.Payment)
     existing = session.scalar(select(Allocation).where(Allocation.purchase_id == purchase_id))
     if existing is not None:
         return existing
@@ -293,14 +307,17 @@ def allocate_trainer(
 def lock_live_allocation(session: Session, allocation_id: int) -> tuple[uuid.UUID, Allocation]:
     """Share-lock its payment (still paid for: lock_live_payment), then lock the
     allocation row: the order a refund locks in. Returns (payment id, allocation)."""
-    payment_id = session.scalar(
-        select(Purchase.payment_id)
-        .join(Allocation, Allocation.purchase_id == Purchase.id)
-        .where(Allocation.id == allocation_id)
+    payment = session.scalar(
+        _share_locked(
+            select(Payment)
+            .join(Purchase, Purchase.payment_id == Payment.id)
+            .join(Allocation, Allocation.purchase_id == Purchase.id)
+            .where(Allocation.id == allocation_id)
+        )
     )
-    if payment_id is None:
+    if payment is None:
         raise PermanentStepError(f"allocation {allocation_id} does not exist")
-    lock_live_payment(session, payment_id)
+    payment_id = _still_paid_for(payment).id
     allocation = session.execute(
         select(Allocation)
         .where(Allocation.id == allocation_id)
