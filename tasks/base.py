@@ -61,12 +61,19 @@ class StepRequest(Request):
     def send_event(self, type: str, **fields: Any) -> None:
         if self.task.app.settings.step_events == "all":
             super().send_event(type, **fields)
-        elif type in OUTCOME_EVENTS and self._eventer and self._eventer.enabled:
+        elif self._eventer and self._eventer.enabled and self._an_outcome(type):
             # Flower never had this task's "task-received": name it here.
             fields.setdefault("name", self.name)
             fields.setdefault("args", self.argsrepr)
             fields.setdefault("kwargs", self.kwargsrepr)
+            fields.setdefault("retries", self.request_dict.get("retries", 0))
             self._eventer.send(type, uuid=self.id, **fields)
+
+    def _an_outcome(self, type: str) -> bool:
+        # A retry's success too: Flower would show the step as retrying forever.
+        return type in OUTCOME_EVENTS or (
+            type == "task-succeeded" and bool(self.request_dict.get("retries"))
+        )
 
 
 class StepEvents(Task):

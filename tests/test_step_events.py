@@ -52,3 +52,25 @@ def test_flower_shows_the_steps_the_setting_asks_for(committed, events):
     else:
         assert not routine & seen
         assert all(name is not None for name, _ in seen)  # no nameless task in Flower
+
+
+def test_with_outcomes_a_step_that_retried_and_then_succeeded_is_closed_in_flower(committed):
+    """Its retry shows, and so does the retry's success: otherwise Flower would show
+    the step as retrying forever."""
+    from tests.worker_tasks import flaky_step
+
+    env = {"CELERY_STEP_EVENTS": "outcomes"}
+    with (
+        flower(env) as base,
+        celery_worker(queues="pipeline", include=("tests.worker_tasks",), env=env),
+    ):
+        task_id = flaky_step.apply_async(kwargs={"correlation_id": "flaky"}).id
+
+        def shown() -> dict | None:
+            task = requests.get(f"{base}/api/task/info/{task_id}", auth=AUTH, timeout=5)
+            return task.json() if task.ok else None
+
+        wait_until(lambda: (shown() or {}).get("state") == "SUCCESS", 30, "Flower never closed it")
+        task = shown() or {}
+    assert task["name"] == "tests.worker_tasks.flaky_step"
+    assert task["retries"] == 1

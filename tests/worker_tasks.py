@@ -7,6 +7,8 @@ handling that retry, so the attempt ended as a failure although its retry was on
 Here the late failure is raised by hand, at the same point.
 
 `slow_step`: its first attempt outlasts the worker's soft time limit.
+
+`flaky_step`: fails once, then succeeds.
 """
 
 from __future__ import annotations
@@ -56,4 +58,12 @@ def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str
     redis_client(settings.cache_url, settings.redis_sentinel_master).set(
         DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
     )
+    return "done"
+
+
+@celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.flaky_step", max_retries=3)
+def flaky_step(self: PipelineTask, *, correlation_id: str) -> str:
+    """Fails once (a transient error, so it retries), then succeeds."""
+    if self.request.retries == 0:
+        raise TransientStepError("the first attempt fails")
     return "done"
