@@ -125,7 +125,8 @@ class Settings:
     retry_jitter: bool
     # Which task events a pipeline step sends to Flower: "all" (received, started,
     # succeeded too: every step of every payment) or "outcomes" (failed, retried,
-    # rejected, revoked: what an operator acts on). README, "Flower and task events".
+    # rejected, revoked, and a retry's success: what an operator acts on). README,
+    # Operations, "Flower".
     step_events: str
     # Rolling session window.
     session_window: int

@@ -83,9 +83,9 @@ def broker_transport_options(url: str, master_name: str) -> dict[str, Any]:
     notice, instead of its main process waiting on a dead socket in an ack or an event
     publish — where it also stops enforcing time limits (their timers run on that loop).
     With Sentinel it then asks the sentinels for the primary again (celery#6348)."""
-    scheme = url.split("://", 1)[0]
+    lost_link = {"socket_timeout": 5, "health_check_interval": 5}
     if is_sentinel(url):
-        return {"master_name": master_name, "socket_timeout": 5, "health_check_interval": 5}
-    if scheme in ("redis", "rediss"):
-        return {"socket_timeout": 5, "health_check_interval": 5}
+        return {"master_name": master_name, **lost_link}
+    if url.split("://", 1)[0] in ("redis", "rediss"):
+        return lost_link
     return {}

@@ -171,7 +171,8 @@ def wanted_by(
 ) -> Wanted:
     """`people`: the allocation's parties if the caller read them (no query then)."""
     if people is not None:
-        timezone, minutes = people[0].timezone, people[2].session_minutes
+        student, _, course = people
+        timezone, minutes = student.timezone, course.session_minutes
     else:
         timezone, minutes = session.execute(
             select(Student.timezone, Course.session_minutes)

@@ -156,12 +156,12 @@ def sessions_booked_notice(
     payment_id: uuid.UUID,
     allocation: Allocation,
     starts: list[datetime],
-    read: Parties | None = None,
+    people: Parties | None = None,
 ) -> None:
     """The student's confirmation (their zone) and the trainer's new-student notice
-    (the trainer's zone), listing the first sessions booked. `read`: the parties, if the
-    caller has them already."""
-    student, trainer, course = read or parties(session, allocation)
+    (the trainer's zone), listing the first sessions booked. `people`: the parties, if
+    the caller has them already."""
+    student, trainer, course = people or parties(session, allocation)
     starts = sorted(starts)
     write(
         session,

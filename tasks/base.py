@@ -59,7 +59,7 @@ class StepRequest(Request):
     serialized and published to the broker, three per step when all are sent."""
 
     def send_event(self, type: str, **fields: Any) -> None:
-        if self.task.app.settings.step_events == "all":
+        if self.task.send_events:  # settings.step_events == "all"
             super().send_event(type, **fields)
         elif self._eventer and self._eventer.enabled and self._an_outcome(type):
             # Flower never had this task's "task-received": name it here.

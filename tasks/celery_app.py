@@ -102,15 +102,7 @@ def _leave_time_limits_to_the_worker(headers: dict | None = None, **_: object) -
     set their limits (the tests' 120 s over a worker's 4 s: no limit ever fired). The
     publisher's defaults are dropped, so the worker that runs a task applies its own
     limits; a limit set for one task or one call stays in the message."""
-    limits = (headers or {}).get("timelimit")
     conf = celery_app.conf
-    if (
-        headers is not None
-        and limits
-        and tuple(limits)
-        == (
-            conf.task_time_limit,
-            conf.task_soft_time_limit,
-        )
-    ):
+    defaults = (conf.task_time_limit, conf.task_soft_time_limit)
+    if headers is not None and tuple(headers.get("timelimit") or ()) == defaults:
         headers["timelimit"] = (None, None)

@@ -27,6 +27,15 @@ from tasks.celery_app import celery_app
 DONE_KEY = "tests:late-failure:{correlation_id}"
 
 
+def _done(correlation_id: str) -> str:
+    """Marks the run finished where the test reads it (the cache's Redis)."""
+    settings = get_settings()
+    redis_client(settings.cache_url, settings.redis_sentinel_master).set(
+        DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
+    )
+    return "done"
+
+
 class FailsAfterItsRetry(PipelineTask):
     def retry(self, *args: Any, **options: Any) -> Any:
         try:
@@ -40,11 +49,7 @@ class FailsAfterItsRetry(PipelineTask):
 def step(self: PipelineTask, *, correlation_id: str) -> str:
     if self.request.retries == 0:
         raise TransientStepError("the first attempt fails")
-    settings = get_settings()
-    redis_client(settings.cache_url, settings.redis_sentinel_master).set(
-        DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
-    )
-    return "done"
+    return _done(correlation_id)
 
 
 @celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.slow_step", max_retries=3)
@@ -54,11 +59,7 @@ def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str
     if self.request.retries == 0:
         time.sleep(seconds)
         raise TransientStepError("slept to the end: no time limit struck")
-    settings = get_settings()
-    redis_client(settings.cache_url, settings.redis_sentinel_master).set(
-        DONE_KEY.format(correlation_id=correlation_id), "done", ex=600
-    )
-    return "done"
+    return _done(correlation_id)
 
 
 @celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.flaky_step", max_retries=3)
