@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -527,3 +527,75 @@ def tracing_note(mode: str, sink: OtlpReceiver | None) -> str:
 
 def print_summary(script: str, mode: str, figures: dict[str, float]) -> None:
     print(SUMMARY + json.dumps({"script": script, "tracing": mode, "figures": figures}))
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process and its reaped children, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / TICKS
+
+
+def _process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def _postmaster() -> int:
+    """The PostgreSQL server's pid: its backends are its children, and an ended
+    backend's CPU moves into the postmaster's children's time, so the tree's sum holds."""
+    data = scalar("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+    return int(Path(data, "postmaster.pid").read_text().split()[0])
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds per part of the system over `elapsed` seconds of wall time."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    @property
+    def percent(self) -> dict[str, float]:
+        """Each part's share of one core."""
+        return {part: 100 * used / self.elapsed for part, used in self.seconds.items()}
+
+
+class CpuSplit:
+    """Where the CPU went while `measure()` ran: the API's and the worker's process
+    trees, PostgreSQL's, Redis and this process. CPU time, unlike a rate, does not move
+    with what the rest of a shared host takes (steal), so it compares runs better."""
+
+    def __init__(self, worker_pid: int, *, api_pid: int | None = None) -> None:
+        postgres = _postmaster()
+        redis_pid = int(bench_redis().info("server")["process_id"])
+        self.parts: dict[str, Callable[[], list[int]]] = {}
+        if api_pid is not None:
+            self.parts["API"] = lambda: _process_tree(api_pid)
+        self.parts["workers"] = lambda: _process_tree(worker_pid)
+        self.parts["PostgreSQL"] = lambda: _process_tree(postgres)
+        self.parts["Redis"] = lambda: [redis_pid]
+        self.parts["load generator"] = lambda: [os.getpid()]
+
+    def _sample(self) -> dict[str, float]:
+        return {part: sum(map(_cpu_seconds, pids())) for part, pids in self.parts.items()}
+
+    @contextmanager
+    def measure(self) -> Iterator[CpuUse]:
+        use = CpuUse()
+        before, started = self._sample(), time.monotonic()
+        yield use
+        after, use.elapsed = self._sample(), time.monotonic() - started
+        use.seconds = {part: after[part] - before[part] for part in after}

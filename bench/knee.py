@@ -23,13 +23,8 @@ event): this machine's ceiling.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
 
 import bench.common as common
 from bench.e2e_latency import Client, Track, latencies, open_loop, payment_job, reference_job
@@ -39,67 +34,6 @@ from harness.brokers import queue_length
 HOME = "/api/v1/students/{student_id}/home"
 CONFIRM_P99 = 0.050
 VISIBLE_P95 = 0.150
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process and its reaped children, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / TICKS
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        todo += _children(current)
-    return pids
-
-
-def _postmaster() -> int:
-    """The PostgreSQL server's pid: its backends are its children, and an ended
-    backend's CPU moves into the postmaster's children's time, so the tree's sum holds."""
-    data = common.scalar("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
-    return int(Path(data, "postmaster.pid").read_text().split()[0])
-
-
-class CpuSplit:
-    """CPU used per part of the system between `start()` and `stop()`, as % of one core."""
-
-    def __init__(self, api_pid: int, worker_pid: int) -> None:
-        postgres = _postmaster()
-        redis_pid = int(common.bench_redis().info("server")["process_id"])
-        self.parts = {
-            "API": lambda: _tree(api_pid),
-            "workers": lambda: _tree(worker_pid),
-            "PostgreSQL": lambda: _tree(postgres),
-            "Redis": lambda: [redis_pid],
-            "load generator": lambda: [os.getpid()],
-        }
-
-    def _sample(self) -> dict[str, float]:
-        return {part: sum(map(_cpu_seconds, pids())) for part, pids in self.parts.items()}
-
-    @contextmanager
-    def measure(self) -> Iterator[dict[str, float]]:
-        result: dict[str, float] = {}
-        before, started = self._sample(), time.monotonic()
-        yield result
-        after, elapsed = self._sample(), time.monotonic() - started
-        result.update({k: 100 * (after[k] - before[k]) / elapsed for k in after})
 
 
 def _step_row(
@@ -195,7 +129,7 @@ def main() -> None:
         common.celery_worker(concurrency=args.concurrency) as worker,
     ):
         client = Client(server.port)
-        split = CpuSplit(server.process.pid, worker.process.pid)
+        split = common.CpuSplit(worker.process.pid, api_pid=server.process.pid)
         reader = random.Random(7)
 
         def visible(track: Track) -> bool:
@@ -215,7 +149,7 @@ def main() -> None:
             threads = int(min(512, max(32, rate * args.timeout)))
             with split.measure() as cpu:
                 depth = open_loop(step, rate, job, threads)
-            payment_rows.append(_step_row(rate, step, depth, _drained(step), cpu))
+            payment_rows.append(_step_row(rate, step, depth, _drained(step), cpu.percent))
             _wait_for_an_empty_queue()
             if _healthy(step):
                 knee = rate
@@ -228,7 +162,7 @@ def main() -> None:
             with split.measure() as cpu:
                 depth = open_loop(step, rate, job, int(min(512, max(32, rate * args.timeout))))
             payment_rows.append(
-                _step_row(f"{rate:g} (1.5 x knee)", step, depth, _drained(step), cpu)
+                _step_row(f"{rate:g} (1.5 x knee)", step, depth, _drained(step), cpu.percent)
             )
         reference = reference_job(client, args.timeout)
         for rate, step in zip(rates, reference_steps, strict=True):
@@ -238,7 +172,7 @@ def main() -> None:
                 depth = open_loop(step, rate, reference, int(min(512, max(32, rate * 20))))
             for track in step:
                 track.visible = track.done_event
-            reference_rows.append(_step_row(rate, step, depth, _drained(step), cpu))
+            reference_rows.append(_step_row(rate, step, depth, _drained(step), cpu.percent))
             _wait_for_an_empty_queue()
             if _healthy(step):
                 ceiling = rate

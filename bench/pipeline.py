@@ -34,6 +34,9 @@ from tasks.celery_app import celery_app
 
 TASKS_PER_CHAIN = 5
 POLL_SECONDS = 0.1  # the DB count's period: the resolution of "all have 7 sessions"
+# Where a chain's CPU goes. Rates move with what the rest of a shared host takes; CPU
+# time per chain barely does, so it tells whether a change made a chain cheaper.
+CPU_PARTS = ("workers", "PostgreSQL", "Redis")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Drain:
     seconds: float | None  # worker ready → all done; None if the timeout came first
     done: int  # chains seen done when it stopped
     redis_calls: int  # Redis commands run during the drain (server-wide)
+    cpu: common.CpuUse  # from the worker's readiness to the end of the drain
 
     @property
     def rate(self) -> float:
@@ -82,6 +86,7 @@ def run_pipeline(
     with (
         common.LiveEvents(patterns=("student:*:events",), on_event=on_event),
         common.celery_worker(concurrency=concurrency) as worker,
+        common.CpuSplit(worker.process.pid).measure() as cpu,
     ):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -106,6 +111,7 @@ def run_pipeline(
         sessions_done_at - ready if sessions_done_at else None,
         scheduled,
         calls,
+        cpu,
     )
     to_end = Drain(
         "real chain: last step done (STUDENT_VIEWS_REFRESHED)",
@@ -113,6 +119,7 @@ def run_pipeline(
         max(refreshed.values()) - ready if len(refreshed) >= n else None,
         len(refreshed),
         calls,
+        cpu,
     )
     return to_sessions, to_end, health
 
@@ -152,13 +159,17 @@ def run_noop(n: int, timeout: float, concurrency: int) -> tuple[Drain, str]:
     with (
         common.LiveEvents(patterns=(), channels=(DONE_CHANNEL,), on_event=on_event),
         common.celery_worker(concurrency=concurrency) as worker,
+        common.CpuSplit(worker.process.pid).measure() as cpu,
     ):
         common.wait_for(lambda: len(done) >= n, timeout, interval=POLL_SECONDS)
         health = worker_health(worker.log())
         ready = worker.ready_at()
         calls = common.redis_calls() - calls
     seconds = max(done.values()) - ready if len(done) >= n else None
-    return Drain("reference: bare 5-task no-op chain", n, seconds, len(done), calls), health
+    return (
+        Drain("reference: bare 5-task no-op chain", n, seconds, len(done), calls, cpu),
+        health,
+    )
 
 
 def main() -> None:
@@ -254,6 +265,21 @@ def main() -> None:
         for drain in (to_sessions, to_end)
     ]
     print(common.table(["ratio to the bare chain", "chains/s ratio", "target", ""], rows))
+    print()
+    cpu_rows = [
+        [
+            drain.label,
+            *(f"{1000 * drain.cpu.seconds[part] / drain.chains:.1f}" for part in CPU_PARTS),
+            f"{1000 * sum(drain.cpu.seconds[p] for p in CPU_PARTS) / drain.chains:.1f}",
+        ]
+        for drain in (to_sessions, noop)
+    ]
+    print(
+        common.table(
+            ["CPU per chain, ms (drain)", *CPU_PARTS, "sum"],
+            cpu_rows,
+        )
+    )
     print(f"\nreal run: {real_health}, {letters} dead letters; bare run: {noop_health}")
     print("\nWhere the real run's time went (the workers' own step durations, /metrics):\n")
     print(common.table(["task", "runs", "mean ms", "total s", "share"], steps))
@@ -264,6 +290,9 @@ def main() -> None:
             "pipeline chains/s, all sessions in the DB": to_sessions.rate,
             "pipeline chains/s, last step done": to_end.rate,
             "bare no-op chains/s": noop.rate,
+            "pipeline CPU ms per chain (workers, PostgreSQL, Redis)": 1000
+            * sum(to_sessions.cpu.seconds[p] for p in CPU_PARTS)
+            / n,
         },
     )
 
