@@ -225,6 +225,28 @@ def pay_at_the_provider(payment_ids: list[uuid.UUID]) -> float:
     return time.perf_counter() - started
 
 
+def slow_provider(milliseconds: float) -> None:
+    """Every provider call from now on waits this long at the sandbox, as the real
+    provider's 100-300 ms round trips do (0: the sandbox answers at once again)."""
+    mode = {"mode": "slow", "delay": milliseconds / 1000} if milliseconds else {"mode": "normal"}
+    connection = http.client.HTTPConnection(urlsplit(os.environ["STRIPE_API_BASE"]).netloc)
+    try:
+        status, _ = send(connection, "POST", "/_sandbox/mode", mode)
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"the sandbox refused {mode}: {status}")
+
+
+def add_provider_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--provider-ms",
+        type=float,
+        default=0.0,
+        help="each provider call waits this long at the sandbox (the real one: 100-300 ms)",
+    )
+
+
 def provider_round_trip_ms(samples: int = 200) -> float:
     """Median of the verify step's remote call (retrieve a PaymentIntent) here."""
     provider = PaymentProvider.for_settings(settings)

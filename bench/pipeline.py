@@ -11,6 +11,7 @@ Reference in the same run, on the same broker and worker flags: N bare 5-task no
 chains (bench/noop_tasks.py) queued the same way and drained by a fresh worker.
 
     python -m bench.pipeline [--payments 2000] [--timeout 900] [--concurrency 2] [--tracing off|on]
+                              [--provider-ms 0]
 
 With `--tracing on` this process (the confirms) and the workers trace (OpenTelemetry,
 OTLP/HTTP to a local sink that discards the spans), the reference chains too.
@@ -180,6 +181,7 @@ def main() -> None:
         "--concurrency", type=int, default=2, help="worker pool processes (production: 2)"
     )
     common.add_tracing_argument(parser)
+    common.add_provider_argument(parser)
     args = parser.parse_args()
     n = args.payments
 
@@ -193,7 +195,8 @@ def main() -> None:
         f"seeded {trainers} trainers x {common.SLOTS} slots and {n:,} pending payments, "
         f"paid at the sandbox in {paid_in:.1f} s"
     )
-    verify_ms = common.provider_round_trip_ms()
+    common.slow_provider(args.provider_ms)
+    verify_ms = common.provider_round_trip_ms(samples=20 if args.provider_ms else 200)
     print(
         f"the verify step's provider call (retrieve PaymentIntent, sandbox on loopback): "
         f"{verify_ms:.2f} ms median"
