@@ -97,6 +97,33 @@ class _ShareTransitions(pybreaker.CircuitBreakerListener):
         self.telemetry.breaker_changed(f"{socket.gethostname()}:{os.getpid()}", new.name)
 
 
+class ConcurrentBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker, minus its one-call-at-a-time: `CircuitBreaker.call` holds
+    the breaker's lock for the whole guarded call (pybreaker#55), so every provider call
+    of a process waited for the one before it — the API's threads at checkout, and the
+    provider worker's threads at verify (with 1 s calls, one at a time where ten were
+    wanted: tests/test_provider.py, tests/test_worker_pipeline.py).
+
+    Closed, a call runs outside the lock and only its outcome is counted under it.
+    Open and half-open keep pybreaker's own handling: refused at once while open, and
+    one probe at a time (the others wait for its outcome) when half-open."""
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            state = self.state
+            if state.name != pybreaker.STATE_CLOSED:
+                return state.call(func, *args, **kwargs)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            with self._lock:
+                self.state._handle_error(exc)  # counts an outage, may open; re-raises
+            raise
+        with self._lock:
+            self.state._handle_success()
+        return result
+
+
 def _is_outage(error: BaseException) -> bool:
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
         return True
@@ -119,7 +146,7 @@ class PaymentProvider:
             ),
         )
         self.webhook_secrets = settings.stripe_webhook_secrets
-        self.breaker = pybreaker.CircuitBreaker(
+        self.breaker = ConcurrentBreaker(
             fail_max=settings.stripe_breaker_fail_max,
             reset_timeout=settings.stripe_breaker_reset_seconds,
             # Only outages trip it: a declined card is the provider working fine.

@@ -56,6 +56,10 @@ class Store:
     idempotent: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     api_calls: int = 0
+    # Slow mode: calls waiting out the delay now, and the most that ever did at once
+    # (since the mode was last set): how many requests a client had in flight.
+    waiting: int = 0
+    most_waiting: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -235,7 +239,14 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
             return None
         store.api_calls += 1
         if mode.name == "slow":
-            time.sleep(mode.delay)
+            with store.lock:
+                store.waiting += 1
+                store.most_waiting = max(store.most_waiting, store.waiting)
+            try:
+                time.sleep(mode.delay)
+            finally:
+                with store.lock:
+                    store.waiting -= 1
         if mode.name == "error":
             raise StripeError(500, "api_error", "The sandbox was told to fail.")
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
@@ -385,6 +396,8 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
             raise StripeError(400, "invalid_request_error", "mode: normal, slow or error")
         mode.name = wanted["mode"]
         mode.delay = float(wanted.get("delay", 0))
+        with store.lock:
+            store.most_waiting = store.waiting
         return {"mode": mode.name, "delay": mode.delay}
 
     @app.get("/_sandbox/state")
@@ -392,6 +405,7 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
         return {
             "mode": mode.name,
             "api_calls": store.api_calls,
+            "most_calls_at_once": store.most_waiting,
             "payment_intents": len(store.intents),
             "refunds": len(store.refunds),
             "events": [{"id": e["id"], "type": e["type"]} for e in store.events],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -84,3 +85,41 @@ def test_a_slow_provider_times_out_quickly_and_a_stopped_one_is_unavailable():
         sandbox.stop()
         with pytest.raises(ProviderUnavailable):
             provider.retrieve_intent("pi_any")
+
+
+def test_calls_from_several_threads_are_in_flight_together():
+    """One provider (one breaker) per process, shared by the API's threads and the
+    provider worker's: eight calls from eight threads overlap at the provider instead of
+    queueing behind the breaker's lock one by one."""
+    with sandbox_server() as sandbox:
+        provider = provider_for(sandbox.base)
+        intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="p-3")
+        sandbox.set_mode("slow", delay=0.5)
+        with ThreadPoolExecutor(8) as pool:
+            read = list(pool.map(lambda _: provider.retrieve_intent(intent.id), range(8)))
+        assert {r.id for r in read} == {intent.id}
+        assert sandbox.state()["most_calls_at_once"] == 8
+        assert provider.state == "closed"
+
+
+def test_concurrent_outages_open_the_breaker_once_and_then_it_refuses():
+    with sandbox_server() as sandbox:
+        provider = provider_for(sandbox.base, stripe_breaker_fail_max=3)
+        sandbox.set_mode("error")
+
+        def ask(_: int) -> str:
+            try:
+                provider.retrieve_intent("pi_any")
+            except ProviderUnavailable as exc:
+                return str(exc)
+            return "answered"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(ask, range(24)))
+        assert "answered" not in outcomes
+        assert provider.state == "open"
+        calls = sandbox.state()["api_calls"]
+        assert any("breaker open" in outcome for outcome in outcomes)
+        with pytest.raises(ProviderUnavailable, match="breaker open"):
+            provider.retrieve_intent("pi_any")
+        assert sandbox.state()["api_calls"] == calls
