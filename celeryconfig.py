@@ -12,8 +12,12 @@ from core.config import Settings
 from core.redis_client import broker_transport_options
 
 # "notifications": e-mail only, so a slow mail server never takes a pipeline worker's
-# slot (its own worker in the Procfile and compose).
-QUEUES = ("pipeline", "dead_letter", "maintenance", "notifications")
+# slot (its own worker in the Procfile and compose). "provider": the chain's first step,
+# which waits 100-300 ms on the payment provider and spends ~5 ms of CPU: a thread-pool
+# worker of its own runs many of them at once, while the pipeline's prefork processes
+# stay on the CPU-bound steps (README, "Capacity"; bench.pipeline --provider-ms).
+QUEUES = ("pipeline", "provider", "dead_letter", "maintenance", "notifications")
+PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment",)
 
 
 class UnsafeDeliverySettings(ValueError):
@@ -102,13 +106,14 @@ def amqp_config() -> dict[str, Any]:
 
 # A payment under way comes before a new one. On Redis, kombu keeps the messages of
 # each priority step (0, 3, 6, 9) of a queue in a list of their own and a worker takes
-# from priority 0 first, so a chain's first step, which starts a new payment, waits at
-# the lowest priority and every later step (priority 0, the default) overtakes it. Under
-# a burst the payments already started finish first; the confirm → sessions time is
-# then one queue wait, not one per step. (RabbitMQ's quorum queues know priorities from
-# RabbitMQ 4.0 on; on 3.x they keep order, and this is not set there.)
+# from priority 0 first, so a chain's first step on the pipeline queue, which starts a
+# new payment's fulfilment, waits at the lowest priority and every later step (priority
+# 0, the default) overtakes it. Under a burst the payments already started finish
+# first; the confirm → sessions time is then one queue wait, not one per step.
+# (RabbitMQ's quorum queues know priorities from RabbitMQ 4.0 on; on 3.x they keep
+# order, and this is not set there.)
 NEW_CHAIN_PRIORITY = 9
-NEW_CHAIN_TASKS = ("tutorflow.pipeline.verify_payment",)
+NEW_CHAIN_TASKS = ("tutorflow.pipeline.create_purchase",)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -203,6 +208,7 @@ def _base_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": "pipeline",
         "task_default_routing_key": "pipeline",
         "task_routes": {
+            **{name: {"queue": "provider", "routing_key": "provider"} for name in PROVIDER_TASKS},
             "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
             "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
             "tutorflow.notifications.*": {

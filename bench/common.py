@@ -374,17 +374,41 @@ def gunicorn(app: str = "bench.reference_wsgi:app") -> Iterator[ApiProcess]:
         yield server
 
 
+@dataclass
+class Workers:
+    """The pipeline's prefork worker and the provider queue's thread-pool worker."""
+
+    pipeline: WorkerProcess
+    provider: WorkerProcess
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.pipeline.process.pid, self.provider.process.pid]
+
+    def log(self) -> str:
+        return self.pipeline.log() + self.provider.log()
+
+    def ready_at(self) -> float:
+        """When the later of the two said it was ready (its worker_ready signal)."""
+        return max(self.pipeline.ready_at(), self.provider.ready_at())
+
+
 @contextmanager
-def celery_worker(concurrency: int = 2) -> Iterator[WorkerProcess]:
-    """A real worker with the production flags, plus the bench's no-op tasks; its
-    `ready_at()` (the worker_ready signal's moment) starts the clock of timed work."""
-    with processes.celery_worker(
-        queues=QUEUES,
-        concurrency=concurrency,
-        include=("bench.noop_tasks",),
-        loglevel="WARNING",
-    ) as worker:
-        yield worker
+def celery_worker(concurrency: int = 2) -> Iterator[Workers]:
+    """Real workers with the production flags (the Procfile's `worker` and `provider`),
+    plus the bench's no-op tasks; `ready_at()` starts the clock of timed work."""
+    with (
+        processes.celery_worker(
+            **processes.PROVIDER_WORKER, include=("bench.noop_tasks",), loglevel="WARNING"
+        ) as provider,
+        processes.celery_worker(
+            queues=QUEUES,
+            concurrency=concurrency,
+            include=("bench.noop_tasks",),
+            loglevel="WARNING",
+        ) as pipeline,
+    ):
+        yield Workers(pipeline, provider)
 
 
 def http_request(
@@ -600,13 +624,13 @@ class CpuSplit:
     trees, PostgreSQL's, Redis and this process. CPU time, unlike a rate, does not move
     with what the rest of a shared host takes (steal), so it compares runs better."""
 
-    def __init__(self, worker_pid: int, *, api_pid: int | None = None) -> None:
+    def __init__(self, worker_pids: list[int], *, api_pid: int | None = None) -> None:
         postgres = _postmaster()
         redis_pid = int(bench_redis().info("server")["process_id"])
         self.parts: dict[str, Callable[[], list[int]]] = {}
         if api_pid is not None:
             self.parts["API"] = lambda: _process_tree(api_pid)
-        self.parts["workers"] = lambda: _process_tree(worker_pid)
+        self.parts["workers"] = lambda: [p for pid in worker_pids for p in _process_tree(pid)]
         self.parts["PostgreSQL"] = lambda: _process_tree(postgres)
         self.parts["Redis"] = lambda: [redis_pid]
         self.parts["load generator"] = lambda: [os.getpid()]

@@ -17,7 +17,7 @@ steps for a bare 5-task no-op chain published by the same gunicorn (its POST →
 event): this machine's ceiling.
 
     python -m bench.knee [--rates 10,15,20,25,30,35] [--seconds 30] [--poll-ms 500]
-                         [--concurrency 2]
+                         [--concurrency 2] [--provider-ms 0]
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=2, help="worker pool processes (production: 2)"
     )
+    common.add_provider_argument(parser)
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     counts = [max(1, int(rate * args.seconds)) for rate in rates]
@@ -106,6 +107,7 @@ def main() -> None:
     course_id = common.seed_catalogue(trainers=common.trainers_for(total))
     seeded = common.seed_pending_payments(course_id, total)
     common.pay_at_the_provider([p for p, _ in seeded])
+    common.slow_provider(args.provider_ms)
     tracks = [Track(str(p), student_id=s, token=common.student_token(s)) for p, s in seeded]
     by_key = {t.key: t for t in tracks}
     reference_steps = [[Track(uuid.uuid4().hex) for _ in range(n)] for n in counts]
@@ -120,6 +122,7 @@ def main() -> None:
         track.wake.set()
 
     print(common.machine_note())
+    print(f"each provider call waits {args.provider_ms:g} ms at the sandbox")
     payment_rows, reference_rows, knee, ceiling = [], [], None, None
     with (
         common.LiveEvents(
@@ -129,7 +132,7 @@ def main() -> None:
         common.celery_worker(concurrency=args.concurrency) as worker,
     ):
         client = Client(server.port)
-        split = common.CpuSplit(worker.process.pid, api_pid=server.process.pid)
+        split = common.CpuSplit(worker.pids, api_pid=server.process.pid)
         reader = random.Random(7)
 
         def visible(track: Track) -> bool:

@@ -87,7 +87,7 @@ def run_pipeline(
     with (
         common.LiveEvents(patterns=("student:*:events",), on_event=on_event),
         common.celery_worker(concurrency=concurrency) as worker,
-        common.CpuSplit(worker.process.pid).measure() as cpu,
+        common.CpuSplit(worker.pids).measure() as cpu,
     ):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -160,7 +160,7 @@ def run_noop(n: int, timeout: float, concurrency: int) -> tuple[Drain, str]:
     with (
         common.LiveEvents(patterns=(), channels=(DONE_CHANNEL,), on_event=on_event),
         common.celery_worker(concurrency=concurrency) as worker,
-        common.CpuSplit(worker.process.pid).measure() as cpu,
+        common.CpuSplit(worker.pids).measure() as cpu,
     ):
         common.wait_for(lambda: len(done) >= n, timeout, interval=POLL_SECONDS)
         health = worker_health(worker.log())

@@ -34,7 +34,9 @@ from harness.hosts import DATA_HOST, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
-ALL_QUEUES = "pipeline,dead_letter,maintenance"
+ALL_QUEUES = "pipeline,provider,dead_letter,maintenance"
+# The provider queue's worker as the Procfile and compose run it.
+PROVIDER_WORKER = {"queues": "provider", "pool": "threads", "concurrency": 10}
 
 
 @dataclass
@@ -89,6 +91,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, message: str) ->
 def celery_worker(
     queues: str = ALL_QUEUES,
     concurrency: int = 2,
+    pool: str = "prefork",
     env: dict[str, str] | None = None,
     beat: bool = False,
     supervise: bool = False,
@@ -115,7 +118,7 @@ def celery_worker(
         "-c",
         str(concurrency),
         "-P",
-        "prefork",
+        pool,
         "-l",
         loglevel,
         "-n",

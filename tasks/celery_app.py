@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import Any
 
 from celery import Celery
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
     beat_init,
     before_task_publish,
     setup_logging,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 
 from celeryconfig import celery_config
@@ -84,8 +89,17 @@ def _new_pool_child(**_: object) -> None:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # a thread pool's tasks ran in the worker's own process
 def _pool_child_exit(**_: object) -> None:
     tracing.flush()
+
+
+@worker_init.connect
+def _worker_without_pool_children(sender: Any = None, **_: object) -> None:
+    """A thread pool (the provider queue's worker) runs its tasks in the worker's own
+    process, where no worker_process_init comes: its span exporter starts here."""
+    if sender is not None and not issubclass(get_implementation(sender.pool_cls), PreforkPool):
+        tracing.install(celery_app.settings, role="worker")
 
 
 @beat_init.connect

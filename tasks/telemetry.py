@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import task_postrun, task_prerun, task_retry, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from core.telemetry import StepRuns, Telemetry
 
@@ -116,6 +122,7 @@ def _task_retried(sender: Any = None, **_: Any) -> None:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # a thread pool's tasks ran in the worker's own process
 def _send_the_rest(**_: Any) -> None:
     pending.flush()
 

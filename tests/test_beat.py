@@ -329,7 +329,7 @@ def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed):
             )
         )
     with celery_app.connection_for_write() as connection:
-        connection.default_channel.queue_purge("pipeline")  # every priority sub-list
+        connection.default_channel.queue_purge("provider")  # where a chain starts
     barrier, results = threading.Barrier(2), []
 
     def beat() -> None:
@@ -342,7 +342,7 @@ def test_two_beats_relaying_at_once_publish_a_stranded_message_once(committed):
     for thread in beats:
         thread.join(30)
     assert sorted(r.get("published", 0) for r in results) == [0, 1], results
-    assert queue_length(celery_app.conf.broker_url, "pipeline") == 1
+    assert queue_length(celery_app.conf.broker_url, "provider") == 1
 
 
 def test_a_stalled_pipeline_is_resumed_once_and_finishes(db_session, eager, clock):

@@ -209,8 +209,8 @@ REPORT = "tutorflow.dead_letters.report_open"
 
 def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(committed):
     payment_id, _ = seed_payment_without_trainer()
-    # Only the pipeline queue: the dead-letter message waits in the broker, unrecorded.
-    with celery_worker(queues="pipeline") as worker:
+    # Not the dead_letter queue: the dead-letter message waits in the broker, unrecorded.
+    with celery_worker(queues="pipeline,provider") as worker:
         with open_session() as session, session.begin():  # published after commit
             request_confirmation(session, payment_id, student_id=None, source="test")
         wait_until(

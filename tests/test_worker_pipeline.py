@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from harness.processes import celery_worker, wait_until
+from harness.processes import PROVIDER_WORKER, celery_worker, wait_until
+from tests import sandbox_server
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
@@ -48,6 +49,42 @@ def test_confirm_over_http_schedules_seven_sessions(live_client):
         "TRAINER_ALLOCATED",
         "SESSIONS_GENERATED",
     ]
+
+
+def test_the_provider_worker_waits_on_a_slow_provider_for_many_payments_at_once(live_client):
+    """The real provider answers in 100-300 ms. The provider queue's thread-pool worker
+    (as the Procfile runs it) waits for several payments at once, where a pipeline
+    process would wait for one: with every call taking 1 s, the sandbox sees the calls
+    for eight payments overlap, and each payment gets its sessions from the pipeline's
+    worker meanwhile."""
+    payments = [seed_payment()[0] for _ in range(8)]
+    sandbox = sandbox_server.shared()
+    sandbox.set_mode("slow", 1.0)
+    try:
+        with (
+            celery_worker(**PROVIDER_WORKER),  # type: ignore[arg-type]
+            celery_worker(queues="pipeline,maintenance"),
+        ):
+            for payment_id in payments:
+                answer = live_client.post(
+                    f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
+                )
+                assert answer.status_code == 202
+
+            def all_scheduled() -> bool:
+                return all(
+                    live_client.get(f"/api/v1/payments/{p}", headers=ADMIN).json["fulfilment"][
+                        "sessions_scheduled"
+                    ]
+                    == 7
+                    for p in payments
+                )
+
+            wait_until(all_scheduled, 60, "not every payment got its 7 sessions")
+        most = sandbox.state()["most_calls_at_once"]
+    finally:
+        sandbox.set_mode("normal")
+    assert most >= 4, f"at most {most} provider calls at once: the verify steps queued"
 
 
 def test_the_worker_applies_its_own_time_limits_whoever_sent_the_task(redis_client):
