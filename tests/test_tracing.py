@@ -24,7 +24,15 @@ import requests
 from sqlalchemy import select
 
 from harness.otlp import OtlpReceiver, Span, orphans, otlp_receiver, tracing_env
-from harness.processes import ROOT, ApiProcess, WorkerProcess, api_server, celery_worker, free_port
+from harness.processes import (
+    PROVIDER_WORKER,
+    ROOT,
+    ApiProcess,
+    WorkerProcess,
+    api_server,
+    celery_worker,
+    free_port,
+)
 from models import DeadLetter, OutboxKind, OutboxMessage
 from models.events import TRACE_ID
 from tests.conftest import ADMIN, open_session, student_auth
@@ -59,12 +67,14 @@ class Stack:
     receiver: OtlpReceiver
     api: ApiProcess
     worker: WorkerProcess
+    provider: WorkerProcess  # the provider queue's: the verify step
 
 
 @pytest.fixture(scope="module")
 def traced_stack(engine) -> Iterator[Stack]:
-    """API (gunicorn) and worker with beat, tracing to the receiver; the API's broker
-    is a port nobody listens on, the worker's the test's Redis."""
+    """API (gunicorn), the provider queue's worker and a worker with beat, tracing to
+    the receiver; the API's broker is a port nobody listens on, the workers' the test's
+    Redis."""
     with otlp_receiver() as receiver:
         tracing = {**tracing_env(receiver, delay_ms=100), "LOG_JSON": "1"}
         worker_env = {
@@ -73,8 +83,14 @@ def traced_stack(engine) -> Iterator[Stack]:
             "OUTBOX_RELAY_GRACE_SECONDS": "0",
         }
         api_env = {**tracing, "BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-        with celery_worker(env=worker_env, beat=True) as worker, api_server(api_env) as api:
-            yield Stack(receiver, api, worker)
+        # As in production, the verify step runs on the provider queue's thread pool:
+        # its spans come from a worker with no pool children.
+        with (
+            celery_worker(env=worker_env, **PROVIDER_WORKER) as provider,  # type: ignore[arg-type]
+            celery_worker("pipeline,dead_letter,maintenance", env=worker_env, beat=True) as worker,
+            api_server(api_env) as api,
+        ):
+            yield Stack(receiver, api, worker, provider)
 
 
 def confirm_over_http(stack: Stack, student_id: int, payment_id: str) -> None:
@@ -137,7 +153,8 @@ def test_one_trace_from_the_http_confirm_to_the_last_step_across_a_relay_publish
     assert {event["payload"].get(TRACE_ID) for event in detail["timeline"]} == {root.trace_id}
     step_lines = [
         line
-        for line in map(json.loads, _json_lines(traced_stack.worker.log()))
+        for log in (traced_stack.provider.log(), traced_stack.worker.log())
+        for line in map(json.loads, _json_lines(log))
         if line.get("correlation_id") == payment_id and line.get("message") == "step done"
     ]
     assert len(step_lines) >= len(STEPS) - 1
