@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside its python
 HOST = "127.0.0.1"
 QUEUES = "pipeline,maintenance,dead_letter"
+CHAIN_QUEUES = ("provider", "pipeline")  # where a chain's messages wait
 SLOTS = 50  # distinct time slots: a trainer holds one allocation per slot
 FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}  # dev and test data
 FORBIDDEN_REDIS_DBS = {0, 9}

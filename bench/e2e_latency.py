@@ -94,7 +94,7 @@ def open_loop(tracks: list[Track], rate: float, job: Callable[[Track], None], th
 
     def sample_queue() -> None:
         while not stop.wait(0.25):
-            depths.append(queue_length(settings.broker_url, "pipeline"))
+            depths.append(queue_length(settings.broker_url, *common.CHAIN_QUEUES))
 
     sampler = threading.Thread(target=sample_queue, daemon=True)
     sampler.start()

@@ -205,7 +205,7 @@ def main() -> None:
 
     with common.tracing(args.tracing, here=True) as sink:
         confirm_seconds = confirm_all(payments)
-        queued = queue_length(settings.broker_url, "pipeline")
+        queued = queue_length(settings.broker_url, *common.CHAIN_QUEUES)
         print(
             f"confirmed and handed off {n:,} payments in {confirm_seconds:.1f} s "
             f"({n / confirm_seconds:,.0f}/s, one process); {queued:,} messages queued"
