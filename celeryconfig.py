@@ -13,9 +13,9 @@ from core.redis_client import broker_transport_options
 
 # "notifications": e-mail only, so a slow mail server never takes a pipeline worker's
 # slot (its own worker in the Procfile and compose). "provider": the chain's first step,
-# which waits 100-300 ms on the payment provider and spends ~5 ms of CPU: a thread-pool
-# worker of its own runs many of them at once, while the pipeline's prefork processes
-# stay on the CPU-bound steps (README, "Capacity"; bench.pipeline --provider-ms).
+# which waits 100-300 ms on the payment provider and needs a few ms of CPU: a thread-pool
+# worker of its own waits for many at once, while the pipeline's prefork processes stay
+# on the CPU-bound steps (README, "Delivery guarantees"; bench.pipeline --provider-ms).
 QUEUES = ("pipeline", "provider", "dead_letter", "maintenance", "notifications")
 PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment",)
 
