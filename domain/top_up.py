@@ -2,9 +2,9 @@
 
 Each batch locks up to `limit` active allocations (`FOR UPDATE SKIP LOCKED`: one the
 chain is scheduling right now, or another top-up holds, is skipped and left to it),
-reads their session counts in the same statement, locks their trainers and reads their
-busy instants, plans the missing sessions with the chain's own planner
-(calendar.plan_window: a clash moves a session to the next free weekday, with a
+then reads their session counts (once locked: see _rows_statement), locks their
+trainers and reads their busy instants, plans the missing sessions with the chain's own
+planner (calendar.plan_window: a clash moves a session to the next free weekday, with a
 SESSION_SHIFTED event, never drops it), and writes them with one multi-row INSERT. An
 allocation whose tier is used up and has no future session left is completed: its
 purchase becomes inactive and its trainer's place is freed.
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Time,
     and_,
+    any_,
     bindparam,
     func,
     insert,
@@ -58,11 +59,10 @@ from models import (
 )
 
 
-def _batch_statement() -> Select[Any]:
+def _lock_statement() -> Select[Any]:
     """Up to :limit active allocations after :after whose trainer is in shard :shard of
-    :shards, locked (SKIP LOCKED: one the chain or another top-up holds is left to it),
-    with their session counts, in one statement."""
-    batch = (
+    :shards, locked (SKIP LOCKED: one the chain or another top-up holds is left to it)."""
+    return (
         select(Allocation.id)
         .where(
             Allocation.status == AllocationStatus.ACTIVE,
@@ -72,8 +72,19 @@ def _batch_statement() -> Select[Any]:
         .order_by(Allocation.id)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
-        .cte("batch")
     )
+
+
+def _rows_statement() -> Select[Any]:
+    """The locked allocations (:ids) with their session counts.
+
+    A statement of its own, after the lock, not a part of it: a statement reads from
+    the snapshot it started with, and a top-up running beside this one may commit its
+    sessions and release an allocation between that start and the moment this one
+    locks it. Counted in the locking statement, those sessions were unseen, and the
+    allocation got a second window (two concurrent top-ups: 12 future sessions for 7,
+    tests/test_beat.py). Started once the locks are held, this snapshot sees every
+    commit of whoever held them."""
     held = aliased(TutoringSession)
     stats = (
         select(
@@ -101,12 +112,12 @@ def _batch_statement() -> Select[Any]:
             stats.c.future,
             stats.c.last_date,
         )
-        .select_from(batch)
-        .join(Allocation, Allocation.id == batch.c.id)
+        .select_from(Allocation)
         .join(Student, Student.id == Allocation.student_id)
         .join(Course, Course.id == Allocation.course_id)
         .join(Purchase, Purchase.id == Allocation.purchase_id)
         .join(stats, true())
+        .where(Allocation.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
         .order_by(Allocation.id)
     )
 
@@ -118,7 +129,8 @@ def _unnest(column: str, element: Any) -> Any:
     return func.unnest(bindparam(f"{column}s", type_=ARRAY(element)))
 
 
-_BATCH = _batch_statement()
+_LOCK_BATCH = _lock_statement()
+_BATCH_ROWS = _rows_statement()
 # The tables, not the mapped classes: an INSERT … SELECT is no ORM bulk insert.
 SESSIONS = cast(Table, TutoringSession.__table__)
 EVENTS = cast(Table, DomainEvent.__table__)
@@ -198,19 +210,14 @@ def top_up_batch(
 ) -> tuple[TopUpReport, int | None]:
     """One batch of `shard` in the caller's transaction; returns its report and the last
     id seen (None when there is nothing after `after_id`)."""
-    rows = session.execute(
-        _BATCH,
-        {
-            "now": now,
-            "after": after_id,
-            "shards": shard.of,
-            "shard": shard.index,
-            "limit": limit,
-        },
+    ids = session.scalars(
+        _LOCK_BATCH,
+        {"after": after_id, "shards": shard.of, "shard": shard.index, "limit": limit},
     ).all()
+    if not ids:
+        return TopUpReport(allocations_seen=0), None
+    rows = session.execute(_BATCH_ROWS, {"ids": list(ids), "now": now}).all()
     report = TopUpReport(allocations_seen=len(rows))
-    if not rows:
-        return report, None
 
     new_sessions: list[dict] = []
     events: list[dict] = []
@@ -291,7 +298,7 @@ def top_up_batch(
                 for e in events
             ),
         )
-    return report, rows[-1].id
+    return report, ids[-1]
 
 
 def _event(row, event_type: EventType, **payload) -> dict:
