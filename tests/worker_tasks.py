@@ -64,7 +64,9 @@ def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str
 
 @celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.flaky_step", max_retries=3)
 def flaky_step(self: PipelineTask, *, correlation_id: str) -> str:
-    """Fails once (a transient error, so it retries), then succeeds."""
+    """Fails once (a transient error, so it retries, 1 s later as a backoff would have
+    it), then succeeds. A retry at once could finish in the other pool process before
+    this attempt's retried event is sent, and Flower would keep that later RETRY."""
     if self.request.retries == 0:
-        raise TransientStepError("the first attempt fails")
+        raise self.retry(exc=TransientStepError("the first attempt fails"), countdown=1)
     return "done"
