@@ -62,7 +62,6 @@ settings = get_settings()
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside its python
 HOST = "127.0.0.1"
-QUEUES = "pipeline,maintenance,dead_letter"
 CHAIN_QUEUES = ("provider", "pipeline")  # where a chain's messages wait
 SLOTS = 50  # distinct time slots: a trainer holds one allocation per slot
 FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}  # dev and test data
@@ -399,11 +398,9 @@ def celery_worker(concurrency: int = 2) -> Iterator[Workers]:
     """Real workers with the production flags (the Procfile's `worker` and `provider`),
     plus the bench's no-op tasks; `ready_at()` starts the clock of timed work."""
     with (
+        processes.provider_worker(include=("bench.noop_tasks",), loglevel="WARNING") as provider,
         processes.celery_worker(
-            **processes.PROVIDER_WORKER, include=("bench.noop_tasks",), loglevel="WARNING"
-        ) as provider,
-        processes.celery_worker(
-            queues=QUEUES,
+            queues=processes.ALL_BUT_PROVIDER,
             concurrency=concurrency,
             include=("bench.noop_tasks",),
             loglevel="WARNING",

@@ -19,10 +19,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import kombu
 import kombu.exceptions
@@ -34,9 +34,9 @@ from harness.hosts import DATA_HOST, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
-ALL_QUEUES = "pipeline,provider,dead_letter,maintenance"
-# The provider queue's worker as the Procfile and compose run it.
-PROVIDER_WORKER = {"queues": "provider", "pool": "threads", "concurrency": 10}
+# Every queue but the provider's: what a prefork worker beside `provider_worker` takes.
+ALL_BUT_PROVIDER = "pipeline,dead_letter,maintenance"
+ALL_QUEUES = f"{ALL_BUT_PROVIDER},provider"
 
 
 @dataclass
@@ -171,6 +171,11 @@ def celery_worker(
         yield worker
     finally:
         worker.stop()
+
+
+def provider_worker(**options: Any) -> AbstractContextManager[WorkerProcess]:
+    """The provider queue's worker as the Procfile and compose run it: 10 threads."""
+    return celery_worker(queues="provider", pool="threads", concurrency=10, **options)
 
 
 def free_port() -> int:

@@ -25,13 +25,14 @@ from sqlalchemy import select
 
 from harness.otlp import OtlpReceiver, Span, orphans, otlp_receiver, tracing_env
 from harness.processes import (
-    PROVIDER_WORKER,
+    ALL_BUT_PROVIDER,
     ROOT,
     ApiProcess,
     WorkerProcess,
     api_server,
     celery_worker,
     free_port,
+    provider_worker,
 )
 from models import DeadLetter, OutboxKind, OutboxMessage
 from models.events import TRACE_ID
@@ -86,8 +87,8 @@ def traced_stack(engine) -> Iterator[Stack]:
         # As in production, the verify step runs on the provider queue's thread pool:
         # its spans come from a worker with no pool children.
         with (
-            celery_worker(env=worker_env, **PROVIDER_WORKER) as provider,  # type: ignore[arg-type]
-            celery_worker("pipeline,dead_letter,maintenance", env=worker_env, beat=True) as worker,
+            provider_worker(env=worker_env) as provider,
+            celery_worker(ALL_BUT_PROVIDER, env=worker_env, beat=True) as worker,
             api_server(api_env) as api,
         ):
             yield Stack(receiver, api, worker, provider)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from harness.processes import PROVIDER_WORKER, celery_worker, wait_until
+from harness.processes import celery_worker, provider_worker, wait_until
 from tests import sandbox_server
 from tests.conftest import ADMIN, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
@@ -62,7 +62,7 @@ def test_the_provider_worker_waits_on_a_slow_provider_for_many_payments_at_once(
     sandbox.set_mode("slow", 1.0)
     try:
         with (
-            celery_worker(**PROVIDER_WORKER),  # type: ignore[arg-type]
+            provider_worker(),
             celery_worker(queues="pipeline,maintenance"),
         ):
             for payment_id in payments:
