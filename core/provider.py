@@ -118,7 +118,6 @@ class ConcurrentBreaker(pybreaker.CircuitBreaker):
         except BaseException as exc:
             with self._lock:
                 self.state._handle_error(exc)  # counts an outage, may open; re-raises
-            raise
         with self._lock:
             self.state._handle_success()
         return result
