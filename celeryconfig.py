@@ -17,7 +17,7 @@ from core.redis_client import broker_transport_options
 # worker of its own waits for many at once, while the pipeline's prefork processes stay
 # on the CPU-bound steps (README, "Delivery guarantees"; bench.pipeline --provider-ms).
 QUEUES = ("pipeline", "provider", "dead_letter", "maintenance", "notifications")
-PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment",)
+PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment", "tutorflow.pipeline.refund_unservable")
 
 
 class UnsafeDeliverySettings(ValueError):
@@ -239,6 +239,11 @@ def _base_config(settings: Settings) -> dict[str, Any]:
             "give-up-unallocated": {
                 "task": "tutorflow.beat.give_up_unallocated",
                 "schedule": 600.0,
+            },
+            "release-expired-holds": {
+                "task": "tutorflow.beat.release_expired_holds",
+                "schedule": 60.0,
+                "options": {"expires": 120.0},
             },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
             # Flower's view of the open dead letters (tasks/dead_letters.py).

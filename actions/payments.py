@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from core.provider import PaymentProvider
 from domain import idempotency
+from domain.availability import drop_hold, place_hold
+from domain.clock import utcnow
 from domain.dead_letters import LetterFilter, discard, open_letter_ids
 from domain.errors import Conflict
 from domain.events import EventType, record_event
@@ -48,10 +50,12 @@ def checkout(
     idempotency_key: str | None,
     fingerprint: str,
     render: Callable[[Payment, str | None], dict[str, Any]],
+    hold_minutes: float,
 ) -> CheckoutAnswer:
-    """Quote the catalogue price, create the provider's PaymentIntent (idempotency key:
-    the payment id), then write the pending payment. A provider outage raises
-    ProviderUnavailable before anything is written (the API answers 503)."""
+    """Quote the catalogue price and hold a trainer's place at the time (for
+    `hold_minutes`), create the provider's PaymentIntent (idempotency key: the payment
+    id), then write the pending payment. A provider outage raises ProviderUnavailable
+    with nothing left written (the hold is dropped; the API answers 503)."""
     if idempotency_key is not None:
         # Keys are the student's own: another student's key names nothing of theirs.
         idempotency_key = f"{order.student_id}:{idempotency_key}"
@@ -64,9 +68,26 @@ def checkout(
         payment_id = uuid.uuid4()
     with database.transaction() as session:
         price = quote(session, order)
-    intent = provider.create_intent(
-        amount_cents=price.amount_cents, currency=price.currency, payment_id=str(payment_id)
-    )
+        # A trainer's place at the time, for the tier's span: 409 slot_unavailable (and
+        # nothing written, nothing asked of the provider) when no trainer can serve it.
+        place_hold(
+            session,
+            payment_id=payment_id,
+            student_id=order.student_id,
+            course_id=order.course_id,
+            tier=order.tier,
+            slot=order.time_slot,
+            now=utcnow(),
+            hold_minutes=hold_minutes,
+        )
+    try:
+        intent = provider.create_intent(
+            amount_cents=price.amount_cents, currency=price.currency, payment_id=str(payment_id)
+        )
+    except Exception:
+        with database.transaction() as session:
+            drop_hold(session, payment_id)  # no checkout: the place is free again
+        raise
     with database.transaction() as session:
         if idempotency_key is not None:
             stored = idempotency.claim_key(session, idempotency_key, fingerprint)
@@ -82,12 +103,20 @@ def checkout(
 
 
 def confirm(
-    database: Database, payment_id: uuid.UUID, *, student_id: int | None, source: str
+    database: Database,
+    payment_id: uuid.UUID,
+    *,
+    student_id: int | None,
+    source: str,
+    hold_minutes: float,
 ) -> Confirmation:
-    """The student's "I paid": the payment goes to `confirming`; the chain, whose first
-    step asks the provider, is published after the commit."""
+    """The student's "I paid": the payment goes to `confirming` (its hold kept for
+    `hold_minutes` more); the chain, whose first step asks the provider, is published
+    after the commit."""
     with database.transaction() as session:
-        return request_confirmation(session, payment_id, student_id=student_id, source=source)
+        return request_confirmation(
+            session, payment_id, student_id=student_id, source=source, hold_minutes=hold_minutes
+        )
 
 
 def refund(

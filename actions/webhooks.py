@@ -48,7 +48,12 @@ def _payment_of(session: Any, event_type: str, obj: dict[str, Any]) -> Payment |
 
 
 def receive(
-    database: Database, *, event_id: str, event_type: str, obj: dict[str, Any]
+    database: Database,
+    *,
+    event_id: str,
+    event_type: str,
+    obj: dict[str, Any],
+    hold_minutes: float,
 ) -> WebhookOutcome:
     with database.transaction() as session:
         first_delivery = session.scalar(
@@ -66,7 +71,13 @@ def receive(
             return WebhookOutcome(duplicate=False, handled=False)
         session.get_one(WebhookEvent, event_id).payment_id = payment.id
         if event_type == "payment_intent.succeeded":
-            request_confirmation(session, payment.id, student_id=None, source="webhook")
+            request_confirmation(
+                session,
+                payment.id,
+                student_id=None,
+                source="webhook",
+                hold_minutes=hold_minutes,
+            )
         elif event_type == "payment_intent.payment_failed":
             reason = (obj.get("last_payment_error") or {}).get("message") or "Payment failed."
             fail(session, payment.id, reason=str(reason), source="webhook")

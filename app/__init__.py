@@ -64,14 +64,25 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     api.register_field(TimeSlot, "string", None)
     app.extensions["tutorflow_api"] = api
 
-    from app.views import admin, catalogue, health, pages, payments, sessions, students, webhooks
+    from app.views import (
+        admin,
+        availability,
+        catalogue,
+        health,
+        pages,
+        payments,
+        sessions,
+        students,
+        webhooks,
+    )
 
     limiter = init_limiter(app, settings)
-    for public in (payments.blp, students.blp):
+    for public in (payments.blp, students.blp, availability.blp):
         # Operators' tools (flask simulate) carry the admin token and are not limited.
         limiter.limit(settings.rate_limit_public, exempt_when=is_admin_request)(public)
     for blueprint in (
         catalogue.blp,
+        availability.blp,
         payments.blp,
         webhooks.blp,
         students.blp,

@@ -591,3 +591,37 @@ class RecentEventOut(Schema):
 class RecentOut(Schema):
     events = fields.List(fields.Nested(RecentEventOut))
     next_since = fields.Integer()
+
+
+# --- availability --------------------------------------------------------------------
+
+
+class AvailabilityQuery(InputSchema):
+    # The student's IANA zone: the times offered are local to it.
+    timezone = TimezoneField(required=True)
+    tier = fields.Integer(required=True, validate=validate.OneOf(TIERS))
+
+
+class OfferOut(Schema):
+    time_slot = TimeSlot(metadata={"type": "string", "example": "17:30"}, attribute="slot")
+    places = fields.Integer(
+        metadata={"description": "How many students could still book this time now."}
+    )
+
+
+class AvailabilityOut(Schema):
+    course_id = fields.Integer()
+    timezone = fields.String()
+    tier = fields.Integer()
+    session_minutes = fields.Integer()
+    step_minutes = fields.Integer(
+        metadata={"description": "The grid of times a student can choose from."}
+    )
+    times = fields.List(
+        fields.Nested(OfferOut),
+        metadata={
+            "description": "Weekday times (in `timezone`) at which some trainer can serve "
+            "every session of the tier, with the places at each; other times are refused "
+            "at checkout (409 slot_unavailable)."
+        },
+    )

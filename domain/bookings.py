@@ -9,6 +9,7 @@ The exclusion constraint on tutoring_sessions is the last word if anything slips
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from models import (
     HOLDING_STATUSES,
     Allocation,
     Course,
+    Hold,
+    HoldStatus,
     Purchase,
     SessionStatus,
     Student,
@@ -82,15 +85,19 @@ def trainer_calendars(
     now: datetime,
     with_projections: bool = False,
     leave_out_allocation: int | None = None,
+    leave_out_hold: uuid.UUID | None = None,
+    lock: bool = True,
 ) -> dict[int, TrainerCalendar]:
-    """Lock the trainers and read their hours and booked intervals. With
-    `with_projections`, the intervals the rest of each live allocation's tier will claim
-    are booked too (what a new student's whole tier must not meet). The sessions of
-    `leave_out_allocation` are left out (the allocation being moved)."""
+    """Lock the trainers (unless `lock` is False: availability only reads) and read
+    their hours and booked intervals. With `with_projections`, the intervals the rest of
+    each live allocation's tier will claim are booked too, and so is the whole span of
+    each live hold (what a new student's whole tier must not meet). The sessions of
+    `leave_out_allocation` (the allocation being moved) and the hold of the payment
+    `leave_out_hold` (the one being turned into its allocation) are left out."""
     ordered = sorted(set(trainer_ids))
     if not ordered:
         return {}
-    hours = working_hours(session, ordered, lock=True)
+    hours = working_hours(session, ordered, lock=lock)
     intervals: dict[int, list] = defaultdict(list)
     query = select(
         TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
@@ -102,6 +109,8 @@ def trainer_calendars(
     if with_projections:
         for row in _live_allocations(session, ordered, leave_out_allocation):
             intervals[row.trainer_id].extend(_rest_of_tier(row, now))
+        for hold in live_holds(session, ordered, now=now, leave_out=leave_out_hold):
+            intervals[hold.trainer_id].extend(hold_span(hold, now))
     return {
         trainer_id: TrainerCalendar(hours[trainer_id], Busy(intervals[trainer_id]))
         for trainer_id in ordered
@@ -141,6 +150,32 @@ def _live_allocations(
     if only is not None:
         query = query.where(Allocation.id == only)
     return session.execute(query).all()
+
+
+def is_live_hold(now: datetime) -> ColumnElement[bool]:
+    """A hold that counts: held and not expired (ix_holds_trainer_held)."""
+    return and_(Hold.status == HoldStatus.HELD, Hold.expires_at > now)
+
+
+def live_holds(
+    session: Session, trainer_ids: list[int], *, now: datetime, leave_out: uuid.UUID | None = None
+) -> list[Hold]:
+    query = select(Hold).where(Hold.trainer_id.in_(trainer_ids), is_live_hold(now))
+    if leave_out is not None:
+        query = query.where(Hold.payment_id != leave_out)
+    return list(session.scalars(query))
+
+
+def hold_span(hold: Hold, now: datetime) -> list[tuple[datetime, datetime]]:
+    """The intervals a hold books: its tier's sessions, from the day it counts from."""
+    return projected(
+        now=now,
+        timezone=hold.timezone,
+        slot=hold.time_slot,
+        minutes=hold.session_minutes,
+        count=hold.sessions,
+        after=hold.starts_after,
+    )
 
 
 def holding_allocations(session: Session, trainer_id: int) -> list[tuple[int, Any, int]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from itertools import islice
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 SATURDAY = 5
@@ -236,12 +237,19 @@ def slot_fits(
     sessions and the projected rest of its other students' tiers)."""
     today = now.astimezone(ZoneInfo(timezone)).date()
     upcoming = occurrences(timezone=timezone, slot=slot, minutes=minutes, after=today, now=now)
-    for checked, (_, starts_at, ends_at) in enumerate(upcoming, start=1):
-        if not hours.contains(starts_at, ends_at) or busy.overlaps(starts_at, ends_at):
-            return False
-        if checked >= count:
-            return True
-    return True  # pragma: no cover - occurrences never ends
+    span = [(starts_at, ends_at) for _, starts_at, ends_at in islice(upcoming, count)]
+    return span_fits(span, hours=hours, busy=busy)
+
+
+def span_fits(
+    span: Iterable[tuple[datetime, datetime]], *, hours: WorkingHours, busy: Busy
+) -> bool:
+    """Every interval of `span` inside the trainer's `hours` and free in `busy`: the one
+    rule of what a trainer can serve (availability, checkout, allocation)."""
+    return all(
+        hours.contains(starts_at, ends_at) and not busy.overlaps(starts_at, ends_at)
+        for starts_at, ends_at in span
+    )
 
 
 def projected(

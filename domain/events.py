@@ -40,6 +40,9 @@ class EventType(StrEnum):
     REALLOCATION_REQUESTED = "REALLOCATION_REQUESTED"
     TRAINER_REALLOCATED = "TRAINER_REALLOCATED"
     ALLOCATION_GIVEN_UP = "ALLOCATION_GIVEN_UP"
+    # No trainer could take a paid checkout (its hold lapsed and the time was taken, or
+    # its trainer left): refunded at once, never a dead letter (invariant 10).
+    ALLOCATION_REFUSED = "ALLOCATION_REFUSED"
     # A step failed and will run again: attempt n of m, with an operator-safe reason.
     STEP_RETRYING = "STEP_RETRYING"
     DEAD_LETTERED = "DEAD_LETTERED"

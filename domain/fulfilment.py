@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
+from enum import StrEnum
 
-from sqlalchemy import Select, String, and_, cast, exists, func, or_, select, update
+from sqlalchemy import Select, String, and_, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain import notifications
-from domain.allocation import TrainerLoad, rank_trainers
+from domain.availability import Wanted, claim_trainer, find_trainer
 from domain.bookings import trainer_calendars
 from domain.calendar import (
-    Busy,
     PlannedSession,
     Shift,
     plan_window,
-    projected,
     sessions_needed,
-    slot_fits,
 )
 from domain.clock import utcnow
 from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
@@ -39,6 +36,8 @@ from models import (
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
+    Hold,
+    HoldStatus,
     OutboxKind,
     OutboxMessage,
     Payment,
@@ -47,7 +46,6 @@ from models import (
     SessionStatus,
     Student,
     Trainer,
-    TrainerCourse,
     TutoringSession,
 )
 
@@ -114,56 +112,6 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
     return purchase
 
 
-def _trainer_loads(
-    session: Session,
-    course_id: int,
-    trainer_id: int | None = None,
-    first: list[tuple[datetime, datetime]] | None = None,
-) -> list[TrainerLoad]:
-    """The course's active trainers (or one trainer). With `first` (the student's first
-    sessions), trainers booked at any of them are left out at once, in SQL (the
-    exclusion constraint's GiST index answers it): a cheap necessary condition, so the
-    full check (slot_fits, in Python) rarely meets a trainer it must refuse."""
-    teaches = exists().where(
-        TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == course_id
-    )
-    query = select(
-        Trainer.id,
-        Trainer.is_active,
-        teaches.label("teaches"),
-        Trainer.active_students,
-        Trainer.max_students,
-    )
-    if trainer_id is None:
-        query = query.where(teaches, Trainer.is_active)
-    else:
-        query = query.where(Trainer.id == trainer_id)
-    if first:
-        booked = func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at)
-        clash = exists().where(
-            TutoringSession.trainer_id == Trainer.id,
-            TutoringSession.status == SessionStatus.SCHEDULED,
-            or_(*(booked.op("&&")(func.tstzrange(start, end)) for start, end in first)),
-        )
-        query = query.where(~clash)
-    return [TrainerLoad(*row) for row in session.execute(query)]
-
-
-# How many of the student's first sessions the SQL prefilter checks (find_trainer).
-PREFILTER_SESSIONS = 2
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """What a student's tier asks of a trainer's week."""
-
-    course_id: int
-    timezone: str
-    slot: time
-    minutes: int
-    sessions: int
-
-
 def wanted_by(
     session: Session,
     allocation_or_purchase: Allocation | Purchase,
@@ -193,69 +141,20 @@ def wanted_by(
     )
 
 
-def find_trainer(
-    session: Session,
-    wanted: Wanted,
-    *,
-    now: datetime,
-    excluding: int | None = None,
-    moving_allocation: int | None = None,
-    require_free: bool = True,
-) -> int | None:
-    """The least-loaded trainer who teaches the course, has room and is free for the
-    student's whole tier (calendar.slot_fits: real instants over the coming weeks, inside
-    the trainer's working hours), locked; None if nobody is.
-
-    Each candidate is locked (FOR UPDATE) inside a savepoint and re-checked with fresh
-    statements, so every allocation of one trainer is serialized and sees the ones
-    committed before it; an unsuitable trainer's lock is released at once by rolling the
-    savepoint back, so a transaction waits on one trainer at a time and cannot
-    deadlock. The caller keeps the chosen trainer's lock and savepoint. Without
-    `require_free`, working hours that hold the slot are enough (a reallocation's last
-    resort: the planner shifts what clashes).
-    """
-    first = projected(
-        now=now,
-        timezone=wanted.timezone,
-        slot=wanted.slot,
-        minutes=wanted.minutes,
-        count=min(wanted.sessions, PREFILTER_SESSIONS),
-        after=now.astimezone(ZoneInfo(wanted.timezone)).date(),
-    )
-    candidates = _trainer_loads(session, wanted.course_id, first=first if require_free else None)
-    for candidate in rank_trainers(candidates):
-        if candidate.trainer_id == excluding:
-            continue
-        savepoint = session.begin_nested()
-        calendar = trainer_calendars(
-            session,
-            [candidate.trainer_id],
-            now=now,
-            with_projections=True,
-            leave_out_allocation=moving_allocation,
-        )[candidate.trainer_id]
-        [locked] = _trainer_loads(session, wanted.course_id, trainer_id=candidate.trainer_id)
-        if locked.eligible and slot_fits(
-            now=now,
-            timezone=wanted.timezone,
-            slot=wanted.slot,
-            minutes=wanted.minutes,
-            count=wanted.sessions,
-            busy=calendar.busy if require_free else Busy(),
-            hours=calendar.hours,
-        ):
-            savepoint.commit()
-            return locked.trainer_id
-        savepoint.rollback()
-    return None
-
-
 def allocate_trainer(
     session: Session, purchase_id: int, *, now: datetime | None = None
-) -> Allocation:
-    """Give the purchase the least-loaded trainer who can take it (find_trainer). The
-    CHECK on `active_students` and the exclusion constraint on sessions back this up in
-    the database."""
+) -> Allocation | None:
+    """Turn the checkout's hold into the purchase's allocation (DESIGN invariant 10).
+
+    A live hold whose trainer can still take the tier becomes the allocation without a
+    search. Otherwise (the hold expired, or its trainer was deactivated or changed
+    hours) the time is taken again if some trainer is free for it (find_trainer); if
+    none is, the payment is refused: None, with ALLOCATION_REFUSED on the timeline and
+    the refund published after commit (never a dead letter for want of a trainer). A
+    payment made before holds existed has none: a trainer is searched for, and none
+    free is NoTrainerAvailable (retried; the give-up refund after hours). The CHECK on
+    `active_students` and the exclusion constraint on sessions back this up in the
+    database."""
     now = now or utcnow()
     # The purchase with its payment share-locked (lock_live_payment), in one read.
     found = session.execute(
@@ -274,11 +173,22 @@ def allocate_trainer(
         return existing
     if not purchase.is_active:
         raise PermanentStepError(f"purchase {purchase_id} is no longer active")
-    trainer_id = find_trainer(session, wanted_by(session, purchase), now=now)
-    if trainer_id is None:
-        raise NoTrainerAvailable(
-            f"no trainer free for course {purchase.course_id} at {purchase.time_slot:%H:%M}"
-        )
+    wanted = wanted_by(session, purchase)
+    hold = session.scalar(
+        select(Hold).where(Hold.payment_id == purchase.payment_id).with_for_update()
+    )
+    if hold is None:
+        trainer_id = find_trainer(session, wanted, now=now)
+        if trainer_id is None:
+            raise NoTrainerAvailable(
+                f"no trainer free for course {purchase.course_id} at {purchase.time_slot:%H:%M}"
+            )
+    else:
+        trainer_id = _trainer_for_hold(session, hold, wanted, now)
+        if trainer_id is None:
+            _refuse(session, purchase, hold, now)
+            return None
+        hold.status = HoldStatus.CONVERTED
     session.execute(
         update(Trainer)
         .where(Trainer.id == trainer_id)
@@ -303,6 +213,45 @@ def allocate_trainer(
         payload={"allocation_id": allocation.id, "trainer_id": trainer_id},
     )
     return allocation
+
+
+class RefusalReason(StrEnum):
+    HOLD_EXPIRED = "hold_expired"  # paid after the hold lapsed, and the time was taken
+    TRAINER_UNAVAILABLE = "trainer_unavailable"  # the held trainer left; nobody else free
+
+
+def _trainer_for_hold(session: Session, hold: Hold, wanted: Wanted, now: datetime) -> int | None:
+    """The held trainer while the hold lives and the trainer can still take the tier;
+    else any trainer free for it (the hold itself left out of the count); None if none."""
+    live = hold.status == HoldStatus.HELD and hold.expires_at > now
+    if live and claim_trainer(
+        session, hold.trainer_id, wanted, now=now, leave_out_hold=hold.payment_id
+    ):
+        return hold.trainer_id
+    return find_trainer(session, wanted, now=now, leave_out_hold=hold.payment_id)
+
+
+def _refuse(session: Session, purchase: Purchase, hold: Hold, now: datetime) -> None:
+    """No trainer can serve the paid course: release the hold, say why on the timeline,
+    and hand the payment to the refund saga (refunded at the provider, then compensated;
+    the student is told by the refund's e-mail)."""
+    live = hold.status == HoldStatus.HELD and hold.expires_at > now
+    reason = RefusalReason.TRAINER_UNAVAILABLE if live else RefusalReason.HOLD_EXPIRED
+    hold.status = HoldStatus.RELEASED
+    record_event(
+        session,
+        correlation_id=purchase.payment_id,
+        student_id=purchase.student_id,
+        event_type=EventType.ALLOCATION_REFUSED,
+        payload={"reason": reason, "time_slot": f"{purchase.time_slot:%H:%M}"},
+    )
+    session.add(
+        OutboxMessage(
+            correlation_id=purchase.payment_id,
+            kind=OutboxKind.REFUND_UNSERVABLE,
+            payload={"payment_id": str(purchase.payment_id), "reason": reason},
+        )
+    )
 
 
 def lock_live_allocation(session: Session, allocation_id: int) -> tuple[uuid.UUID, Allocation]:

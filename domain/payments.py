@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from domain.availability import extend_hold
 from domain.clock import utcnow
 from domain.errors import (
     Conflict,
@@ -58,6 +59,9 @@ from models import (
     note_outbox,
     traced,
 )
+
+# settings.hold_minutes's default (HOLD_MINUTES), for callers without settings.
+DEFAULT_HOLD_MINUTES = 15.0
 
 
 @dataclass(frozen=True)
@@ -225,17 +229,24 @@ _CONFIRM = _confirm_statement()
 
 
 def request_confirmation(
-    session: Session, payment_id: uuid.UUID, *, student_id: int | None, source: str
+    session: Session,
+    payment_id: uuid.UUID,
+    *,
+    student_id: int | None,
+    source: str,
+    hold_minutes: float = DEFAULT_HOLD_MINUTES,
 ) -> Confirmation:
     """The student's "I paid" (source "client", their own payment only) or the
     provider's signed `payment_intent.succeeded` (source "webhook", which may also revive
-    a payment an earlier card declined). Starts the chain after commit; idempotent:
+    a payment an earlier card declined). Starts the chain after commit, and a live hold
+    keeps its place for `hold_minutes` more (settings.hold_minutes); idempotent:
     repeats, and concurrent calls (they serialize on the payment's row), change nothing.
     """
     from_statuses = [PaymentStatus.PENDING]
     if source == "webhook":
         from_statuses.append(PaymentStatus.FAILED)
     event_payload = traced({"source": source})
+    now = utcnow()
     row = session.execute(
         _CONFIRM,
         {
@@ -244,7 +255,7 @@ def request_confirmation(
             # Not "student_id": an UPDATE takes a parameter named after a column as a
             # value to SET.
             "only_student_id": student_id,
-            "now": utcnow(),
+            "now": now,
             "event_payload": event_payload,
         },
     ).one_or_none()
@@ -259,6 +270,8 @@ def request_confirmation(
                 status=payment.status,
             )
         return Confirmation(payment, False)
+    # Paid within the hold: it keeps the trainer's place while the provider is asked.
+    extend_hold(session, row.id, now=now, minutes=hold_minutes)
     correlation_id = str(row.id)
     note_events(
         session,

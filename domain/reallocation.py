@@ -18,11 +18,12 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from domain import notifications
+from domain.availability import find_trainer
 from domain.bookings import lock_trainers, serves, trainer_calendars
 from domain.calendar import PlannedSession, Shift, ShiftReason, plan_window
 from domain.errors import NoTrainerAvailable
 from domain.events import EventType, record_event
-from domain.fulfilment import find_trainer, lock_live_allocation, record_shifts, wanted_by
+from domain.fulfilment import lock_live_allocation, record_shifts, wanted_by
 from models import (
     HOLDING_STATUSES,
     Allocation,

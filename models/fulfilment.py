@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import ExcludeConstraint
+from sqlalchemy.dialects.postgresql import UUID, ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, created_at_column
@@ -136,4 +136,50 @@ class TutoringSession(Base):
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), server_default=SessionStatus.SCHEDULED)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class HoldStatus(StrEnum):
+    HELD = "held"  # a trainer's place, counted until `expires_at`
+    CONVERTED = "converted"  # became the payment's allocation
+    RELEASED = "released"  # expired, the provider was unreachable, or lost to a refusal
+
+
+class Hold(Base):
+    """A trainer's place at a weekly local time, taken by a checkout for the tier's whole
+    span (the student's first `sessions` weekdays after `starts_after`, at `time_slot` in
+    `timezone`, each `session_minutes` long) until `expires_at`; the allocation step turns
+    it into the allocation. Placed before the payment row exists (the provider is asked
+    in between), so `payment_id` names the payment to be, without a foreign key.
+
+    Availability and every checkout count a hold while it is `held` and not expired:
+    a trainer's places are `max_students - active_students - live holds`, and a hold's
+    sessions are booked time. Checkouts place holds under the trainer's row lock, so two
+    cannot take the last place."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("status IN ('held', 'converted', 'released')", name="status_known"),
+        CheckConstraint("sessions > 0", name="sessions_positive"),
+        # The live holds of a trainer (capacity and booked time at every checkout).
+        Index(
+            "ix_holds_trainer_held",
+            "trainer_id",
+            "expires_at",
+            postgresql_where=text("status = 'held'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id"))
+    trainer_id: Mapped[int] = mapped_column(ForeignKey("trainers.id"))
+    time_slot: Mapped[time] = mapped_column(Time)
+    timezone: Mapped[str] = mapped_column(String(64))
+    session_minutes: Mapped[int] = mapped_column(SmallInteger)
+    sessions: Mapped[int] = mapped_column(SmallInteger)
+    starts_after: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), server_default=HoldStatus.HELD)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = created_at_column()

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from actions import payments
 from core import tracing
 from core.provider import PaymentProvider, ProviderUnavailable
-from domain import fulfilment
+from domain import availability, fulfilment
 from domain.clock import utcnow
 from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import OutboxMessage, ProcessedEvent, WebhookEvent
@@ -35,6 +35,7 @@ LOCK_KEYS = {
     "resume_stalled": 0x726573756D65,
     "prune": 0x7072756E65,
     "give_up": 0x67697665,
+    "release_holds": 0x686F6C6473,
 }
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
@@ -210,6 +211,26 @@ def give_up_unallocated() -> dict[str, int]:
     if refunded:
         log.warning("refunded courses no trainer could take", extra={"count": refunded})
     return {"refunded": refunded}
+
+
+@job(name="tutorflow.beat.release_expired_holds")
+def release_expired_holds() -> dict[str, int]:
+    """Mark expired checkout holds released. They stopped counting at their expiry
+    already (availability and checkouts read `expires_at`): this keeps the table
+    truthful and its live-hold index small."""
+    released = 0
+    with exclusive("release_holds") as mine:
+        if not mine:
+            return {"skipped": 1}
+        while True:
+            with celery_app.database.transaction() as session:
+                batch = availability.release_expired(session, now=utcnow(), limit=PRUNE_BATCH)
+            released += len(batch)
+            if len(batch) < PRUNE_BATCH:
+                break
+    if released:
+        log.info("released expired holds", extra={"count": released})
+    return {"released": released}
 
 
 @job(name="tutorflow.beat.prune_retention")

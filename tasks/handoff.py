@@ -13,6 +13,7 @@ from models import OutboxKind
 from tasks.celery_app import celery_app
 from tasks.notifications import send_notification
 from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
+from tasks.pipeline import refund_unservable as refund_task
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
 # row to the relay (the API has already committed and answers 202).
@@ -35,6 +36,14 @@ def start_compensation(payload: dict[str, Any]) -> None:
 def start_reallocation(payload: dict[str, Any]) -> None:
     reallocation_chain(payload["allocation_id"], payload["payment_id"]).apply_async(
         retry_policy=API_PUBLISH_RETRY
+    )
+
+
+def refund_unservable(payload: dict[str, Any]) -> None:
+    refund_task.apply_async(
+        args=[payload["payment_id"]],
+        kwargs={"correlation_id": payload["payment_id"]},
+        retry_policy=API_PUBLISH_RETRY,
     )
 
 
@@ -65,4 +74,5 @@ PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
     OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
     OutboxKind.REALLOCATE: start_reallocation,
     OutboxKind.SEND_NOTIFICATION: send_notification_mail,
+    OutboxKind.REFUND_UNSERVABLE: refund_unservable,
 }

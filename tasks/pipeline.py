@@ -13,6 +13,7 @@ from celery import chain
 from celery.canvas import Signature
 from celery.exceptions import Ignore
 
+from actions import payments as actions_payments
 from core.cache import Cache
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
 from domain import fulfilment, payments, reallocation, refunds
@@ -117,10 +118,15 @@ def create_purchase(self: PipelineTask, payment_id: str, *, correlation_id: str)
     consumes=EventType.PURCHASE_CREATED,
 )
 def allocate_trainer(self: PipelineTask, purchase_id: int, *, correlation_id: str) -> int:
-    return self.run_step(
-        lambda session: fulfilment.allocate_trainer(session, purchase_id, now=utcnow()).id,
-        correlation_id=correlation_id,
-    )
+    def effect(session: Any) -> int | None:
+        allocation = fulfilment.allocate_trainer(session, purchase_id, now=utcnow())
+        return None if allocation is None else allocation.id
+
+    allocation_id = self.run_step(effect, correlation_id=correlation_id)
+    if allocation_id is None:
+        # Committed: refused, its refund published. The chain stops here, acked.
+        raise Ignore(f"purchase {purchase_id}: no trainer can serve it, refunding")
+    return allocation_id
 
 
 @step(
@@ -160,6 +166,27 @@ def compensate_refund(self: PipelineTask, payment_id: str, *, correlation_id: st
         lambda session: refunds.compensate(session, uuid.UUID(payment_id)),
         correlation_id=correlation_id,
     )
+
+
+@step(
+    "tutorflow.pipeline.refund_unservable",
+    max_retries=8,
+    backoff_max=celery_app.settings.provider_retry_backoff_max,
+)
+def refund_unservable(self: PipelineTask, payment_id: str, *, correlation_id: str) -> str:
+    """A paid checkout that no trainer can serve: the money goes back at the provider
+    (idempotent per payment), then the payment is refunded and compensated. No inbox
+    row: a refunded payment is refunded again as a no-op."""
+    try:
+        actions_payments.refund(
+            celery_app.database,
+            PaymentProvider.for_settings(celery_app.settings),
+            uuid.UUID(payment_id),
+            source="unservable",
+        )
+    except ProviderUnavailable as exc:
+        raise TransientStepError(str(exc)) from exc
+    return payment_id
 
 
 @step("tutorflow.pipeline.reallocate_trainer", max_retries=5)

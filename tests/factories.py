@@ -59,6 +59,15 @@ def make_trainer(
     )
 
 
+def make_sellable_course(session: Session, title: str = "Algebra", trainers: int = 1) -> Course:
+    """A course a checkout can buy at any time: `trainers` trainers who teach it and
+    work around the clock (a checkout is refused for a time no trainer can serve)."""
+    course = make_course(session, title=title)
+    for _ in range(trainers):
+        make_trainer(session, [course])
+    return course
+
+
 def provider() -> PaymentProvider:
     """The test run's provider: the sandbox (tests/conftest.py)."""
     from tests.conftest import settings

@@ -10,8 +10,8 @@ from models import DeadLetter, OutboxKind, OutboxMessage, Payment, Purchase
 from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
-    make_course,
     make_payment,
+    make_sellable_course,
     make_student,
     make_trainer,
     pay,
@@ -29,7 +29,7 @@ def checkout(client, student, course, **overrides):
 
 
 def test_checkout_charges_the_catalogue_price_and_creates_the_intent(client, db_session):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     response = checkout(client, student, course, tier=20)
     assert response.status_code == 201, response.json
     body = response.json
@@ -42,7 +42,7 @@ def test_checkout_charges_the_catalogue_price_and_creates_the_intent(client, db_
 
 
 def test_a_client_sent_amount_that_differs_is_refused_and_writes_nothing(client, db_session):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     response = checkout(client, student, course, amount_cents=100, currency="EUR")
     assert response.status_code == 422
     assert response.json["error"]["code"] == "amount_mismatch"
@@ -54,7 +54,7 @@ def test_a_client_sent_amount_that_differs_is_refused_and_writes_nothing(client,
 
 
 def test_same_idempotency_key_and_body_answer_the_same(client, db_session):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     headers = {"Idempotency-Key": "checkout-1", **student_auth(student.id)}
     body = payment_body(student.id, course.id)
     first = client.post("/api/v1/payments", json=body, headers=headers)
@@ -65,7 +65,7 @@ def test_same_idempotency_key_and_body_answer_the_same(client, db_session):
 
 
 def test_same_idempotency_key_with_another_body_is_refused(client, db_session):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     headers = {"Idempotency-Key": "checkout-1", **student_auth(student.id)}
     client.post("/api/v1/payments", json=payment_body(student.id, course.id), headers=headers)
     other = client.post(
@@ -77,7 +77,7 @@ def test_same_idempotency_key_with_another_body_is_refused(client, db_session):
 
 
 def test_an_idempotency_key_is_the_students_own(client, db_session):
-    course = make_course(db_session)
+    course = make_sellable_course(db_session, trainers=2)  # both at 17:30
     alice, bob = make_student(db_session), make_student(db_session)
     for student in (alice, bob):
         response = client.post(
@@ -91,7 +91,11 @@ def test_an_idempotency_key_is_the_students_own(client, db_session):
 
 
 def test_checkout_for_another_student_is_forbidden(client, db_session):
-    alice, bob, course = make_student(db_session), make_student(db_session), make_course(db_session)
+    alice, bob, course = (
+        make_student(db_session),
+        make_student(db_session),
+        make_sellable_course(db_session),
+    )
     response = client.post(
         "/api/v1/payments",
         json=payment_body(bob.id, course.id),
@@ -102,7 +106,7 @@ def test_checkout_for_another_student_is_forbidden(client, db_session):
 
 
 def test_checkout_of_an_active_course_is_a_conflict(client, db_session, eager):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=True)
     confirm = client.post(
@@ -115,7 +119,7 @@ def test_checkout_of_an_active_course_is_a_conflict(client, db_session, eager):
 
 
 def test_confirm_answers_202_and_the_chain_asks_the_provider(client, db_session, eager):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=True)
 
@@ -144,7 +148,7 @@ def test_confirm_answers_202_and_the_chain_asks_the_provider(client, db_session,
 
 
 def test_i_paid_without_paying_grants_nothing(client, db_session, eager):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=False)  # never paid
     auth = student_auth(student.id)
@@ -167,7 +171,7 @@ def test_i_paid_without_paying_grants_nothing(client, db_session, eager):
 
 
 def test_a_declined_card_fails_the_payment_and_grants_nothing(client, db_session, eager):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=False)
     pay(payment.provider_payment_id, "pm_card_chargeDeclined")
@@ -186,7 +190,7 @@ def test_a_declined_card_fails_the_payment_and_grants_nothing(client, db_session
 
 
 def test_confirming_again_answers_the_same_and_publishes_nothing_new(client, db_session, eager):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=True)
     url, auth = f"/api/v1/payments/{payment.id}/confirm", student_auth(student.id)
@@ -204,7 +208,11 @@ def test_confirming_again_answers_the_same_and_publishes_nothing_new(client, db_
 
 
 def test_another_students_payment_is_404_for_every_payment_endpoint(client, db_session):
-    alice, bob, course = make_student(db_session), make_student(db_session), make_course(db_session)
+    alice, bob, course = (
+        make_student(db_session),
+        make_student(db_session),
+        make_sellable_course(db_session),
+    )
     payment = make_payment(db_session, alice, course, paid=True)
     mallory = student_auth(bob.id)
     for response in (
@@ -218,7 +226,7 @@ def test_another_students_payment_is_404_for_every_payment_endpoint(client, db_s
 
 
 def test_no_or_a_bad_token_is_401_for_every_payment_endpoint(client, db_session):
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     payment = make_payment(db_session, student, course)
     for headers in ({}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic x"}):
         for response in (
@@ -246,7 +254,7 @@ def test_a_provider_amount_that_differs_from_the_catalogue_is_dead_lettered_at_o
 ):
     """An intent paid for less than the catalogue price (say it was swapped for a
     cheaper one): verification refuses it at once, with the reason, and grants nothing."""
-    student, course = make_student(db_session), make_course(db_session)
+    student, course = make_student(db_session), make_sellable_course(db_session)
     make_trainer(db_session, [course])
     payment = make_payment(db_session, student, course, paid=False)
     cheap = provider().client.v1.payment_intents.create(

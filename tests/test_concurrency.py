@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from domain import fulfilment
+from domain import availability
 from domain.errors import NoTrainerAvailable
 from harness.processes import celery_worker, wait_until
 from models import (
@@ -123,15 +123,15 @@ def test_ten_concurrent_allocations_never_overfill_a_trainer(committed, monkeypa
 
     # Widen the race: each thread pauses right after its re-check of the trainer, so
     # without the trainer's row lock all ten would pass it before anyone commits.
-    loads = fulfilment._trainer_loads
+    loads = availability.trainer_loads
 
-    def slow_recheck(session, course_id, trainer_id=None, first=None):
-        result = loads(session, course_id, trainer_id, first)
-        if trainer_id is not None:
+    def slow_recheck(session, course_id, **kwargs):
+        result = loads(session, course_id, **kwargs)
+        if kwargs.get("trainer_id") is not None:
             time_module.sleep(0.1)
         return result
 
-    monkeypatch.setattr(fulfilment, "_trainer_loads", slow_recheck)
+    monkeypatch.setattr(availability, "trainer_loads", slow_recheck)
     results = race(
         [lambda p=p, pid=pid: allocate_trainer.run(p, correlation_id=pid) for pid, p in steps]
     )

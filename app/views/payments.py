@@ -76,6 +76,7 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
         idempotency_key=idempotency_key,
         fingerprint=idempotency.fingerprint({**PaymentIn().dump(data), "student_id": student_id}),
         render=lambda payment, secret: {**PaymentOut().dump(payment), "client_secret": secret},
+        hold_minutes=app.settings.hold_minutes,
     )
     response = jsonify(answer.body)
     response.status_code = answer.status
@@ -93,8 +94,13 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
 def confirm_payment(data: dict[str, Any], payment_id: uuid.UUID):
     """The student says they paid: the payment goes to `confirming` and the chain starts
     by asking the provider. Another student's payment is a 404."""
+    app = runtime()
     return payments.confirm(
-        runtime().database, payment_id, student_id=caller().student_id, source="client"
+        app.database,
+        payment_id,
+        student_id=caller().student_id,
+        source="client",
+        hold_minutes=app.settings.hold_minutes,
     ).payment
 
 

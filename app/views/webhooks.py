@@ -51,8 +51,13 @@ def receive_stripe_event():
         obj = event["data"]["object"].to_dict()
     except (KeyError, AttributeError, TypeError) as exc:
         raise ApiError(400, "bad_request", "The payload is not a Stripe event.") from exc
+    app = runtime()
     outcome = webhooks.receive(
-        runtime().database, event_id=event_id, event_type=event_type, obj=obj
+        app.database,
+        event_id=event_id,
+        event_type=event_type,
+        obj=obj,
+        hold_minutes=app.settings.hold_minutes,
     )
     return {
         "received": True,
