@@ -5,18 +5,21 @@ from datetime import datetime, time, timedelta
 
 from sqlalchemy import func, select
 
+from actions import catalogue, payments
 from domain import fulfilment
 from domain.clock import utcnow
-from domain.payments import request_confirmation
+from domain.payments import Order, request_confirmation
 from models import DeadLetter, Payment, Student, TrainerCourse, TutoringSession
 from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
+    catalogue_price,
     make_allocation,
     make_course,
     make_payment,
     make_student,
     make_trainer,
+    pay,
     provider,
 )
 
@@ -292,3 +295,48 @@ def test_a_pending_payment_keeps_its_price_and_is_verified_against_it(client, db
     assert checkout.status_code == 201, checkout.json
     assert checkout.json["amount_cents"] == 12900
     assert provider().retrieve_intent(checkout.json["provider_payment_id"]).amount == 12900
+
+
+def test_a_price_change_during_a_checkout_leaves_the_payment_at_the_intents_price(
+    database, db_session, eager
+):
+    """The checkout quotes, asks the provider for the PaymentIntent (outside any
+    transaction), then writes the payment: a price changed in between must not reach
+    the payment, or it would differ from what the student is charged and its
+    verification would dead-letter a paid payment."""
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course])
+    sandbox = provider()
+
+    class PriceChangesMeanwhile:
+        def create_intent(self, **kwargs):
+            intent = sandbox.create_intent(**kwargs)
+            catalogue.update_course(database, course.id, prices={"tier_10": 12900})
+            return intent
+
+    answer = payments.checkout(
+        database,
+        PriceChangesMeanwhile(),
+        Order(student_id=student.id, course_id=course.id, tier=10, time_slot=time(17, 30)),
+        idempotency_key=None,
+        fingerprint="-",
+        render=lambda payment, secret: {
+            "id": str(payment.id),
+            "intent": payment.provider_payment_id,
+        },
+    )
+    db_session.expire_all()
+    payment = db_session.get(Payment, answer.body["id"])
+    intent = sandbox.retrieve_intent(answer.body["intent"])
+    assert (intent.amount, intent.currency) == (9900, "EUR")
+    assert (payment.amount_cents, payment.currency) == (9900, "EUR")
+    db_session.refresh(course)
+    assert catalogue_price(db_session, course, 10) == 12900
+
+    pay(intent.id)
+    request_confirmation(db_session, payment.id, student_id=None, source="test")
+    db_session.flush()
+    result = verify_payment.apply(
+        args=(str(payment.id),), kwargs={"correlation_id": str(payment.id)}, throw=False
+    )
+    assert result.successful(), result.traceback
