@@ -7,6 +7,7 @@ from typing import Any
 
 from domain import catalogue
 from domain.clock import utcnow
+from domain.read_models import CatalogueCourse, get_course
 from models import Course, Database, Student, Trainer
 
 
@@ -24,15 +25,31 @@ def create_course(
     prices: Mapping[str, int] | None = None,
 ) -> Course:
     """`prices` as the API takes them: {"tier_10": cents, ...} for the tiers given."""
-    by_tier = {int(name.removeprefix("tier_")): cents for name, cents in (prices or {}).items()}
     with database.transaction() as session:
         return catalogue.create_course(
             session,
             title=title,
             currency=currency,
             session_minutes=session_minutes,
-            prices=by_tier,
+            prices=_by_tier(prices),
         )
+
+
+def update_course(
+    database: Database,
+    course_id: int,
+    *,
+    prices: Mapping[str, int] | None = None,
+    **changes: Any,
+) -> CatalogueCourse:
+    """PATCH /courses/{id}: the change, and the course as the catalogue shows it."""
+    with database.transaction() as session:
+        catalogue.update_course(session, course_id, prices=_by_tier(prices), **changes)
+        return get_course(session, course_id)
+
+
+def _by_tier(prices: Mapping[str, int] | None) -> dict[int, int]:
+    return {int(name.removeprefix("tier_")): cents for name, cents in (prices or {}).items()}
 
 
 def create_trainer(

@@ -94,7 +94,7 @@ def checkout(
             if stored is not None:  # a concurrent twin won
                 return CheckoutAnswer(stored.status, stored.body)
         payment = start_checkout(
-            session, order, payment_id=payment_id, provider_payment_id=intent.id
+            session, order, payment_id=payment_id, provider_payment_id=intent.id, price=price
         )
         body = render(payment, intent.client_secret)
         if idempotency_key is not None:

@@ -152,6 +152,64 @@ class CourseOut(Schema):
         return {str(p.tier): p.amount_cents for p in course.prices}
 
 
+class CoursePatch(InputSchema):
+    """What an operator changes; what is left out stays. The currency is fixed when the
+    course is created (a `currency` here is refused, as any unknown field). A payment
+    keeps the amount and currency it was created at."""
+
+    title = Text(200)
+    session_minutes = fields.Integer(
+        strict=True,
+        validate=validate.Range(15, 240),
+        metadata={"description": "Sessions already booked keep their length."},
+    )
+    prices = fields.Nested(
+        PricesIn, metadata={"description": "Amount in cents per tier; only the tiers given change."}
+    )
+
+
+class CatalogueCourseOut(Schema):
+    """A course as a client app reads the catalogue."""
+
+    id = fields.Integer()
+    title = fields.String()
+    currency = fields.String()
+    session_minutes = fields.Integer()
+    prices = fields.Dict(
+        keys=fields.String(validate=validate.OneOf([str(tier) for tier in TIERS])),
+        values=fields.Integer(),
+        metadata={"description": "Amount in cents per tier."},
+    )
+    purchasable = fields.Boolean(
+        metadata={
+            "description": "Whether it can be bought now: it has a price, and an active "
+            "trainer who teaches it has room for another student."
+        }
+    )
+
+    @pre_dump
+    def _flatten(self, found: Any, **kwargs: Any) -> dict[str, Any]:
+        """A domain CatalogueCourse: the course and whether it is purchasable."""
+        course = found.course
+        out = {
+            name: getattr(course, name) for name in ("id", "title", "currency", "session_minutes")
+        }
+        prices = {str(p.tier): p.amount_cents for p in course.prices}
+        return {**out, "prices": prices, "purchasable": found.purchasable}
+
+
+class CourseQuery(InputSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 1_000_000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+
+
+class CoursePage(Schema):
+    items = fields.List(fields.Nested(CatalogueCourseOut))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = weekday (0 = Monday)
 
 

@@ -62,6 +62,45 @@ def create_course(
     return course
 
 
+def update_course(
+    session: Session,
+    course_id: int,
+    *,
+    title: str | None = None,
+    session_minutes: int | None = None,
+    prices: Mapping[int, int] | None = None,
+) -> Course:
+    """Change a course's title, session length or prices (`prices`: only the tiers
+    given). The currency stays.
+
+    A new price is what checkouts charge from now on: a payment keeps the amount and
+    currency it was created at (copied at checkout), and verification compares the
+    provider's answer with that copy. A new `session_minutes` is the length of the
+    sessions scheduled from now on (the chain, top-ups, the tier's projection when a
+    trainer is chosen); sessions already on the calendar keep their stored interval,
+    so nothing booked moves or starts to overlap."""
+    course = session.scalar(
+        select(Course)
+        .where(Course.id == course_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if course is None:
+        raise NotFound("unknown_course", "No course has this id.", id=course_id)
+    if title is not None:
+        course.title = title
+    if session_minutes is not None:
+        course.session_minutes = session_minutes
+    current = {price.tier: price for price in course.prices}
+    for tier, cents in sorted((prices or {}).items()):
+        if tier in current:
+            current[tier].amount_cents = cents
+        else:
+            course.prices.append(CoursePrice(tier=tier, amount_cents=cents))
+    session.flush()
+    return course
+
+
 WeekHours = Mapping[int, tuple[time, time]]  # weekday (0 = Monday) → (start, end)
 
 

@@ -10,7 +10,7 @@ payment `succeeded`, which every later step insists on (fulfilment.lock_live_pay
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import time
 from enum import StrEnum
 from typing import Any
@@ -121,10 +121,19 @@ def quote(session: Session, order: Order) -> Price:
 
 
 def start_checkout(
-    session: Session, order: Order, *, payment_id: uuid.UUID, provider_payment_id: str
+    session: Session,
+    order: Order,
+    *,
+    payment_id: uuid.UUID,
+    provider_payment_id: str,
+    price: Price,
 ) -> Payment:
-    """The pending payment, at the catalogue price, tied to the provider's intent."""
-    price = quote(session, order)
+    """The pending payment, tied to the provider's intent, at `price`: the quote the
+    intent was created for. The order's checks run again; a catalogue price changed
+    since the quote does not reach the payment, which must ask what the provider asks
+    (verification compares the two)."""
+    # The client's amount, if it gave one, was checked against `price` by that quote.
+    quote(session, replace(order, amount_cents=None, currency=None))
     payment = Payment(
         id=payment_id,
         student_id=order.student_id,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Label, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from domain.clock import utcnow
@@ -14,6 +15,7 @@ from domain.events import EventType
 from models import (
     Allocation,
     Course,
+    CoursePrice,
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
@@ -23,6 +25,7 @@ from models import (
     SessionStatus,
     Student,
     Trainer,
+    TrainerCourse,
     TutoringSession,
 )
 
@@ -179,6 +182,50 @@ def get_dead_letter(session: Session, letter_id: int) -> DeadLetter:
     if letter is None:
         raise NotFound("dead_letter_not_found", "No dead letter has this id.", id=letter_id)
     return letter
+
+
+@dataclass(frozen=True)
+class CatalogueCourse:
+    course: Course
+    purchasable: bool
+
+
+def _purchasable() -> Label[bool]:
+    """Whether a course (of the enclosing query) can be bought now: it has a price, and
+    an active trainer who teaches it has a place left (active_students < max_students)."""
+    priced = select(CoursePrice.course_id).where(CoursePrice.course_id == Course.id).exists()
+    has_room = (
+        select(TrainerCourse.course_id)
+        .join(Trainer, Trainer.id == TrainerCourse.trainer_id)
+        .where(
+            TrainerCourse.course_id == Course.id,
+            Trainer.is_active,
+            Trainer.active_students < Trainer.max_students,
+        )
+        .exists()
+    )
+    return and_(priced, has_room).label("purchasable")
+
+
+def list_courses(
+    session: Session, *, page: int = 1, per_page: int = 50
+) -> tuple[list[CatalogueCourse], int]:
+    """One page of the catalogue, by id, and the number of courses."""
+    total = session.scalar(select(func.count()).select_from(Course)) or 0
+    rows = session.execute(
+        select(Course, _purchasable())
+        .order_by(Course.id)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    return [CatalogueCourse(course, purchasable) for course, purchasable in rows], total
+
+
+def get_course(session: Session, course_id: int) -> CatalogueCourse:
+    row = session.execute(select(Course, _purchasable()).where(Course.id == course_id)).first()
+    if row is None:
+        raise NotFound("unknown_course", "No course has this id.", id=course_id)
+    return CatalogueCourse(row[0], row[1])
 
 
 UPCOMING_ON_HOME = 10

@@ -15,7 +15,7 @@ from domain import catalogue
 from domain.calendar import END_OF_DAY
 from domain.clock import utcnow
 from domain.events import EventType, record_event
-from domain.payments import Order, start_checkout
+from domain.payments import Order, Price, start_checkout
 from models import Allocation, Course, Payment, PaymentStatus, Student, Trainer
 
 _seq = itertools.count(1)
@@ -112,6 +112,7 @@ def make_payment(
         Order(student_id=student.id, course_id=course.id, tier=tier, time_slot=slot),
         payment_id=payment_id,
         provider_payment_id=intent.id,
+        price=Price(price, course.currency),
     )
     if paid or confirmed:
         at.client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
