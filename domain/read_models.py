@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Label, and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from domain.bookings import is_live_hold
 from domain.clock import utcnow
 from domain.errors import NotFound, NoTrainerAvailable
 from domain.events import EventType
@@ -19,6 +20,7 @@ from models import (
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
+    Hold,
     Payment,
     PaymentStatus,
     Purchase,
@@ -192,15 +194,21 @@ class CatalogueCourse:
 
 def _purchasable() -> Label[bool]:
     """Whether a course (of the enclosing query) can be bought now: it has a price, and
-    an active trainer who teaches it has a place left (active_students < max_students)."""
+    an active trainer who teaches it has a place left (allocations and checkouts' live
+    holds below max_students). Which times can be bought: availability.offers."""
     priced = select(CoursePrice.course_id).where(CoursePrice.course_id == Course.id).exists()
+    held = (
+        select(func.count())
+        .where(Hold.trainer_id == Trainer.id, is_live_hold(utcnow()))
+        .scalar_subquery()
+    )
     has_room = (
         select(TrainerCourse.course_id)
         .join(Trainer, Trainer.id == TrainerCourse.trainer_id)
         .where(
             TrainerCourse.course_id == Course.id,
             Trainer.is_active,
-            Trainer.active_students < Trainer.max_students,
+            Trainer.active_students + held < Trainer.max_students,
         )
         .exists()
     )

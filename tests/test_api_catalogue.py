@@ -324,6 +324,7 @@ def test_a_price_change_during_a_checkout_leaves_the_payment_at_the_intents_pric
             "id": str(payment.id),
             "intent": payment.provider_payment_id,
         },
+        hold_minutes=15,
     )
     db_session.expire_all()
     payment = db_session.get(Payment, answer.body["id"])
