@@ -245,6 +245,11 @@ def _base_config(settings: Settings) -> dict[str, Any]:
                 "schedule": 60.0,
                 "options": {"expires": 120.0},
             },
+            "wake-waiting-allocations": {
+                "task": "tutorflow.beat.wake_waiting_allocations",
+                "schedule": 300.0,
+                "options": {"expires": 600.0},
+            },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
             # Flower's view of the open dead letters (tasks/dead_letters.py).
             "report-open-dead-letters": {

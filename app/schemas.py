@@ -377,10 +377,14 @@ class TrainerBrief(Schema):
 
 class AllocationOut(Schema):
     id = fields.Integer()
-    status = fields.String()
+    status = fields.String(
+        metadata={"enum": ["approved", "active", "waiting", "completed", "cancelled"]}
+    )
     time_slot = TimeSlot(metadata={"type": "string"})
     sessions_total = fields.Integer()
-    trainer = fields.Nested(TrainerBrief)
+    trainer = fields.Nested(
+        TrainerBrief, allow_none=True, metadata={"description": "null while waiting."}
+    )
 
 
 class PurchaseOut(Schema):
@@ -433,6 +437,7 @@ class FulfilmentOut(Schema):
                 "retrying",
                 "confirmed",
                 "finding_trainer",
+                "waiting_for_trainer",
                 "allocated",
                 "scheduled",
                 "needs_attention",

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from domain.bookings import allocations_outside_hours, holding_allocations
 from domain.calendar import DEFAULT_WORKING_DAYS, END_OF_DAY
 from domain.errors import Conflict, NotFound
-from domain.reallocation import request_reallocation
+from domain.reallocation import request_reallocation, wake_waiting
 from models import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 
 
@@ -134,7 +134,13 @@ def create_trainer(
     session.add_all(TrainerCourse(trainer_id=trainer.id, course_id=c) for c in sorted(wanted))
     session.add_all(_working_days(trainer.id, working_hours or DEFAULT_WORKING_DAYS))
     session.flush()
+    if is_active:  # students waiting for a trainer of these courses try again
+        wake_waiting(session, sorted(wanted), limit=WAKE_LIMIT)
     return trainer
+
+
+# Waiting allocations one trainer change asks to try again (beat asks for the rest).
+WAKE_LIMIT = 100
 
 
 def _working_days(trainer_id: int, hours: WeekHours) -> list[WorkingDay]:
@@ -224,4 +230,9 @@ def update_trainer(
             student_id=student_id,
             reason="trainer_inactive" if not trainer.is_active else "outside_working_hours",
         )
+    if trainer.is_active:  # reactivated, more room or other hours: the waiting try again
+        taught = session.scalars(
+            select(TrainerCourse.course_id).where(TrainerCourse.trainer_id == trainer_id)
+        ).all()
+        wake_waiting(session, list(taught), limit=WAKE_LIMIT)
     return TrainerChange(trainer, [row[0] for row in moving])

@@ -43,6 +43,8 @@ class EventType(StrEnum):
     # No trainer could take a paid checkout (its hold lapsed and the time was taken, or
     # its trainer left): refunded at once, never a dead letter (invariant 10).
     ALLOCATION_REFUSED = "ALLOCATION_REFUSED"
+    # Its trainer left and nobody could take it: future sessions cancelled, waiting.
+    ALLOCATION_WAITING = "ALLOCATION_WAITING"
     # A step failed and will run again: attempt n of m, with an operator-safe reason.
     STEP_RETRYING = "STEP_RETRYING"
     DEAD_LETTERED = "DEAD_LETTERED"

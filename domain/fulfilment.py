@@ -485,8 +485,8 @@ def unallocated_payments(
     session: Session, *, now: datetime, give_up: timedelta, limit: int
 ) -> list[uuid.UUID]:
     """Paid payments whose purchase has found no trainer for `give_up` since the student
-    confirmed: to be refunded (DESIGN: a paid course that cannot be served is not left
-    hanging)."""
+    confirmed, or whose allocation has waited that long for a new trainer: to be
+    refunded (DESIGN: a paid course that cannot be served is not left hanging)."""
     return list(
         session.scalars(
             select(Payment.id)
@@ -494,9 +494,15 @@ def unallocated_payments(
             .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
             .where(
                 Payment.status == PaymentStatus.SUCCEEDED,
-                Payment.confirmed_at < now - give_up,
                 Purchase.is_active,
-                Allocation.id.is_(None),
+                or_(
+                    and_(Allocation.id.is_(None), Payment.confirmed_at < now - give_up),
+                    # Its trainer left and nobody took it since (reallocation.start_waiting).
+                    and_(
+                        Allocation.status == AllocationStatus.WAITING,
+                        Allocation.waiting_since < now - give_up,
+                    ),
+                ),
             )
             .order_by(Payment.confirmed_at)
             .limit(limit)

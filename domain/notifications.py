@@ -308,6 +308,31 @@ def trainer_changed_notice(
     )
 
 
+def waiting_for_trainer_notice(
+    session: Session, payment_id: uuid.UUID, allocation: Allocation, *, withdrawn: list[datetime]
+) -> None:
+    """The student hears that their trainer left and nobody could take them yet: the
+    sessions withdrawn, and what happens next."""
+    student, trainer, course = parties(session, allocation)
+    listed = _lines(withdrawn, student.timezone) if withdrawn else "(none were booked)"
+    write(
+        session,
+        kind=NotificationKind.WAITING_FOR_TRAINER,
+        recipient=student.email,
+        correlation_id=payment_id,
+        occasion=f"allocation {allocation.id}: trainer {trainer.id} left",
+        subject=f"We are finding you a new {course.title} trainer",
+        body=(
+            f"Hello {student.name},\n\n"
+            f"{trainer.name} can no longer teach your {course.title} sessions and no other "
+            "trainer is free at your time yet. These sessions will not take place:\n\n"
+            f"{listed}\n\n"
+            "As soon as a trainer is free we book your next sessions with them and write "
+            "to you; if none is found in time, your payment is refunded.\n"
+        ),
+    )
+
+
 def refunded_notice(
     session: Session,
     payment_id: uuid.UUID,

@@ -15,6 +15,7 @@ from domain.errors import NotFound, NoTrainerAvailable
 from domain.events import EventType
 from models import (
     Allocation,
+    AllocationStatus,
     Course,
     CoursePrice,
     DeadLetter,
@@ -54,6 +55,9 @@ def fulfilment_state(
         )
     if open_dead_letters:
         return "needs_attention"
+    if allocation is not None and allocation.status == AllocationStatus.WAITING:
+        # Its trainer left and nobody is free yet: moved when one is, else refunded.
+        return "waiting_for_trainer"
     if sessions:
         return "scheduled"
     if retrying:
@@ -141,7 +145,10 @@ def payment_detail(
                 "status": allocation.status,
                 "time_slot": allocation.time_slot,
                 "sessions_total": allocation.sessions_total,
-                "trainer": {"id": trainer.id, "name": trainer.name},
+                # A waiting allocation's trainer is the one who left: nobody's, shown.
+                "trainer": None
+                if allocation.status == AllocationStatus.WAITING
+                else {"id": trainer.id, "name": trainer.name},
             },
             "sessions_scheduled": scheduled,
             "upcoming_sessions": sessions,
@@ -295,7 +302,9 @@ def _courses(session: Session, student_id: int, now, *, active_only: bool) -> li
                 "time_slot": purchase.time_slot,
                 "active": purchase.is_active,
                 "status": allocation.status if allocation else "finding_trainer",
-                "trainer": trainer_name,
+                "trainer": None
+                if allocation is None or allocation.status == AllocationStatus.WAITING
+                else trainer_name,
                 "sessions_done": done,
                 "sessions_upcoming": numbers.get("upcoming", 0),
                 "sessions_remaining": purchase.tier - done,

@@ -166,6 +166,11 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
             allocation_id=allocation.id,
             trainer_id=allocation.trainer_id,
         )
+    elif allocation is not None and allocation.status == AllocationStatus.WAITING:
+        # No trainer place and no future session left to give back (start_waiting).
+        allocation.status = AllocationStatus.CANCELLED
+        allocation.ended_at = now
+        event(EventType.ALLOCATION_ENDED, allocation_id=allocation.id, trainer_id=None)
     if purchase is not None and purchase.is_active:
         purchase.is_active = False
         purchase.deactivated_at = now

@@ -57,6 +57,9 @@ class Purchase(Base):
 class AllocationStatus(StrEnum):
     APPROVED = "approved"  # trainer chosen, no session scheduled yet
     ACTIVE = "active"  # sessions on the calendar
+    # Its trainer left and nobody could take it: no trainer place, no future session;
+    # moved as soon as a trainer is free, refunded after ALLOCATION_GIVE_UP_HOURS.
+    WAITING = "waiting"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
 
@@ -68,7 +71,14 @@ class Allocation(Base):
     __tablename__ = "trainer_allocations"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('approved', 'active', 'completed', 'cancelled')", name="status_known"
+            "status IN ('approved', 'active', 'waiting', 'completed', 'cancelled')",
+            name="status_known",
+        ),
+        # The allocations waiting for a trainer of a course (woken when one is free).
+        Index(
+            "ix_allocations_waiting_course",
+            "course_id",
+            postgresql_where=text("status = 'waiting'"),
         ),
         # One live allocation per student and course.
         Index(
@@ -90,6 +100,8 @@ class Allocation(Base):
     status: Mapped[str] = mapped_column(String(16), server_default=AllocationStatus.APPROVED)
     created_at: Mapped[datetime] = created_at_column()
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when it waits for a trainer (status waiting): the give-up refund counts from it.
+    waiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SessionStatus(StrEnum):

@@ -37,6 +37,7 @@ class NotificationKind(StrEnum):
     SESSIONS_SHIFTED = "sessions_shifted"  # student: a planned date taken, the next used
     TRAINER_CHANGED = "trainer_changed"  # student: reallocated to another trainer
     REFUNDED = "refunded"  # student: refunded, future sessions cancelled
+    WAITING_FOR_TRAINER = "waiting_for_trainer"  # student: the trainer left, nobody free yet
 
 
 class NotificationStatus(StrEnum):

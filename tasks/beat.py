@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from actions import payments
 from core import tracing
 from core.provider import PaymentProvider, ProviderUnavailable
-from domain import availability, fulfilment
+from domain import availability, fulfilment, reallocation
 from domain.clock import utcnow
 from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import OutboxMessage, ProcessedEvent, WebhookEvent
@@ -36,6 +36,7 @@ LOCK_KEYS = {
     "prune": 0x7072756E65,
     "give_up": 0x67697665,
     "release_holds": 0x686F6C6473,
+    "wake_waiting": 0x77616B65,
 }
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
@@ -231,6 +232,19 @@ def release_expired_holds() -> dict[str, int]:
     if released:
         log.info("released expired holds", extra={"count": released})
     return {"released": released}
+
+
+@job(name="tutorflow.beat.wake_waiting_allocations")
+def wake_waiting_allocations() -> dict[str, int]:
+    """Ask every allocation waiting for a trainer to try again (a trainer change wakes
+    its courses' waiting at once; this covers places freed otherwise: a course finished,
+    a refund, an expired hold)."""
+    with exclusive("wake_waiting") as mine:
+        if not mine:
+            return {"skipped": 1}
+        with celery_app.database.transaction() as session:
+            woken = reallocation.wake_waiting(session, None, limit=RELAY_BATCH)
+    return {"woken": woken}
 
 
 @job(name="tutorflow.beat.prune_retention")

@@ -195,7 +195,9 @@ def reallocate_trainer(self: PipelineTask, allocation_id: int, *, correlation_id
     itself asks first whether it is still needed (domain.reallocation)."""
 
     def effect(session: Any) -> int:
-        reallocation.reallocate(session, allocation_id, now=utcnow())
+        reallocation.reallocate(
+            session, allocation_id, now=utcnow(), window=celery_app.settings.session_window
+        )
         return session.get_one(fulfilment.Allocation, allocation_id).student_id
 
     return self.run_step(effect, correlation_id=correlation_id)

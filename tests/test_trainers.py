@@ -4,13 +4,21 @@ burst with a real worker is in test_time_races.py)."""
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
 
 from sqlalchemy import func, select
 
 from domain.calendar import DEFAULT_WORKING_DAYS
 from domain.events import EventType
-from models import DeadLetter, DomainEvent, Trainer, TutoringSession
+from models import (
+    DeadLetter,
+    DomainEvent,
+    Notification,
+    Payment,
+    Purchase,
+    Trainer,
+)
+from tasks.beat import give_up_unallocated
 from tasks.celery_app import celery_app
 from tests.conftest import ADMIN
 from tests.factories import make_allocation, make_course, make_trainer
@@ -161,32 +169,101 @@ def test_shrinking_hours_moves_only_the_students_outside_them(db_session, client
     assert (morning.trainer_id, evening.trainer_id) == (other.id, trainer.id)
 
 
-def test_no_trainer_free_parks_the_move_and_a_replay_finishes_it(db_session, client, eager, clock):
+def test_no_trainer_free_leaves_a_truthful_wait_and_a_new_trainer_takes_it_unasked(
+    db_session, client, eager, clock
+):
+    """Nobody can take the deactivated trainer's student: no dead letter, and nothing
+    shown that nobody will teach — the future sessions are withdrawn, the payment says
+    it waits for a trainer, the home screen too, and the student gets an e-mail. A
+    trainer added later takes the student without an operator."""
     clock(MONDAY)
-    celery_app.conf.task_eager_propagates = False  # fail as a worker would (fixture resets)
     course = make_course(db_session)
     leaving = make_trainer(db_session, [course])
     allocation = make_allocation(db_session, course, slot=time(17, 30), now=MONDAY)
+    payment_id = db_session.get_one(Purchase, allocation.purchase_id).payment_id
     assert patch(client, leaving.id, {"active": False}).status_code == 200
-    letter = db_session.scalars(select(DeadLetter)).one()
-    assert letter.task_name == "tutorflow.pipeline.reallocate_trainer"
-    assert letter.exception_type == "domain.errors.NoTrainerAvailable"
-    db_session.refresh(allocation)
-    assert allocation.trainer_id == leaving.id  # nothing lost meanwhile
-    assert len(future(db_session, allocation.id, MONDAY)) == 7
 
-    newcomer = make_trainer(db_session, [course])
-    replay = client.post(f"/api/v1/admin/dead-letters/{letter.id}/replay", headers=ADMIN)
-    assert replay.status_code == 200
     db_session.refresh(allocation)
-    assert allocation.trainer_id == newcomer.id
-    assert (
-        db_session.scalar(
-            select(func.count()).where(
-                TutoringSession.allocation_id == allocation.id,
-                TutoringSession.trainer_id == newcomer.id,
-                TutoringSession.status == "scheduled",
-            )
-        )
-        == 7
+    assert allocation.status == "waiting"
+    assert future(db_session, allocation.id, MONDAY) == []
+    db_session.refresh(leaving)
+    assert leaving.active_students == 0
+    assert db_session.scalar(select(func.count()).select_from(DeadLetter)) == 0
+    detail = client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
+    assert detail["fulfilment"]["state"] == "waiting_for_trainer"
+    assert detail["fulfilment"]["allocation"]["trainer"] is None
+    assert detail["fulfilment"]["upcoming_sessions"] == []
+    home = client.get(f"/api/v1/students/{allocation.student_id}/home", headers=ADMIN).json
+    [course_shown] = home["active_courses"]
+    assert (course_shown["status"], course_shown["trainer"]) == ("waiting", None)
+    assert home["upcoming_sessions"] == []
+    mail = db_session.scalars(
+        select(Notification).where(Notification.kind == "waiting_for_trainer")
+    ).one()
+    assert "no other trainer is free" in mail.body and "17:30" in mail.body
+    waits = events(db_session, EventType.ALLOCATION_WAITING)
+    assert len(waits[0].payload["sessions_withdrawn"]) == 7
+
+    newcomer = client.post(
+        "/api/v1/trainers",
+        json={
+            "name": "Newcomer",
+            "email": "newcomer@test.example",
+            "max_students": 5,
+            "course_ids": [course.id],
+        },
+        headers=ADMIN,
     )
+    assert newcomer.status_code == 201, newcomer.json
+
+    db_session.refresh(allocation)
+    assert (allocation.status, allocation.trainer_id) == ("active", newcomer.json["id"])
+    assert allocation.waiting_since is None
+    booked = future(db_session, allocation.id, MONDAY)
+    assert len(booked) == 7 and {s.trainer_id for s in booked} == {newcomer.json["id"]}
+    detail = client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
+    assert detail["fulfilment"]["state"] == "scheduled"
+    assert (
+        events(db_session, EventType.TRAINER_REALLOCATED)[-1].payload["to_trainer_id"]
+        == (newcomer.json["id"])
+    )
+
+
+def test_a_reactivated_trainer_takes_back_the_student_who_waited(db_session, client, eager, clock):
+    clock(MONDAY)
+    course = make_course(db_session)
+    trainer = make_trainer(db_session, [course])
+    allocation = make_allocation(db_session, course, slot=time(17, 30), now=MONDAY)
+    assert patch(client, trainer.id, {"active": False}).status_code == 200
+    db_session.refresh(allocation)
+    assert allocation.status == "waiting"
+
+    assert patch(client, trainer.id, {"active": True}).status_code == 200
+
+    db_session.refresh(allocation)
+    assert (allocation.status, allocation.trainer_id) == ("active", trainer.id)
+    assert len(future(db_session, allocation.id, MONDAY)) == 7
+    db_session.refresh(trainer)
+    assert trainer.active_students == 1
+
+
+def test_a_student_who_waits_too_long_is_refunded(db_session, client, eager, clock):
+    clock(MONDAY)
+    course = make_course(db_session)
+    trainer = make_trainer(db_session, [course])
+    allocation = make_allocation(db_session, course, slot=time(17, 30), now=MONDAY)
+    assert patch(client, trainer.id, {"active": False}).status_code == 200
+    hours = celery_app.settings.allocation_give_up_hours
+    clock(MONDAY + timedelta(hours=hours, minutes=1))
+
+    assert give_up_unallocated.run() == {"refunded": 1}
+
+    db_session.refresh(allocation)
+    assert allocation.status == "cancelled"
+    payment = db_session.get_one(
+        Payment, db_session.get_one(Purchase, allocation.purchase_id).payment_id
+    )
+    db_session.refresh(payment)
+    assert payment.status == "refunded"
+    db_session.refresh(trainer)
+    assert trainer.active_students == 0  # given back once
