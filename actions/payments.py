@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -49,7 +50,7 @@ def checkout(
     *,
     idempotency_key: str | None,
     fingerprint: str,
-    render: Callable[[Payment, str | None], dict[str, Any]],
+    render: Callable[[Payment, str | None, datetime], dict[str, Any]],
     hold_minutes: float,
 ) -> CheckoutAnswer:
     """Quote the catalogue price and hold a trainer's place at the time (for
@@ -70,7 +71,7 @@ def checkout(
         price = quote(session, order)
         # A trainer's place at the time, for the tier's span: 409 slot_unavailable (and
         # nothing written, nothing asked of the provider) when no trainer can serve it.
-        place_hold(
+        hold = place_hold(
             session,
             payment_id=payment_id,
             student_id=order.student_id,
@@ -96,7 +97,7 @@ def checkout(
         payment = start_checkout(
             session, order, payment_id=payment_id, provider_payment_id=intent.id, price=price
         )
-        body = render(payment, intent.client_secret)
+        body = render(payment, intent.client_secret, hold.expires_at)
         if idempotency_key is not None:
             idempotency.store_response(session, idempotency_key, 201, body)
     return CheckoutAnswer(201, body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, g, request
@@ -129,6 +130,13 @@ def _log_level(settings: Settings) -> str:
     return logging.getLevelName(max(level, logging.WARNING))
 
 
+def provider_origin(settings: Settings) -> str:
+    """Where a browser reaches the payment provider's API: the sandbox in development,
+    api.stripe.com in production."""
+    parts = urlsplit(settings.stripe_api_base or "https://api.stripe.com")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _protect(app: Flask, settings: Settings) -> None:
     """Security headers on every answer (flask-talisman; TLS ends at the proxy, which
     also sets HSTS) and CORS only for the configured origins (flask-cors)."""
@@ -145,7 +153,9 @@ def _protect(app: Flask, settings: Settings) -> None:
             "script-src": ["'self'", "'unsafe-inline'"],
             "style-src": ["'self'", "'unsafe-inline'"],
             "img-src": ["'self'", "data:"],
-            "connect-src": "'self'",
+            # The student page's checkout confirms the payment with the provider from
+            # the browser, as Stripe.js does: its API is the one other origin.
+            "connect-src": ["'self'", provider_origin(settings)],
         },
     )
     if settings.cors_origins:

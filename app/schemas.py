@@ -368,6 +368,9 @@ class CheckoutOut(PaymentOut):
         allow_none=True,
         metadata={"description": "The PaymentIntent's client secret, for the provider's SDK."},
     )
+    hold_expires_at = fields.DateTime(
+        metadata={"description": "Until when the time is held for this checkout to be paid."}
+    )
 
 
 class TrainerBrief(Schema):

@@ -68,6 +68,9 @@ class Settings:
     # sandbox in development and tests; unset in production (api.stripe.com).
     stripe_secret_key: str
     stripe_api_base: str | None
+    # What the student page's checkout gives the provider from the browser (Stripe.js's
+    # publishable key): it can only confirm a PaymentIntent with its client_secret.
+    stripe_publishable_key: str
     # Several while rotating: a webhook signed with any of them is accepted.
     stripe_webhook_secrets: tuple[str, ...]
     stripe_connect_timeout: float
@@ -203,6 +206,7 @@ class Settings:
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
             stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),
             stripe_api_base=env.optional("STRIPE_API_BASE"),
+            stripe_publishable_key=env.text("STRIPE_PUBLISHABLE_KEY", "pk_test_tutorflow_sandbox"),
             stripe_webhook_secrets=env.items("STRIPE_WEBHOOK_SECRETS", "whsec_tutorflow_sandbox"),
             stripe_connect_timeout=env.number("STRIPE_CONNECT_TIMEOUT", 2.0),
             stripe_read_timeout=env.number("STRIPE_READ_TIMEOUT", 5.0),

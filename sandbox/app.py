@@ -36,6 +36,9 @@ API_VERSION = "2025-10-29.clover"
 @dataclass
 class SandboxConfig:
     secret_key: str = "sk_test_tutorflow_sandbox"
+    # What a browser holds (Stripe.js): it may only read and confirm a PaymentIntent
+    # whose client_secret it also presents.
+    publishable_key: str = "pk_test_tutorflow_sandbox"
     webhook_url: str | None = None
     webhook_secret: str = "whsec_tutorflow_sandbox"
 
@@ -135,6 +138,17 @@ def _form() -> dict[str, Any]:
         else:
             data[key] = value
     return data
+
+
+def _api_key() -> str | None:
+    """The key as Stripe takes it: `Authorization: Bearer <key>`, HTTP Basic with the key
+    as the user (`curl -u sk_test_…:`), or a `key` parameter (Stripe.js)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme == "Bearer" and value:
+        return value
+    if scheme == "Basic" and request.authorization and request.authorization.username:
+        return request.authorization.username
+    return request.values.get("key") or None
 
 
 def create_sandbox(config: SandboxConfig | None = None) -> Flask:
@@ -249,8 +263,12 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
                     store.waiting -= 1
         if mode.name == "error":
             raise StripeError(500, "api_error", "The sandbox was told to fail.")
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not hmac.compare_digest(key, config.secret_key):
+        if request.method == "OPTIONS":  # a browser's preflight (Stripe.js sends none)
+            return Response(status=204)
+        key = _api_key()
+        if key is not None and hmac.compare_digest(key, config.publishable_key):
+            _client_may(request.view_args or {})
+        elif key is None or not hmac.compare_digest(key, config.secret_key):
             raise StripeError(401, "invalid_request_error", "Invalid API Key provided.")
         key = request.headers.get("Idempotency-Key")
         if key and request.method == "POST":
@@ -268,6 +286,33 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
                 replay.headers["Idempotent-Replayed"] = "true"
                 return replay
         return None
+
+    def _client_may(view_args: dict[str, Any]) -> None:
+        """The publishable key reads or confirms one PaymentIntent, with its
+        client_secret (as Stripe.js does); nothing else."""
+        intent_id = view_args.get("intent_id")
+        allowed = request.endpoint in ("retrieve_intent", "confirm_intent")
+        secret = request.values.get("client_secret", "")
+        intent = store.intents.get(intent_id or "")
+        if (
+            not allowed
+            or intent is None
+            or not hmac.compare_digest(secret, intent["client_secret"])
+        ):
+            raise StripeError(
+                401,
+                "invalid_request_error",
+                "A publishable key may only use a PaymentIntent with its client_secret.",
+            )
+
+    @app.after_request
+    def _browsers_may_call(response: Response) -> Response:
+        # Stripe's API answers browsers from any origin (Stripe.js calls it directly).
+        if request.path.startswith("/v1/"):
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        return response
 
     @app.after_request
     def _remember(response: Response) -> Response:

@@ -320,7 +320,7 @@ def test_a_price_change_during_a_checkout_leaves_the_payment_at_the_intents_pric
         Order(student_id=student.id, course_id=course.id, tier=10, time_slot=time(17, 30)),
         idempotency_key=None,
         fingerprint="-",
-        render=lambda payment, secret: {
+        render=lambda payment, secret, held_until: {
             "id": str(payment.id),
             "intent": payment.provider_payment_id,
         },

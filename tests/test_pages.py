@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from app import provider_origin
 from app.views.pages import SWAGGER_UI_DIST
+from tests.conftest import settings
 
 
 class _Links(HTMLParser):
@@ -58,6 +60,11 @@ def test_docs_load_swagger_ui_from_this_server_only(client):
     # Only that folder: nothing else on the disk is reachable through it.
     assert client.get("/docs/assets/../../../app/cli.py").status_code == 404
     assert client.get("/docs/assets/%2e%2e/flask_swagger_ui.py").status_code == 404
-    # Nothing may come from elsewhere: the page's security policy says so too.
+    # Nothing may come from elsewhere: the page's security policy says so too. The one
+    # other origin is the payment provider's API, and only to connect to (the student
+    # page's checkout pays there from the browser, as Stripe.js does).
     policy = page.headers["Content-Security-Policy"]
-    assert "http" not in policy and "cdn" not in policy
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if d.strip())
+    assert "cdn" not in policy
+    assert all("http" not in v for k, v in directives.items() if k != "connect-src")
+    assert directives["connect-src"] == f"'self' {provider_origin(settings)}"

@@ -126,3 +126,40 @@ def test_the_sandbox_can_be_told_to_fail_and_to_need_a_key(provider):
     wrong = stripe.StripeClient("sk_test_wrong", base_addresses={"api": base})
     with pytest.raises(stripe.AuthenticationError):
         wrong.v1.payment_intents.create(params={"amount": 5000, "currency": "usd"})
+
+
+def test_the_key_goes_as_stripe_takes_it_and_a_browsers_key_only_confirms_with_the_secret():
+    """Stripe takes the secret key as a Bearer token or as HTTP Basic's user (`curl -u
+    sk_test_…:`); Stripe.js sends the publishable key with a PaymentIntent's
+    client_secret, which lets it read and confirm that intent and nothing else."""
+    import requests
+
+    app = create_sandbox(SandboxConfig(secret_key=KEY, publishable_key="pk_test_unit"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/v1/payment_intents"
+    try:
+        made = requests.post(base, data={"amount": 900, "currency": "eur"}, auth=(KEY, ""))
+        assert made.status_code == 200, made.text  # Basic, the key as the user
+        intent = made.json()
+        bearer = requests.get(f"{base}/{intent['id']}", headers={"Authorization": f"Bearer {KEY}"})
+        assert bearer.status_code == 200
+        assert requests.post(base, data={"amount": 900, "currency": "eur"}).status_code == 401
+        browser = {"key": "pk_test_unit", "client_secret": intent["client_secret"]}
+        # The publishable key cannot create, nor confirm without the right secret...
+        assert (
+            requests.post(base, data={"amount": 900, "currency": "eur", **browser}).status_code
+            == 401
+        )
+        wrong = {**browser, "client_secret": intent["client_secret"] + "x"}
+        confirm = f"{base}/{intent['id']}/confirm"
+        assert (
+            requests.post(confirm, data={**wrong, "payment_method": "pm_card_visa"}).status_code
+            == 401
+        )
+        # ...and confirms with it, from any origin (a browser's page).
+        paid = requests.post(confirm, data={**browser, "payment_method": "pm_card_visa"})
+        assert (paid.status_code, paid.json()["status"]) == (200, "succeeded")
+        assert paid.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        server.shutdown()

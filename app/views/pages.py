@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import flask_swagger_ui
-from flask import Blueprint, render_template, send_from_directory
+from flask import Blueprint, make_response, render_template, send_from_directory
 
 from app.runtime import runtime
 
 blp = Blueprint("pages", __name__)
-STATIC = Path(__file__).resolve().parent.parent / "static"
 # Swagger UI's dist files as the pinned flask-swagger-ui wheel ships them: no CDN, so the
 # docs work offline, and the version moves only with pyproject.toml.
 SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
@@ -30,4 +29,15 @@ def swagger_ui_asset(filename: str):
 
 @blp.get("/students/<int(max=9223372036854775807):student_id>")
 def student_page(student_id: int):
-    return send_from_directory(STATIC, "student.html", max_age=0)
+    """The student's sessions, and the checkout (it pays at the provider from the
+    browser, as Stripe.js would: the provider's base URL and publishable key)."""
+    settings = runtime().settings
+    response = make_response(
+        render_template(
+            "student.html",
+            provider_base=(settings.stripe_api_base or "https://api.stripe.com").rstrip("/"),
+            publishable_key=settings.stripe_publishable_key,
+        )
+    )
+    response.headers["Cache-Control"] = "no-cache"
+    return response

@@ -75,7 +75,11 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
         ),
         idempotency_key=idempotency_key,
         fingerprint=idempotency.fingerprint({**PaymentIn().dump(data), "student_id": student_id}),
-        render=lambda payment, secret: {**PaymentOut().dump(payment), "client_secret": secret},
+        render=lambda payment, secret, held_until: {
+            **PaymentOut().dump(payment),
+            "client_secret": secret,
+            "hold_expires_at": held_until.isoformat(),
+        },
         hold_minutes=app.settings.hold_minutes,
     )
     response = jsonify(answer.body)
