@@ -26,9 +26,6 @@ migrate: services
 seed: migrate
 	$(BIN)/flask --app wsgi seed-demo
 
-# The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
-up urls: export STRIPE_API_BASE ?= http://127.0.0.1:12111
-
 urls: install  ## where the stack's parts are and the development credentials
 	@$(BIN)/flask --app wsgi urls
 
