@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed urls up test test-slow test-hosts test-rabbitmq lint bench clean
+.PHONY: install services migrate seed urls up simulate test test-slow test-hosts test-rabbitmq lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,6 @@ migrate: services
 seed: migrate
 	$(BIN)/flask --app wsgi seed-demo
 
-# The local provider sandbox (Procfile: sandbox) stands in for Stripe under make up.
-up urls: export STRIPE_API_BASE ?= http://127.0.0.1:12111
-
 urls: install  ## where the stack's parts are and the development credentials
 	@$(BIN)/flask --app wsgi urls
 
@@ -36,6 +33,12 @@ up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 —
 	@$(BIN)/flask --app wsgi urls
 	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
 	$(BIN)/honcho start -f Procfile
+
+# Students buying against the running stack (`make up` in another terminal): a summary
+# of how every payment ended; non-zero if any was not fulfilled (scripts/simulate.py).
+PAYMENTS ?= 50
+simulate: install  ## PAYMENTS students check out, pay and confirm against make up's stack
+	$(BIN)/python -m scripts.simulate --payments $(PAYMENTS)
 
 test: services  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .

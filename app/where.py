@@ -46,7 +46,8 @@ def stack_summary(settings: Settings) -> str:
         student_page = f"{student_page}#token={token}"
         token_lines.append("                   (the student page link above carries one, 12 h)")
     provider = (
-        settings.stripe_api_base or "https://api.stripe.com (no sandbox: STRIPE_API_BASE unset)"
+        settings.stripe_api_base
+        or "https://api.stripe.com (no sandbox: STRIPE_SECRET_KEY is not the sandbox's)"
     )
     return "\n".join(
         [

@@ -14,8 +14,39 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from urllib.parse import urlsplit
 
 _FALSE = ("0", "false", "no", "off", "")
+
+# The local provider sandbox (`python -m sandbox`, the Procfile's `sandbox`) and the key
+# it accepts by default: the development defaults (see `stripe_api_base_for`).
+SANDBOX_SECRET_KEY = "sk_test_tutorflow_sandbox"
+SANDBOX_API_BASE = "http://127.0.0.1:12111"
+
+
+def stripe_api_base_for(secret_key: str, configured: str | None) -> str | None:
+    """Where the stripe library sends its requests (None: api.stripe.com).
+
+    The key decides the default, so neither kind of key can silently go to the other
+    side: the sandbox's own development key (the default key) goes to the local sandbox,
+    any other key to Stripe. STRIPE_API_BASE, when set, wins; it is refused only where
+    it would send the development key to Stripe (which would only answer 401) or a live
+    key anywhere but over HTTPS (never to a local sandbox)."""
+    if configured is None:
+        return SANDBOX_API_BASE if secret_key == SANDBOX_SECRET_KEY else None
+    url = urlsplit(configured)
+    host = url.hostname or ""
+    if secret_key == SANDBOX_SECRET_KEY and (host == "stripe.com" or host.endswith(".stripe.com")):
+        raise ValueError(
+            f"STRIPE_API_BASE={configured}: the sandbox's development key is not a Stripe "
+            "key; set STRIPE_SECRET_KEY to your Stripe key"
+        )
+    if secret_key.startswith(("sk_live_", "rk_live_")) and url.scheme != "https":
+        raise ValueError(
+            f"STRIPE_API_BASE={configured}: a live STRIPE_SECRET_KEY goes only to Stripe "
+            "over HTTPS; unset STRIPE_API_BASE"
+        )
+    return configured
 
 
 class _Env:
@@ -64,8 +95,10 @@ class Settings:
     redis_sentinel_master: str
     admin_token: str
     flower_basic_auth: str
-    # The payment provider (Stripe). STRIPE_API_BASE points the stripe library at the local
-    # sandbox in development and tests; unset in production (api.stripe.com).
+    # The payment provider (Stripe). Development needs no exports: the default key is the
+    # sandbox's and goes to the local sandbox (SANDBOX_API_BASE); any other key goes to
+    # api.stripe.com unless STRIPE_API_BASE says otherwise (tests point it at their own
+    # sandbox). Unset in production. The rule: stripe_api_base_for.
     stripe_secret_key: str
     stripe_api_base: str | None
     # What the student page's checkout gives the provider from the browser (Stripe.js's
@@ -195,6 +228,7 @@ class Settings:
             if broker_url.startswith(("redis", "sentinel"))
             else "redis://127.0.0.1:6379/0"
         )
+        stripe_secret_key = env.text("STRIPE_SECRET_KEY", SANDBOX_SECRET_KEY)
         return cls(
             database_url=env.text(
                 "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
@@ -204,8 +238,8 @@ class Settings:
             redis_sentinel_master=env.text("REDIS_SENTINEL_MASTER", "tutorflow"),
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
-            stripe_secret_key=env.text("STRIPE_SECRET_KEY", "sk_test_tutorflow_sandbox"),
-            stripe_api_base=env.optional("STRIPE_API_BASE"),
+            stripe_secret_key=stripe_secret_key,
+            stripe_api_base=stripe_api_base_for(stripe_secret_key, env.optional("STRIPE_API_BASE")),
             stripe_publishable_key=env.text("STRIPE_PUBLISHABLE_KEY", "pk_test_tutorflow_sandbox"),
             stripe_webhook_secrets=env.items("STRIPE_WEBHOOK_SECRETS", "whsec_tutorflow_sandbox"),
             stripe_connect_timeout=env.number("STRIPE_CONNECT_TIMEOUT", 2.0),

@@ -9,8 +9,9 @@ with backoff; the API answers 503 at once). Outcomes are sorted for the callers:
 - `ProviderRejected`: the provider answered and refused (4xx, a declined card) —
   retrying the same request cannot help.
 
-`STRIPE_API_BASE` points the library at the local sandbox (`python -m sandbox`) in
-development and tests; production leaves it unset and uses api.stripe.com.
+`Settings.stripe_api_base` points the library at the local sandbox (`python -m sandbox`)
+in development (the sandbox's key, by default) and tests (STRIPE_API_BASE); production's
+key goes to api.stripe.com.
 """
 
 from __future__ import annotations

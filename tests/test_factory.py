@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import redis
 from sqlalchemy import create_engine, text
 
@@ -29,6 +30,22 @@ def test_settings_come_from_the_environment_once_with_the_broker_fallback():
     amqp = Settings.from_env({"BROKER_URL": "amqp://guest@rabbit//"})
     assert amqp.cache_url == "redis://127.0.0.1:6379/0"  # the cache is always Redis
     assert Settings.from_env({"LOG_JSON": "off"}).log_json is False
+
+
+def test_the_development_key_goes_to_the_sandbox_and_any_other_key_to_stripe():
+    """No export needed for `make up`, `make urls`, the simulator or the CLI, and no
+    default that sends a real key to the sandbox or the development key to Stripe."""
+    assert Settings.from_env({}).stripe_api_base == "http://127.0.0.1:12111"
+    real = Settings.from_env({"STRIPE_SECRET_KEY": "sk_test_from_the_dashboard"})
+    assert real.stripe_api_base is None  # api.stripe.com
+    told = {"STRIPE_API_BASE": "http://127.0.0.1:4242"}  # the tests' own sandbox
+    assert Settings.from_env(told).stripe_api_base == "http://127.0.0.1:4242"
+    with pytest.raises(ValueError, match="not a Stripe key"):
+        Settings.from_env({"STRIPE_API_BASE": "https://api.stripe.com"})
+    with pytest.raises(ValueError, match="only to Stripe over HTTPS"):
+        Settings.from_env({"STRIPE_SECRET_KEY": "sk_live_x", **told})
+    live = Settings.from_env({"STRIPE_SECRET_KEY": "sk_live_x"})
+    assert live.stripe_api_base is None
 
 
 def test_admin_token_comes_from_the_apps_own_settings(db_connection):
