@@ -14,8 +14,11 @@ time of the grid, `find_trainer` for one time, under the trainer's row lock.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import islice
 from zoneinfo import ZoneInfo
 
@@ -24,8 +27,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
-from domain.bookings import is_live_hold, trainer_calendars
-from domain.calendar import Busy, occurrences, projected, span_fits
+from domain.bookings import (
+    booked_sessions,
+    is_live_hold,
+    live_allocations,
+    live_holds,
+    trainer_calendars,
+    working_hours,
+)
+from domain.calendar import END_OF_DAY, Busy, WorkingHours, occurrences, projected, span_fits
 from domain.errors import Conflict, NotFound, Unprocessable
 from models import (
     TIERS,
@@ -222,24 +232,202 @@ def offers(
     """The times of the grid (in `timezone`, the student's) at which the course's tier
     can be served for its whole span, with the places at each; only times with a place.
     Reads without locking: what a checkout then takes is checked again under the
-    trainer's lock (find_trainer)."""
+    trainer's lock (find_trainer).
+
+    The answer is span_fits for every (trainer, time) over the trainer's calendar
+    (trainer_calendars with projections), computed in bulk: each time of the grid is a
+    bit of an int, a trainer's week gives the times whose whole span lies inside its
+    hours (once per distinct zone and week), and each booked interval the times whose
+    span meets it (once per distinct interval); booked time is read only up to the
+    span's last end, since nothing later can meet it. tests/test_availability_equivalence
+    holds it to span_fits."""
     minutes = _course_minutes(session, course_id)
     _check_tier(tier)
-    eligible = [load for load in trainer_loads(session, course_id, now=now) if load.eligible]
-    calendars = trainer_calendars(
-        session, [load.trainer_id for load in eligible], now=now, with_projections=True, lock=False
-    )
-    found: list[Offer] = []
-    for slot in grid():
-        span = tier_span(Wanted(course_id, timezone, slot, minutes, tier), now)
-        places = sum(
-            1
-            for calendar in calendars.values()
-            if span_fits(span, hours=calendar.hours, busy=calendar.busy)
+    eligible = [
+        load.trainer_id for load in trainer_loads(session, course_id, now=now) if load.eligible
+    ]
+    if not eligible:
+        return []
+    spans = grid_spans(timezone, minutes, tier, now)
+    # Times whose whole span lies inside each trainer's hours; trainers with none are
+    # not asked about their booked time.
+    inside = {
+        trainer_id: mask
+        for trainer_id, hours in working_hours(session, eligible).items()
+        if (mask := spans.inside(hours))
+    }
+    if not inside:
+        return []
+    met = booked_masks(session, spans, sorted(inside), now=now)
+    places = [0] * len(spans.slots)
+    for trainer_id, mask in inside.items():
+        free = mask & ~met.get(trainer_id, 0)
+        while free:
+            low = free & -free
+            places[low.bit_length() - 1] += 1
+            free ^= low
+    return [Offer(slot, count) for slot, count in zip(spans.slots, places, strict=True) if count]
+
+
+class GridSpans:
+    """The tier's span at every time of the grid, for one student zone, session length,
+    tier and local day: what offers asks of each trainer. A set of grid times is an int
+    whose bit i is time i of the grid."""
+
+    def __init__(self, spans: list[list[tuple[datetime, datetime]]], minutes: int) -> None:
+        self.slots = grid()
+        self.spans = spans
+        self.length = timedelta(minutes=minutes)
+        # Every session of every span, by start: the times whose span meets a booked
+        # interval [start, end) are those with a session starting in (start - length, end).
+        pairs = sorted(
+            (starts_at, 1 << index) for index, span in enumerate(spans) for starts_at, _ in span
         )
-        if places:
-            found.append(Offer(slot, places))
-    return found
+        self._starts = [starts_at for starts_at, _ in pairs]
+        self._bits = [bit for _, bit in pairs]
+        self.empty = sum(1 << index for index, span in enumerate(spans) if not span)
+        ends = [ends_at for span in spans for _, ends_at in span]
+        self.horizon = max(ends) if ends else None
+        self._inside: dict[tuple, int] = {}
+        self._local: dict[str, list[dict[int, tuple[time, time]] | None]] = {}
+
+    def meets(self, starts_at: datetime, ends_at: datetime) -> int:
+        """The times whose span overlaps [starts_at, ends_at) (Busy.overlaps' rule)."""
+        low = bisect_right(self._starts, starts_at - self.length)
+        high = bisect_left(self._starts, ends_at)
+        mask = 0
+        for bit in self._bits[low:high]:
+            mask |= bit
+        return mask
+
+    def inside(self, hours: WorkingHours) -> int:
+        """The times whose every session lies inside `hours` (WorkingHours.contains for
+        each), once per distinct zone and week."""
+        key = (hours.timezone, tuple(sorted(hours.days.items())))
+        mask = self._inside.get(key)
+        if mask is None:
+            mask = self.empty
+            for index, envelope in enumerate(self._envelopes(hours.timezone)):
+                if envelope is not None and all(
+                    (window := hours.days.get(weekday)) is not None
+                    and first >= window[0]
+                    and (last < window[1] or window[1] == END_OF_DAY)
+                    for weekday, (first, last) in envelope.items()
+                ):
+                    mask |= 1 << index
+            self._inside[key] = mask
+        return mask
+
+    def _envelopes(self, zone_name: str) -> list[dict[int, tuple[time, time]] | None]:
+        """Per time of the grid, the span's sessions as a trainer in `zone_name` reads
+        them: for each local weekday, the earliest start and the latest last moment
+        (None if a session starts and ends on different local days). Every session
+        inside a week's window of its weekday is the same as the earliest start and the
+        latest end inside it."""
+        found = self._local.get(zone_name)
+        if found is None:
+            zone = ZoneInfo(zone_name)
+            found = []
+            for span in self.spans:
+                envelope: dict[int, tuple[time, time]] = {}
+                for starts_at, ends_at in span:
+                    start, last = starts_at.astimezone(zone), (ends_at - _TICK).astimezone(zone)
+                    if start.date() != last.date():
+                        found.append(None)
+                        break
+                    weekday, first, final = start.weekday(), start.time(), last.time()
+                    if weekday in envelope:
+                        low, high = envelope[weekday]
+                        envelope[weekday] = (min(low, first), max(high, final))
+                    else:
+                        envelope[weekday] = (first, final)
+                else:
+                    found.append(envelope)
+            self._local[zone_name] = found
+        return found
+
+
+_TICK = timedelta(microseconds=1)  # calendar.WorkingHours: an interval's last moment
+
+
+def grid_spans(timezone: str, minutes: int, tier: int, now: datetime) -> GridSpans:
+    """The tier's spans over the grid (tier_span at each time). They depend on `now` only
+    through the student's local day, as long as each span's first session is after
+    `now` (weekdays after today always are): so they are kept per day, and worked out
+    afresh otherwise."""
+    today = _local_today(now, timezone)
+    spans = _grid_spans(timezone, minutes, tier, today)
+    if all(span[0][0] > now for span in spans.spans if span):
+        return spans
+    return GridSpans(_spans_at(timezone, minutes, tier, today, now), minutes)
+
+
+@lru_cache(maxsize=64)
+def _grid_spans(timezone: str, minutes: int, tier: int, today: date) -> GridSpans:
+    return GridSpans(_spans_at(timezone, minutes, tier, today, _DAWN), minutes)
+
+
+_DAWN = datetime.min.replace(tzinfo=UTC)
+
+
+def _spans_at(
+    timezone: str, minutes: int, tier: int, today: date, now: datetime
+) -> list[list[tuple[datetime, datetime]]]:
+    spans = []
+    for slot in grid():
+        upcoming = occurrences(timezone=timezone, slot=slot, minutes=minutes, after=today, now=now)
+        spans.append([(start, end) for _, start, end in islice(upcoming, tier)])
+    return spans
+
+
+def booked_masks(
+    session: Session, spans: GridSpans, trainer_ids: list[int], *, now: datetime
+) -> dict[int, int]:
+    """Per trainer, the times of the grid whose span meets its booked time: the
+    intervals trainer_calendars(with_projections=True) books (scheduled sessions, the
+    projected rest of each live allocation's tier, each live hold's span), read only
+    up to the spans' horizon."""
+    if spans.horizon is None:
+        return {}
+    horizon = spans.horizon
+    met: dict[int, int] = defaultdict(int)
+    known: dict[tuple[datetime, datetime], int] = {}
+    for trainer_id, starts_at, ends_at in booked_sessions(
+        session, trainer_ids, now=now, until=horizon
+    ):
+        mask = known.get((starts_at, ends_at))
+        if mask is None:
+            mask = known[(starts_at, ends_at)] = spans.meets(starts_at, ends_at)
+        met[trainer_id] |= mask
+    # A projection's first `count` intervals: each (zone, time, length, first day) once,
+    # as masks of its prefixes up to the horizon.
+    prefixes: dict[tuple, list[int]] = {}
+
+    def projection(timezone: str, slot: time, minutes: int, count: int, after: date) -> int:
+        key = (timezone, slot, minutes, after)
+        masks = prefixes.get(key)
+        if masks is None:
+            masks = [0]
+            for _, starts_at, ends_at in occurrences(
+                timezone=timezone, slot=slot, minutes=minutes, after=after, now=now
+            ):
+                if starts_at >= horizon:
+                    break
+                masks.append(masks[-1] | spans.meets(starts_at, ends_at))
+            prefixes[key] = masks
+        return masks[min(max(count, 0), len(masks) - 1)]
+
+    for row in live_allocations(session, trainer_ids):
+        after = max(row.last_date or now.date(), now.date())
+        count = row.sessions_total - row.used
+        met[row.trainer_id] |= projection(
+            row.timezone, row.time_slot, row.session_minutes, count, after
+        )
+    for hold in live_holds(session, trainer_ids, now=now):
+        met[hold.trainer_id] |= projection(
+            hold.timezone, hold.time_slot, hold.session_minutes, hold.sessions, hold.starts_after
+        )
+    return met
 
 
 def nearest(found: list[Offer], slot: time, count: int = NEAREST) -> list[time]:

@@ -118,6 +118,30 @@ def trainer_calendars(
     }
 
 
+def booked_sessions(
+    session: Session, trainer_ids: list[int], *, now: datetime, until: datetime
+) -> list[tuple[int, datetime, datetime]]:
+    """(trainer, start, end) of the trainers' scheduled sessions not over at `now` that
+    start before `until`: trainer_calendars' booked sessions, as far as `until`."""
+    query = select(
+        TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
+    ).where(
+        TutoringSession.trainer_id.in_(trainer_ids),
+        _scheduled_after(now),
+        TutoringSession.starts_at < until,
+    )
+    return [
+        (trainer_id, starts_at, ends_at)
+        for trainer_id, starts_at, ends_at in session.execute(query)
+    ]
+
+
+def live_allocations(session: Session, trainer_ids: list[int]) -> list[Any]:
+    """The trainers' live allocations with what _rest_of_tier projects them from: zone,
+    time, length, sessions_total, sessions used and the last one's date."""
+    return list(_live_allocations(session, trainer_ids, None))
+
+
 def _live_allocations(
     session: Session, trainer_ids: list[int], leave_out: int | None, only: int | None = None
 ):
