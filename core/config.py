@@ -59,10 +59,22 @@ class _Env:
         return self.environ.get(name, default)
 
     def integer(self, name: str, default: int) -> int:
-        return int(self.environ.get(name, default))
+        raw = self.environ.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: expected a whole number, like {default}") from None
 
     def number(self, name: str, default: float) -> float:
-        return float(self.environ.get(name, default))
+        raw = self.environ.get(name)
+        if raw is None:
+            return default
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: expected a number, like {default}") from None
 
     def optional(self, name: str) -> str | None:
         return self.environ.get(name) or None

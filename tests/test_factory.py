@@ -32,6 +32,14 @@ def test_settings_come_from_the_environment_once_with_the_broker_fallback():
     assert Settings.from_env({"LOG_JSON": "off"}).log_json is False
 
 
+def test_a_malformed_setting_names_the_variable_and_the_form_it_wants():
+    with pytest.raises(ValueError, match=r"API_THREADS='four': expected a whole number, like 4"):
+        Settings.from_env({"API_THREADS": "four"})
+    with pytest.raises(ValueError, match=r"HOLD_MINUTES='soon': expected a number, like 15"):
+        Settings.from_env({"HOLD_MINUTES": "soon"})
+    assert Settings.from_env({"HOLD_MINUTES": " 20 "}).hold_minutes == 20
+
+
 def test_the_development_key_goes_to_the_sandbox_and_any_other_key_to_stripe():
     """No export needed for `make up`, `make urls`, the simulator or the CLI, and no
     default that sends a real key to the sandbox or the development key to Stripe."""
