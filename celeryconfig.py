@@ -1,5 +1,5 @@
-"""Celery settings, derived from the one Settings object. Why each value: README,
-"Delivery guarantees". The Celery app (tasks/celery_app.py) applies `celery_config`."""
+"""Celery settings, derived from the one Settings object. Why each value:
+docs/guarantees.md. The Celery app (tasks/celery_app.py) applies `celery_config`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from core.redis_client import broker_transport_options
 # slot (its own worker in the Procfile and compose). "provider": the chain's first step,
 # which waits 100-300 ms on the payment provider and needs a few ms of CPU: a thread-pool
 # worker of its own waits for many at once, while the pipeline's prefork processes stay
-# on the CPU-bound steps (README, "Delivery guarantees"; bench.pipeline --provider-ms).
+# on the CPU-bound steps (docs/guarantees.md; bench.pipeline --provider-ms).
 QUEUES = ("pipeline", "provider", "dead_letter", "maintenance", "notifications")
 PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment", "tutorflow.pipeline.refund_unservable")
 
@@ -76,7 +76,7 @@ def check_delivery_settings(settings: Settings) -> None:
 
 
 def amqp_config() -> dict[str, Any]:
-    """What RabbitMQ needs instead of the Redis settings (README, "RabbitMQ as the broker").
+    """What RabbitMQ needs instead of the Redis settings (docs/across-hosts.md, RabbitMQ).
 
     Quorum queues (durable, replicated once there are several nodes) for every queue,
     the dead letter's too. Celery then turns off global QoS (a quorum queue has none: the

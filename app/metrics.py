@@ -3,7 +3,7 @@
 Under gunicorn set PROMETHEUS_MULTIPROC_DIR so every worker's samples are summed.
 Everything else (queues, dead letters, outbox, stalled payments, step durations, retries,
 breakers, consumers) is read at scrape time from the source of truth (SharedStateCollector),
-so any API process reports the same. Series and alerts: README, "Alerts and metrics".
+so any API process reports the same. Series and alerts: docs/operations.md, "Alerts and metrics".
 """
 
 from __future__ import annotations

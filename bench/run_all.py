@@ -145,7 +145,7 @@ def tracing_section(summaries: list[dict]) -> str:
                 "## tracing off / on",
                 "",
                 "The same scripts, run twice in this report: TRACING unset, then TRACING=on with "
-                "every span exported by OTLP/HTTP to a local sink (README, Tracing).",
+                "every span exported by OTLP/HTTP to a local sink (docs/operations.md, Tracing).",
                 "",
                 "| figure | tracing off | tracing on | on / off |",
                 "|---|---|---|---|",

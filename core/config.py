@@ -165,7 +165,7 @@ class Settings:
     worker_lock_timeout_ms: int
     # Browser origins allowed to call the API (CORS); empty: same origin only.
     cors_origins: tuple[str, ...]
-    # Celery delivery semantics (see README, "Delivery guarantees").
+    # Celery delivery semantics (see docs/guarantees.md).
     visibility_timeout: int
     retry_backoff: int
     retry_backoff_max: int
@@ -173,8 +173,8 @@ class Settings:
     retry_jitter: bool
     # Which task events a pipeline step sends to Flower: "all" (received, started,
     # succeeded too: every step of every payment) or "outcomes" (failed, retried,
-    # rejected, revoked, and a retry's success: what an operator acts on). README,
-    # Operations, "Flower".
+    # rejected, revoked, and a retry's success: what an operator acts on). docs/operations.md,
+    # "Flower".
     step_events: str
     # Rolling session window.
     session_window: int

@@ -4,8 +4,9 @@ Workers, beat and the API are separate processes, often on separate hosts, and t
 answers `/metrics`. What only a worker sees — how long a step ran, that it retried, which
 queues it consumes, its payment-provider breaker — is written here, in the cache Redis
 (CACHE_URL), and read at scrape time, so every API process reports the same numbers and
-nothing needs a shared directory or a scrape target per worker (README, "Alerts and
-metrics"). Counters only grow (Prometheus' `rate()` handles a Redis restart as a reset).
+nothing needs a shared directory or a scrape target per worker (docs/operations.md,
+"Alerts and metrics"). Counters only grow (Prometheus' `rate()` handles a Redis restart as
+a reset).
 Times that decide freshness are Redis server time, so clock skew between hosts does not
 count. Writers are best effort: a missing cache never fails a task.
 """

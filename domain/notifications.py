@@ -8,7 +8,7 @@ the same news twice a no-op that also publishes nothing. The outbox message is p
 after the commit by the one after-commit channel, or later by the beat relay, to the
 send task on its own queue: the change never waits for a mail server.
 
-Sending cannot be atomic with a commit; the protocol (README, "Notifications"):
+Sending cannot be atomic with a commit; the protocol (docs/guarantees.md, "Notifications"):
 1. `CLAIM` commits status sending and attempts + 1 on its own (the record that the
    server may now have the message);
 2. `lock_for_sending` locks the row in a second transaction that stays open while the

@@ -43,7 +43,8 @@ class NotificationKind(StrEnum):
 class NotificationStatus(StrEnum):
     PENDING = "pending"  # never tried
     # An attempt is under way, or its worker died: the server may or may not have the
-    # message (README, "Notifications": the next attempt sends it again, same Message-ID).
+    # message (docs/guarantees.md, "Notifications": the next attempt sends it again, same
+    # Message-ID).
     SENDING = "sending"
     RETRYING = "retrying"  # the last attempt failed before the server took it
     SENT = "sent"  # the server took it (its 250 after DATA), and that was committed

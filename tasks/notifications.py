@@ -2,7 +2,7 @@
 chain (a slow or dead mail server holds up only this queue's worker), published through
 the outbox like every hand-off.
 
-The guarantee (README, "Notifications"), step by step in domain.notifications:
+The guarantee (docs/guarantees.md, "Notifications"), step by step in domain.notifications:
 
 - Redelivered, published twice, replayed, or run twice at once: the e-mail is sent
   once. A copy that finds the row sent does nothing; a concurrent copy waits for the

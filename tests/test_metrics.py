@@ -1,6 +1,6 @@
 """/metrics reports the pipeline's state from where it is kept: the broker's queues, the
 database's dead letters, outbox and payments, and what workers wrote to the cache Redis
-(step durations, retries, consumed queues, breakers). README, "Alerts and metrics"."""
+(step durations, retries, consumed queues, breakers). docs/operations.md, "Alerts and metrics"."""
 
 from __future__ import annotations
 

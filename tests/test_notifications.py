@@ -2,7 +2,7 @@
 sent when, to whom, with times in the reader's zone; never twice under redelivery;
 retried while the server is down; and, with a real worker SIGKILLed between the
 server's acceptance and the commit, the stated guarantee (at least once, same
-Message-ID: README, "Notifications")."""
+Message-ID: docs/guarantees.md, "Notifications")."""
 
 from __future__ import annotations
 
