@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services migrate seed urls up simulate test test-slow test-hosts test-rabbitmq lint bench clean
+.PHONY: install services prerequisites migrate seed urls up simulate test test-slow test-hosts test-rabbitmq lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +40,15 @@ PAYMENTS ?= 50
 simulate: install  ## PAYMENTS students check out, pay and confirm against make up's stack
 	$(BIN)/python -m scripts.simulate --payments $(PAYMENTS)
 
-test: services  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
+# promtool (required) and chromium (the browser tests): installed with apt-get when run as
+# root on Debian, else the command to run is printed (scripts/prerequisites.sh).
+prerequisites:
+	@scripts/prerequisites.sh
+
+test: services prerequisites  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (Debian ships it there)"; exit 1; }
 	promtool check config ops/prometheus/prometheus.yml
 	promtool test rules ops/prometheus/alerts_test.yml
 	$(BIN)/pytest
