@@ -1,21 +1,77 @@
 """`python -m sandbox.mail [--host H] [--port 1025]`: the local stand-in for a mail relay
 (development only: `make up`, docker compose). Every message is taken (250) and printed
-whole on stdout, where honcho and `docker compose logs` show it; nothing is delivered.
+on stdout as a person reads it, where honcho and `docker compose logs` show it; nothing
+is delivered.
 
-It is aiosmtpd's own server and printing handler; the host's default comes from
-SANDBOX_HOST, as for the provider sandbox (`python -m sandbox`), so the Procfile and
-compose run the same command.
+One block per mail: From, To, Subject and Message-ID, then the text body decoded
+(quoted-printable or base64 undone, the charset applied), the lines the receiver's
+mail client would show rather than the wire's. A mail without a text part names what it
+has instead. The server is aiosmtpd's; the host's default comes from SANDBOX_HOST, as
+for the provider sandbox (`python -m sandbox`), so the Procfile and compose run the same
+command.
 """
 
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import os
 import sys
 import threading
+from email.message import EmailMessage
+from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Debugging
+
+RULE = "-" * 30
+
+
+def render(content: bytes, mail_from: str | None = None, rcpt_tos: list[str] | None = None) -> str:
+    """One mail as a readable block: headers, a blank line, the decoded text body."""
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    recipients = ", ".join(rcpt_tos or [])
+    lines = [f"{RULE} mail"]
+    for name, fallback in (
+        ("From", mail_from or ""),
+        ("To", recipients),
+        ("Subject", ""),
+        ("Message-ID", ""),
+    ):
+        value = message.get(name)
+        shown = " ".join(str(value).split()) if value is not None else fallback
+        if shown:
+            lines.append(f"{name}: {shown}")
+    if recipients and message.get("To") is not None and recipients not in str(message["To"]):
+        lines.append(f"(delivered to: {recipients})")
+    lines.append("")
+    part = message.get_body(preferencelist=("plain",))
+    if part is not None:
+        text = part.get_content()
+        lines.extend(text.replace("\r\n", "\n").rstrip("\n").split("\n"))
+    else:
+        kinds = sorted({p.get_content_type() for p in message.walk() if not p.is_multipart()})
+        lines.append(f"(no text part: {', '.join(kinds) or 'empty'})")
+    lines.append(f"{RULE} end of mail")
+    return "\n".join(lines)
+
+
+class PrintingHandler:
+    """aiosmtpd handler: takes every message and prints it decoded."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content = envelope.content
+        raw = content if isinstance(content, bytes) else str(content).encode()
+        try:
+            block = render(raw, envelope.mail_from, list(envelope.rcpt_tos))
+        except Exception as exc:  # a mail we cannot parse is still taken, and said so
+            block = f"{RULE} mail\n(unreadable: {exc!r}; {len(raw)} bytes)\n{RULE} end of mail"
+        print(block, file=self.stream, flush=True)
+        return "250 Message accepted for delivery"
 
 
 def main() -> None:
@@ -24,11 +80,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1025)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    controller = Controller(Debugging(sys.stdout), hostname=args.host, port=args.port)
+    controller = Controller(PrintingHandler(sys.stdout), hostname=args.host, port=args.port)
     controller.start()
     print(
         f"mail sink: SMTP on {args.host}:{args.port} (SMTP_URL=smtp://{args.host}:{args.port});"
-        " every message is printed here, none is delivered"
+        " every message is printed here, decoded; none is delivered"
     )
     try:
         threading.Event().wait()  # until the process is stopped
