@@ -68,3 +68,12 @@ def test_docs_load_swagger_ui_from_this_server_only(client):
     assert "cdn" not in policy
     assert all("http" not in v for k, v in directives.items() if k != "connect-src")
     assert directives["connect-src"] == f"'self' {provider_origin(settings)}"
+
+
+def test_favicon_answers_no_content_instead_of_404(client):
+    """Every page's browser asks for /favicon.ico; it was a 404 each time."""
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 204
+    assert answer.get_data() == b""
+    assert answer.headers["Cache-Control"] == "public, max-age=86400"
+    assert client.head("/favicon.ico").status_code == 204

@@ -22,6 +22,15 @@ def landing():
     return render_template("landing.html", flower_url=runtime().settings.flower_public_url)
 
 
+@blp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for it with every page: an empty answer (no icon, and no 404 in the
+    console or the logs), cached for a day so they stop asking."""
+    response = make_response("", 204)
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
 @blp.get("/docs/assets/<path:filename>")
 def swagger_ui_asset(filename: str):
     return send_from_directory(SWAGGER_UI_DIST, filename, max_age=24 * 3600)
