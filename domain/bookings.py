@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select
+from sqlalchemy import ColumnElement, and_, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -174,6 +174,25 @@ def _live_allocations(
     if only is not None:
         query = query.where(Allocation.id == only)
     return session.execute(query).all()
+
+
+def change_load(session: Session, trainer_id: int, delta: int) -> None:
+    """A trainer takes (+1) or gives back (-1) a student's place; the CHECK on
+    active_students refuses an overfill."""
+    session.execute(
+        update(Trainer)
+        .where(Trainer.id == trainer_id)
+        .values(active_students=Trainer.active_students + delta)
+    )
+
+
+def ahead_of(allocation_id: int, now: datetime) -> ColumnElement[bool]:
+    """An allocation's scheduled sessions that have not started."""
+    return and_(
+        TutoringSession.allocation_id == allocation_id,
+        TutoringSession.status == SessionStatus.SCHEDULED,
+        TutoringSession.starts_at > now,
+    )
 
 
 def is_live_hold(now: datetime) -> ColumnElement[bool]:

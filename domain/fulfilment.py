@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Select, String, and_, cast, func, or_, select, update
+from sqlalchemy import Select, String, and_, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain import notifications
 from domain.availability import Wanted, claim_trainer, find_trainer
-from domain.bookings import trainer_calendars
+from domain.bookings import change_load, trainer_calendars
 from domain.calendar import (
     PlannedSession,
     Shift,
@@ -45,7 +45,6 @@ from models import (
     Purchase,
     SessionStatus,
     Student,
-    Trainer,
     TutoringSession,
 )
 
@@ -189,11 +188,7 @@ def allocate_trainer(
             _refuse(session, purchase, hold, now)
             return None
         hold.status = HoldStatus.CONVERTED
-    session.execute(
-        update(Trainer)
-        .where(Trainer.id == trainer_id)
-        .values(active_students=Trainer.active_students + 1)
-    )
+    change_load(session, trainer_id, +1)
     allocation = Allocation(
         purchase_id=purchase.id,
         student_id=purchase.student_id,

@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session
 
 from domain import notifications
 from domain.availability import Wanted, find_trainer
-from domain.bookings import lock_trainers, serves, trainer_calendars
+from domain.bookings import ahead_of, change_load, lock_trainers, serves, trainer_calendars
 from domain.calendar import PlannedSession, Shift, ShiftReason, plan_window
 from domain.events import EventType, record_event
 from domain.fulfilment import lock_live_allocation, record_shifts, schedule_window, wanted_by
@@ -31,7 +31,6 @@ from models import (
     OutboxMessage,
     Purchase,
     SessionStatus,
-    Trainer,
     TutoringSession,
 )
 
@@ -102,11 +101,7 @@ def reallocate(session: Session, allocation_id: int, *, now: datetime, window: i
         start_waiting(session, payment_id, allocation, now=now)
         return None
     for trainer_id, change in sorted({old_trainer: -1, new_trainer: +1}.items()):
-        session.execute(
-            update(Trainer)
-            .where(Trainer.id == trainer_id)
-            .values(active_students=Trainer.active_students + change)
-        )
+        change_load(session, trainer_id, change)
     allocation.trainer_id = new_trainer
     kept, shifts = _move_sessions(session, allocation, remaining.timezone, remaining.minutes, now)
     moved = Moved(allocation.id, allocation.student_id, old_trainer, new_trainer, kept, shifts)
@@ -157,18 +152,10 @@ def start_waiting(
     and by e-mail."""
     withdrawn = session.scalars(
         delete(TutoringSession)
-        .where(
-            TutoringSession.allocation_id == allocation.id,
-            TutoringSession.status == SessionStatus.SCHEDULED,
-            TutoringSession.starts_at > now,
-        )
+        .where(ahead_of(allocation.id, now))
         .returning(TutoringSession.starts_at)
     ).all()
-    session.execute(
-        update(Trainer)
-        .where(Trainer.id == allocation.trainer_id)
-        .values(active_students=Trainer.active_students - 1)
-    )
+    change_load(session, allocation.trainer_id, -1)
     allocation.status = AllocationStatus.WAITING
     allocation.waiting_since = now
     record_event(
@@ -198,11 +185,7 @@ def _end_waiting(
     if new_trainer is None:
         return None
     old_trainer = allocation.trainer_id
-    session.execute(
-        update(Trainer)
-        .where(Trainer.id == new_trainer)
-        .values(active_students=Trainer.active_students + 1)
-    )
+    change_load(session, new_trainer, +1)
     allocation.trainer_id = new_trainer
     allocation.status = AllocationStatus.APPROVED
     allocation.waiting_since = None
@@ -254,11 +237,7 @@ def _move_sessions(
     future = list(
         session.scalars(
             select(TutoringSession)
-            .where(
-                TutoringSession.allocation_id == allocation.id,
-                TutoringSession.status == SessionStatus.SCHEDULED,
-                TutoringSession.starts_at > now,
-            )
+            .where(ahead_of(allocation.id, now))
             .order_by(TutoringSession.starts_at)
             .with_for_update()
         )

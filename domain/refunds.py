@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from domain import notifications
+from domain.bookings import ahead_of, change_load
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, PermanentStepError
 from domain.events import EventType, record_event
@@ -29,7 +30,6 @@ from models import (
     PaymentStatus,
     Purchase,
     SessionStatus,
-    Trainer,
     TutoringSession,
 )
 
@@ -145,22 +145,14 @@ def compensate(session: Session, payment_id: uuid.UUID) -> int:
     if allocation is not None and allocation.status in HOLDING_STATUSES:
         cancelled = session.scalars(
             update(TutoringSession)
-            .where(
-                TutoringSession.allocation_id == allocation.id,
-                TutoringSession.status == SessionStatus.SCHEDULED,
-                TutoringSession.starts_at > now,
-            )
+            .where(ahead_of(allocation.id, now))
             .values(status=SessionStatus.CANCELLED)
             .returning(TutoringSession.id)
         ).all()
         event(EventType.SESSIONS_CANCELLED, allocation_id=allocation.id, count=len(cancelled))
         allocation.status = AllocationStatus.CANCELLED
         allocation.ended_at = now
-        session.execute(
-            update(Trainer)
-            .where(Trainer.id == allocation.trainer_id)
-            .values(active_students=Trainer.active_students - 1)
-        )
+        change_load(session, allocation.trainer_id, -1)
         event(
             EventType.ALLOCATION_ENDED,
             allocation_id=allocation.id,
