@@ -1,4 +1,5 @@
-"""What one app instance runs on: its settings, its database and its cache.
+"""What one app instance runs on: its settings, its database, its cache and its
+availability snapshots.
 
 `create_app(settings)` builds one `Runtime` and keeps it in `app.extensions`; views, the
 CLI and the metrics read it through `runtime()`. Nothing is copied into `app.config`
@@ -14,6 +15,8 @@ from flask import current_app
 
 from core.cache import Cache
 from core.config import Settings
+from core.snapshots import Snapshots
+from domain.availability import CalendarSnapshot
 from models import Database
 
 EXTENSION = "tutorflow"
@@ -27,9 +30,13 @@ class Runtime:
     # Streams hold a request thread each: never more than this many per process, so
     # the other threads keep serving requests (app/views/students.py).
     stream_slots: threading.BoundedSemaphore = field(init=False)
+    # Each course's calendar snapshot, reused by GET /courses/{id}/availability for
+    # AVAILABILITY_SNAPSHOT_SECONDS (actions/availability.py).
+    availability: Snapshots[CalendarSnapshot] = field(init=False)
 
     def __post_init__(self) -> None:
         self.stream_slots = threading.BoundedSemaphore(self.settings.stream_slots_per_process)
+        self.availability = Snapshots(self.settings.availability_snapshot_seconds)
 
 
 def runtime() -> Runtime:

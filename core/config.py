@@ -194,6 +194,10 @@ class Settings:
     # How long a checkout's hold keeps a trainer's place for the student to pay (and,
     # from the student's "I paid", for the provider's word to arrive).
     hold_minutes: float
+    # How long GET /courses/{id}/availability reuses a course's calendar snapshot (its
+    # trainers' hours, booked sessions and live allocations) before reading it again;
+    # places and holds are read on every request. 0: every request reads it all.
+    availability_snapshot_seconds: float
     inbox_retention_days: float
     # Server-Sent Event streams one API process serves at once, and for how long each
     # stays open: streams never hold more than these threads (see app/views/students.py).
@@ -302,6 +306,7 @@ class Settings:
             pipeline_stall_seconds=env.number("PIPELINE_STALL_SECONDS", 600),
             allocation_give_up_hours=env.number("ALLOCATION_GIVE_UP_HOURS", 48),
             hold_minutes=env.number("HOLD_MINUTES", 15),
+            availability_snapshot_seconds=env.number("AVAILABILITY_SNAPSHOT_SECONDS", 5),
             inbox_retention_days=env.number("INBOX_RETENTION_DAYS", 30),
             stream_slots_per_process=env.integer("STREAM_SLOTS_PER_PROCESS", 2),
             stream_seconds=env.number("STREAM_SECONDS", 55),

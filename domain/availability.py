@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import islice
@@ -28,10 +28,9 @@ from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.bookings import (
-    booked_sessions,
+    booked_epochs,
     is_live_hold,
     live_allocations,
-    live_holds,
     trainer_calendars,
     working_hours,
 )
@@ -228,44 +227,65 @@ def offers(
     timezone: str,
     tier: int,
     now: datetime,
+    snapshot: CalendarSnapshot | None = None,
 ) -> list[Offer]:
     """The times of the grid (in `timezone`, the student's) at which the course's tier
     can be served for its whole span, with the places at each; only times with a place.
     Reads without locking: what a checkout then takes is checked again under the
     trainer's lock (find_trainer).
 
-    The answer is span_fits for every (trainer, time) over the trainer's calendar
-    (trainer_calendars with projections), computed in bulk: each time of the grid is a
-    bit of an int, a trainer's week gives the times whose whole span lies inside its
-    hours (once per distinct zone and week), and each booked interval the times whose
-    span meets it (once per distinct interval); booked time is read only up to the
-    span's last end, since nothing later can meet it. tests/test_availability_equivalence
-    holds it to span_fits."""
+    The booked time comes in two parts. The slow part (working hours, scheduled
+    sessions, the projected rest of live allocations' tiers) is `snapshot`, read by
+    read_calendar_snapshot at some earlier `now` and reused (the caller decides for how
+    long: core.snapshots.Snapshots, kept on app.runtime.Runtime); without one (or one
+    that does not reach the span's horizon) it is read now, for this call only. The
+    fast part (trainers' places and live holds) is read on every call. With a snapshot
+    read at this `now`, or none, the answer is exactly span_fits for every (trainer, time) over
+    trainer_calendars with projections (tests/test_availability_equivalence)."""
     minutes = _course_minutes(session, course_id)
     _check_tier(tier)
-    eligible = [
-        load.trainer_id for load in trainer_loads(session, course_id, now=now) if load.eligible
-    ]
-    if not eligible:
+    loads = trainer_loads(session, course_id, now=now)
+    if not any(load.eligible for load in loads):
         return []
     spans = grid_spans(timezone, minutes, tier, now)
-    # Times whose whole span lies inside each trainer's hours; trainers with none are
-    # not asked about their booked time.
-    inside = {
-        trainer_id: mask
-        for trainer_id, hours in working_hours(session, eligible).items()
-        if (mask := spans.inside(hours))
-    }
-    if not inside:
-        return []
-    met = booked_masks(session, spans, sorted(inside), now=now)
-    places = [0] * len(spans.slots)
-    for trainer_id, mask in inside.items():
-        free = mask & ~met.get(trainer_id, 0)
-        while free:
-            low = free & -free
-            places[low.bit_length() - 1] += 1
-            free ^= low
+    if snapshot is None or not snapshot.covers(course_id, spans):
+        snapshot = read_calendar_snapshot(session, course_id, now=now, until=spans.horizon)
+    holds = course_live_holds(session, course_id, now=now)
+    return offers_from(snapshot, loads, holds, spans, now=now)
+
+
+def offers_from(
+    snapshot: CalendarSnapshot,
+    loads: list[TrainerLoad],
+    holds: list[HeldSpan],
+    spans: GridSpans,
+    *,
+    now: datetime,
+) -> list[Offer]:
+    """offers' answer from its parts: the snapshot's hours and booked time (masks kept
+    in the snapshot per spans), the trainers' places (`loads`) and the live holds, both
+    read now. A trainer the snapshot does not know (it began teaching the course after
+    the snapshot was read) offers nothing until the next snapshot."""
+    inside, booked = snapshot.masks(spans)
+    held: dict[int, int] = defaultdict(int)
+    for hold in holds:
+        if hold.trainer_id in inside:
+            held[hold.trainer_id] |= spans.projection(
+                hold.timezone,
+                hold.time_slot,
+                hold.minutes,
+                hold.sessions,
+                hold.starts_after,
+                now=now,
+            )
+    free = []
+    for load in loads:
+        mask = inside.get(load.trainer_id, 0)
+        if mask and load.eligible:
+            mask &= ~(booked.get(load.trainer_id, 0) | held.get(load.trainer_id, 0))
+            if mask:
+                free.append(mask)
+    places = _bit_counts(free, len(spans.slots))
     return [Offer(slot, count) for slot, count in zip(spans.slots, places, strict=True) if count]
 
 
@@ -274,7 +294,15 @@ class GridSpans:
     tier and local day: what offers asks of each trainer. A set of grid times is an int
     whose bit i is time i of the grid."""
 
-    def __init__(self, spans: list[list[tuple[datetime, datetime]]], minutes: int) -> None:
+    def __init__(
+        self,
+        spans: list[list[tuple[datetime, datetime]]],
+        minutes: int,
+        key: tuple | None = None,
+    ) -> None:
+        # (student zone, minutes, tier, local day) when the spans are that day's
+        # (grid_spans): what a CalendarSnapshot keeps its masks by; None otherwise.
+        self.key = key
         self.slots = grid()
         self.spans = spans
         self.length = timedelta(minutes=minutes)
@@ -285,11 +313,16 @@ class GridSpans:
         )
         self._starts = [starts_at for starts_at, _ in pairs]
         self._bits = [bit for _, bit in pairs]
+        # The same starts in whole epoch seconds (a span's sessions start at whole
+        # seconds), for booked time read as epoch seconds (CalendarSnapshot).
+        self._epoch_starts = [(starts_at - _EPOCH) // _SECOND for starts_at in self._starts]
+        self._epoch_length = self.length // _SECOND
         self.empty = sum(1 << index for index, span in enumerate(spans) if not span)
         ends = [ends_at for span in spans for _, ends_at in span]
         self.horizon = max(ends) if ends else None
         self._inside: dict[tuple, int] = {}
         self._local: dict[str, list[dict[int, tuple[time, time]] | None]] = {}
+        self._prefixes: dict[tuple, tuple[list[int], datetime | None]] = {}
 
     def meets(self, starts_at: datetime, ends_at: datetime) -> int:
         """The times whose span overlaps [starts_at, ends_at) (Busy.overlaps' rule)."""
@@ -299,6 +332,50 @@ class GridSpans:
         for bit in self._bits[low:high]:
             mask |= bit
         return mask
+
+    def meets_epoch(self, starts_at: int, ends_at: int) -> int:
+        """meets for an interval in epoch seconds, its start floored and its end ceiled:
+        a whole-second span start s has start - length < s < end exactly when it has
+        floor(start) - length < s < ceil(end)."""
+        low = bisect_right(self._epoch_starts, starts_at - self._epoch_length)
+        high = bisect_left(self._epoch_starts, ends_at)
+        mask = 0
+        for bit in self._bits[low:high]:
+            mask |= bit
+        return mask
+
+    def projection(
+        self,
+        timezone: str,
+        slot: time,
+        minutes: int,
+        count: int,
+        after: date,
+        *,
+        now: datetime,
+    ) -> int:
+        """The times whose span meets the first `count` sessions at `slot` on the
+        weekdays after `after` that start after `now` (calendar.projected: a live
+        allocation's rest of tier, a hold's span): prefix masks per (zone, time, length,
+        first day), kept (across snapshots: they depend on nothing booked) and used while
+        none of their sessions is past `now`."""
+        key = (timezone, slot, minutes, after)
+        found = self._prefixes.get(key)
+        if found is None or (found[1] is not None and found[1] <= now):
+            masks, first = [0], None
+            for _, starts_at, ends_at in occurrences(
+                timezone=timezone, slot=slot, minutes=minutes, after=after, now=_DAWN
+            ):
+                if starts_at >= (self.horizon or _DAWN):
+                    break
+                if first is None:
+                    first = starts_at
+                    if starts_at <= now:  # some are past: for this `now` only
+                        return _projection_at(self, timezone, slot, minutes, count, after, now)
+                masks.append(masks[-1] | self.meets(starts_at, ends_at))
+            found = self._prefixes[key] = (masks, first)
+        masks = found[0]
+        return masks[min(max(count, 0), len(masks) - 1)]
 
     def inside(self, hours: WorkingHours) -> int:
         """The times whose every session lies inside `hours` (WorkingHours.contains for
@@ -348,6 +425,8 @@ class GridSpans:
 
 
 _TICK = timedelta(microseconds=1)  # calendar.WorkingHours: an interval's last moment
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 def grid_spans(timezone: str, minutes: int, tier: int, now: datetime) -> GridSpans:
@@ -364,7 +443,11 @@ def grid_spans(timezone: str, minutes: int, tier: int, now: datetime) -> GridSpa
 
 @lru_cache(maxsize=64)
 def _grid_spans(timezone: str, minutes: int, tier: int, today: date) -> GridSpans:
-    return GridSpans(_spans_at(timezone, minutes, tier, today, _DAWN), minutes)
+    return GridSpans(
+        _spans_at(timezone, minutes, tier, today, _DAWN),
+        minutes,
+        key=(timezone, minutes, tier, today),
+    )
 
 
 _DAWN = datetime.min.replace(tzinfo=UTC)
@@ -380,54 +463,189 @@ def _spans_at(
     return spans
 
 
-def booked_masks(
-    session: Session, spans: GridSpans, trainer_ids: list[int], *, now: datetime
-) -> dict[int, int]:
-    """Per trainer, the times of the grid whose span meets its booked time: the
-    intervals trainer_calendars(with_projections=True) books (scheduled sessions, the
-    projected rest of each live allocation's tier, each live hold's span), read only
-    up to the spans' horizon."""
-    if spans.horizon is None:
-        return {}
-    horizon = spans.horizon
-    met: dict[int, int] = defaultdict(int)
-    known: dict[tuple[datetime, datetime], int] = {}
-    for trainer_id, starts_at, ends_at in booked_sessions(
-        session, trainer_ids, now=now, until=horizon
+def _bit_counts(masks: list[int], width: int) -> list[int]:
+    """For each bit 0 .. width-1, how many of `masks` have it set: the masks are added
+    bit-sliced (planes[k] holds bit k of every count), a few big-int operations per
+    mask instead of one per set bit."""
+    planes: list[int] = []
+    for mask in masks:
+        carry, k = mask, 0
+        while carry:
+            if k == len(planes):
+                planes.append(carry)
+                break
+            plane = planes[k]
+            planes[k], carry = plane ^ carry, plane & carry
+            k += 1
+    return [
+        sum(((plane >> index) & 1) << k for k, plane in enumerate(planes)) for index in range(width)
+    ]
+
+
+@dataclass(frozen=True)
+class HeldSpan:
+    """A live hold, as offers books it: its tier's span at its time, from its first day."""
+
+    trainer_id: int
+    timezone: str
+    time_slot: time
+    minutes: int
+    sessions: int
+    starts_after: date
+
+
+def course_live_holds(session: Session, course_id: int, *, now: datetime) -> list[HeldSpan]:
+    """The live holds of the trainers who teach the course (live_holds' rows, as tuples)."""
+    teachers = select(TrainerCourse.trainer_id).where(TrainerCourse.course_id == course_id)
+    query = select(
+        Hold.trainer_id,
+        Hold.timezone,
+        Hold.time_slot,
+        Hold.session_minutes,
+        Hold.sessions,
+        Hold.starts_after,
+    ).where(Hold.trainer_id.in_(teachers), is_live_hold(now))
+    return [HeldSpan(*row) for row in session.execute(query)]
+
+
+# How far ahead a snapshot reads booked time: past the last end of the longest tier's
+# span from any zone's today (local today is at most a day after UTC's; 30 weekdays
+# after it end within 44 days; a day more covers the zones behind UTC and the session).
+SNAPSHOT_DAYS = 7 * ((max(TIERS) + 4) // 5) + 5
+
+
+def snapshot_until(now: datetime) -> datetime:
+    """How far a snapshot read at `now` reads booked time (SNAPSHOT_DAYS)."""
+    return datetime.combine(now.date() + timedelta(days=SNAPSHOT_DAYS), time(), UTC)
+
+
+@dataclass
+class CalendarSnapshot:
+    """The slow part of a course's booked time, read once at `taken_at` and reusable for
+    every student zone and tier: its trainers' working hours, their scheduled sessions
+    that start before `until` (as whole epoch seconds: start floored, end ceiled, which
+    meet the grid's whole-second spans exactly as the instants do), and their live
+    allocations with what the rest of each tier is projected from. Masks worked out from
+    it are kept per GridSpans key (student zone, session length, tier, local day), so a
+    second request with the same key only combines masks."""
+
+    course_id: int
+    taken_at: datetime
+    until: datetime | None
+    hours: dict[int, WorkingHours]
+    # (start, end) in epoch seconds -> the trainers booked then.
+    intervals: dict[tuple[int, int], list[int]]
+    # (trainer, student zone, time, minutes, sessions left, projected after this day).
+    allocations: list[tuple[int, str, time, int, int, date]]
+    _masks: dict[tuple, tuple[dict[int, int], dict[int, int]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def covers(self, course_id: int, spans: GridSpans) -> bool:
+        """Whether it is this course's and holds all booked time the spans can meet."""
+        return course_id == self.course_id and (
+            spans.horizon is None or (self.until is not None and spans.horizon <= self.until)
+        )
+
+    def masks(self, spans: GridSpans) -> tuple[dict[int, int], dict[int, int]]:
+        """Per trainer, the times whose whole span lies inside its hours (trainers with
+        none left out), and the times whose span meets its booked sessions or the rest
+        of its live allocations' tiers (as at `taken_at`)."""
+        found = self._masks.get(spans.key) if spans.key is not None else None
+        if found is None:
+            found = self._work_out(spans)
+            if spans.key is not None:
+                self._masks[spans.key] = found
+        return found
+
+    def _work_out(self, spans: GridSpans) -> tuple[dict[int, int], dict[int, int]]:
+        inside = {
+            trainer_id: mask
+            for trainer_id, hours in self.hours.items()
+            if (mask := spans.inside(hours))
+        }
+        booked: dict[int, int] = defaultdict(int)
+        if spans.horizon is None:
+            return inside, booked
+        for (starts_at, ends_at), trainer_ids in self.intervals.items():
+            if mask := spans.meets_epoch(starts_at, ends_at):
+                for trainer_id in trainer_ids:
+                    booked[trainer_id] |= mask
+        for trainer_id, zone, slot, minutes, count, after in self.allocations:
+            if trainer_id in inside:
+                booked[trainer_id] |= spans.projection(
+                    zone, slot, minutes, count, after, now=self.taken_at
+                )
+        return inside, dict(booked)
+
+
+def _projection_at(
+    spans: GridSpans,
+    timezone: str,
+    slot: time,
+    minutes: int,
+    count: int,
+    after: date,
+    now: datetime,
+) -> int:
+    mask = 0
+    for taken, (_, starts_at, ends_at) in enumerate(
+        occurrences(timezone=timezone, slot=slot, minutes=minutes, after=after, now=now)
     ):
-        mask = known.get((starts_at, ends_at))
-        if mask is None:
-            mask = known[(starts_at, ends_at)] = spans.meets(starts_at, ends_at)
-        met[trainer_id] |= mask
-    # A projection's first `count` intervals: each (zone, time, length, first day) once,
-    # as masks of its prefixes up to the horizon.
-    prefixes: dict[tuple, list[int]] = {}
+        if taken >= count or starts_at >= (spans.horizon or _DAWN):
+            break
+        mask |= spans.meets(starts_at, ends_at)
+    return mask
 
-    def projection(timezone: str, slot: time, minutes: int, count: int, after: date) -> int:
-        key = (timezone, slot, minutes, after)
-        masks = prefixes.get(key)
-        if masks is None:
-            masks = [0]
-            for _, starts_at, ends_at in occurrences(
-                timezone=timezone, slot=slot, minutes=minutes, after=after, now=now
-            ):
-                if starts_at >= horizon:
-                    break
-                masks.append(masks[-1] | spans.meets(starts_at, ends_at))
-            prefixes[key] = masks
-        return masks[min(max(count, 0), len(masks) - 1)]
 
-    for row in live_allocations(session, trainer_ids):
-        after = max(row.last_date or now.date(), now.date())
-        count = row.sessions_total - row.used
-        met[row.trainer_id] |= projection(
-            row.timezone, row.time_slot, row.session_minutes, count, after
+def read_calendar_snapshot(
+    session: Session,
+    course_id: int,
+    *,
+    now: datetime,
+    until: datetime | None = None,
+    previous: CalendarSnapshot | None = None,
+) -> CalendarSnapshot:
+    """The slow part of the course's booked time at `now` (CalendarSnapshot), for every
+    trainer who teaches the course: booked sessions up to `until`, by default as far as
+    any tier's span can reach (SNAPSHOT_DAYS). With `previous` (the snapshot it
+    replaces), the masks of every student zone, length and tier that one was asked
+    about are worked out at once: the request that reads the snapshot pays for them,
+    not the first request of each."""
+    if until is None:
+        until = snapshot_until(now)
+    trainer_ids = list(
+        session.scalars(
+            select(TrainerCourse.trainer_id)
+            .where(TrainerCourse.course_id == course_id)
+            .order_by(TrainerCourse.trainer_id)
         )
-    for hold in live_holds(session, trainer_ids, now=now):
-        met[hold.trainer_id] |= projection(
-            hold.timezone, hold.time_slot, hold.session_minutes, hold.sessions, hold.starts_after
+    )
+    if not trainer_ids:
+        return CalendarSnapshot(course_id, now, until, {}, {}, [])
+    hours = working_hours(session, trainer_ids)
+    intervals: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for trainer_id, starts_at, ends_at in booked_epochs(session, trainer_ids, now=now, until=until):
+        intervals[(starts_at, ends_at)].append(trainer_id)
+    today = now.date()
+    allocations = [
+        (
+            row.trainer_id,
+            row.timezone,
+            row.time_slot,
+            row.session_minutes,
+            row.sessions_total - row.used,
+            max(row.last_date or today, today),
         )
-    return met
+        for row in live_allocations(session, trainer_ids)
+    ]
+    snapshot = CalendarSnapshot(course_id, now, until, hours, dict(intervals), allocations)
+    if previous is not None:
+        for timezone, minutes, tier, _ in list(previous._masks):
+            spans = grid_spans(timezone, minutes, tier, now)
+            if snapshot.covers(course_id, spans):
+                snapshot.masks(spans)
+    return snapshot
 
 
 def nearest(found: list[Offer], slot: time, count: int = NEAREST) -> list[time]:
@@ -532,6 +750,11 @@ def release_expired(session: Session, *, now: datetime, limit: int) -> list[uuid
             .returning(Hold.payment_id)
         )
     )
+
+
+def course_minutes(session: Session, course_id: int) -> int:
+    """The course's session length; NotFound for an unknown course."""
+    return _course_minutes(session, course_id)
 
 
 def _course_minutes(session: Session, course_id: int) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, and_, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -134,6 +134,21 @@ def booked_sessions(
         (trainer_id, starts_at, ends_at)
         for trainer_id, starts_at, ends_at in session.execute(query)
     ]
+
+
+def booked_epochs(
+    session: Session, trainer_ids: list[int], *, now: datetime, until: datetime
+) -> list[tuple[int, int, int]]:
+    """booked_sessions as (trainer, start, end) in whole epoch seconds, the start floored
+    and the end ceiled: plain integers, without a datetime per row."""
+    starts = cast(func.floor(func.extract("epoch", TutoringSession.starts_at)), BigInteger)
+    ends = cast(func.ceil(func.extract("epoch", TutoringSession.ends_at)), BigInteger)
+    query = select(TutoringSession.trainer_id, starts, ends).where(
+        TutoringSession.trainer_id.in_(trainer_ids),
+        _scheduled_after(now),
+        TutoringSession.starts_at < until,
+    )
+    return [tuple(row) for row in session.execute(query)]
 
 
 def live_allocations(session: Session, trainer_ids: list[int]) -> list[Any]:

@@ -1,6 +1,7 @@
 """availability.offers, computed in bulk (bit masks per time of the grid, booked time
 read up to the span's horizon), gives what span_fits gives asked for every trainer and
-time over trainer_calendars: on random catalogues of trainers in zones with DST of
+time over trainer_calendars, and so does it over a calendar snapshot read at the same
+`now` and reused for every zone and tier: on random catalogues of trainers in zones with DST of
 their own and odd hours, with live and finished allocations, sessions past, future and
 cancelled, and live, expired and released holds."""
 
@@ -230,6 +231,8 @@ def test_offers_are_span_fits_for_every_trainer_and_time(db_session: Session, se
     rng = random.Random(seed)
     now = NOWS[seed % len(NOWS)]
     course_id = seed_catalogue(db_session, rng, now)
+    # One snapshot read at `now` answers every zone and tier (its masks kept per spans).
+    snapshot = availability.read_calendar_snapshot(db_session, course_id, now=now)
     for timezone in rng.sample(ZONES, 3):
         for tier in (10, 20, 30):
             expected = straightforward(
@@ -239,6 +242,16 @@ def test_offers_are_span_fits_for_every_trainer_and_time(db_session: Session, se
                 db_session, course_id=course_id, timezone=timezone, tier=tier, now=now
             )
             assert got == expected, (timezone, tier)
+            for _ in range(2):  # masks worked out, then kept
+                kept = availability.offers(
+                    db_session,
+                    course_id=course_id,
+                    timezone=timezone,
+                    tier=tier,
+                    now=now,
+                    snapshot=snapshot,
+                )
+                assert kept == expected, (timezone, tier, "snapshot")
 
 
 def test_the_catalogues_are_not_trivial(db_session: Session):

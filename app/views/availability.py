@@ -30,6 +30,11 @@ def course_availability(query: dict[str, Any], course_id: int):
     working hours on every date (DST on both sides), with a place, free of the trainer's
     other sessions and of checkouts' holds — with the places at each. Checkout accepts
     only such a time."""
+    found = runtime()
     return availability.course_availability(
-        runtime().database, course_id=course_id, timezone=query["timezone"], tier=query["tier"]
+        found.database,
+        found.availability,
+        course_id=course_id,
+        timezone=query["timezone"],
+        tier=query["tier"],
     )
