@@ -64,7 +64,13 @@ def confirm_all(payments: list[uuid.UUID]) -> float:
     started = time.perf_counter()
     for payment_id in payments:
         with common.root_span("bench confirm"):  # as the API's request span, when tracing
-            actions.confirm(celery_app.database, payment_id, student_id=None, source="bench")
+            actions.confirm(
+                celery_app.database,
+                payment_id,
+                student_id=None,
+                source="bench",
+                hold_minutes=celery_app.settings.hold_minutes,
+            )
     return time.perf_counter() - started
 
 
