@@ -337,7 +337,7 @@ class PaymentIn(InputSchema):
         required=True, metadata={"type": "string", "pattern": SLOT_PATTERN, "example": "17:30"}
     )
     # The price is the catalogue's. A client that says what it expects to pay is
-    # refused (422 amount_mismatch) when that differs.
+    # refused (409 amount_mismatch, with the catalogue's price) when that differs.
     amount_cents = fields.Integer(strict=True, validate=validate.Range(1, 100_000_000))
     currency = fields.String(validate=validate.Regexp(r"^[A-Z]{3}$"))
 
