@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, time
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import available_timezones
 
 from marshmallow import (
@@ -535,8 +535,32 @@ class DeadLetterOut(Schema):
     )
 
 
+LETTER_FILTERS = (
+    "task_name",
+    "exception_type",
+    "failed_from",
+    "failed_until",
+    "course_id",
+    "correlation_id",
+)
+_ANY_FILTER = [{"required": [name]} for name in LETTER_FILTERS]
+
+
 class DeadLetterFilterIn(InputSchema):
-    """Which open letters a bulk replay or discard takes (all filters must match)."""
+    """Which open letters a bulk replay or discard takes (all filters must match): at
+    least one filter, or `all: true` and none. A time range that ends before it starts
+    matches no letter."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"anyOf": _ANY_FILTER, "properties": {"all": {"enum": [False]}}},
+            {
+                "required": ["all"],
+                "properties": {"all": {"enum": [True]}},
+                "not": {"anyOf": _ANY_FILTER},
+            },
+        ]
+    }
 
     task_name = Text(255, metadata={"example": "tutorflow.pipeline.allocate_trainer"})
     exception_type = Text(
@@ -560,9 +584,6 @@ class DeadLetterFilterIn(InputSchema):
             raise ValidationError("Give at least one filter, or all: true.")
         if filters and data.get("all"):
             raise ValidationError("all: true takes no filters.")
-        start, end = data.get("failed_from"), data.get("failed_until")
-        if start and end and start >= end:
-            raise ValidationError("failed_from must be before failed_until.", "failed_until")
 
     @post_load
     def _as_filter(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
