@@ -225,12 +225,54 @@ class DayEnd(TimeSlot):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-DAY_END_PATTERN = r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$"
+QUARTERS = ("00", "15", "30", "45")
+QUARTER_PATTERN = r"^([01]\d|2[0-3]):(00|15|30|45)$"
+DAY_END_PATTERN = r"^(([01]\d|2[0-3]):(00|15|30|45)|24:00)$"
+
+
+def _on_a_quarter(value: time) -> None:
+    if value != END_OF_DAY and value.minute % 15:
+        raise ValidationError("Working hours are on the quarter hour (:00, :15, :30, :45).")
+
+
+def _later_than(hour: int, quarter: str) -> str:
+    """A pattern for the day ends after hour:quarter ("24:00" included)."""
+    later_hours = "|".join(f"{h:02d}" for h in range(hour + 1, 24))
+    same_hour = "|".join(q for q in QUARTERS if q > quarter)
+    parts = [f"{hour:02d}:({same_hour})"] if same_hour else []
+    if later_hours:
+        parts.append(f"({later_hours}):(00|15|30|45)")
+    return "^(" + "|".join([*parts, "24:00"]) + ")$"
 
 
 class WorkingDayIn(InputSchema):
-    starts = TimeSlot(required=True, metadata={"type": "string", "pattern": SLOT_PATTERN})
-    ends = DayEnd(required=True, metadata={"type": "string", "pattern": DAY_END_PATTERN})
+    """A working day in the trainer's timezone, on the quarter hour (availability's
+    grid: nothing between quarters can be offered), ending after it starts: one branch
+    of the `anyOf` per start, so the document accepts exactly what the server does."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {
+                "properties": {
+                    "starts": {"enum": [f"{hour:02d}:{quarter}"]},
+                    "ends": {"pattern": _later_than(hour, quarter)},
+                }
+            }
+            for hour in range(24)
+            for quarter in QUARTERS
+        ]
+    }
+
+    starts = TimeSlot(
+        required=True,
+        validate=_on_a_quarter,
+        metadata={"type": "string", "pattern": QUARTER_PATTERN, "example": "09:00"},
+    )
+    ends = DayEnd(
+        required=True,
+        validate=_on_a_quarter,
+        metadata={"type": "string", "pattern": DAY_END_PATTERN, "example": "17:30"},
+    )
 
     @validates_schema
     def _in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -238,8 +280,21 @@ class WorkingDayIn(InputSchema):
             raise ValidationError("A working day ends after it starts.", "ends")
 
 
+# A day off, and only that (OpenAPI 3.0 has no null type): apispec writes a nullable
+# nested schema as anyOf [{type: object, nullable: true}, $ref], which lets any object
+# through, `{}` included, while the server requires both times.
+NULL_ONLY = {"type": "object", "nullable": True, "enum": [None]}
+
+
 class WorkingHoursIn(InputSchema):
     """The whole week, in the trainer's timezone: a day left out (or null) is a day off."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "properties": {
+            day: {"anyOf": [NULL_ONLY, {"$ref": "#/components/schemas/WorkingDayIn"}]}
+            for day in WEEKDAYS
+        }
+    }
 
     class Meta:
         ordered = True
