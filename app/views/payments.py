@@ -38,7 +38,7 @@ class IdempotencyHeader(InputSchema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
         validate=validate.Length(1, 255),
-        metadata={"description": "Same key and body → the same answer; other body → 422."},
+        metadata={"description": "Same key and body → the same answer; other body → 409."},
     )
 
 
@@ -61,13 +61,10 @@ class IdempotencyHeader(InputSchema):
     description="The catalogue or the student's state refuses the order: "
     "`slot_unavailable` (no trainer can serve the time for the tier's whole span; "
     "`details.nearest`), `amount_mismatch` (the `amount_cents`/`currency` sent differ from "
-    "the catalogue's; `details` has its price), `tier_not_sold`, `course_already_active`.",
+    "the catalogue's; `details` has its price), `tier_not_sold`, `course_already_active`, "
+    "`idempotency_key_reused` (the `Idempotency-Key` was used with another body).",
 )
-@blp.alt_response(
-    422,
-    schema=ErrorOut,
-    description="The body does not validate, or the `Idempotency-Key` was used with another body.",
-)
+@blp.alt_response(422, schema=ErrorOut, description="The body does not validate.")
 @blp.alt_response(503, schema=ErrorOut, description="The payment provider is unreachable.")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     """Start a checkout at the catalogue price; the answer carries the PaymentIntent's
