@@ -17,6 +17,7 @@ from app import db, metrics
 from app.auth import SECURITY_SCHEMES, is_admin_request
 from app.errors import ApiError, TutorflowApi, register_error_handlers
 from app.limits import init_limiter
+from app.openapi import SchemaRules
 from app.runtime import EXTENSION, Runtime
 from app.schemas import TimeSlot
 from core import tracing
@@ -60,7 +61,10 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
 
     api = TutorflowApi(
         app,
-        spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}},
+        spec_kwargs={
+            "components": {"securitySchemes": SECURITY_SCHEMES},
+            "extra_plugins": [SchemaRules()],
+        },
     )
     api.register_field(TimeSlot, "string", None)
     app.extensions["tutorflow_api"] = api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, time
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import available_timezones
 
 from marshmallow import (
@@ -225,12 +225,54 @@ class DayEnd(TimeSlot):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-DAY_END_PATTERN = r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$"
+QUARTERS = ("00", "15", "30", "45")
+QUARTER_PATTERN = r"^([01]\d|2[0-3]):(00|15|30|45)$"
+DAY_END_PATTERN = r"^(([01]\d|2[0-3]):(00|15|30|45)|24:00)$"
+
+
+def _on_a_quarter(value: time) -> None:
+    if value != END_OF_DAY and value.minute % 15:
+        raise ValidationError("Working hours are on the quarter hour (:00, :15, :30, :45).")
+
+
+def _later_than(hour: int, quarter: str) -> str:
+    """A pattern for the day ends after hour:quarter ("24:00" included)."""
+    later_hours = "|".join(f"{h:02d}" for h in range(hour + 1, 24))
+    same_hour = "|".join(q for q in QUARTERS if q > quarter)
+    parts = [f"{hour:02d}:({same_hour})"] if same_hour else []
+    if later_hours:
+        parts.append(f"({later_hours}):(00|15|30|45)")
+    return "^(" + "|".join([*parts, "24:00"]) + ")$"
 
 
 class WorkingDayIn(InputSchema):
-    starts = TimeSlot(required=True, metadata={"type": "string", "pattern": SLOT_PATTERN})
-    ends = DayEnd(required=True, metadata={"type": "string", "pattern": DAY_END_PATTERN})
+    """A working day in the trainer's timezone, on the quarter hour (availability's
+    grid: nothing between quarters can be offered), ending after it starts: one branch
+    of the `anyOf` per start, so the document accepts exactly what the server does."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {
+                "properties": {
+                    "starts": {"enum": [f"{hour:02d}:{quarter}"]},
+                    "ends": {"pattern": _later_than(hour, quarter)},
+                }
+            }
+            for hour in range(24)
+            for quarter in QUARTERS
+        ]
+    }
+
+    starts = TimeSlot(
+        required=True,
+        validate=_on_a_quarter,
+        metadata={"type": "string", "pattern": QUARTER_PATTERN, "example": "09:00"},
+    )
+    ends = DayEnd(
+        required=True,
+        validate=_on_a_quarter,
+        metadata={"type": "string", "pattern": DAY_END_PATTERN, "example": "17:30"},
+    )
 
     @validates_schema
     def _in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -238,8 +280,21 @@ class WorkingDayIn(InputSchema):
             raise ValidationError("A working day ends after it starts.", "ends")
 
 
+# A day off, and only that (OpenAPI 3.0 has no null type): apispec writes a nullable
+# nested schema as anyOf [{type: object, nullable: true}, $ref], which lets any object
+# through, `{}` included, while the server requires both times.
+NULL_ONLY = {"type": "object", "nullable": True, "enum": [None]}
+
+
 class WorkingHoursIn(InputSchema):
     """The whole week, in the trainer's timezone: a day left out (or null) is a day off."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "properties": {
+            day: {"anyOf": [NULL_ONLY, {"$ref": "#/components/schemas/WorkingDayIn"}]}
+            for day in WEEKDAYS
+        }
+    }
 
     class Meta:
         ordered = True
@@ -337,7 +392,7 @@ class PaymentIn(InputSchema):
         required=True, metadata={"type": "string", "pattern": SLOT_PATTERN, "example": "17:30"}
     )
     # The price is the catalogue's. A client that says what it expects to pay is
-    # refused (422 amount_mismatch) when that differs.
+    # refused (409 amount_mismatch, with the catalogue's price) when that differs.
     amount_cents = fields.Integer(strict=True, validate=validate.Range(1, 100_000_000))
     currency = fields.String(validate=validate.Regexp(r"^[A-Z]{3}$"))
 
@@ -535,8 +590,32 @@ class DeadLetterOut(Schema):
     )
 
 
+LETTER_FILTERS = (
+    "task_name",
+    "exception_type",
+    "failed_from",
+    "failed_until",
+    "course_id",
+    "correlation_id",
+)
+_ANY_FILTER = [{"required": [name]} for name in LETTER_FILTERS]
+
+
 class DeadLetterFilterIn(InputSchema):
-    """Which open letters a bulk replay or discard takes (all filters must match)."""
+    """Which open letters a bulk replay or discard takes (all filters must match): at
+    least one filter, or `all: true` and none. A time range that ends before it starts
+    matches no letter."""
+
+    OPENAPI_RULES: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"anyOf": _ANY_FILTER, "properties": {"all": {"enum": [False]}}},
+            {
+                "required": ["all"],
+                "properties": {"all": {"enum": [True]}},
+                "not": {"anyOf": _ANY_FILTER},
+            },
+        ]
+    }
 
     task_name = Text(255, metadata={"example": "tutorflow.pipeline.allocate_trainer"})
     exception_type = Text(
@@ -560,9 +639,6 @@ class DeadLetterFilterIn(InputSchema):
             raise ValidationError("Give at least one filter, or all: true.")
         if filters and data.get("all"):
             raise ValidationError("all: true takes no filters.")
-        start, end = data.get("failed_from"), data.get("failed_until")
-        if start and end and start >= end:
-            raise ValidationError("failed_from must be before failed_until.", "failed_until")
 
     @post_load
     def _as_filter(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

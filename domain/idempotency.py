@@ -1,4 +1,7 @@
-"""Idempotency-Key for POST /payments: same key and body → the same answer."""
+"""Idempotency-Key for POST /payments: same key and body → the same answer; the same key
+with another body → 409 idempotency_key_reused: the key is already bound to a request, a
+conflict with stored state (the same body under a fresh key is fine), where the IETF
+draft suggests 422, which a client cannot tell from a malformed body."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from domain.errors import Unprocessable
+from domain.errors import Conflict
 from models import IdempotencyKey
 
 
@@ -43,7 +46,7 @@ def claim_key(session: Session, key: str, request_fingerprint: str) -> StoredRes
         return None
     stored = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
     if stored.request_fingerprint != request_fingerprint:
-        raise Unprocessable(
+        raise Conflict(
             "idempotency_key_reused",
             "This Idempotency-Key was used with a different request body.",
             idempotency_key=key,
@@ -58,7 +61,7 @@ def stored_answer(session: Session, key: str, request_fingerprint: str) -> Store
     if stored is None or stored.response_status == 0:
         return None
     if stored.request_fingerprint != request_fingerprint:
-        raise Unprocessable(
+        raise Conflict(
             "idempotency_key_reused",
             "This Idempotency-Key was used with a different request body.",
             idempotency_key=key,

@@ -40,7 +40,6 @@ from domain.errors import (
     NotFound,
     PermanentStepError,
     TransientStepError,
-    Unprocessable,
 )
 from domain.events import EventType, record_event
 from models import (
@@ -96,15 +95,17 @@ def quote(session: Session, order: Order) -> Price:
             CoursePrice.course_id == order.course_id, CoursePrice.tier == order.tier
         )
     )
+    # Both are the catalogue's current state (PATCH /courses/{id} changes it), not a
+    # malformed order: 409, with what the catalogue says now.
     if amount is None:
-        raise Unprocessable(
+        raise Conflict(
             "tier_not_sold", "The course is not sold in this tier.", field="tier", tier=order.tier
         )
     price = Price(amount, course.currency)
     if (order.amount_cents is not None and order.amount_cents != price.amount_cents) or (
         order.currency is not None and order.currency != price.currency
     ):
-        raise Unprocessable(
+        raise Conflict(
             "amount_mismatch",
             "The amount or currency differs from the catalogue price.",
             amount_cents=price.amount_cents,

@@ -3,10 +3,10 @@ and the payment's fulfilment view."""
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from domain.payments import request_confirmation
-from models import DeadLetter, OutboxKind, OutboxMessage, Payment, Purchase
+from models import CoursePrice, DeadLetter, OutboxKind, OutboxMessage, Payment, Purchase
 from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
@@ -44,13 +44,40 @@ def test_checkout_charges_the_catalogue_price_and_creates_the_intent(client, db_
 def test_a_client_sent_amount_that_differs_is_refused_and_writes_nothing(client, db_session):
     student, course = make_student(db_session), make_sellable_course(db_session)
     response = checkout(client, student, course, amount_cents=100, currency="EUR")
-    assert response.status_code == 422
+    # A well-formed order at odds with the catalogue's current price: 409, with the price.
+    assert response.status_code == 409
     assert response.json["error"]["code"] == "amount_mismatch"
     assert response.json["error"]["details"]["amount_cents"] == 9900
-    assert checkout(client, student, course, currency="USD").status_code == 422
+    assert checkout(client, student, course, currency="USD").status_code == 409
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
     agreeing = checkout(client, student, course, amount_cents=9900, currency="EUR")
     assert agreeing.status_code == 201
+
+
+def test_a_tier_the_course_does_not_sell_is_a_conflict_with_the_catalogue(client, db_session):
+    student, course = make_student(db_session), make_sellable_course(db_session)
+    db_session.execute(delete(CoursePrice).where(CoursePrice.course_id == course.id))
+    db_session.flush()
+    response = checkout(client, student, course, tier=30)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "tier_not_sold"
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
+
+
+def test_an_operator_checks_out_only_for_a_named_student(client, db_session):
+    student, course = make_student(db_session), make_sellable_course(db_session, trainers=2)
+    body = payment_body(student.id, course.id)
+    del body["student_id"]
+    # The body a student's token buys with; an operator has no student of its own.
+    response = client.post("/api/v1/payments", json=body, headers=ADMIN)
+    assert response.status_code == 403
+    assert response.json["error"]["code"] == "student_required"
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
+    own = client.post("/api/v1/payments", json=body, headers=student_auth(student.id))
+    assert own.status_code == 201
+    other = make_student(db_session)
+    named = client.post("/api/v1/payments", json={**body, "student_id": other.id}, headers=ADMIN)
+    assert named.status_code == 201, named.json
 
 
 def test_same_idempotency_key_and_body_answer_the_same(client, db_session):
@@ -71,7 +98,7 @@ def test_same_idempotency_key_with_another_body_is_refused(client, db_session):
     other = client.post(
         "/api/v1/payments", json=payment_body(student.id, course.id, tier=20), headers=headers
     )
-    assert other.status_code == 422
+    assert other.status_code == 409  # the key is bound to the first body
     assert other.json["error"]["code"] == "idempotency_key_reused"
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
 

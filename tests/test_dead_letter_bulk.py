@@ -136,7 +136,6 @@ def test_bulk_replay_goes_through_the_outbox_once_per_letter(client, db_session,
         {},
         {"dry_run": True},
         {"all": True, "task_name": ALLOCATE},
-        {"failed_from": T0.isoformat(), "failed_until": T0.isoformat()},
         {"failed_from": "2026-11-20T10:00:00"},  # no UTC offset
         {"failed_from": "yesterday"},
         {"course_id": 0},
@@ -152,6 +151,22 @@ def test_a_bad_filter_is_422_json_and_changes_nothing(client, db_session, letter
         answer = client.post(f"{URL}/{action}", json=body, headers=ADMIN)
         assert answer.status_code == 422, (body, answer.json)
         assert "error" in answer.json
+    assert statuses(db_session) == before
+
+
+@pytest.mark.parametrize("hours", [0, -1])
+def test_a_range_that_ends_before_it_starts_matches_no_letter(client, db_session, letters, hours):
+    """As in the CLI: an empty range is a filter no letter passes (200, matched 0), not
+    a malformed body; the operator sees that nothing matched, and nothing changes."""
+    before = statuses(db_session)
+    body = {
+        "failed_from": T0.isoformat(),
+        "failed_until": (T0 + timedelta(hours=hours)).isoformat(),
+    }
+    for action in ("replay", "discard"):
+        answer = client.post(f"{URL}/{action}", json=body, headers=ADMIN)
+        assert answer.status_code == 200, answer.json
+        assert (answer.json["matched"], answer.json["ids"]) == (0, [])
     assert statuses(db_session) == before
 
 

@@ -38,7 +38,7 @@ class IdempotencyHeader(InputSchema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
         validate=validate.Length(1, 255),
-        metadata={"description": "Same key and body → the same answer; other body → 422."},
+        metadata={"description": "Same key and body → the same answer; other body → 409."},
     )
 
 
@@ -49,9 +49,22 @@ class IdempotencyHeader(InputSchema):
 @blp.arguments(PaymentIn)
 @blp.response(201, CheckoutOut)
 @blp.alt_response(401, schema=ErrorOut)
-@blp.alt_response(403, schema=ErrorOut)
-@blp.alt_response(409, schema=ErrorOut)
-@blp.alt_response(422, schema=ErrorOut)
+@blp.alt_response(
+    403,
+    schema=ErrorOut,
+    description="Another student's `student_id`; or an operator's token without one "
+    "(`student_required`).",
+)
+@blp.alt_response(
+    409,
+    schema=ErrorOut,
+    description="The catalogue or the student's state refuses the order: "
+    "`slot_unavailable` (no trainer can serve the time for the tier's whole span; "
+    "`details.nearest`), `amount_mismatch` (the `amount_cents`/`currency` sent differ from "
+    "the catalogue's; `details` has its price), `tier_not_sold`, `course_already_active`, "
+    "`idempotency_key_reused` (the `Idempotency-Key` was used with another body).",
+)
+@blp.alt_response(422, schema=ErrorOut, description="The body does not validate.")
 @blp.alt_response(503, schema=ErrorOut, description="The payment provider is unreachable.")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     """Start a checkout at the catalogue price; the answer carries the PaymentIntent's
@@ -59,7 +72,11 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     who = caller()
     student_id = data.get("student_id", who.student_id)
     if student_id is None:
-        raise ApiError(422, "validation_error", "An operator must name the student_id.")
+        # The same body from a student's token buys for that student: what is refused
+        # here is the caller (an operator has no student of its own), so 403, not 422.
+        raise ApiError(
+            403, "student_required", "An operator checks out for a student: name the student_id."
+        )
     who.require_student(student_id)
     app = runtime()
     answer = payments.checkout(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -131,14 +132,24 @@ def stream_ticket(student_id: int):
 @blp.alt_response(401, schema=ErrorOut)
 @blp.alt_response(403, schema=ErrorOut)
 @blp.alt_response(404, schema=ErrorOut)
-@blp.alt_response(503, schema=ErrorOut, description="Every stream slot is taken: poll.")
+@blp.alt_response(
+    429,
+    schema=ErrorOut,
+    description="Every stream slot of this process is taken: poll `/events/recent`, and "
+    "open a stream again after `Retry-After` seconds (a slot frees within a stream's length).",
+    headers={"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+)
 def stream(student_id: int):
     _stream_caller().require_student(student_id)
     get_student(db(), student_id)  # 404 before a slot is taken
     # A client turned away (every slot of this process taken) falls back to polling.
+    # 429, not 503: this is admission control on concurrent streams (as a concurrency
+    # limiter answers), not a failing or overloaded service; every other request is served.
     app = runtime()
     if not app.stream_slots.acquire(blocking=False):
-        raise ApiError(503, "streams_full", "No stream slot free; poll /events/recent.")
+        error = ApiError(429, "streams_full", "No stream slot free; poll /events/recent.")
+        error.headers = {"Retry-After": str(math.ceil(app.settings.stream_seconds))}
+        raise error
     try:
         pubsub = app.cache.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(student_channel(student_id))
