@@ -40,6 +40,7 @@ from domain.errors import (
     NotFound,
     PermanentStepError,
     TransientStepError,
+    Unprocessable,
 )
 from domain.events import EventType, record_event
 from models import (
@@ -105,7 +106,8 @@ def quote(session: Session, order: Order) -> Price:
     if (order.amount_cents is not None and order.amount_cents != price.amount_cents) or (
         order.currency is not None and order.currency != price.currency
     ):
-        raise Conflict(
+        # DESIGN's contract: a client-sent amount that differs is 422.
+        raise Unprocessable(
             "amount_mismatch",
             "The amount or currency differs from the catalogue price.",
             amount_cents=price.amount_cents,

@@ -44,11 +44,11 @@ def test_checkout_charges_the_catalogue_price_and_creates_the_intent(client, db_
 def test_a_client_sent_amount_that_differs_is_refused_and_writes_nothing(client, db_session):
     student, course = make_student(db_session), make_sellable_course(db_session)
     response = checkout(client, student, course, amount_cents=100, currency="EUR")
-    # A well-formed order at odds with the catalogue's current price: 409, with the price.
-    assert response.status_code == 409
+    # DESIGN's contract: a client-sent amount that differs is 422, with the price.
+    assert response.status_code == 422
     assert response.json["error"]["code"] == "amount_mismatch"
     assert response.json["error"]["details"]["amount_cents"] == 9900
-    assert checkout(client, student, course, currency="USD").status_code == 409
+    assert checkout(client, student, course, currency="USD").status_code == 422
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
     agreeing = checkout(client, student, course, amount_cents=9900, currency="EUR")
     assert agreeing.status_code == 201

@@ -243,7 +243,7 @@ CASES = [
         "post",
         "/api/v1/webhooks/stripe",
         {"json": {"id": "e", "type": "payment_intent.succeeded", "data": {"object": {}}}},
-        401,
+        400,
         "invalid_signature",
     ),
     (
@@ -251,7 +251,7 @@ CASES = [
         "post",
         "/api/v1/webhooks/stripe",
         {"json": {"id": "e"}, "headers": {"Stripe-Signature": "t=1700000000,v1=" + "0" * 64}},
-        401,
+        400,
         "invalid_signature",
     ),
     ("unknown route", "get", "/api/v1/nothing-here", {}, 404, "not_found"),

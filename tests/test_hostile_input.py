@@ -41,9 +41,9 @@ def test_public_endpoints_are_rate_limited_with_a_json_429(db_session):
         ).map(lambda parts: ",".join(f"{k}={v}" for k, v in parts)),
     )
 )
-def test_any_forged_stripe_signature_is_a_401_never_a_500(client, db_connection, header):
+def test_any_forged_stripe_signature_is_a_400_never_a_500(client, db_connection, header):
     """Stripe's library parses the header; whatever a forger sends, the answer is the
-    documented 401 (the header must be sendable: latin-1, no line breaks)."""
+    documented 400 (the header must be sendable: latin-1, no line breaks)."""
     if not header.isprintable() or not header.isascii():
         return
     response = client.post(
@@ -51,7 +51,7 @@ def test_any_forged_stripe_signature_is_a_401_never_a_500(client, db_connection,
         data=b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}}',
         headers={"Stripe-Signature": header, "Content-Type": "application/json"},
     )
-    assert response.status_code == 401
+    assert response.status_code == 400
     assert response.json["error"]["code"] == "invalid_signature"
 
 

@@ -60,11 +60,15 @@ class IdempotencyHeader(InputSchema):
     schema=ErrorOut,
     description="The catalogue or the student's state refuses the order: "
     "`slot_unavailable` (no trainer can serve the time for the tier's whole span; "
-    "`details.nearest`), `amount_mismatch` (the `amount_cents`/`currency` sent differ from "
-    "the catalogue's; `details` has its price), `tier_not_sold`, `course_already_active`, "
+    "`details.nearest`), `tier_not_sold`, `course_already_active`, "
     "`idempotency_key_reused` (the `Idempotency-Key` was used with another body).",
 )
-@blp.alt_response(422, schema=ErrorOut, description="The body does not validate.")
+@blp.alt_response(
+    422,
+    schema=ErrorOut,
+    description="The body does not validate, or `amount_mismatch`: the `amount_cents`/"
+    "`currency` sent differ from the catalogue's price (`details` has it).",
+)
 @blp.alt_response(503, schema=ErrorOut, description="The payment provider is unreachable.")
 def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     """Start a checkout at the catalogue price; the answer carries the PaymentIntent's

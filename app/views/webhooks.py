@@ -35,16 +35,7 @@ blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
     },
 )
 @blp.response(200, WebhookOut)
-@blp.alt_response(
-    400, schema=ErrorOut, description="Signed, but the payload is not a Stripe event."
-)
-@blp.alt_response(
-    401,
-    schema=ErrorOut,
-    description="The Stripe-Signature is missing or does not verify (wrong secret, "
-    "stale timestamp, altered body): the delivery is not authenticated as Stripe's.",
-    headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
-)
+@blp.alt_response(400, schema=ErrorOut, description="Bad payload or signature.")
 @blp.alt_response(409, schema=ErrorOut)
 def receive_stripe_event():
     raw = request.get_data(cache=True)
@@ -52,12 +43,7 @@ def receive_stripe_event():
     try:
         event = provider.construct_event(raw, request.headers.get("Stripe-Signature"))
     except stripe.SignatureVerificationError as exc:
-        # The signature is the sender's credential: without one that verifies, the
-        # request is unauthenticated (401), whatever its body. Stripe retries any non-2xx
-        # alike, so for Stripe nothing changes.
-        error = ApiError(401, "invalid_signature", "The Stripe-Signature does not verify.")
-        error.headers = {"WWW-Authenticate": 'Stripe-Signature realm="webhooks"'}
-        raise error from exc
+        raise ApiError(400, "invalid_signature", "The Stripe-Signature does not verify.") from exc
     except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or not an event
         raise ApiError(400, "bad_request", "The payload is not a Stripe event.") from exc
     try:
