@@ -11,12 +11,14 @@ import dataclasses
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app import create_app
 from tests.conftest import ADMIN
 from tests.conftest import settings as TEST_SETTINGS
 
 EXAMPLES_PER_OPERATION = 25
+CONTRACT = {"POST /api/v1/webhooks/stripe", "POST /api/v1/payments"}
 
 
 def test_every_operation_answers_within_its_contract(db_connection):
@@ -30,6 +32,7 @@ def test_every_operation_answers_within_its_contract(db_connection):
     assert len(operations) >= 15
 
     for operation in operations:
+        excluded = [positive_data_acceptance] if operation.label in CONTRACT else []
 
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
@@ -41,8 +44,9 @@ def test_every_operation_answers_within_its_contract(db_connection):
         def exercise(case) -> None:
             # Every check, positive_data_acceptance included: a schema-valid request is
             # never a 400 or 422 (the rules between fields are in the document; a
-            # refusal that depends on state is a 409).
-            case.call_and_validate(headers=ADMIN)
+            # refusal that depends on state is a 409) — but on the two operations whose
+            # 400/422 DESIGN's contract fixes (test_openapi_contract.CONTRACT_ANSWERS).
+            case.call_and_validate(headers=ADMIN, excluded_checks=excluded)  # noqa: B023 (run below, in this pass)
 
         try:
             exercise()
