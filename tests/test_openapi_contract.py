@@ -102,5 +102,6 @@ def test_an_outside_schemathesis_with_either_token_finds_nothing(committed, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # every phase, both tokens: the coverage phase alone is ~1 min each
 def test_an_outside_schemathesis_in_every_phase_finds_nothing(committed, tmp_path):
     outside_client_finds_nothing(tmp_path, "--max-examples", "15")
