@@ -80,7 +80,9 @@ def outside_client_finds_nothing(tmp_path: Path, *extra: str) -> None:
     }
     env = {
         "RATE_LIMIT_PUBLIC": "1000000/minute",  # one client sends everything
-        "STREAM_SECONDS": "1",  # read each event stream to its end, quickly
+        # Read each event stream to its end, quickly: the coverage phase asks the student's
+        # own stream hundreds of times (a whole second each took the run past 10 minutes).
+        "STREAM_SECONDS": "0.1",
         "STREAM_SLOTS_PER_PROCESS": "4",
     }
     failures = {}
@@ -102,6 +104,11 @@ def test_an_outside_schemathesis_with_either_token_finds_nothing(committed, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # every phase, both tokens: the coverage phase alone is ~1 min each
-def test_an_outside_schemathesis_in_every_phase_finds_nothing(committed, tmp_path):
-    outside_client_finds_nothing(tmp_path, "--max-examples", "15")
+@pytest.mark.timeout(900)
+def test_an_outside_schemathesis_with_more_examples_finds_nothing(committed, tmp_path):
+    """Three times the examples. Not the coverage phase: with the working-hours rule's 96
+    branches it ran past ten minutes a token on CI's two cores; the in-process fuzz test
+    (tests/test_fuzz_openapi.py) covers every operation in make test."""
+    outside_client_finds_nothing(
+        tmp_path, "--max-examples", "15", "--phases", "examples,fuzzing,stateful"
+    )
