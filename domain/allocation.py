@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class TrainerLoad:
     """What the choice needs to know about one trainer, for one course. Whether the
     student's slot is free in the trainer's week is asked afterwards, of the locked
-    trainer (calendar.slot_fits)."""
+    trainer (calendar.span_fits over calendar.tier_span)."""
 
     trainer_id: int
     is_active: bool

@@ -35,6 +35,7 @@ from domain.bookings import (
     working_hours,
 )
 from domain.calendar import END_OF_DAY, Busy, WorkingHours, occurrences, projected, span_fits
+from domain.calendar import tier_span as calendar_tier_span
 from domain.errors import Conflict, NotFound, Unprocessable
 from models import (
     TIERS,
@@ -129,11 +130,13 @@ PREFILTER_SESSIONS = 2
 
 def tier_span(wanted: Wanted, now: datetime) -> list[tuple[datetime, datetime]]:
     """The student's next `sessions` weekday sessions at the slot: the tier's span."""
-    today = now.astimezone(ZoneInfo(wanted.timezone)).date()
-    upcoming = occurrences(
-        timezone=wanted.timezone, slot=wanted.slot, minutes=wanted.minutes, after=today, now=now
+    return calendar_tier_span(
+        now=now,
+        timezone=wanted.timezone,
+        slot=wanted.slot,
+        minutes=wanted.minutes,
+        count=wanted.sessions,
     )
-    return [(start, end) for _, start, end in islice(upcoming, wanted.sessions)]
 
 
 def find_trainer(

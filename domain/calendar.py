@@ -221,24 +221,14 @@ def plan_window(
     return Plan(sessions, shifts, unplaced=count - len(sessions))
 
 
-def slot_fits(
-    *,
-    now: datetime,
-    timezone: str,
-    slot: time,
-    minutes: int,
-    count: int,
-    busy: Busy,
-    hours: WorkingHours,
-) -> bool:
-    """The allocation's "free at the slot" rule: the student's next `count` sessions
-    (the whole tier, over the coming weeks, DST changes included) are each inside the
-    trainer's working hours and overlap nothing in `busy` (the trainer's booked
-    sessions and the projected rest of its other students' tiers)."""
+def tier_span(
+    *, now: datetime, timezone: str, slot: time, minutes: int, count: int
+) -> list[tuple[datetime, datetime]]:
+    """The student's next `count` weekday sessions at `slot` in `timezone` (the whole
+    tier, over the coming weeks, DST changes included): what a trainer must serve."""
     today = now.astimezone(ZoneInfo(timezone)).date()
     upcoming = occurrences(timezone=timezone, slot=slot, minutes=minutes, after=today, now=now)
-    span = [(starts_at, ends_at) for _, starts_at, ends_at in islice(upcoming, count)]
-    return span_fits(span, hours=hours, busy=busy)
+    return [(starts_at, ends_at) for _, starts_at, ends_at in islice(upcoming, count)]
 
 
 def span_fits(

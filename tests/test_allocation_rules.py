@@ -1,5 +1,6 @@
 """Trainer choice: eligible (active, teaches, has room), least loaded. Whether the slot
-is free in the trainer's week is calendar.slot_fits (test_calendar, test_time_rules)."""
+is free in the trainer's week is calendar.span_fits over calendar.tier_span
+(test_calendar, test_time_rules)."""
 
 from domain.allocation import TrainerLoad, choose_trainer, rank_trainers
 

@@ -13,7 +13,8 @@ from domain.calendar import (
     plan_window,
     session_start,
     sessions_needed,
-    slot_fits,
+    span_fits,
+    tier_span,
     weekdays_after,
 )
 
@@ -166,3 +167,10 @@ def test_slot_fits_only_when_every_session_of_the_tier_is_inside_the_hours():
 )
 def test_sessions_needed_fills_the_window_within_the_tier(future, used, total, expected):
     assert sessions_needed(future=future, used=used, total=total, window=7) == expected
+
+
+def slot_fits(*, now, timezone, slot, minutes, count, busy, hours) -> bool:
+    """The allocation's rule for one slot: the tier's span, each session inside the hours
+    and free in `busy` (calendar.span_fits over calendar.tier_span)."""
+    span = tier_span(now=now, timezone=timezone, slot=slot, minutes=minutes, count=count)
+    return span_fits(span, hours=hours, busy=busy)
