@@ -19,13 +19,12 @@ from domain.calendar import (
     plan_window,
     projected,
     sessions_needed,
-    span_fits,
-    tier_span,
 )
 from domain.errors import NoTrainerAvailable
 from domain.events import EventType
 from models import DomainEvent, Trainer, TutoringSession
 from tests.test_beat import MONDAY, allocate, future, top_up_all
+from tests.test_calendar import slot_fits
 
 ZONES = [
     "UTC",
@@ -253,10 +252,3 @@ def test_postgresql_refuses_overlapping_sessions_of_one_trainer(db_session):
     first.status = "cancelled"
     db_session.flush()
     db_session.execute(insert(TutoringSession).values(clash))
-
-
-def slot_fits(*, now, timezone, slot, minutes, count, busy, hours) -> bool:
-    """The allocation's rule for one slot: the tier's span, each session inside the hours
-    and free in `busy` (calendar.span_fits over calendar.tier_span)."""
-    span = tier_span(now=now, timezone=timezone, slot=slot, minutes=minutes, count=count)
-    return span_fits(span, hours=hours, busy=busy)
