@@ -116,10 +116,40 @@ NEW_CHAIN_PRIORITY = 9
 NEW_CHAIN_TASKS = ("tutorflow.pipeline.create_purchase",)
 
 
+# The steps whose retries back off as the settings say (CELERY_RETRY_*); the provider's
+# steps wait up to PROVIDER_RETRY_BACKOFF_MAX between attempts (an outage lasts longer).
+BACKOFF_STEPS = (
+    "tutorflow.pipeline.create_purchase",
+    "tutorflow.pipeline.allocate_trainer",
+    "tutorflow.pipeline.schedule_sessions",
+    "tutorflow.pipeline.refresh_student_views",
+    "tutorflow.pipeline.compensate_refund",
+    "tutorflow.pipeline.reallocate_trainer",
+    "tutorflow.notifications.send",
+)
+
+
+def step_retries(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each step's backoff, as Celery task annotations: the task modules declare their
+    tasks once for any app (shared_task), and each app applies its own settings."""
+    backoff = {"retry_backoff": settings.retry_backoff, "retry_jitter": settings.retry_jitter}
+    return {
+        **{
+            name: {**backoff, "retry_backoff_max": settings.retry_backoff_max}
+            for name in BACKOFF_STEPS
+        },
+        **{
+            name: {**backoff, "retry_backoff_max": settings.provider_retry_backoff_max}
+            for name in PROVIDER_TASKS
+        },
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     check_delivery_settings(settings)
     kombu_redis.install()  # a lost Redis broker never ends a worker
     config = _base_config(settings)
+    config["task_annotations"] = step_retries(settings)
     if broker_transport(settings.broker_url) in AMQP_TRANSPORTS:
         config.update(amqp_config())
     else:

@@ -1,4 +1,4 @@
-"""Flower settings (`celery -A tasks.celery_app flower --conf=flowerconfig.py`), taken
+"""Flower settings (`celery -A celeryapp flower --conf=flowerconfig.py`), taken
 from the one Settings object (core/config.py)."""
 
 import os

@@ -16,7 +16,6 @@ from domain import idempotency
 from domain.availability import drop_hold, place_hold
 from domain.clock import utcnow
 from domain.dead_letters import LetterFilter, discard, open_letter_ids
-from domain.errors import Conflict
 from domain.events import EventType, record_event
 from domain.payments import (
     Confirmation,
@@ -26,8 +25,8 @@ from domain.payments import (
     request_confirmation,
     start_checkout,
 )
-from domain.refunds import Refund, refund_payment
-from models import Database, Payment, PaymentStatus
+from domain.refunds import Refund, refund_payment, still_to_refund
+from models import Database, Payment
 
 # Payment ids derived from (student, Idempotency-Key): two concurrent requests with one
 # key name the same payment, hence the same PaymentIntent at the provider.
@@ -133,15 +132,8 @@ def refund(
     adds to that transaction (the give-up's event)."""
     with database.transaction() as session:
         payment = owned_payment(session, payment_id, None)
-        if payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING):
-            if payment.status == PaymentStatus.REFUNDED:
-                return Refund(payment, None)
-            raise Conflict(
-                "payment_not_refundable",
-                f"A {payment.status} payment cannot be refunded.",
-                payment_id=str(payment_id),
-                status=payment.status,
-            )
+        if not still_to_refund(payment):
+            return Refund(payment, None)
         intent_id = payment.provider_payment_id
     if intent_id is not None:
         provider.refund(intent_id, payment_id=str(payment_id))

@@ -20,11 +20,10 @@ from app.limits import init_limiter
 from app.openapi import SchemaRules
 from app.runtime import EXTENSION, Runtime
 from app.schemas import TimeSlot
+from bootstrap import Services, bootstrap
 from core import tracing
-from core.cache import Cache
 from core.config import Settings, get_settings
 from core.logs import configure_logging, request_id_var
-from tasks.effects import database_for
 
 API_PREFIX = "/api/v1"
 
@@ -43,20 +42,29 @@ FLASK_CONFIG: dict[str, Any] = {
 }
 
 
-def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:
-    """An app on `settings` (this process's, read from the environment, by default).
+def create_app(
+    settings: Settings | None = None, *, testing: bool = False, services: Services | None = None
+) -> Flask:
+    """An app on `settings` (this process's, read from the environment, by default),
+    running on the composition root's services for them (bootstrap.py), or on the
+    `services` given (the API's own settings, such as rate limits, still from `settings`).
 
     `testing` leaves logging to the test runner and turns on Flask's TESTING mode.
     """
     settings = settings or get_settings()
+    services = services or bootstrap(settings)
     app = Flask(__name__)
     app.config.from_mapping(FLASK_CONFIG, TESTING=testing)
     if not testing:
         configure_logging(_log_level(settings), settings.log_json)
     app.extensions[EXTENSION] = Runtime(
         settings=settings,
-        database=database_for(settings, role="api"),
-        cache=Cache.for_settings(settings),
+        database=services.api_database,
+        cache=services.cache,
+        telemetry=services.telemetry,
+        provider=services.provider,
+        tokens=services.tokens,
+        celery=services.celery,
     )
 
     api = TutorflowApi(

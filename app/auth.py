@@ -19,7 +19,7 @@ from flask import g, request
 
 from app.errors import ApiError
 from app.runtime import runtime
-from core.tokens import InvalidToken, TokenVerifier
+from core.tokens import InvalidToken
 
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 STUDENT_SECURITY: list[dict[str, list[str]]] = [{"studentToken": []}, {"adminToken": []}]
@@ -74,7 +74,7 @@ def _identify(*, students: bool) -> Caller:
     if token is None:
         raise _unauthorized("A bearer token is required.")
     try:
-        identity = TokenVerifier.for_settings(runtime().settings).verify(token)
+        identity = runtime().tokens.verify(token)
     except InvalidToken as exc:
         raise _unauthorized(f"The bearer token was refused: {exc}.") from exc
     return Caller(admin=False, student_id=identity.student_id)

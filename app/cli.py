@@ -16,7 +16,6 @@ from sqlalchemy.engine import make_url
 from actions import dead_letters
 from app.runtime import runtime
 from app.schemas import DeadLetterOut
-from core.tokens import TokenVerifier
 from domain import catalogue
 from domain.dead_letters import LetterFilter
 from domain.errors import DomainError
@@ -279,7 +278,7 @@ def register_cli(app: Flask) -> None:
     def issue_token_command(student_id: int, hours: float) -> None:
         """A student's bearer token, for development (HS256 with JWT_SECRET): in
         production the platform's identity provider issues them."""
-        verifier = TokenVerifier.for_settings(runtime().settings)
+        verifier = runtime().tokens
         click.echo(verifier.issue(student_id, ttl=timedelta(hours=hours)))
 
     @app.cli.command("urls")

@@ -25,10 +25,8 @@ from sqlalchemy import func, select
 
 from app.runtime import Runtime, runtime
 from celeryconfig import QUEUES
-from core.telemetry import Telemetry
 from domain import fulfilment
 from models import DeadLetter, DeadLetterStatus, OutboxMessage
-from tasks.celery_app import celery_app
 from tasks.telemetry import CONSUMER_FRESH_SECONDS, queue_depths
 
 log = logging.getLogger(__name__)
@@ -115,7 +113,7 @@ class SharedStateCollector(Collector):
         )
 
     def _broker(self):
-        depths = queue_depths(celery_app, QUEUES)
+        depths = queue_depths(self.app.celery, QUEUES)
         messages = GaugeMetricFamily(
             "tutorflow_queue_messages",
             "Messages in each broker queue: ready (waiting) and, on Redis, unacked "
@@ -129,7 +127,7 @@ class SharedStateCollector(Collector):
         yield messages
 
     def _cache(self):
-        telemetry = Telemetry.for_settings(self.app.settings)
+        telemetry = self.app.telemetry
         yield from _read_model_metrics(self.app)
         consumers = GaugeMetricFamily(
             "tutorflow_queue_consumers",

@@ -42,7 +42,7 @@ def stack_summary(settings: Settings) -> str:
         defaults.jwt_algorithm,
         defaults.jwt_secret,
     ):
-        token = TokenVerifier.for_settings(settings).issue(DEMO_STUDENT, ttl=timedelta(hours=12))
+        token = TokenVerifier(settings).issue(DEMO_STUDENT, ttl=timedelta(hours=12))
         student_page = f"{student_page}#token={token}"
         token_lines.append("                   (the student page link above carries one, 12 h)")
     provider = (

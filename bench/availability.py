@@ -59,10 +59,12 @@ import bench.common as common
 from actions.availability import course_availability
 from app import create_app
 from app.runtime import EXTENSION
+from bootstrap import bootstrap
 from core.snapshots import Snapshots
 from domain import availability, clock
 from models import Hold
-from tasks.celery_app import celery_app
+
+celery_app = bootstrap().celery  # the bench settings (bench.common)
 
 NOW = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)  # a Wednesday
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]

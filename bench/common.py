@@ -11,6 +11,7 @@ import os
 import statistics
 
 from bench import sandbox_thread
+from bootstrap import bootstrap
 
 os.environ.setdefault(
     "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_bench"
@@ -49,9 +50,7 @@ from sqlalchemy.engine import make_url
 from app.cli import rebuild_database
 from core import tracing as otel
 from core.config import get_settings
-from core.provider import PaymentProvider
 from core.redis_client import redis_client
-from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
 from harness import brokers, processes
 from harness.otlp import OtlpReceiver, otlp_receiver, tracing_env
@@ -197,14 +196,14 @@ def seed_catalogue(trainers: int, max_students: int = 100) -> int:
 
 
 def student_token(student_id: int) -> str:
-    return TokenVerifier.for_settings(settings).issue(student_id)
+    return bootstrap(settings).tokens.issue(student_id)
 
 
 def pay_at_the_provider(payment_ids: list[uuid.UUID]) -> float:
     """Each payment gets its PaymentIntent (9900 EUR, its id in the metadata), paid with
     the test card, as the student's app would; seconds taken."""
     started = time.perf_counter()
-    provider = PaymentProvider.for_settings(settings)
+    provider = bootstrap(settings).provider
 
     def pay(payment_id: uuid.UUID) -> dict[str, str]:
         intent = provider.create_intent(
@@ -249,7 +248,7 @@ def add_provider_argument(parser: Any) -> None:
 
 def provider_round_trip_ms(samples: int = 200) -> float:
     """Median of the verify step's remote call (retrieve a PaymentIntent) here."""
-    provider = PaymentProvider.for_settings(settings)
+    provider = bootstrap(settings).provider
     intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="probe")
     times = []
     for _ in range(samples):

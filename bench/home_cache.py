@@ -15,9 +15,11 @@ import shutil
 import subprocess
 
 import bench.common as common
+from bootstrap import bootstrap
 from domain import fulfilment
 from domain.clock import utcnow
-from tasks.celery_app import celery_app
+
+celery_app = bootstrap().celery  # the bench settings (bench.common)
 
 CASES = [
     ("uncached: read model from PostgreSQL", "/bench/ref/home-uncached/{id}"),

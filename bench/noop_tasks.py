@@ -10,28 +10,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from celery import chain
+from celery import Celery, Task, chain, shared_task
 from celery.canvas import Signature
 
-from core.cache import Cache
 from tasks.base import StepEvents
-from tasks.celery_app import celery_app
 
 DONE_CHANNEL = "bench:noop:done"
-CACHE = Cache.for_settings(celery_app.settings)
+NOOP, NOOP_DONE = "bench.noop", "bench.noop_done"
 
 
-@celery_app.task(base=StepEvents, name="bench.noop")
+@shared_task(base=StepEvents, name=NOOP)
 def noop(value: Any = None) -> Any:
     return value
 
 
-@celery_app.task(base=StepEvents, name="bench.noop_done")
-def noop_done(value: Any) -> None:
+@shared_task(base=StepEvents, bind=True, name=NOOP_DONE)
+def noop_done(self: Task, value: Any) -> None:
     # One PUBLISH, as the real chain's last step ends with one live event.
-    CACHE.client.publish(DONE_CHANNEL, json.dumps({"token": value}))
+    self.app.cache.client.publish(DONE_CHANNEL, json.dumps({"token": value}))
 
 
-def noop_chain(token: str) -> Signature:
+def noop_chain(app: Celery, token: str) -> Signature:
     """Five links, each passing its result on, like verify_payment → ... → refresh."""
-    return chain(noop.si(token), noop.s(), noop.s(), noop.s(), noop_done.s())
+    links = [app.signature(NOOP, (token,), immutable=True)]
+    links += [app.signature(NOOP) for _ in range(3)] + [app.signature(NOOP_DONE)]
+    return chain(*links, app=app)

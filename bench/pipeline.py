@@ -29,9 +29,10 @@ import bench.common as common
 from actions import payments as actions
 from bench.common import settings
 from bench.noop_tasks import DONE_CHANNEL, noop_chain
-from core.telemetry import Telemetry
+from bootstrap import bootstrap
 from harness.brokers import queue_length
-from tasks.celery_app import celery_app
+
+celery_app = bootstrap().celery  # the bench settings (bench.common)
 
 TASKS_PER_CHAIN = 5
 POLL_SECONDS = 0.1  # the DB count's period: the resolution of "all have 7 sessions"
@@ -138,7 +139,7 @@ def run_pipeline(
 def step_times() -> list[list[str]]:
     """Each task's runs and time in the drain just done, from the duration histograms
     the workers keep for /metrics (core.telemetry), longest total first."""
-    durations = Telemetry.for_settings(settings).durations()
+    durations = bootstrap(settings).telemetry.durations()
     total = sum(d.total_seconds for d in durations.values()) or 1.0
     rows = []
     for task, d in sorted(durations.items(), key=lambda item: -item[1].total_seconds):
@@ -165,7 +166,7 @@ def run_noop(n: int, timeout: float, concurrency: int) -> tuple[Drain, str]:
             done.setdefault(data["token"], at)
 
     for token in tokens:
-        noop_chain(token).apply_async()
+        noop_chain(celery_app, token).apply_async()
     calls = common.redis_calls()
     with (
         common.LiveEvents(patterns=(), channels=(DONE_CHANNEL,), on_event=on_event),

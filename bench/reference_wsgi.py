@@ -21,10 +21,12 @@ from app import create_app
 from app.db import db
 from app.schemas import HomeOut
 from bench import noop_tasks
+from bootstrap import bootstrap
 from domain.clock import utcnow
 from domain.read_models import student_home
 
 app = create_app()
+celery = bootstrap().celery
 
 
 def bare(token: str):
@@ -37,7 +39,7 @@ def insert_publish(token: str):
     session = db()
     session.execute(text("INSERT INTO bench_reference (token) VALUES (:token)"), {"token": token})
     session.commit()
-    noop_tasks.noop.apply_async((token,))
+    celery.signature(noop_tasks.NOOP, (token,)).apply_async()
     return jsonify(token=token, provider_payment_id=body.get("provider_payment_id")), 202
 
 
@@ -48,7 +50,7 @@ def home_uncached(student_id: int):
 
 
 def publish_chain(token: str):
-    noop_tasks.noop_chain(token).apply_async()
+    noop_tasks.noop_chain(celery, token).apply_async()
     return jsonify(token=token), 202
 
 

@@ -22,10 +22,12 @@ from datetime import time as dt_time
 from sqlalchemy import text
 
 import bench.common as common
+from bootstrap import bootstrap
 from domain import clock
 from domain.catalogue import hours_for_all_trainers
 from tasks.beat import run_top_up
-from tasks.celery_app import celery_app
+
+celery_app = bootstrap().celery  # the bench settings (bench.common)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
@@ -107,7 +109,7 @@ def main() -> None:
     # Memory: peak RSS of this process (tracemalloc would slow the run several-fold).
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    report = run_top_up(batch_size=args.batch)
+    report = run_top_up(celery_app, batch_size=args.batch)
     elapsed = time.perf_counter() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -95,9 +94,6 @@ class Cache:
     """One Redis (CACHE_URL, a server or a Sentinel-managed primary): read models, their
     versions, live events, stats."""
 
-    _instances: dict[tuple[str, str], Cache] = {}
-    _lock = threading.Lock()
-
     def __init__(self, url: str, sentinel_master: str) -> None:
         self.url = url
         self.client = redis_client(
@@ -110,13 +106,10 @@ class Cache:
         self._invalidate_and_publish = self.client.register_script(_INVALIDATE_AND_PUBLISH)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Cache:
-        """One client (and connection pool) per cache and process."""
-        key = (settings.cache_url, settings.redis_sentinel_master)
-        with cls._lock:
-            if key not in cls._instances:
-                cls._instances[key] = cls(*key)
-            return cls._instances[key]
+    def from_settings(cls, settings: Settings) -> Cache:
+        """A new client and connection pool: the composition root (bootstrap.py) makes
+        one per process."""
+        return cls(settings.cache_url, settings.redis_sentinel_master)
 
     def cached_read_model(
         self, kind: str, student_id: int, load: Callable[[], str]

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -132,10 +131,10 @@ def _is_outage(error: BaseException) -> bool:
 
 
 class PaymentProvider:
-    _instances: dict[tuple[object, ...], PaymentProvider] = {}
-    _lock = threading.Lock()
+    """The provider's API behind one circuit breaker. One per process (bootstrap.py):
+    the breaker counts every caller's failures."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         self.client = stripe.StripeClient(
             settings.stripe_secret_key,
@@ -151,21 +150,9 @@ class PaymentProvider:
             reset_timeout=settings.stripe_breaker_reset_seconds,
             # Only outages trip it: a declined card is the provider working fine.
             exclude=[lambda error: not _is_outage(error)],
-            listeners=[_LogTransitions(), _ShareTransitions(Telemetry.for_settings(settings))],
+            listeners=[_LogTransitions(), _ShareTransitions(telemetry)],
             name="stripe",
         )
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> PaymentProvider:
-        key = (
-            settings.stripe_api_base,
-            settings.stripe_secret_key,
-            settings.stripe_webhook_secrets,
-        )
-        with cls._lock:
-            if key not in cls._instances:
-                cls._instances[key] = cls(settings)
-            return cls._instances[key]
 
     @property
     def state(self) -> str:

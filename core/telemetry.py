@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 import redis
 
-from core.cache import Cache
-from core.config import Settings
-
 log = logging.getLogger(__name__)
 
 PREFIX = "stats:tasks"
@@ -97,12 +94,6 @@ class Telemetry:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Telemetry:
-        """On the cache's own client (one connection pool per cache and process; a
-        Sentinel-managed cache follows its primary)."""
-        return cls(Cache.for_settings(settings).client)
 
     def now(self) -> float:
         seconds, micros = self.client.time()

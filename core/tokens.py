@@ -12,7 +12,6 @@ may ride in the query string without exposing the long-lived token in URLs and l
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,29 +34,10 @@ class StudentIdentity:
 
 
 class TokenVerifier:
-    _instances: dict[tuple[object, ...], TokenVerifier] = {}
-    _lock = threading.Lock()
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.algorithm = settings.jwt_algorithm
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> TokenVerifier:
-        key = (
-            settings.jwt_algorithm,
-            settings.jwt_secret,
-            settings.jwt_public_key,
-            settings.jwt_jwks_url,
-            settings.jwt_audience,
-            settings.jwt_issuer,
-            settings.stream_ticket_secret,
-        )
-        with cls._lock:
-            if key not in cls._instances:
-                cls._instances[key] = cls(settings)
-            return cls._instances[key]
 
     def _verification_key(self, token: str) -> Any:
         if self.algorithm == "HS256":

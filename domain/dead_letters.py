@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, safe_reason
 from domain.events import EventType, record_event
-from models import DeadLetter, DeadLetterStatus, OutboxKind, OutboxMessage, Payment
+from models import DeadLetter, DeadLetterStatus, OutboxKind, Payment, outbox
 
 
 def store_dead_letter(session: Session, letter: dict[str, Any]) -> DeadLetter:
@@ -125,19 +125,18 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
     letter = _open_letter(session, letter_id)
     # The replay's task id, known now: a letter its failure parks points back here.
     letter.replay_task_id = str(uuid.uuid4())
-    session.add(
-        OutboxMessage(
-            correlation_id=uuid.UUID(letter.correlation_id),
-            kind=OutboxKind.REPLAY_DEAD_LETTER,
-            payload={
-                "dead_letter_id": letter.id,
-                "task_id": letter.replay_task_id,
-                "task_name": letter.task_name,
-                "args": letter.args,
-                "kwargs": letter.kwargs,
-                "chain": letter.chain,
-            },
-        )
+    outbox.write(
+        session,
+        OutboxKind.REPLAY_DEAD_LETTER,
+        correlation_id=uuid.UUID(letter.correlation_id),
+        payload={
+            "dead_letter_id": letter.id,
+            "task_id": letter.replay_task_id,
+            "task_name": letter.task_name,
+            "args": letter.args,
+            "kwargs": letter.kwargs,
+            "chain": letter.chain,
+        },
     )
     letter.status = DeadLetterStatus.REPLAYED
     letter.resolved_at = utcnow()

@@ -1,6 +1,6 @@
 """Domain events: written in the same transaction as the change they record.
 
-The after-commit channel (models.effects, tasks.effects) announces each written event
+The after-commit channel (models.effects, models.outbox) announces each written event
 to its student (read models invalidated, a live event) once the transaction commits.
 """
 

@@ -39,13 +39,13 @@ from models import (
     Hold,
     HoldStatus,
     OutboxKind,
-    OutboxMessage,
     Payment,
     PaymentStatus,
     Purchase,
     SessionStatus,
     Student,
     TutoringSession,
+    outbox,
 )
 
 
@@ -240,12 +240,11 @@ def _refuse(session: Session, purchase: Purchase, hold: Hold, now: datetime) -> 
         event_type=EventType.ALLOCATION_REFUSED,
         payload={"reason": reason, "time_slot": f"{purchase.time_slot:%H:%M}"},
     )
-    session.add(
-        OutboxMessage(
-            correlation_id=purchase.payment_id,
-            kind=OutboxKind.REFUND_UNSERVABLE,
-            payload={"payment_id": str(purchase.payment_id), "reason": reason},
-        )
+    outbox.write(
+        session,
+        OutboxKind.REFUND_UNSERVABLE,
+        correlation_id=purchase.payment_id,
+        payload={"payment_id": str(purchase.payment_id), "reason": reason},
     )
 
 
@@ -513,10 +512,9 @@ def mark_resumed(session: Session, payment_id: uuid.UUID, student_id: int) -> No
         student_id=student_id,
         event_type=EventType.PIPELINE_RESUMED,
     )
-    session.add(
-        OutboxMessage(
-            correlation_id=payment_id,
-            kind=OutboxKind.START_PIPELINE,
-            payload={"payment_id": str(payment_id)},
-        )
+    outbox.write(
+        session,
+        OutboxKind.START_PIPELINE,
+        correlation_id=payment_id,
+        payload={"payment_id": str(payment_id)},
     )

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, lazyload
 
@@ -43,8 +43,7 @@ from models import (
     Student,
     Trainer,
     TutoringSession,
-    WrittenOutbox,
-    note_outbox,
+    outbox,
 )
 
 MESSAGE_ID_DOMAIN = "notifications.tutorflow"
@@ -96,25 +95,21 @@ def write(
         .cte("notification")
     )
     payment = str(correlation_id)
-    written = session.execute(
-        insert(OutboxMessage)
-        .from_select(
-            ["correlation_id", "kind", "payload"],
+    written = outbox.execute(
+        session,
+        outbox.insert_select(
             select(
                 literal(correlation_id, OutboxMessage.correlation_id.type),
                 literal(OutboxKind.SEND_NOTIFICATION.value, OutboxMessage.kind.type),
                 func.jsonb_build_object(
                     "notification_id", notification.c.id, "payment_id", payment
                 ),
-            ),
-        )
-        .returning(OutboxMessage.id, OutboxMessage.payload)
-    ).one_or_none()
-    if written is None:
+            )
+        ),
+    )
+    if not written:
         return None
-    outbox_id, payload = written
-    note_outbox(session, [WrittenOutbox(outbox_id, payment, OutboxKind.SEND_NOTIFICATION, payload)])
-    return int(payload["notification_id"])
+    return int(written[0].outbox_payload["notification_id"])
 
 
 def _lines(instants: Iterable[datetime], timezone: str) -> str:

@@ -48,15 +48,13 @@ from models import (
     CoursePrice,
     DomainEvent,
     OutboxKind,
-    OutboxMessage,
     Payment,
     PaymentStatus,
     Purchase,
     Student,
     WrittenEvent,
-    WrittenOutbox,
     note_events,
-    note_outbox,
+    outbox,
     traced,
 )
 
@@ -217,22 +215,16 @@ def _confirm_statement() -> Select[Any]:
         )
         .cte("event")
     )
-    outbox = (
-        insert(OutboxMessage)
-        .from_select(
-            ["correlation_id", "kind", "payload"],
-            select(
-                confirming.c.id,
-                literal(OutboxKind.START_PIPELINE.value, String),
-                func.jsonb_build_object("payment_id", cast(confirming.c.id, String)),
-            ),
+    message = outbox.insert_select(
+        select(
+            confirming.c.id,
+            literal(OutboxKind.START_PIPELINE.value, String),
+            func.jsonb_build_object("payment_id", cast(confirming.c.id, String)),
         )
-        .returning(OutboxMessage.id)
-        .cte("outbox")
-    )
+    ).cte("outbox")
     return (
-        select(confirming, outbox.c.id.label("outbox_id"))
-        .select_from(confirming.join(outbox, true()))
+        select(confirming, *outbox.returned_columns(message.c))
+        .select_from(confirming.join(message, true()))
         .add_cte(event)
     )
 
@@ -259,7 +251,10 @@ def request_confirmation(
         from_statuses.append(PaymentStatus.FAILED)
     event_payload = traced({"source": source})
     now = utcnow()
-    row = session.execute(
+    # One round trip: the payment, its event and its outbox row (registered for the
+    # after-commit publish by models.outbox).
+    rows = outbox.execute(
+        session,
         _CONFIRM,
         {
             "payment_id": payment_id,
@@ -270,7 +265,8 @@ def request_confirmation(
             "now": now,
             "event_payload": event_payload,
         },
-    ).one_or_none()
+    )
+    row = rows[0] if rows else None
     if row is None:
         payment = owned_payment(session, payment_id, student_id)
         session.refresh(payment)
@@ -293,17 +289,6 @@ def request_confirmation(
                 row.student_id,
                 EventType.PAYMENT_CONFIRMATION_REQUESTED,
                 event_payload,
-            )
-        ],
-    )
-    note_outbox(
-        session,
-        [
-            WrittenOutbox(
-                row.outbox_id,
-                correlation_id,
-                OutboxKind.START_PIPELINE,
-                {"payment_id": correlation_id},
             )
         ],
     )

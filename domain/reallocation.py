@@ -28,10 +28,10 @@ from models import (
     Allocation,
     AllocationStatus,
     OutboxKind,
-    OutboxMessage,
     Purchase,
     SessionStatus,
     TutoringSession,
+    outbox,
 )
 
 
@@ -45,12 +45,11 @@ def request_reallocation(
         event_type=EventType.REALLOCATION_REQUESTED,
         payload={"allocation_id": allocation_id, "reason": reason},
     )
-    session.add(
-        OutboxMessage(
-            correlation_id=payment_id,
-            kind=OutboxKind.REALLOCATE,
-            payload={"allocation_id": allocation_id, "payment_id": str(payment_id)},
-        )
+    outbox.write(
+        session,
+        OutboxKind.REALLOCATE,
+        correlation_id=payment_id,
+        payload={"allocation_id": allocation_id, "payment_id": str(payment_id)},
     )
 
 
@@ -220,14 +219,13 @@ def wake_waiting(session: Session, course_ids: list[int] | None, *, limit: int) 
     rows = session.execute(query).all()
     # No timeline event: a try that finds nobody changes nothing the student sees (the
     # move, when it happens, is TRAINER_REALLOCATED).
-    session.add_all(
-        OutboxMessage(
+    for allocation_id, payment_id, _ in rows:
+        outbox.write(
+            session,
+            OutboxKind.REALLOCATE,
             correlation_id=payment_id,
-            kind=OutboxKind.REALLOCATE,
             payload={"allocation_id": allocation_id, "payment_id": str(payment_id)},
         )
-        for allocation_id, payment_id, _ in rows
-    )
     return len(rows)
 
 

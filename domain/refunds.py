@@ -31,6 +31,7 @@ from models import (
     Purchase,
     SessionStatus,
     TutoringSession,
+    outbox,
 )
 
 
@@ -40,6 +41,26 @@ class Refund:
     # The compensation's hand-off (published after commit by the channel); None when the
     # payment was already refunded and nothing changed.
     outbox: OutboxMessage | None
+
+
+# A confirming payment too: the provider may refund before we verified it, and the
+# verify step then finds it refunded and grants nothing.
+REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING)
+
+
+def still_to_refund(payment: Payment) -> bool:
+    """True if `payment` can be refunded now, False if it is refunded already (nothing
+    to do); 409 payment_not_refundable for any other status."""
+    if payment.status in REFUNDABLE:
+        return True
+    if payment.status == PaymentStatus.REFUNDED:
+        return False
+    raise Conflict(
+        "payment_not_refundable",
+        f"A {payment.status} payment cannot be refunded.",
+        payment_id=str(payment.id),
+        status=payment.status,
+    )
 
 
 def refund_payment(
@@ -66,12 +87,7 @@ def refund_payment(
             )
     payment = session.scalars(
         update(Payment)
-        # A confirming payment too: the provider may refund before we verified it, and
-        # the verify step then finds it refunded and grants nothing.
-        .where(
-            Payment.id == payment_id,
-            Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.CONFIRMING]),
-        )
+        .where(Payment.id == payment_id, Payment.status.in_(REFUNDABLE))
         .values(status=PaymentStatus.REFUNDED, refunded_at=now, updated_at=now)
         .returning(Payment)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -82,14 +98,8 @@ def refund_payment(
             raise NotFound(
                 "payment_not_found", "No payment has this id.", payment_id=str(payment_id)
             )
-        if existing.status == PaymentStatus.REFUNDED:
-            return Refund(existing, None)
-        raise Conflict(
-            "payment_not_refundable",
-            f"A {existing.status} payment cannot be refunded.",
-            payment_id=str(payment_id),
-            status=existing.status,
-        )
+        still_to_refund(existing)  # raises for a status that cannot be refunded
+        return Refund(existing, None)  # refunded already: nothing changes
     record_event(
         session,
         correlation_id=payment.id,
@@ -97,14 +107,14 @@ def refund_payment(
         event_type=EventType.PAYMENT_REFUNDED,
         payload={"source": source},
     )
-    outbox = OutboxMessage(
+    message = outbox.write(
+        session,
+        OutboxKind.START_COMPENSATION,
         correlation_id=payment.id,
-        kind=OutboxKind.START_COMPENSATION,
         payload={"payment_id": str(payment.id)},
     )
-    session.add(outbox)
     session.flush()
-    return Refund(payment, outbox)
+    return Refund(payment, message)
 
 
 def compensate(session: Session, payment_id: uuid.UUID) -> int:

@@ -18,8 +18,8 @@ from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
 
 from app.cli import rebuild_database
+from bootstrap import bootstrap
 from core.config import get_settings
-from core.provider import PaymentProvider
 from domain.catalogue import hours_for_all_trainers
 from sandbox.app import SandboxConfig, create_sandbox
 
@@ -107,7 +107,7 @@ def pay_at_the_provider(
     settings_now = get_settings()
     if provider_base is not None:
         settings_now = dataclasses.replace(settings_now, stripe_api_base=provider_base)
-    provider = PaymentProvider.for_settings(settings_now)
+    provider = bootstrap(settings_now).provider
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
 
     def pay(payment_id: str) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 from models.base import Base
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus
-from models.effects import Committed, WrittenEvent, WrittenOutbox, note_events, note_outbox
+from models.effects import Committed, WrittenEvent, note_events
 from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent, traced
 from models.fulfilment import (
     HOLDING_STATUSES,
@@ -52,9 +52,7 @@ __all__ = [
     "WebhookEvent",
     "WorkingDay",
     "WrittenEvent",
-    "WrittenOutbox",
     "execute_autocommit",
     "note_events",
-    "note_outbox",
     "traced",
 ]

@@ -4,7 +4,7 @@ Domain functions only write rows: state, domain events, outbox messages. This mo
 notices the `DomainEvent` and `OutboxMessage` rows a session inserts (ORM inserts are
 found at flush; a writer that inserts them with SQL for speed notes them itself) and,
 after the commit, hands them in one `Committed` to the session's after-commit channel:
-one callable, installed by the composition root (tasks.effects), that publishes the
+one callable, installed by the composition root (bootstrap.py, models.outbox), that publishes the
 outbox messages and invalidates and announces the students' read models. A rollback
 forgets them; a row flushed inside a savepoint that was rolled back is not announced.
 """

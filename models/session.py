@@ -1,7 +1,7 @@
 """The database engine and sessions: the one place that opens connections.
 
 A `Database` is one process's engine (its own pool) and session factory for one set of
-settings. The composition root makes one per settings (tasks.effects.database_for) and
+settings. The composition root (bootstrap.py) makes one per settings and role, and
 gives its sessions the after-commit channel (models.effects): whatever a transaction
 wrote that the world must hear of is handed over only once it has committed.
 """

@@ -401,9 +401,9 @@ def provider_payer(settings: Any) -> Callable[[str], object]:
     card), once the provider is known to answer this key."""
     import stripe
 
-    from core.provider import PaymentProvider
+    from bootstrap import bootstrap
 
-    client = PaymentProvider.for_settings(settings).client
+    client = bootstrap(settings).provider.client
     where = settings.stripe_api_base or "https://api.stripe.com"
     try:
         client.v1.payment_intents.retrieve("pi_simulate_preflight")

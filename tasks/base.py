@@ -2,7 +2,8 @@
 
 It owns, for each run: the log context (correlation id, task id), the transaction,
 the inbox claim that makes a redelivery return the stored result, the post-commit
-side effects (the after-commit channel, models.effects), retries with exponential backoff
+side effects (the after-commit channel, models.effects) through the use cases
+(actions.steps, which own the transaction and the inbox row), retries with exponential backoff
 and jitter, and — once retries are spent or the error is permanent — the dead letter.
 """
 
@@ -10,22 +11,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import kombu.exceptions
 import redis.exceptions
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
 
+from actions.steps import Delivery
 from core.logs import log_context
 from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError, qualified_name, safe_reason
 from domain.events import record_step_retry
-from tasks import inbox
+from tasks.celery_app import TutorflowCelery
+from tasks.dead_letters import park
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,12 @@ class StepEvents(Task):
         return self.app.settings.step_events == "all"
 
 
+def app_of(task: Task) -> TutorflowCelery:
+    """The app a task runs in, with the parts the composition root attached."""
+    app: TutorflowCelery = task.app
+    return app
+
+
 class PipelineTask(StepEvents):
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
@@ -100,39 +107,23 @@ class PipelineTask(StepEvents):
     # False for steps whose failure harms nothing (the cache refresh): logged only.
     dead_letter_on_failure: ClassVar[bool] = True
 
+    @property
+    def tutorflow(self) -> TutorflowCelery:
+        """This app's parts: database, cache, provider, mailer, outbox, settings."""
+        return app_of(self)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):
-            return super().__call__(*args, **kwargs)
-
-    def run_step(self, effect: Callable[[Session], Any], *, correlation_id: str) -> Any:
-        """Run `effect` in one transaction with its inbox row; return its result.
-
-        A step that already committed (redelivery after a crash, a duplicate publish,
-        a replay) returns the result it stored, so the chain continues unchanged.
-        """
-        with self.app.database.transaction() as session:
-            claim = None
-            if self.consumes:
-                claim = inbox.claim(
-                    session,
-                    consumer=self.name,
-                    correlation_id=correlation_id,
-                    event_type=self.consumes,
-                )
-                if not claim.claimed:
-                    log.info("already processed, returning stored result")
-                    return claim.stored_result
             try:
-                result = effect(session)
+                return super().__call__(*args, **kwargs)
             except StepCancelled as cancelled:
                 # Refunded: stop here, quietly. Rolled back; acked; the chain ends.
                 log.info("step cancelled: %s", cancelled)
                 raise Ignore() from cancelled
-            if claim is not None:
-                inbox.store_result(session, claim, result)
-        # Committed: the after-commit channel (cache, live events, outbox) has run.
-        log.info("step done", extra={"result": result})
-        return result
+
+    def delivery(self, correlation_id: str) -> Delivery:
+        """This run's message as its use case sees it (its inbox row's key)."""
+        return Delivery(self.name, correlation_id, self.consumes)
 
     def retry(self, *args: Any, **options: Any) -> Any:
         # Carry the first failure's time across retries, for the dead letter.
@@ -166,7 +157,7 @@ class PipelineTask(StepEvents):
         if correlation_id is None or getattr(exc, "connection_invalidated", False):
             return
         try:
-            with self.app.database.transaction() as session:
+            with self.tutorflow.database.transaction() as session:
                 record_step_retry(
                     session,
                     correlation_id=uuid.UUID(correlation_id),
@@ -198,8 +189,6 @@ class PipelineTask(StepEvents):
         if not self.dead_letter_on_failure:
             log.error("step failed for good (no dead letter: non-critical)", exc_info=exc)
             return
-        from tasks.dead_letters import park  # the dead-letter task imports this module
-
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=task_id):
             park(
                 task=self,
@@ -210,3 +199,23 @@ class PipelineTask(StepEvents):
                 kwargs=dict(kwargs),
                 first_failed_at=getattr(self.request, FIRST_FAILED_AT, None),
             )
+
+
+def step(
+    name: str,
+    *,
+    max_retries: int,
+    consumes: str | None = None,
+    dead_letter_on_failure: bool = True,
+    base: type[PipelineTask] = PipelineTask,
+) -> Any:
+    """A pipeline step, declared once for any app (shared_task): the base task (or a
+    subclass); its backoff comes from the app's settings (celeryconfig.step_retries)."""
+    return shared_task(
+        base=base,
+        bind=True,
+        name=name,
+        max_retries=max_retries,
+        consumes=consumes,
+        dead_letter_on_failure=dead_letter_on_failure,
+    )

@@ -13,18 +13,18 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
+from celery import Task, shared_task
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from actions import payments
-from core import tracing
-from core.provider import PaymentProvider, ProviderUnavailable
+from core.provider import ProviderUnavailable
 from domain import availability, fulfilment, reallocation
 from domain.clock import utcnow
 from domain.top_up import Shard, TopUpReport, top_up_batch
-from models import OutboxMessage, ProcessedEvent, WebhookEvent
-from tasks.celery_app import celery_app
-from tasks.handoff import PUBLISHERS
+from models import Database, OutboxMessage, ProcessedEvent, WebhookEvent
+from tasks.base import app_of
+from tasks.celery_app import TutorflowCelery
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ PRUNE_BATCH = 5000
 
 def job(name: str):
     """A beat job: acks late, retried if the database is briefly away."""
-    return celery_app.task(
+    return shared_task(
+        bind=True,
         name=name,
         acks_late=True,
         autoretry_for=(OperationalError,),
@@ -55,9 +56,9 @@ def job(name: str):
 
 
 @contextmanager
-def exclusive(job_name: str) -> Iterator[bool]:
+def exclusive(database: Database, job_name: str) -> Iterator[bool]:
     """True if this process holds the job's advisory lock for the duration."""
-    with celery_app.database.engine.connect() as connection:
+    with database.engine.connect() as connection:
         key = LOCK_KEYS[job_name]
         acquired = connection.scalar(select(func.pg_try_advisory_lock(key)))
         try:
@@ -70,20 +71,22 @@ def exclusive(job_name: str) -> Iterator[bool]:
             connection.commit()
 
 
-def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> TopUpReport:
+def run_top_up(
+    app: TutorflowCelery, *, batch_size: int | None = None, threads: int | None = None
+) -> TopUpReport:
     """Top up every active allocation, one batch per transaction, `threads` shards of
     the trainers side by side (a batch waits on the database about half its time, and
     the server has cores for another meanwhile)."""
-    settings = celery_app.settings
+    settings, database = app.settings, app.database
     now = utcnow()
-    if not celery_app.database.connections_of_its_own:
+    if not database.connections_of_its_own:
         threads = 1  # tests: every session shares the test's one connection
     shards = threads or settings.top_up_threads
 
     def top_up_shard(index: int) -> TopUpReport:
         report, after = TopUpReport(), 0
         while True:
-            with celery_app.database.transaction() as session:
+            with database.transaction() as session:
                 batch, last = top_up_batch(
                     session,
                     now=now,
@@ -106,53 +109,26 @@ def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> 
 
 
 @job(name="tutorflow.beat.top_up_sessions")
-def top_up_sessions() -> dict[str, Any]:
-    with exclusive("top_up_sessions") as mine:
+def top_up_sessions(self: Task) -> dict[str, Any]:
+    with exclusive(app_of(self).database, "top_up_sessions") as mine:
         if not mine:
             return {"skipped": True}
-        report = run_top_up()
+        report = run_top_up(app_of(self))
     log.info("top-up done", extra={"report": vars(report)})
     return vars(report)
 
 
 @job(name="tutorflow.beat.relay_outbox")
-def relay_outbox() -> dict[str, int]:
+def relay_outbox(self: Task) -> dict[str, int]:
     """Publish outbox rows the API did not (crash after commit, broker down)."""
-    published = failed = 0
-    with exclusive("relay_outbox") as mine:
+    app = app_of(self)
+    with exclusive(app.database, "relay_outbox") as mine:
         if not mine:
             return {"skipped": 1}
-        with celery_app.database.transaction() as session:
-            now = func.now()
-            rows = session.scalars(
-                select(OutboxMessage)
-                .where(
-                    OutboxMessage.published_at.is_(None),
-                    OutboxMessage.next_attempt_at <= now,
-                    OutboxMessage.created_at
-                    <= now - timedelta(seconds=celery_app.settings.outbox_relay_grace_seconds),
-                )
-                .order_by(OutboxMessage.id)
-                .limit(RELAY_BATCH)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.attempts += 1
-                try:
-                    # In the trace that wrote the row: the chain continues it.
-                    with tracing.publishing(
-                        row.id, str(row.correlation_id), traceparent=row.traceparent
-                    ):
-                        PUBLISHERS[row.kind](row.payload)
-                except Exception as exc:  # broker down: back off, keep the row
-                    failed += 1
-                    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                    delay = min(2**row.attempts, 300)
-                    row.next_attempt_at = utcnow() + timedelta(seconds=delay)
-                    log.warning("relay publish failed", extra={"outbox_id": row.id})
-                    break  # the broker is likely down for the rest too
-                row.published_at = utcnow()
-                published += 1
+        report = app.outbox.relay(
+            app.database, grace_seconds=app.settings.outbox_relay_grace_seconds, limit=RELAY_BATCH
+        )
+    published, failed = report.published, report.failed
     # Every few seconds: an idle run is DEBUG (so are Celery's own lines about it, see
     # ROUTINE_TASKS), so a quiet stack has a quiet log; a run that did something is INFO.
     if published or failed:
@@ -163,19 +139,19 @@ def relay_outbox() -> dict[str, int]:
 
 
 @job(name="tutorflow.beat.resume_stalled_pipelines")
-def resume_stalled_pipelines() -> dict[str, int]:
+def resume_stalled_pipelines(self: Task) -> dict[str, int]:
     """Publish again the chain of any payment stuck half-way (a link lost with the
     broker, a message dropped): every step returns its stored result, so only the
     missing work is done. Payments with an open dead letter are left to operators."""
     resumed = 0
-    with exclusive("resume_stalled") as mine:
+    with exclusive(app_of(self).database, "resume_stalled") as mine:
         if not mine:
             return {"skipped": 1}
-        with celery_app.database.transaction() as session:
+        with app_of(self).database.transaction() as session:
             stalled = fulfilment.stalled_payments(
                 session,
                 now=utcnow(),
-                stall=timedelta(seconds=celery_app.settings.pipeline_stall_seconds),
+                stall=timedelta(seconds=app_of(self).settings.pipeline_stall_seconds),
                 limit=RELAY_BATCH,
             )
             for payment_id, student_id in stalled:
@@ -188,23 +164,25 @@ def resume_stalled_pipelines() -> dict[str, int]:
 
 
 @job(name="tutorflow.beat.give_up_unallocated")
-def give_up_unallocated() -> dict[str, int]:
+def give_up_unallocated(self: Task) -> dict[str, int]:
     """Refund paid courses that found no trainer in ALLOCATION_GIVE_UP_HOURS, one
     payment at a time (each asks the provider, outside any transaction). A provider
     outage leaves the rest to the next run."""
-    hours = celery_app.settings.allocation_give_up_hours
+    hours = app_of(self).settings.allocation_give_up_hours
     refunded = 0
-    with exclusive("give_up") as mine:
+    with exclusive(app_of(self).database, "give_up") as mine:
         if not mine:
             return {"skipped": 1}
-        with celery_app.database.session() as session:
+        with app_of(self).database.session() as session:
             due = fulfilment.unallocated_payments(
                 session, now=utcnow(), give_up=timedelta(hours=hours), limit=RELAY_BATCH
             )
-        provider = PaymentProvider.for_settings(celery_app.settings)
+        provider = app_of(self).provider
         for payment_id in due:
             try:
-                payments.give_up_allocation(celery_app.database, provider, payment_id, hours=hours)
+                payments.give_up_allocation(
+                    app_of(self).database, provider, payment_id, hours=hours
+                )
             except ProviderUnavailable:
                 log.warning("provider unavailable; give-up refunds wait", exc_info=True)
                 break
@@ -215,16 +193,16 @@ def give_up_unallocated() -> dict[str, int]:
 
 
 @job(name="tutorflow.beat.release_expired_holds")
-def release_expired_holds() -> dict[str, int]:
+def release_expired_holds(self: Task) -> dict[str, int]:
     """Mark expired checkout holds released. They stopped counting at their expiry
     already (availability and checkouts read `expires_at`): this keeps the table
     truthful and its live-hold index small."""
     released = 0
-    with exclusive("release_holds") as mine:
+    with exclusive(app_of(self).database, "release_holds") as mine:
         if not mine:
             return {"skipped": 1}
         while True:
-            with celery_app.database.transaction() as session:
+            with app_of(self).database.transaction() as session:
                 batch = availability.release_expired(session, now=utcnow(), limit=PRUNE_BATCH)
             released += len(batch)
             if len(batch) < PRUNE_BATCH:
@@ -235,20 +213,20 @@ def release_expired_holds() -> dict[str, int]:
 
 
 @job(name="tutorflow.beat.wake_waiting_allocations")
-def wake_waiting_allocations() -> dict[str, int]:
+def wake_waiting_allocations(self: Task) -> dict[str, int]:
     """Ask every allocation waiting for a trainer to try again (a trainer change wakes
     its courses' waiting at once; this covers places freed otherwise: a course finished,
     a refund, an expired hold)."""
-    with exclusive("wake_waiting") as mine:
+    with exclusive(app_of(self).database, "wake_waiting") as mine:
         if not mine:
             return {"skipped": 1}
-        with celery_app.database.transaction() as session:
+        with app_of(self).database.transaction() as session:
             woken = reallocation.wake_waiting(session, None, limit=RELAY_BATCH)
     return {"woken": woken}
 
 
 @job(name="tutorflow.beat.prune_retention")
-def prune_retention() -> dict[str, int]:
+def prune_retention(self: Task) -> dict[str, int]:
     """Drop published outbox rows and old inbox/webhook rows, in short batches.
 
     A pruned inbox row only means a very late redelivery runs its step again, which
@@ -256,12 +234,12 @@ def prune_retention() -> dict[str, int]:
     """
     now = utcnow()
     targets = [
-        (OutboxMessage, OutboxMessage.published_at, celery_app.settings.outbox_retention_days),
-        (ProcessedEvent, ProcessedEvent.processed_at, celery_app.settings.inbox_retention_days),
-        (WebhookEvent, WebhookEvent.received_at, celery_app.settings.inbox_retention_days),
+        (OutboxMessage, OutboxMessage.published_at, app_of(self).settings.outbox_retention_days),
+        (ProcessedEvent, ProcessedEvent.processed_at, app_of(self).settings.inbox_retention_days),
+        (WebhookEvent, WebhookEvent.received_at, app_of(self).settings.inbox_retention_days),
     ]
     removed: dict[str, int] = {}
-    with exclusive("prune") as mine:
+    with exclusive(app_of(self).database, "prune") as mine:
         if not mine:
             return {"skipped": 1}
         for model, stamp, days in targets:
@@ -269,7 +247,7 @@ def prune_retention() -> dict[str, int]:
             key = model.__mapper__.primary_key[0]
             total = 0
             while True:
-                with celery_app.database.transaction() as session:
+                with app_of(self).database.transaction() as session:
                     doomed = select(key).where(stamp < cutoff).limit(PRUNE_BATCH)
                     result = session.execute(delete(model).where(key.in_(doomed)))
                     deleted = cast(CursorResult[Any], result).rowcount

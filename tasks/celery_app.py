@@ -1,16 +1,16 @@
-"""The Celery application: `celery -A tasks.celery_app worker|beat|flower`.
-
-It is built from this process's Settings (one object, read once) and owns the database
-the tasks use (`celery_app.database`), whose sessions carry the after-commit channel.
+"""The Celery application class. The composition root (bootstrap.py) builds one per
+Settings and hands it what the tasks use: the worker-role database (whose sessions carry
+the after-commit channel), the cache, the payment provider, the mailer and the outbox
+publisher. Tasks reach them through `task.app` (tasks.base.services), never through a
+module global; the Celery processes start from `celeryapp.py`.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
@@ -25,30 +25,43 @@ from celery.signals import (
 
 from celeryconfig import celery_config
 from core import tracing
-from core.config import Settings, get_settings
+from core.config import Settings
 from core.logs import configure_logging
-from models import Database
 from tasks import telemetry
+
+if TYPE_CHECKING:
+    from core.cache import Cache
+    from core.mail import Mailer
+    from core.provider import PaymentProvider
+    from core.telemetry import Telemetry
+    from models import Database
+    from models.outbox import Publisher
+
+# The modules that define the tasks (shared_task): a worker imports them at start.
+TASK_MODULES = ["tasks.pipeline", "tasks.dead_letters", "tasks.beat", "tasks.notifications"]
 
 
 class TutorflowCelery(Celery):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(
-            "tutorflow",
-            include=["tasks.pipeline", "tasks.dead_letters", "tasks.beat", "tasks.notifications"],
-        )
+    """A Celery app with this deployment's parts attached (set by bootstrap.py)."""
+
+    database: Database
+    cache: Cache
+    telemetry: Telemetry
+    provider: PaymentProvider
+    mailer: Mailer
+    outbox: Publisher
+
+    def __init__(self, settings: Settings, *, set_as_current: bool = False) -> None:
+        super().__init__("tutorflow", include=TASK_MODULES, set_as_current=set_as_current)
         self.settings = settings
         self.conf.update(celery_config(settings))
-
-    @cached_property
-    def database(self) -> Database:
-        from tasks.effects import database_for  # the channel publishes these tasks
-
-        return database_for(self.settings)
+        telemetry.install(self)  # durations, retries, queue consumers for /metrics
 
 
-celery_app = TutorflowCelery(get_settings())
-telemetry.install(celery_app)  # durations, retries, queue consumers for /metrics
+def _running_app() -> TutorflowCelery:
+    """The app this worker or beat process runs (celeryapp.py made it the default)."""
+    app: TutorflowCelery = current_app._get_current_object()
+    return app
 
 
 # Beat jobs that run every few seconds. Celery's own lines about them (beat's "sending
@@ -75,17 +88,19 @@ class RoutineTasksAtDebug(logging.Filter):
 
 @setup_logging.connect
 def _configure_logging(**_: object) -> None:
-    handler = configure_logging(celery_app.settings.log_level, celery_app.settings.log_json)
+    settings = _running_app().settings
+    handler = configure_logging(settings.log_level, settings.log_json)
     handler.filters.insert(0, RoutineTasksAtDebug())  # before the masking filter formats
 
 
 @worker_process_init.connect
 def _new_pool_child(**_: object) -> None:
-    if "database" in celery_app.__dict__:  # created before the fork
-        celery_app.database.dispose_after_fork()
+    app = _running_app()
+    if hasattr(app, "database"):  # its pool was made before the fork
+        app.database.dispose_after_fork()
     # Here, not in the parent: the span exporter's thread lives in the process that runs
     # the tasks (a pool child runs the steps and the relay).
-    tracing.install(celery_app.settings, role="worker")
+    tracing.install(app.settings, role="worker")
 
 
 @worker_process_shutdown.connect
@@ -99,13 +114,13 @@ def _worker_without_pool_children(sender: Any = None, **_: object) -> None:
     """A thread pool (the provider queue's worker) runs its tasks in the worker's own
     process, where no worker_process_init comes: its span exporter starts here."""
     if sender is not None and not issubclass(get_implementation(sender.pool_cls), PreforkPool):
-        tracing.install(celery_app.settings, role="worker")
+        tracing.install(sender.app.settings, role="worker")
 
 
 @beat_init.connect
-def _beat_started(**_: object) -> None:
+def _beat_started(sender: Any = None, **_: object) -> None:
     # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
-    tracing.install(celery_app.settings, role="beat")
+    tracing.install(sender.app.settings, role="beat")
 
 
 @before_task_publish.connect
@@ -116,7 +131,7 @@ def _leave_time_limits_to_the_worker(headers: dict | None = None, **_: object) -
     set their limits (the tests' 120 s over a worker's 4 s: no limit ever fired). The
     publisher's defaults are dropped, so the worker that runs a task applies its own
     limits; a limit set for one task or one call stays in the message."""
-    conf = celery_app.conf
+    conf = _running_app().conf
     defaults = (conf.task_time_limit, conf.task_soft_time_limit)
     if headers is not None and tuple(headers.get("timelimit") or ()) == defaults:
         headers["timelimit"] = (None, None)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from actions import dead_letters
 from domain.clock import utcnow
 from domain.errors import qualified_name
-from tasks.celery_app import celery_app
+from tasks.chains import RECORD_DEAD_LETTER
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,23 @@ def park(
     }
     log.error("dead-lettering %s: %s", task.name, letter["exception_message"])
     try:
-        record_dead_letter.apply_async(kwargs=letter, argsrepr="()", kwargsrepr=_short(letter))
+        task.app.signature(RECORD_DEAD_LETTER, kwargs=letter).apply_async(
+            argsrepr="()", kwargsrepr=_short(letter)
+        )
         return
     except Exception:
         log.exception("dead-letter publish failed; recording it directly")
     try:
-        dead_letters.record(celery_app.database, letter)
+        dead_letters.record(task.app.database, letter)
     except Exception:
         # Last resort: the whole letter is in the log, to be re-entered by hand.
         log.critical("dead letter could not be recorded", extra={"dead_letter": letter})
         raise
 
 
-@celery_app.task(
+@shared_task(
     bind=True,
-    name="tutorflow.dead_letters.record",
+    name=RECORD_DEAD_LETTER,
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
@@ -74,7 +76,7 @@ def park(
 def record_dead_letter(self: Task, **letter: Any) -> str:
     """Its result is what Flower's task page shows: the letter id replay needs, the
     failed task, the reason, and how many letters are open."""
-    recorded = dead_letters.record(celery_app.database, letter)
+    recorded = dead_letters.record(self.app.database, letter)
     again = f" (its replay of dead letter {recorded.replay_of} failed again)"
     return (
         f"dead letter {recorded.letter_id}: {recorded.task_name}"
@@ -102,9 +104,9 @@ def _short(letter: dict[str, Any]) -> str:
     )
 
 
-@celery_app.task(name="tutorflow.dead_letters.report_open", acks_late=True)
-def report_open_dead_letters() -> str:
+@shared_task(bind=True, name="tutorflow.dead_letters.report_open", acks_late=True)
+def report_open_dead_letters(self: Task) -> str:
     """Beat, every minute: Flower's tasks page always has a current line "N dead
     letters open, oldest X min: ids …" (filter by `dead_letters`). The dead_letter
     queue's length says nothing about this: its consumer stores each letter at once."""
-    return dead_letters.open_letters(celery_app.database).describe(utcnow())
+    return dead_letters.open_letters(self.app.database).describe(utcnow())

@@ -1,19 +1,19 @@
-"""What each kind of outbox message publishes to the broker.
+"""What each kind of outbox message publishes to the broker: the dispatch table the
+composition root gives the outbox's one publisher (models.outbox). By task name, through
+the app it is given: this module imports no task.
 
-The after-commit channel (tasks.effects) and the beat relay both publish through
-`PUBLISHERS`. Publishing twice is harmless: every step is idempotent.
+Publishing twice is harmless: every step is idempotent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery import Celery
+
 from models import OutboxKind
-from tasks.celery_app import celery_app
-from tasks.notifications import send_notification
-from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
-from tasks.pipeline import refund_unservable as refund_task
+from tasks import chains
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
 # row to the relay (the API has already committed and answers 202).
@@ -24,55 +24,60 @@ API_PUBLISH_RETRY = {
     "interval_max": 0.5,
 }
 
-
-def start_pipeline(payload: dict[str, Any]) -> None:
-    fulfilment_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
+Publish = Callable[[Mapping[str, Any]], None]
 
 
-def start_compensation(payload: dict[str, Any]) -> None:
-    compensation_chain(payload["payment_id"]).apply_async(retry_policy=API_PUBLISH_RETRY)
+def dispatch(app: Celery) -> dict[str, Publish]:
+    """kind → how `app` publishes it."""
 
+    def start_pipeline(payload: Mapping[str, Any]) -> None:
+        chains.fulfilment_chain(app, payload["payment_id"]).apply_async(
+            retry_policy=API_PUBLISH_RETRY
+        )
 
-def start_reallocation(payload: dict[str, Any]) -> None:
-    reallocation_chain(payload["allocation_id"], payload["payment_id"]).apply_async(
-        retry_policy=API_PUBLISH_RETRY
-    )
+    def start_compensation(payload: Mapping[str, Any]) -> None:
+        chains.compensation_chain(app, payload["payment_id"]).apply_async(
+            retry_policy=API_PUBLISH_RETRY
+        )
 
+    def start_reallocation(payload: Mapping[str, Any]) -> None:
+        chains.reallocation_chain(app, payload["allocation_id"], payload["payment_id"]).apply_async(
+            retry_policy=API_PUBLISH_RETRY
+        )
 
-def refund_unservable(payload: dict[str, Any]) -> None:
-    refund_task.apply_async(
-        args=[payload["payment_id"]],
-        kwargs={"correlation_id": payload["payment_id"]},
-        retry_policy=API_PUBLISH_RETRY,
-    )
+    def refund_unservable(payload: Mapping[str, Any]) -> None:
+        app.signature(
+            chains.REFUND_UNSERVABLE,
+            (payload["payment_id"],),
+            {"correlation_id": payload["payment_id"]},
+        ).apply_async(retry_policy=API_PUBLISH_RETRY)
 
+    def replay_dead_letter(payload: Mapping[str, Any]) -> None:
+        # The chain option carries the links that had not run: the pipeline runs to its
+        # end. The task id the letter noted (older rows: none): a letter this run parks
+        # links back.
+        app.signature(
+            payload["task_name"], args=payload["args"], kwargs=payload["kwargs"]
+        ).apply_async(
+            task_id=payload.get("task_id"),
+            chain=payload["chain"],
+            retry_policy=API_PUBLISH_RETRY,
+        )
 
-def replay_dead_letter(payload: dict[str, Any]) -> None:
-    # The chain option carries the links that had not run: the pipeline runs to its end.
-    task = celery_app.tasks[payload["task_name"]]
-    # The task id the letter noted (older rows: none): a letter this run parks links back.
-    task.apply_async(
-        task_id=payload.get("task_id"),
-        args=payload["args"],
-        kwargs=payload["kwargs"],
-        chain=payload["chain"],
-        retry_policy=API_PUBLISH_RETRY,
-    )
+    def send_notification(payload: Mapping[str, Any]) -> None:
+        app.signature(
+            chains.SEND_NOTIFICATION,
+            (payload["notification_id"],),
+            {"correlation_id": payload["payment_id"]},
+        ).apply_async(retry_policy=API_PUBLISH_RETRY)
 
-
-def send_notification_mail(payload: dict[str, Any]) -> None:
-    send_notification.apply_async(
-        args=[payload["notification_id"]],
-        kwargs={"correlation_id": payload["payment_id"]},
-        retry_policy=API_PUBLISH_RETRY,
-    )
-
-
-PUBLISHERS: dict[str, Callable[[dict[str, Any]], None]] = {
-    OutboxKind.START_PIPELINE: start_pipeline,
-    OutboxKind.START_COMPENSATION: start_compensation,
-    OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
-    OutboxKind.REALLOCATE: start_reallocation,
-    OutboxKind.SEND_NOTIFICATION: send_notification_mail,
-    OutboxKind.REFUND_UNSERVABLE: refund_unservable,
-}
+    # By signature, not send_task: a process that registered the task (a worker, the
+    # tests' eager mode) runs it through Task.apply_async, which honours eager mode.
+    return {
+        OutboxKind.START_PIPELINE: start_pipeline,
+        OutboxKind.START_COMPENSATION: start_compensation,
+        OutboxKind.REPLAY_DEAD_LETTER: replay_dead_letter,
+        OutboxKind.REALLOCATE: start_reallocation,
+        OutboxKind.SEND_NOTIFICATION: send_notification,
+        OutboxKind.REFUND_UNSERVABLE: refund_unservable,
+    }

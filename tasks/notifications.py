@@ -26,18 +26,15 @@ from typing import Any
 
 from celery.exceptions import TimeLimitExceeded
 
-from core.mail import Mail, Mailer, MailRejected, MailUnavailable
+from core.mail import Mail, MailRejected, MailUnavailable
 from domain import notifications
 from domain.clock import utcnow
 from domain.errors import PermanentStepError, TransientStepError
 from models import NotificationStatus, execute_autocommit
-from tasks.base import PipelineTask
-from tasks.celery_app import celery_app
-from tasks.pipeline import step
+from tasks.base import PipelineTask, step
+from tasks.chains import SEND_NOTIFICATION as SEND
 
 log = logging.getLogger(__name__)
-
-SEND = "tutorflow.notifications.send"
 
 
 class NotificationTask(PipelineTask):
@@ -45,19 +42,21 @@ class NotificationTask(PipelineTask):
         # Given up (5xx, or retries spent): say so on the row, then the dead letter. (A
         # hard time limit is not giving up: the message is requeued, see PipelineTask.)
         if args and not isinstance(exc, TimeLimitExceeded):
-            _record(args[0], NotificationStatus.FAILED, exc)
+            _record(self, args[0], NotificationStatus.FAILED, exc)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
-def _bind() -> Any:
-    with celery_app.database.session() as session:  # no connection is taken
+def _bind(task: PipelineTask) -> Any:
+    with task.tutorflow.database.session() as session:  # no connection is taken
         return session.get_bind()
 
 
-def _record(notification_id: int, status: NotificationStatus, exc: BaseException) -> None:
+def _record(
+    task: PipelineTask, notification_id: int, status: NotificationStatus, exc: BaseException
+) -> None:
     try:
         execute_autocommit(
-            _bind(),
+            _bind(task),
             notifications.RECORD_FAILURE,
             {"notification_id": notification_id, "status": status, "error": str(exc)[:2000]},
         )
@@ -69,15 +68,15 @@ def _record(notification_id: int, status: NotificationStatus, exc: BaseException
 def send_notification(self: NotificationTask, notification_id: int, *, correlation_id: str) -> str:
     # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
     # fault harness pauses at is step 3's).
-    execute_autocommit(_bind(), notifications.CLAIM, {"notification_id": notification_id})
+    execute_autocommit(_bind(self), notifications.CLAIM, {"notification_id": notification_id})
     try:
         # 2. Locked while the message goes out; 3. marked sent, committed.
-        with celery_app.database.transaction() as session:
+        with self.tutorflow.database.transaction() as session:
             notification = notifications.lock_for_sending(session, notification_id)
             if notification is None:
                 log.info("notification sent already", extra={"notification_id": notification_id})
                 return "sent already"
-            Mailer.for_settings(celery_app.settings).send(
+            self.tutorflow.mailer.send(
                 Mail(
                     recipient=notification.recipient,
                     subject=notification.subject,
@@ -87,7 +86,7 @@ def send_notification(self: NotificationTask, notification_id: int, *, correlati
             )
             notifications.mark_sent(notification, utcnow())
     except MailUnavailable as exc:
-        _record(notification_id, NotificationStatus.RETRYING, exc)
+        _record(self, notification_id, NotificationStatus.RETRYING, exc)
         raise TransientStepError(str(exc)) from exc
     except MailRejected as exc:
         raise PermanentStepError(str(exc)) from exc

@@ -46,8 +46,8 @@ _started: dict[str, float] = {}  # task id -> perf_counter at prerun (this proce
 
 
 def _telemetry(app: Any) -> Telemetry | None:
-    settings = getattr(app, "settings", None)
-    return Telemetry.for_settings(settings) if settings is not None else None
+    """The app's (bootstrap.py attaches it); None for an app made otherwise."""
+    return getattr(app, "telemetry", None)
 
 
 class PendingRuns:
@@ -164,7 +164,7 @@ class QueueHeartbeat(bootsteps.StartStopStep):
 
 
 def install(app: Celery) -> None:
-    """Called once by tasks.celery_app (the signal handlers connect on import)."""
+    """Called for each app by tasks.celery_app (the signal handlers connect on import)."""
     app.steps["consumer"].add(QueueHeartbeat)
 
 

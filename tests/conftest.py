@@ -45,21 +45,28 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
+import tasks.beat
+import tasks.dead_letters
+import tasks.notifications
+import tasks.pipeline  # noqa: F401  (the task modules: eager runs need them registered)
 from app import create_app
 from app.cli import rebuild_database
+from bootstrap import bootstrap
 from core.config import get_settings
-from core.tokens import TokenVerifier
 from harness.brokers import is_rabbitmq, purge_rabbitmq
 from models import Base, Database
-from tasks.celery_app import celery_app
-from tasks.effects import database_for
 
 settings = get_settings()
+# The composition root's parts for the test settings: the test app and the eager tasks
+# share them (one engine per role, one Redis pool, one Celery app).
+services = bootstrap(settings)
+celery_app = services.celery
+celery_app.set_default()  # this process acts as a worker too (eager runs, signal handlers)
 
 
 def student_auth(student_id: int) -> dict[str, str]:
     """The Authorization header of this student's platform token."""
-    token = TokenVerifier.for_settings(settings).issue(student_id)
+    token = services.tokens.issue(student_id)
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -107,7 +114,7 @@ def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connect
         # The API's and the workers' databases (their timeouts differ) join it alike.
         with (
             celery_app.database.bound_to(connection),
-            database_for(settings, role="api").bound_to(connection),
+            services.api_database.bound_to(connection),
         ):
             yield connection
     finally:

@@ -10,6 +10,7 @@ from datetime import datetime, time
 import stripe
 from sqlalchemy.orm import Session
 
+from bootstrap import bootstrap
 from core.provider import PaymentProvider
 from domain import catalogue
 from domain.calendar import END_OF_DAY
@@ -72,7 +73,7 @@ def provider() -> PaymentProvider:
     """The test run's provider: the sandbox (tests/conftest.py)."""
     from tests.conftest import settings
 
-    return PaymentProvider.for_settings(settings)
+    return bootstrap(settings).provider
 
 
 def pay(intent_id: str, payment_method: str = "pm_card_visa") -> None:

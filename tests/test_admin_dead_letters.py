@@ -5,8 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from models import DeadLetter, OutboxMessage
-from tasks.celery_app import celery_app
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, celery_app
 from tests.factories import make_dead_letter
 
 URL = "/api/v1/admin/dead-letters"

@@ -25,8 +25,7 @@ from models import (
     TutoringSession,
 )
 from tasks.beat import LOCK_KEYS, prune_retention, run_top_up, top_up_sessions
-from tasks.celery_app import celery_app
-from tests.conftest import open_session
+from tests.conftest import celery_app, open_session
 from tests.factories import (
     make_allocation,
     make_course,
@@ -234,7 +233,7 @@ def test_the_job_tops_up_in_batches(committed, clock):
     with open_session() as session, session.begin():
         ids = [allocate(session, tier=20, slot=time(6 + i, 0)).id for i in range(5)]
     clock(MONDAY + timedelta(days=7))
-    report = run_top_up(batch_size=2)
+    report = run_top_up(celery_app, batch_size=2)
     assert report.allocations_seen == 5
     assert report.sessions_created == 25
     with open_session() as session:
@@ -285,7 +284,7 @@ def test_threads_top_up_side_by_side_with_completions_and_no_deadlock(committed,
             update(Allocation).where(Allocation.id.in_(ids[:4])).values(sessions_total=7)
         )
     clock(MONDAY + timedelta(days=7))
-    report = run_top_up(batch_size=1, threads=2)
+    report = run_top_up(celery_app, batch_size=1, threads=2)
     assert report.allocations_seen == 8
     with open_session() as session:
         assert session.get(type(trainer), trainer.id).active_students == 4

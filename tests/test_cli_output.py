@@ -96,7 +96,7 @@ def test_urls_prints_every_part_and_only_development_secrets():
     assert "dev-admin-token" in printed and "admin:admin" in printed
     assert "issue-token --student 1" in printed
     token = printed.split("#token=")[1].split()[0]
-    assert TokenVerifier.for_settings(development).verify(token).student_id == 1
+    assert TokenVerifier(development).verify(token).student_id == 1
 
     assert "smtp://127.0.0.1:1025" in printed  # where mail goes
 

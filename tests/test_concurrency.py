@@ -30,8 +30,9 @@ from models import (
     Trainer,
     TutoringSession,
 )
-from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain
-from tests.conftest import open_session, student_auth
+from tasks.chains import fulfilment_chain
+from tasks.pipeline import allocate_trainer, create_purchase
+from tests.conftest import celery_app, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.webhook_client import deliver, intent_succeeded
 
@@ -81,8 +82,8 @@ def test_twenty_concurrent_confirmations_by_api_and_webhook_fulfil_once(live_app
         wait_until(lambda: counts(TutoringSession) == [7], 30, "sessions never reached 7")
 
         # Publish the whole chain twice more: duplicate messages must change nothing.
-        fulfilment_chain(str(payment_id)).apply_async()
-        fulfilment_chain(str(payment_id)).apply_async()
+        fulfilment_chain(celery_app, str(payment_id)).apply_async()
+        fulfilment_chain(celery_app, str(payment_id)).apply_async()
 
         def three_chains_finished() -> bool:
             return worker.log().count("refresh_student_views[") >= 6  # received + succeeded

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models import DeadLetter, OutboxMessage
-from tasks.celery_app import celery_app
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, celery_app
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
 
 URL = "/api/v1/admin/dead-letters"

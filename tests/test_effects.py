@@ -12,7 +12,8 @@ import pytest
 import redis
 from sqlalchemy import Connection, select
 
-from core.cache import Cache, student_channel, version_key
+from bootstrap import bootstrap
+from core.cache import student_channel, version_key
 from domain.events import EventType, record_event
 from models import (
     Committed,
@@ -20,10 +21,10 @@ from models import (
     OutboxKind,
     OutboxMessage,
     WrittenEvent,
-    WrittenOutbox,
     note_events,
 )
-from tasks.effects import AfterCommitChannel
+from models.effects import WrittenOutbox
+from models.outbox import AfterCommitChannel, Publisher
 from tests.conftest import settings
 from tests.factories import make_student
 
@@ -118,13 +119,13 @@ def test_a_failing_publish_is_logged_and_the_other_callbacks_still_run(
         raise ConnectionError("broker gone")
 
     channel = AfterCommitChannel(
-        Cache.for_settings(settings),
-        {"broken": broken, "working": published.append},
+        Publisher({"broken": broken, "working": published.append}),
+        bootstrap(settings).cache.announce,
     )
     bad, good = uuid.uuid4(), uuid.uuid4()
     pubsub = redis.Redis.from_url(settings.cache_url).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(student_channel(77))
-    with caplog.at_level(logging.WARNING, logger="tasks.effects"):
+    with caplog.at_level(logging.WARNING, logger="models.outbox"):
         channel(
             Committed(
                 events=(WrittenEvent(str(good), 77, "SESSIONS_GENERATED", {"count": 7}),),

@@ -9,13 +9,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
+from tests.conftest import services, student_auth
 from tests.conftest import settings as TEST_SETTINGS
-from tests.conftest import student_auth
 from tests.factories import make_student
 
 
 def test_public_endpoints_are_rate_limited_with_a_json_429(db_session):
-    app = create_app(dataclasses.replace(TEST_SETTINGS, rate_limit_public="3/minute"), testing=True)
+    app = create_app(
+        dataclasses.replace(TEST_SETTINGS, rate_limit_public="3/minute"),
+        testing=True,
+        services=services,  # the test's database and cache: only the limit differs
+    )
     client = app.test_client()
     student = make_student(db_session)
     url, auth = f"/api/v1/students/{student.id}/home", student_auth(student.id)

@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.provider import PaymentProvider, ProviderUnavailable
+from bootstrap import bootstrap
+from core.provider import ProviderUnavailable
 from domain.errors import TransientStepError
 from harness.processes import celery_worker, free_port, wait_until
 from models import OutboxKind, OutboxMessage
 from tasks.base import PipelineTask
-from tasks.celery_app import celery_app
-from tests.conftest import settings
+from tests.conftest import celery_app, settings
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -140,7 +140,7 @@ def test_breaker_state_of_any_process(metrics):
         stripe_breaker_fail_max=2,
         stripe_breaker_reset_seconds=600,
     )
-    provider = PaymentProvider.for_settings(down)
+    provider = bootstrap(down).provider
     assert value(metrics(), "tutorflow_payment_provider_breakers", state="open") == 0
     for _ in range(3):
         with pytest.raises(ProviderUnavailable):

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from bootstrap import bootstrap
 from core.config import Settings
-from core.mail import Mailer, SmtpServer
+from core.mail import SmtpServer
 from domain import dead_letters, notifications
 from domain.calendar import Shift, ShiftReason
 from harness.processes import ALL_QUEUES, celery_worker, wait_until
@@ -241,7 +242,7 @@ def test_the_smtp_login_is_read_from_the_environment_and_never_shown():
     settings = Settings.from_env(
         {"SMTP_URL": "smtps://relay.example:2465", "SMTP_USER": "tf", "SMTP_PASSWORD": "s3cret"}
     )
-    server = Mailer.for_settings(settings).server
+    server = bootstrap(settings).mailer.server
     assert (server.host, server.port, server.implicit_tls) == ("relay.example", 2465, True)
     assert (server.user, server.password) == ("tf", "s3cret")
     assert "s3cret" not in repr(settings) and "s3cret" not in repr(server)

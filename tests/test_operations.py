@@ -124,7 +124,7 @@ def test_a_visibility_timeout_a_retry_could_outlast_is_refused_at_startup():
     check_delivery_settings(_settings(CELERY_VISIBILITY_TIMEOUT="200", BROKER_URL="amqp://x//"))
     # A real worker refuses to start, and says why.
     refused = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--help"],
+        [sys.executable, "-m", "celery", "-A", "celeryapp", "worker", "--help"],
         env={**os.environ, "CELERY_VISIBILITY_TIMEOUT": "200", "CELERY_RETRY_BACKOFF": "2"},
         capture_output=True,
         text=True,

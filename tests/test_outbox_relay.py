@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session
 from domain.payments import request_confirmation
 from harness.processes import celery_worker, private_broker, wait_until
 from models import OutboxKind, OutboxMessage, TutoringSession
-from tasks.celery_app import celery_app
-from tests.conftest import open_session
+from tests.conftest import celery_app, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 pytestmark = pytest.mark.worker

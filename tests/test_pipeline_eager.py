@@ -21,7 +21,9 @@ from models import (
     Trainer,
     TutoringSession,
 )
-from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain, schedule_sessions
+from tasks.chains import fulfilment_chain
+from tasks.pipeline import allocate_trainer, create_purchase, schedule_sessions
+from tests.conftest import celery_app
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 MONDAY_NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -42,7 +44,7 @@ def confirmed(db_session):
 
 def test_whole_chain_creates_purchase_allocation_and_seven_sessions(db_session, eager, confirmed):
     payment, trainer = confirmed
-    fulfilment_chain(str(payment.id)).apply_async()
+    fulfilment_chain(celery_app, str(payment.id)).apply_async()
 
     purchase = db_session.scalars(select(Purchase)).one()
     allocation = db_session.scalars(select(Allocation)).one()

@@ -11,9 +11,9 @@ import pytest
 from kombu import Queue
 
 from harness.brokers import is_rabbitmq, queue_length
-from tasks.celery_app import celery_app
-from tasks.pipeline import allocate_trainer, create_purchase, fulfilment_chain, verify_payment
-from tests.conftest import settings
+from tasks.chains import fulfilment_chain
+from tasks.pipeline import allocate_trainer, create_purchase, verify_payment
+from tests.conftest import celery_app, settings
 
 pytestmark = pytest.mark.skipif(
     is_rabbitmq(settings.broker_url), reason="RabbitMQ 3.x quorum queues have no priorities"
@@ -29,7 +29,7 @@ def test_a_later_step_is_delivered_before_new_chains_that_came_first():
             channel.queue_purge(name)
         try:
             for payment_id in new_chains:
-                fulfilment_chain(payment_id).apply_async()
+                fulfilment_chain(celery_app, payment_id).apply_async()
             # The chains start on the provider queue, out of the pipeline's way.
             assert queue_length(settings.broker_url, "provider") == 3
             assert queue_length(settings.broker_url, "pipeline") == 0

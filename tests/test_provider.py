@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
-from tests.conftest import settings
+from tests.conftest import services, settings
 from tests.sandbox_server import sandbox_server
 
 
@@ -21,7 +21,8 @@ def provider_for(base: str, **overrides: object) -> PaymentProvider:
             stripe_api_base=base,
             stripe_secret_key="sk_test_tutorflow_sandbox",
             **overrides,  # type: ignore[arg-type]
-        )
+        ),
+        services.telemetry,
     )
 
 

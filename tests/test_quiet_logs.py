@@ -23,7 +23,7 @@ from core.logs import configure_logging, log_context
 from domain.payments import request_confirmation
 from models import OutboxMessage
 from tasks.beat import relay_outbox
-from tasks.celery_app import celery_app
+from tests.conftest import celery_app
 from tests.factories import make_course, make_payment, make_student
 
 ROOT = Path(__file__).resolve().parent.parent

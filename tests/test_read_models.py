@@ -12,9 +12,9 @@ from typing import Any
 import jwt
 import pytest
 
+from bootstrap import bootstrap
 from core import cache
-from core.cache import Cache, read_model_key
-from core.tokens import TokenVerifier
+from core.cache import read_model_key
 from domain import fulfilment
 from domain.clock import utcnow
 from domain.read_models import student_home
@@ -106,7 +106,7 @@ def test_metrics_report_the_hit_ratio(client, db_session):
 # --- the race: a slow reader that loaded before a commit ----------------------------
 
 
-CACHE = Cache.for_settings(settings)
+CACHE = bootstrap(settings).cache
 
 
 def naive_cached_read_model(kind: str, student_id: int, load: Callable[[], str]):
@@ -233,7 +233,7 @@ def test_a_student_cannot_read_another_students_data(client, db_session, path):
     url = "/api/v1" + path.format(id=bob.id)
     assert client.get(url, headers=student_auth(alice.id)).status_code == 403
     assert client.get(url).status_code == 401
-    expired = TokenVerifier.for_settings(settings).issue(bob.id, ttl=timedelta(seconds=-60))
+    expired = bootstrap(settings).tokens.issue(bob.id, ttl=timedelta(seconds=-60))
     assert client.get(url, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
     forged = jwt.encode(
         {

@@ -3,6 +3,7 @@ options, and the API's own Redis clients (cache, rate limiter, readiness probe) 
 real primary + replica + three sentinels, following a failover without a restart.
 
 The whole pipeline through a failover (workers, beat, Flower, lost messages recovered
+from bootstrap import bootstrap
 from PostgreSQL) is tests/test_sentinel.py, in the multi-host suite.
 """
 
@@ -16,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 
 from celeryconfig import celery_config
 from core import kombu_redis
-from core.cache import Cache, student_keys
+from core.cache import student_keys
 from core.config import Settings
 from core.redis_client import parse_sentinel_url, without_password
 from harness.processes import SENTINEL_MASTER, sentinel_redis, wait_until
@@ -47,6 +48,7 @@ def test_a_sentinel_broker_gets_the_master_name_and_the_cache_follows_the_broker
 
 def test_the_apis_redis_clients_follow_a_failover_without_a_restart(engine):
     from app import create_app
+    from bootstrap import bootstrap
 
     with sentinel_redis() as group:
         on_sentinel = dataclasses.replace(
@@ -58,7 +60,7 @@ def test_the_apis_redis_clients_follow_a_failover_without_a_restart(engine):
         )
         app = create_app(on_sentinel, testing=True)
         client = app.test_client()
-        cache = Cache.for_settings(on_sentinel)
+        cache = bootstrap(on_sentinel).cache
         assert client.get("/readyz").json["checks"]["broker"] == "ok"
         cache.client.set(student_keys(1)[0], "before")
 

@@ -20,8 +20,8 @@ from models import (
     Trainer,
     TutoringSession,
 )
-from tasks.pipeline import fulfilment_chain
-from tests.conftest import ADMIN, open_session
+from tasks.chains import fulfilment_chain
+from tests.conftest import ADMIN, celery_app, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.sandbox_server import shared as shared_sandbox
 from tests.webhook_client import charge_refunded, deliver
@@ -127,7 +127,7 @@ def test_refund_before_the_chain_starts_leaves_nothing_to_start(db_session, eage
     payment = make_payment(db_session, make_student(db_session), course, confirmed=True)
     refund_payment(db_session, payment.id, source="test")
     db_session.flush()
-    fulfilment_chain(str(payment.id)).apply_async()  # the hand-off arrives late
+    fulfilment_chain(celery_app, str(payment.id)).apply_async()  # the hand-off arrives late
     assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
     nothing_active(db_session, payment.id, trainer.id)
 

@@ -28,7 +28,7 @@ from models import (
     TutoringSession,
 )
 from tasks.beat import run_top_up
-from tests.conftest import ADMIN, open_session, student_auth
+from tests.conftest import ADMIN, celery_app, open_session, student_auth
 from tests.factories import (
     make_allocation,
     make_course,
@@ -119,7 +119,7 @@ def test_allocations_reschedules_and_top_ups_racing_on_one_trainer(live_app):
         results = race(
             [confirm(live_app, p) for p in newcomers]
             + [reschedule(*target) for target in targets]
-            + [run_top_up, run_top_up]
+            + [lambda: run_top_up(celery_app), lambda: run_top_up(celery_app)]
         )
         confirms, moves, top_ups = results[:8], results[8:12], results[12:]
         assert confirms == [202] * 8
@@ -127,7 +127,7 @@ def test_allocations_reschedules_and_top_ups_racing_on_one_trainer(live_app):
         assert not [r for r in top_ups if isinstance(r, BaseException)]
         wait_until(lambda: fully_scheduled(newcomers) == 8, 60, "newcomers not scheduled")
     assert overlaps() == 0
-    run_top_up()
+    run_top_up(celery_app)
     with open_session() as session:
         for allocation in session.scalars(
             select(Allocation).where(Allocation.trainer_id == trainer.id)

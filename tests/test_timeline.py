@@ -11,9 +11,9 @@ from sqlalchemy import select
 from domain.errors import NoTrainerAvailable
 from domain.events import EventType, record_step_retry
 from models import DeadLetter
-from tasks.celery_app import celery_app
-from tasks.pipeline import create_purchase, fulfilment_chain
-from tests.conftest import ADMIN, student_auth
+from tasks.chains import fulfilment_chain
+from tasks.pipeline import create_purchase
+from tests.conftest import ADMIN, celery_app, student_auth
 from tests.factories import make_course, make_payment, make_student
 
 LETTERS = "/api/v1/admin/dead-letters"
@@ -145,7 +145,7 @@ def test_each_retry_is_told_with_its_attempt_and_a_safe_reason(client, db_sessio
     payment = make_payment(db_session, student, course, confirmed=True)  # no trainer teaches
     # Eager retries run nested in-process and the last failure comes back up to here.
     with pytest.raises(NoTrainerAvailable):
-        fulfilment_chain(str(payment.id)).apply_async()
+        fulfilment_chain(celery_app, str(payment.id)).apply_async()
     story = [(e["type"], e["payload"]) for e in timeline(client, payment)]
     retries = [p for t, p in story if t == EventType.STEP_RETRYING]
     assert retries == [

@@ -208,7 +208,7 @@ from core import tracing
 from core.config import get_settings
 from models.events import OutboxMessage
 import tasks.celery_app
-from tasks.celery_app import celery_app
+from tests.conftest import celery_app
 
 app = create_app(get_settings(), testing=True)
 default = OutboxMessage.__table__.c.traceparent.default.arg

@@ -19,8 +19,7 @@ from models import (
     Trainer,
 )
 from tasks.beat import give_up_unallocated
-from tasks.celery_app import celery_app
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, celery_app
 from tests.factories import make_allocation, make_course, make_trainer
 from tests.test_beat import MONDAY, allocate, future
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.config import get_settings
 from core.redis_client import redis_client
 from domain.errors import TransientStepError
 from tasks.base import PipelineTask
-from tasks.celery_app import celery_app
 
 DONE_KEY = "tests:late-failure:{correlation_id}"
 
@@ -45,14 +45,14 @@ class FailsAfterItsRetry(PipelineTask):
                 raise SoftTimeLimitExceeded()
 
 
-@celery_app.task(base=FailsAfterItsRetry, bind=True, name="tests.worker_tasks.step", max_retries=3)
+@shared_task(base=FailsAfterItsRetry, bind=True, name="tests.worker_tasks.step", max_retries=3)
 def step(self: PipelineTask, *, correlation_id: str) -> str:
     if self.request.retries == 0:
         raise TransientStepError("the first attempt fails")
     return _done(correlation_id)
 
 
-@celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.slow_step", max_retries=3)
+@shared_task(base=PipelineTask, bind=True, name="tests.worker_tasks.slow_step", max_retries=3)
 def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str:
     """The first attempt sleeps `seconds`, then fails; a soft time limit that strikes
     first is a transient error too (tasks.base): either way the retry finishes."""
@@ -62,7 +62,7 @@ def slow_step(self: PipelineTask, *, correlation_id: str, seconds: float) -> str
     return _done(correlation_id)
 
 
-@celery_app.task(base=PipelineTask, bind=True, name="tests.worker_tasks.flaky_step", max_retries=3)
+@shared_task(base=PipelineTask, bind=True, name="tests.worker_tasks.flaky_step", max_retries=3)
 def flaky_step(self: PipelineTask, *, correlation_id: str) -> str:
     """Fails once (a transient error, so it retries, 1 s later as a backoff would have
     it), then succeeds. A retry at once could finish in the other pool process before

@@ -15,7 +15,6 @@ from sqlalchemy import text
 from app.metrics import metrics_response
 from app.runtime import runtime
 from celeryconfig import AMQP_TRANSPORTS, broker_transport
-from core.provider import PaymentProvider
 from core.redis_client import redis_client
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def readyz():
     ready = all(value == "ok" for value in checks.values())
     # Not a readiness condition (confirms and reads work without the provider), but
     # what an operator wants to see beside them.
-    details = {"payment_provider_breaker": PaymentProvider.for_settings(runtime().settings).state}
+    details = {"payment_provider_breaker": runtime().provider.state}
     return jsonify(status="ready" if ready else "not_ready", checks=checks, details=details), (
         200 if ready else 503
     )

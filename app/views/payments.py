@@ -23,7 +23,6 @@ from app.schemas import (
     PaymentIn,
     PaymentOut,
 )
-from core.provider import PaymentProvider
 from domain import idempotency
 from domain.payments import Order
 from domain.read_models import payment_detail
@@ -85,7 +84,7 @@ def create_payment(data: dict[str, Any], idempotency_key: str | None = None):
     app = runtime()
     answer = payments.checkout(
         app.database,
-        PaymentProvider.for_settings(app.settings),
+        app.provider,
         Order(
             student_id=student_id,
             course_id=data["course_id"],
@@ -151,6 +150,4 @@ def refund_payment(payment_id: uuid.UUID):
     """Refund (admin) at the provider, then compensate: purchase, allocation and future
     sessions are undone after the commit."""
     app = runtime()
-    return payments.refund(
-        app.database, PaymentProvider.for_settings(app.settings), payment_id
-    ).payment
+    return payments.refund(app.database, app.provider, payment_id).payment

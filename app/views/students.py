@@ -20,7 +20,7 @@ from app.errors import ApiError
 from app.runtime import runtime
 from app.schemas import ErrorOut, HomeOut, LearningOut, RecentOut, RecentQuery, StreamTicketOut
 from core.cache import student_channel
-from core.tokens import InvalidToken, TokenVerifier
+from core.tokens import InvalidToken
 from domain.clock import utcnow
 from domain.read_models import get_student, recent_events, student_home, student_learning
 
@@ -36,7 +36,7 @@ def _stream_caller() -> Caller:
         student_or_admin(lambda: None)()
         return caller()
     try:
-        identity = TokenVerifier.for_settings(runtime().settings).verify_stream_ticket(ticket)
+        identity = runtime().tokens.verify_stream_ticket(ticket)
     except InvalidToken as exc:
         error = ApiError(401, "unauthorized", f"The stream ticket was refused: {exc}.")
         error.headers = {"WWW-Authenticate": 'Bearer realm="tutorflow"'}
@@ -108,7 +108,7 @@ def stream_ticket(student_id: int):
     """A ticket for the event stream (EventSource sends no headers): one student,
     about a minute, streaming only."""
     caller().require_student(student_id)
-    ticket, expires = TokenVerifier.for_settings(runtime().settings).stream_ticket(student_id)
+    ticket, expires = runtime().tokens.stream_ticket(student_id)
     return {
         "ticket": ticket,
         "expires_at": expires,

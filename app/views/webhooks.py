@@ -10,7 +10,6 @@ from actions import webhooks
 from app.errors import ApiError
 from app.runtime import runtime
 from app.schemas import ErrorOut, WebhookOut
-from core.provider import PaymentProvider
 
 blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
 
@@ -39,7 +38,7 @@ blp = Blueprint("webhooks", __name__, description="Payment provider webhooks.")
 @blp.alt_response(409, schema=ErrorOut)
 def receive_stripe_event():
     raw = request.get_data(cache=True)
-    provider = PaymentProvider.for_settings(runtime().settings)
+    provider = runtime().provider
     try:
         event = provider.construct_event(raw, request.headers.get("Stripe-Signature"))
     except stripe.SignatureVerificationError as exc:

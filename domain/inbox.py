@@ -1,4 +1,5 @@
-"""The consumers' inbox (processed_events): at most one effect per message.
+"""The consumers' inbox (processed_events): at most one effect per message (the steps'
+twin of the API's Idempotency-Key, domain.idempotency).
 
 The row is claimed first, in the step's transaction. A duplicate delivered at the
 same time blocks on the unique index until the first transaction ends: if that one

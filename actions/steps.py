@@ -1,0 +1,153 @@
+"""The pipeline's steps as use cases: each owns its transaction, with the inbox row that
+makes a redelivery return the stored result, and asks the payment provider outside it.
+The tasks (tasks/pipeline.py) do Celery's part only: routing, retries, acks, dead
+letters; they pass in who is consuming what (`Delivery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
+from domain import fulfilment, inbox, payments, reallocation, refunds
+from domain.clock import utcnow
+from domain.errors import PermanentStepError, TransientStepError
+from models import Database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as its consumer sees it: the inbox row's key. `event_type` None:
+    the step keeps no inbox row (its own states make it idempotent)."""
+
+    consumer: str
+    correlation_id: str
+    event_type: str | None = None
+
+
+def once(database: Database, delivery: Delivery, effect: Callable[[Session], T]) -> T:
+    """Run `effect` in one transaction with its inbox row; return its result.
+
+    A step that already committed (redelivery after a crash, a duplicate publish, a
+    replay) returns the result it stored, so the chain continues unchanged. A
+    StepCancelled from the effect rolls back and propagates."""
+    with database.transaction() as session:
+        claim = None
+        if delivery.event_type is not None:
+            claim = inbox.claim(
+                session,
+                consumer=delivery.consumer,
+                correlation_id=delivery.correlation_id,
+                event_type=delivery.event_type,
+            )
+            if not claim.claimed:
+                log.info("already processed, returning stored result")
+                stored: T = claim.stored_result
+                return stored
+        result = effect(session)
+        if claim is not None:
+            inbox.store_result(session, claim, result)
+    # Committed: the after-commit channel (cache, live events, outbox) has run.
+    log.info("step done", extra={"result": result})
+    return result
+
+
+def ask_provider(
+    database: Database, provider: PaymentProvider, payment_id: uuid.UUID
+) -> payments.ProviderReport | None:
+    """The provider's word on the payment's intent, asked outside any transaction;
+    None when the payment no longer waits for it (verified already, or settled)."""
+    with database.session() as session:
+        payment = session.get(payments.Payment, payment_id)
+        if payment is None:
+            raise PermanentStepError(f"payment {payment_id} does not exist")
+        if payment.status != payments.PaymentStatus.CONFIRMING:
+            return None
+        intent_id = payment.provider_payment_id
+    if intent_id is None:
+        raise PermanentStepError(f"payment {payment_id} has no provider payment id")
+    try:
+        intent = provider.retrieve_intent(intent_id)
+    except ProviderUnavailable as exc:
+        raise TransientStepError(str(exc)) from exc
+    except ProviderRejected as exc:
+        raise PermanentStepError(f"the provider refused to show {intent_id}: {exc}") from exc
+    return payments.ProviderReport(
+        status=intent.status,
+        amount_cents=intent.amount,
+        currency=intent.currency,
+        metadata_payment_id=intent.metadata.get("payment_id"),
+        decline_message=intent.failure_message,
+    )
+
+
+def verify_payment(
+    database: Database, provider: PaymentProvider, delivery: Delivery, payment_id: uuid.UUID
+) -> payments.Verdict:
+    """The provider's word, then the payment's verdict in one transaction."""
+    report = ask_provider(database, provider, payment_id)
+
+    def effect(session: Session) -> str:
+        if report is None:
+            return str(payments.verify_again(session, payment_id))
+        return str(payments.verify(session, payment_id, report))
+
+    return payments.Verdict(once(database, delivery, effect))
+
+
+def create_purchase(database: Database, delivery: Delivery, payment_id: uuid.UUID) -> int:
+    return once(
+        database, delivery, lambda session: fulfilment.create_purchase(session, payment_id).id
+    )
+
+
+def allocate_trainer(database: Database, delivery: Delivery, purchase_id: int) -> int | None:
+    """The allocation's id; None when no trainer can serve it (refused, its refund
+    published after commit)."""
+
+    def effect(session: Session) -> int | None:
+        allocation = fulfilment.allocate_trainer(session, purchase_id, now=utcnow())
+        return None if allocation is None else allocation.id
+
+    return once(database, delivery, effect)
+
+
+def schedule_sessions(
+    database: Database, delivery: Delivery, allocation_id: int, *, window: int
+) -> int:
+    """The student's id, for the read-model refresh."""
+    return once(
+        database,
+        delivery,
+        lambda session: (
+            fulfilment.schedule_window(
+                session, allocation_id, now=utcnow(), window=window
+            ).student_id
+        ),
+    )
+
+
+def compensate_refund(database: Database, delivery: Delivery, payment_id: uuid.UUID) -> int:
+    return once(database, delivery, lambda session: refunds.compensate(session, payment_id))
+
+
+def reallocate_trainer(
+    database: Database, delivery: Delivery, allocation_id: int, *, window: int
+) -> int:
+    """The student's id. The move asks first whether it is still needed."""
+
+    def effect(session: Session) -> int:
+        reallocation.reallocate(session, allocation_id, now=utcnow(), window=window)
+        return session.get_one(fulfilment.Allocation, allocation_id).student_id
+
+    return once(database, delivery, effect)
