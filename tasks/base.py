@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 
 from core.logs import log_context
 from domain.clock import utcnow
-from domain.errors import StepCancelled, TransientStepError, qualified_name, safe_reason
+from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
 from tasks import inbox
+from tasks.failures import failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class PipelineTask(StepEvents):
                     step=self.name.rsplit(".", 1)[-1],
                     attempt=self.request.retries + 1,
                     attempts=None if limit is None else limit + 1,
-                    reason=safe_reason(qualified_name(exc) if exc is not None else ""),
+                    reason=safe_reason(failure_kind(exc)),
                 )
         except Exception:
             log.warning("the retry could not be written to the timeline", exc_info=True)

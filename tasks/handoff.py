@@ -14,6 +14,7 @@ from tasks.celery_app import celery_app
 from tasks.notifications import send_notification
 from tasks.pipeline import compensation_chain, fulfilment_chain, reallocation_chain
 from tasks.pipeline import refund_unservable as refund_task
+from tasks.redelivery import Redelivery
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
 # row to the relay (the API has already committed and answers 202).
@@ -48,14 +49,17 @@ def refund_unservable(payload: dict[str, Any]) -> None:
 
 
 def replay_dead_letter(payload: dict[str, Any]) -> None:
+    # The letter's redelivery, as tasks.dead_letters.park wrote it (rows of an older
+    # release: its fields beside the run id, under "task_id").
+    again = Redelivery.from_json(payload.get("redelivery", payload))
     # The chain option carries the links that had not run: the pipeline runs to its end.
-    task = celery_app.tasks[payload["task_name"]]
-    # The task id the letter noted (older rows: none): a letter this run parks links back.
+    task = celery_app.tasks[again.task_name]
+    # The run id the letter noted (older rows: none): a letter this run parks links back.
     task.apply_async(
-        task_id=payload.get("task_id"),
-        args=payload["args"],
-        kwargs=payload["kwargs"],
-        chain=payload["chain"],
+        task_id=payload.get("run_id", payload.get("task_id")),
+        args=again.args,
+        kwargs=again.kwargs,
+        chain=again.chain,
         retry_policy=API_PUBLISH_RETRY,
     )
 
