@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from domain import dead_letters
-from domain.dead_letters import LetterFilter, OpenLetters
+from domain.dead_letters import DeadLetterRecord, LetterFilter, OpenLetters
 from domain.errors import Conflict
 from models import Database, DeadLetter
 
@@ -16,19 +16,19 @@ class Recorded:
     """A stored letter and the open letters after it: the record task's result."""
 
     letter_id: int
-    task_name: str
+    step: str
     correlation_id: str | None
     exception: str
     replay_of: int | None
     open: OpenLetters
 
 
-def record(database: Database, letter: dict) -> Recorded:
+def record(database: Database, record: DeadLetterRecord) -> Recorded:
     with database.transaction() as session:
-        stored = dead_letters.store_dead_letter(session, letter)
+        stored = dead_letters.store_dead_letter(session, record)
         return Recorded(
             letter_id=stored.id,
-            task_name=stored.task_name,
+            step=stored.task_name,
             correlation_id=stored.correlation_id,
             exception=f"{stored.exception_type}: {stored.exception_message}",
             replay_of=stored.replay_of,
@@ -42,7 +42,8 @@ def open_letters(database: Database) -> OpenLetters:
 
 
 def replay(database: Database, letter_id: int) -> DeadLetter:
-    """The failed task (and the rest of its chain) is published after the commit."""
+    """The letter's redelivery (the failed step, and what followed it) is published
+    after the commit."""
     with database.transaction() as session:
         return dead_letters.replay(session, letter_id)
 

@@ -23,6 +23,7 @@ from domain.calendar import END_OF_DAY, is_valid_timezone
 from domain.dead_letters import LetterFilter
 from domain.errors import safe_reason
 from models import TIERS
+from tasks.redelivery import Redelivery
 
 MAX_ID = 2**63 - 1
 SLOT_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -472,7 +473,15 @@ class RescheduleIn(InputSchema):
 
 
 def _safe_reason(letter: Any) -> str:
-    return safe_reason(letter.exception_type)
+    return safe_reason(letter.failure_kind)
+
+
+class Redelivered(fields.Raw):
+    """The part of a dead letter's redelivery this field is named after (`args`,
+    `kwargs`, `chain`), as the workers wrote it: read with their own reader."""
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> Any:
+        return getattr(Redelivery.from_json(obj.redelivery), attr)
 
 
 class DeadLetterBrief(Schema):
@@ -566,9 +575,11 @@ class DeadLetterOut(Schema):
     task_name = fields.String()
     task_id = fields.String()
     correlation_id = fields.String(allow_none=True)
-    args = fields.List(fields.Raw())
-    kwargs = fields.Dict()
-    chain = fields.List(fields.Raw(), metadata={"description": "Links that had not run yet."})
+    args = Redelivered(metadata={"type": "array", "items": {}})
+    kwargs = Redelivered(metadata={"type": "object", "additionalProperties": {}})
+    chain = Redelivered(
+        metadata={"type": "array", "items": {}, "description": "Links that had not run yet."}
+    )
     exception_type = fields.String()
     exception_message = fields.String()
     reason = fields.Function(_safe_reason, metadata={"description": "What the student reads."})

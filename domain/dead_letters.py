@@ -1,4 +1,7 @@
-"""Dead letters as rows: recorded once per failed task id, replayed or discarded once.
+"""Dead letters as rows: recorded once per failed run, replayed or discarded once.
+
+A letter is stored from a `DeadLetterRecord`, which the workers build when they park a
+step; what a replay runs (`redelivery`) is theirs to write and to read.
 
 Replaying writes an outbox message in the caller's transaction: a replay decided in a
 committed transaction is published after that commit (by the after-commit channel, or
@@ -19,49 +22,79 @@ from sqlalchemy.orm import Session
 from domain.clock import utcnow
 from domain.errors import Conflict, NotFound, safe_reason
 from domain.events import EventType, record_event
-from models import DeadLetter, DeadLetterStatus, OutboxKind, Payment, outbox
+from models import DeadLetter, DeadLetterStatus, FailureKind, OutboxKind, Payment, outbox
 
 
-def store_dead_letter(session: Session, letter: dict[str, Any]) -> DeadLetter:
-    """Insert, or — for a redelivered failure of the same task id — update, the row.
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """A step that failed for good, as the worker that parked it describes it.
 
-    A new letter whose task is a replay's (its task id is a letter's `replay_task_id`)
+    The step's name and the run's id are the workers' plain strings: stored, compared
+    and shown, never parsed for meaning. `redelivery` is the workers' too: JSON that
+    says how to run the step again, stored as given and handed back on replay, never
+    read here. The kind of failure was decided where the error was caught."""
+
+    run_id: str  # the failed run's id: a redelivery of the same failure updates its letter
+    step: str
+    correlation_id: str | None  # the payment id
+    kind: FailureKind
+    exception_type: str  # the error's full name; with its message and traceback, admin only
+    exception_message: str
+    traceback: str
+    retries: int  # how many were spent before it was parked
+    first_failed_at: datetime
+    last_failed_at: datetime
+    redelivery: dict[str, Any]
+
+    @property
+    def reason(self) -> str:
+        """What the payment's owner may read about it."""
+        return safe_reason(self.kind)
+
+
+def store_dead_letter(session: Session, record: DeadLetterRecord) -> DeadLetter:
+    """Insert, or — for a redelivered failure of the same run — update, the row.
+
+    A new letter whose run is a replay's (its run id is a letter's `replay_task_id`)
     points at that letter (`replay_of`): the replay failed again. Only a new letter
     goes on the payment's timeline."""
-    values = {
-        **letter,
-        "first_failed_at": datetime.fromisoformat(letter["first_failed_at"]),
-        "last_failed_at": datetime.fromisoformat(letter["last_failed_at"]),
-        "replay_of": select(DeadLetter.id)
-        .where(DeadLetter.replay_task_id == letter["task_id"])
-        .scalar_subquery(),
-    }
     inserted = session.scalar(
         pg_insert(DeadLetter)
-        .values(**values)
+        .values(
+            task_id=record.run_id,
+            task_name=record.step,
+            correlation_id=record.correlation_id,
+            redelivery=record.redelivery,
+            first_failed_at=record.first_failed_at,
+            replay_of=select(DeadLetter.id)
+            .where(DeadLetter.replay_task_id == record.run_id)
+            .scalar_subquery(),
+            failure_kind=record.kind,
+            exception_type=record.exception_type,
+            exception_message=record.exception_message,
+            traceback=record.traceback,
+            retries=record.retries,
+            last_failed_at=record.last_failed_at,
+        )
         .on_conflict_do_nothing(index_elements=[DeadLetter.task_id])
         .returning(DeadLetter.id)
     )
-    if inserted is None:
+    if inserted is None:  # the same failure again: its latest attempt
         session.execute(
             update(DeadLetter)
-            .where(DeadLetter.task_id == letter["task_id"])
+            .where(DeadLetter.task_id == record.run_id)
             .values(
-                {
-                    name: values[name]
-                    for name in (
-                        "last_failed_at",
-                        "retries",
-                        "exception_type",
-                        "exception_message",
-                        "traceback",
-                    )
-                }
+                failure_kind=record.kind,
+                exception_type=record.exception_type,
+                exception_message=record.exception_message,
+                traceback=record.traceback,
+                retries=record.retries,
+                last_failed_at=record.last_failed_at,
             )
         )
     stored = session.scalars(
         select(DeadLetter)
-        .where(DeadLetter.task_id == letter["task_id"])
+        .where(DeadLetter.task_id == record.run_id)
         .execution_options(populate_existing=True)
     ).one()
     if inserted is not None:
@@ -70,7 +103,7 @@ def store_dead_letter(session: Session, letter: dict[str, Any]) -> DeadLetter:
             stored,
             EventType.DEAD_LETTERED,
             retries=stored.retries,
-            reason=safe_reason(stored.exception_type),
+            reason=safe_reason(stored.failure_kind),
             **(
                 {"replay_of": stored.replay_of, "replay_failed_again": True}
                 if stored.replay_of
@@ -100,9 +133,10 @@ def _on_timeline(
     )
 
 
-def step_name(task_name: str) -> str:
-    """`tutorflow.pipeline.allocate_trainer` → `allocate_trainer`."""
-    return task_name.rsplit(".", 1)[-1]
+def step_name(step: str) -> str:
+    """How the timeline names a step: the last part of its dotted name (`a.b.c` → `c`),
+    as the retries' events name it."""
+    return step.rsplit(".", 1)[-1]
 
 
 def _open_letter(session: Session, letter_id: int) -> DeadLetter:
@@ -120,10 +154,10 @@ def _open_letter(session: Session, letter_id: int) -> DeadLetter:
 
 
 def replay(session: Session, letter_id: int) -> DeadLetter:
-    """Mark the letter replayed and queue the original task (and the rest of its chain)
-    in the outbox, in the caller's transaction."""
+    """Mark the letter replayed and hand its redelivery back to the workers through the
+    outbox, in the caller's transaction: they run the step again (and what followed it)."""
     letter = _open_letter(session, letter_id)
-    # The replay's task id, known now: a letter its failure parks points back here.
+    # The replay's run id, known now: a letter its failure parks points back here.
     letter.replay_task_id = str(uuid.uuid4())
     outbox.write(
         session,
@@ -131,11 +165,8 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
         correlation_id=uuid.UUID(letter.correlation_id),
         payload={
             "dead_letter_id": letter.id,
-            "task_id": letter.replay_task_id,
-            "task_name": letter.task_name,
-            "args": letter.args,
-            "kwargs": letter.kwargs,
-            "chain": letter.chain,
+            "run_id": letter.replay_task_id,
+            "redelivery": letter.redelivery,
         },
     )
     letter.status = DeadLetterStatus.REPLAYED

@@ -1,9 +1,13 @@
 """Errors the domain raises. The API turns `DomainError` into a JSON 4xx; the tasks
-retry `TransientStepError` and dead-letter `PermanentStepError` at once."""
+retry `TransientStepError` and dead-letter `PermanentStepError` at once. A step error
+names its kind of failure (what a student reads about it); the tasks name the kind of
+any other error they catch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from models import FailureKind
 
 
 class DomainError(Exception):
@@ -31,13 +35,17 @@ class Unprocessable(DomainError):
 class TransientStepError(Exception):
     """Worth retrying: the world may change (a trainer frees up, a lock is released)."""
 
+    kind: ClassVar[FailureKind] = FailureKind.SERVICE_UNAVAILABLE
+
 
 class NoTrainerAvailable(TransientStepError):
-    pass
+    kind = FailureKind.NO_TRAINER
 
 
 class PermanentStepError(Exception):
     """Retrying cannot help; the step goes to the dead-letter queue at once."""
+
+    kind: ClassVar[FailureKind] = FailureKind.NEEDS_OPERATOR
 
 
 class StepCancelled(Exception):
@@ -45,28 +53,22 @@ class StepCancelled(Exception):
     (neither a retry nor a dead letter; the compensation owns the outcome)."""
 
 
-def qualified_name(exc: BaseException) -> str:
-    """How a dead letter and the timeline name an error: module and class."""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
-
-
 # What a student (and the payment's public answer) may read about a failure: short and
-# operator-safe. Class names, messages and tracebacks stay in the admin-only dead letter.
+# operator-safe, by its kind. Class names, messages and tracebacks stay in the admin-only
+# dead letter.
 SAFE_REASONS = {
-    f"{__name__}.NoTrainerAvailable": "no trainer is free for this course and time yet",
-    "domain.payments.NotSettledYet": "the payment provider has not settled the payment yet",
-    f"{__name__}.TransientStepError": "a service this step needs was briefly unavailable",
-    f"{__name__}.PermanentStepError": "this step cannot succeed until an operator steps in",
-    "sqlalchemy.exc.OperationalError": "the database was briefly unavailable",
-    "sqlalchemy.exc.IntegrityError": "a concurrent change got there first",
-    "kombu.exceptions.OperationalError": "the message broker was briefly unavailable",
-    "redis.exceptions.ConnectionError": "the message broker was briefly unavailable",
-    "redis.exceptions.TimeoutError": "the message broker was briefly unavailable",
-    "billiard.exceptions.SoftTimeLimitExceeded": "the step took too long",
+    FailureKind.NO_TRAINER: "no trainer is free for this course and time yet",
+    FailureKind.NOT_SETTLED: "the payment provider has not settled the payment yet",
+    FailureKind.SERVICE_UNAVAILABLE: "a service this step needs was briefly unavailable",
+    FailureKind.NEEDS_OPERATOR: "this step cannot succeed until an operator steps in",
+    FailureKind.DATABASE_UNAVAILABLE: "the database was briefly unavailable",
+    FailureKind.CONFLICT: "a concurrent change got there first",
+    FailureKind.BROKER_UNAVAILABLE: "the message broker was briefly unavailable",
+    FailureKind.TOO_SLOW: "the step took too long",
+    FailureKind.UNEXPECTED: "an unexpected error; an operator has the details",
 }
-UNEXPECTED = "an unexpected error; an operator has the details"
 
 
-def safe_reason(exception_type: str) -> str:
-    """The operator-safe reason for an error named as `qualified_name` names it."""
-    return SAFE_REASONS.get(exception_type, UNEXPECTED)
+def safe_reason(kind: FailureKind | str) -> str:
+    """The operator-safe reason for a failure of this kind."""
+    return SAFE_REASONS[FailureKind(kind)]

@@ -47,6 +47,7 @@ from models import (
     Course,
     CoursePrice,
     DomainEvent,
+    FailureKind,
     OutboxKind,
     Payment,
     PaymentStatus,
@@ -321,6 +322,8 @@ IN_FLIGHT = frozenset(
 
 class NotSettledYet(TransientStepError):
     """The provider is still processing the payment: ask again later."""
+
+    kind = FailureKind.NOT_SETTLED
 
 
 def verify(session: Session, payment_id: uuid.UUID, report: ProviderReport) -> Verdict:

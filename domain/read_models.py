@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from domain.bookings import is_live_hold
 from domain.clock import utcnow
-from domain.errors import NotFound, NoTrainerAvailable
+from domain.errors import NotFound
 from domain.events import EventType
 from models import (
     Allocation,
@@ -21,6 +21,7 @@ from models import (
     DeadLetter,
     DeadLetterStatus,
     DomainEvent,
+    FailureKind,
     Hold,
     Payment,
     PaymentStatus,
@@ -33,8 +34,8 @@ from models import (
 )
 
 UPCOMING_SHOWN = 7
-# How a dead letter names the error (tasks.dead_letters.park): no trainer free yet.
-WAITING_FOR_A_TRAINER = f"{NoTrainerAvailable.__module__}.{NoTrainerAvailable.__qualname__}"
+# Letters that are no fault to attend to, by their kind of failure: the student waits.
+NOT_A_FAULT = frozenset({FailureKind.NO_TRAINER})
 
 
 def fulfilment_state(
@@ -130,7 +131,7 @@ def payment_detail(
     open_letters = sum(
         1
         for d in letters
-        if d.status == DeadLetterStatus.OPEN and d.exception_type != WAITING_FOR_A_TRAINER
+        if d.status == DeadLetterStatus.OPEN and d.failure_kind not in NOT_A_FAULT
     )
     return {
         "payment": payment,

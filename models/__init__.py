@@ -2,7 +2,7 @@
 
 from models.base import Base
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
-from models.dead_letters import DeadLetter, DeadLetterStatus
+from models.dead_letters import DeadLetter, DeadLetterStatus, FailureKind
 from models.effects import Committed, WrittenEvent, note_events
 from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent, traced
 from models.fulfilment import (
@@ -32,6 +32,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterStatus",
     "DomainEvent",
+    "FailureKind",
     "Hold",
     "HoldStatus",
     "IdempotencyKey",

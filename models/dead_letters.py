@@ -16,7 +16,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -30,10 +29,30 @@ class DeadLetterStatus(StrEnum):
     DISCARDED = "discarded"
 
 
+class FailureKind(StrEnum):
+    """What kind of failure parked a letter, decided where the error was caught: what a
+    student reads about it (domain.errors.safe_reason) and whether it is a fault at all
+    (no trainer free yet is a wait, not a fault: domain.read_models)."""
+
+    NO_TRAINER = "no_trainer"
+    NOT_SETTLED = "not_settled"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    NEEDS_OPERATOR = "needs_operator"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    CONFLICT = "conflict"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    TOO_SLOW = "too_slow"
+    UNEXPECTED = "unexpected"
+
+
+FAILURE_KINDS = ", ".join(f"'{kind}'" for kind in FailureKind)
+
+
 class DeadLetter(Base):
     __tablename__ = "dead_letters"
     __table_args__ = (
         CheckConstraint("status IN ('open', 'replayed', 'discarded')", name="status_known"),
+        CheckConstraint(f"failure_kind IN ({FAILURE_KINDS})", name="failure_kind_known"),
         Index("ix_dead_letters_status_id", "status", "id"),
         Index("ix_dead_letters_correlation", "correlation_id"),
     )
@@ -42,11 +61,11 @@ class DeadLetter(Base):
     # The failed task's id: a redelivered failure updates its dead letter, never adds one.
     task_id: Mapped[str] = mapped_column(String(64), unique=True)
     task_name: Mapped[str] = mapped_column(String(255))
-    args: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
-    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
-    # The chain links that had not run yet, as Celery signature dicts (replay runs them).
-    chain: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    # What a replay hands back to the workers, as they wrote it (the task, its arguments,
+    # the links of its chain that had not run): stored, never read, below the workers.
+    redelivery: Mapped[dict[str, Any]] = mapped_column(JSONB)
     correlation_id: Mapped[str | None] = mapped_column(String(64))
+    failure_kind: Mapped[str] = mapped_column(String(32))
     exception_type: Mapped[str] = mapped_column(String(255))
     exception_message: Mapped[str] = mapped_column(Text)
     traceback: Mapped[str] = mapped_column(Text)

@@ -23,10 +23,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from actions.steps import Delivery
 from core.logs import log_context
 from domain.clock import utcnow
-from domain.errors import StepCancelled, TransientStepError, qualified_name, safe_reason
+from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
 from tasks.celery_app import TutorflowCelery
 from tasks.dead_letters import park
+from tasks.failures import failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class PipelineTask(StepEvents):
                     step=self.name.rsplit(".", 1)[-1],
                     attempt=self.request.retries + 1,
                     attempts=None if limit is None else limit + 1,
-                    reason=safe_reason(qualified_name(exc) if exc is not None else ""),
+                    reason=safe_reason(failure_kind(exc)),
                 )
         except Exception:
             log.warning("the retry could not be written to the timeline", exc_info=True)

@@ -14,6 +14,7 @@ from celery import Celery
 
 from models import OutboxKind
 from tasks import chains
+from tasks.redelivery import Redelivery
 
 # A request must not hang on a dead broker: give up after ~0.5 s and leave the outbox
 # row to the relay (the API has already committed and answers 202).
@@ -53,14 +54,14 @@ def dispatch(app: Celery) -> dict[str, Publish]:
         ).apply_async(retry_policy=API_PUBLISH_RETRY)
 
     def replay_dead_letter(payload: Mapping[str, Any]) -> None:
-        # The chain option carries the links that had not run: the pipeline runs to its
-        # end. The task id the letter noted (older rows: none): a letter this run parks
-        # links back.
-        app.signature(
-            payload["task_name"], args=payload["args"], kwargs=payload["kwargs"]
-        ).apply_async(
-            task_id=payload.get("task_id"),
-            chain=payload["chain"],
+        # The letter's redelivery, as tasks.dead_letters.park wrote it (rows of an older
+        # release: its fields beside the run id, under "task_id"). The chain option
+        # carries the links that had not run: the pipeline runs to its end. The run id
+        # the letter noted (older rows: none): a letter this run parks links back.
+        again = Redelivery.from_json(payload.get("redelivery", payload))
+        app.signature(again.task_name, args=again.args, kwargs=again.kwargs).apply_async(
+            task_id=payload.get("run_id", payload.get("task_id")),
+            chain=again.chain,
             retry_policy=API_PUBLISH_RETRY,
         )
 

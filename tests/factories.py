@@ -6,6 +6,7 @@ import itertools
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, time
+from typing import Any
 
 import stripe
 from sqlalchemy.orm import Session
@@ -145,35 +146,40 @@ def payment_body(student_id: int, course_id: int, **overrides: object) -> dict[s
     }
 
 
-def make_dead_letter(session: Session, **overrides: object):
-    """A parked create_purchase failure (what `tasks.dead_letters.park` records)."""
+def make_dead_letter(session: Session, *, status: str = "open", **overrides: Any):
+    """A parked create_purchase failure, as `tasks.dead_letters.park` records it:
+    `overrides` are `DeadLetterRecord` fields (the redelivery runs the letter's step
+    again, for its payment, unless given), then the letter is given `status`."""
+    from dataclasses import replace
     from datetime import UTC, datetime
 
-    from sqlalchemy import select
-
-    from domain.dead_letters import store_dead_letter
-    from models import DeadLetter
+    from domain.dead_letters import DeadLetterRecord, store_dead_letter
+    from models import FailureKind
+    from tasks.redelivery import Redelivery
 
     n = next(_seq)
-    now = datetime.now(UTC).isoformat()
-    letter = {
-        "task_name": "tutorflow.pipeline.create_purchase",
-        "exception_type": "domain.errors.PermanentStepError",
-        "exception_message": "payment does not exist",
-        "correlation_id": f"00000000-0000-4000-8000-{n:012d}",
-        "task_id": f"task-{n}",
-        "args": [f"00000000-0000-4000-8000-{n:012d}"],
-        "kwargs": {"correlation_id": f"00000000-0000-4000-8000-{n:012d}"},
-        "chain": [],
-        "traceback": "Traceback ...",
-        "retries": 0,
-        "first_failed_at": now,
-        "last_failed_at": now,
-        **overrides,
-    }
-    store_dead_letter(session, letter)
+    now = datetime.now(UTC)
+    step = overrides.pop("step", "tutorflow.pipeline.create_purchase")
+    payment_id = overrides.pop("correlation_id", f"00000000-0000-4000-8000-{n:012d}")
+    record = DeadLetterRecord(
+        run_id=f"task-{n}",
+        step=step,
+        correlation_id=payment_id,
+        kind=FailureKind.NEEDS_OPERATOR,
+        exception_type="domain.errors.PermanentStepError",
+        exception_message="payment does not exist",
+        traceback="Traceback ...",
+        retries=0,
+        first_failed_at=now,
+        last_failed_at=now,
+        redelivery=Redelivery(
+            task_name=step, args=[payment_id], kwargs={"correlation_id": payment_id}
+        ).to_json(),
+    )
+    letter = store_dead_letter(session, replace(record, **overrides))
+    letter.status = status
     session.flush()
-    return session.scalars(select(DeadLetter).where(DeadLetter.task_id == letter["task_id"])).one()
+    return letter
 
 
 def make_allocation(

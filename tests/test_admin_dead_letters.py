@@ -22,7 +22,7 @@ def test_admin_endpoints_need_the_token(client, db_session):
 
 def test_list_filters_and_paginates(client, db_session):
     first = make_dead_letter(db_session)
-    make_dead_letter(db_session, task_name="tutorflow.pipeline.allocate_trainer")
+    make_dead_letter(db_session, step="tutorflow.pipeline.allocate_trainer")
     make_dead_letter(db_session, status="discarded")
     page = client.get(f"{URL}?status=open&per_page=1", headers=ADMIN).json
     assert page["total"] == 2
@@ -36,7 +36,9 @@ def test_list_filters_and_paginates(client, db_session):
     assert [i["id"] for i in by_payment["items"]] == [first.id]
     shown = client.get(f"{URL}/{first.id}", headers=ADMIN).json
     assert shown["traceback"] == "Traceback ..."
-    assert shown["args"] == first.args
+    assert shown["args"] == [first.correlation_id]  # the call its replay makes again
+    assert shown["kwargs"] == {"correlation_id": first.correlation_id}
+    assert shown["chain"] == []
 
 
 def test_pagination_is_capped(client, db_connection):
@@ -67,7 +69,8 @@ def test_replay_goes_through_the_outbox_and_twice_is_a_conflict(client, db_sessi
     assert replay.json["status"] == "replayed"
     message = db_session.scalars(select(OutboxMessage)).one()
     assert message.kind == "replay_dead_letter"
-    assert message.payload["task_name"] == letter.task_name
+    assert message.payload["redelivery"] == letter.redelivery  # as the workers wrote it
+    assert message.payload["run_id"] == replay.json["replay_task_id"]
     assert message.published_at is not None
     # The replayed task failed again (its payment still does not exist): a new letter.
     assert db_session.scalar(select(func.count()).select_from(DeadLetter)) == 2
@@ -101,7 +104,7 @@ def test_cli_replay_all_with_a_filter_and_a_progress_bar(runner, db_session, eag
     celery_app.conf.task_eager_propagates = False  # the eager fixture resets it
     for _ in range(3):
         make_dead_letter(db_session)
-    other = make_dead_letter(db_session, task_name="tutorflow.pipeline.allocate_trainer")
+    other = make_dead_letter(db_session, step="tutorflow.pipeline.allocate_trainer")
     result = runner.invoke(
         args=["dead-letters", "replay", "--all", "--task", "tutorflow.pipeline.create_purchase"],
         input="y\n",

@@ -32,7 +32,7 @@ def _a_real_traceback() -> str:
 
 def test_list_prints_a_table_under_headers(runner, db_session):
     first = make_dead_letter(db_session)
-    second = make_dead_letter(db_session, task_name="tutorflow.pipeline.allocate_trainer")
+    second = make_dead_letter(db_session, step="tutorflow.pipeline.allocate_trainer")
     result = runner.invoke(args=["dead-letters", "list"])
     assert result.exit_code == 0, result.output
     header, *rows, summary = result.output.splitlines()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from models import DeadLetter, OutboxMessage
+from models import DeadLetter, FailureKind, OutboxMessage
 from tests.conftest import ADMIN, celery_app
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
 
@@ -17,6 +17,11 @@ URL = "/api/v1/admin/dead-letters"
 ALLOCATE = "tutorflow.pipeline.allocate_trainer"
 NO_TRAINER = "domain.errors.NoTrainerAvailable"
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+NO_TRAINER_FOR_ALLOCATE = {
+    "step": ALLOCATE,
+    "exception_type": NO_TRAINER,
+    "kind": FailureKind.NO_TRAINER,
+}
 
 
 @pytest.fixture
@@ -28,23 +33,17 @@ def letters(db_session):
     in_other = make_payment(db_session, make_student(db_session), other)
 
     def letter(at: datetime, **overrides):
-        stamp = at.isoformat()
-        return make_dead_letter(
-            db_session, first_failed_at=stamp, last_failed_at=stamp, **overrides
-        ).id
+        return make_dead_letter(db_session, first_failed_at=at, last_failed_at=at, **overrides).id
 
     return {
         "purchase": letter(T0),
-        "allocate_early": letter(
-            T0, task_name=ALLOCATE, exception_type=NO_TRAINER, correlation_id=str(in_course.id)
-        ),
+        "allocate_early": letter(T0, **NO_TRAINER_FOR_ALLOCATE, correlation_id=str(in_course.id)),
         "allocate_late": letter(
             T0 + timedelta(hours=2),
-            task_name=ALLOCATE,
-            exception_type=NO_TRAINER,
+            **NO_TRAINER_FOR_ALLOCATE,
             correlation_id=str(in_other.id),
         ),
-        "discarded": letter(T0, task_name=ALLOCATE, exception_type=NO_TRAINER, status="discarded"),
+        "discarded": letter(T0, **NO_TRAINER_FOR_ALLOCATE, status="discarded"),
         "course": course.id,
     }
 
@@ -246,10 +245,9 @@ def test_the_open_summary_counts_all_names_the_oldest_ten_and_their_age(db_sessi
 
     assert open_letters(db_session).describe(T0) == "0 dead letters open"
     ids = [
-        make_dead_letter(db_session, last_failed_at=(T0 + timedelta(minutes=n)).isoformat()).id
-        for n in range(12)
+        make_dead_letter(db_session, last_failed_at=T0 + timedelta(minutes=n)).id for n in range(12)
     ]
-    make_dead_letter(db_session, status="replayed", last_failed_at=T0.isoformat())
+    make_dead_letter(db_session, status="replayed", last_failed_at=T0)
     summary = open_letters(db_session)
     assert (summary.count, summary.oldest_parked_at) == (12, T0)
     assert summary.describe(T0 + timedelta(minutes=7, seconds=59)) == (

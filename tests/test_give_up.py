@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from domain import fulfilment
 from domain.events import EventType
-from models import DeadLetter, DomainEvent, Payment, Purchase
+from models import DeadLetter, DomainEvent, FailureKind, Payment, Purchase
 from tasks.beat import give_up_unallocated
 from tests.conftest import ADMIN
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
@@ -28,8 +28,9 @@ def test_no_trainer_for_48_hours_refunds_at_the_provider_and_says_why(
     purchase = fulfilment.create_purchase(db_session, payment.id)
     letter = make_dead_letter(
         db_session,
-        task_name="tutorflow.pipeline.allocate_trainer",
+        step="tutorflow.pipeline.allocate_trainer",
         exception_type="domain.errors.NoTrainerAvailable",
+        kind=FailureKind.NO_TRAINER,
         correlation_id=str(payment.id),
     )
     url = f"/api/v1/payments/{payment.id}"

@@ -102,8 +102,8 @@ def test_ages_come_from_the_rows(metrics, db_session: Session):
         assert value(empty, name) == 0
 
     now = db_session.scalar(select(func.now()))
-    make_dead_letter(db_session, last_failed_at=(now - timedelta(seconds=400)).isoformat())
-    make_dead_letter(db_session, last_failed_at=(now - timedelta(seconds=30)).isoformat())
+    make_dead_letter(db_session, last_failed_at=now - timedelta(seconds=400))
+    make_dead_letter(db_session, last_failed_at=now - timedelta(seconds=30))
     student, course = make_student(db_session), make_course(db_session)
     payment = make_payment(db_session, student, course, confirmed=True)
     payment.confirmed_at = now - timedelta(seconds=700)

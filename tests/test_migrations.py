@@ -95,3 +95,73 @@ OLD_ROWS = [
     "scheduled_time, starts_at) SELECT id, student_id, 1, date '2026-12-01', time_slot, "
     "date '2026-12-01' + time_slot FROM trainer_allocations ORDER BY id",
 ]
+
+
+def test_0008_folds_the_call_into_redelivery_and_names_each_kind_and_reverses():
+    """A letter's task, arguments and chain become its `redelivery`; its kind is what its
+    error's name meant for the reasons until then; downgrading gives the columns back."""
+    url = make_url(settings.database_url).set(database="tutorflow_test_migrations")
+    url_text = url.render_as_string(hide_password=False)
+    ensure_database(url_text)
+    config = _config(url_text)
+    command.downgrade(config, "base")
+    command.upgrade(config, "0007")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for n, error in enumerate(LETTER_ERRORS):
+            connection.execute(
+                text(
+                    "INSERT INTO dead_letters (task_id, task_name, args, kwargs, chain, "
+                    "correlation_id, exception_type, exception_message, traceback, retries, "
+                    "first_failed_at, last_failed_at) VALUES (:task_id, "
+                    "'tutorflow.pipeline.allocate_trainer', '[\"p\"]', "
+                    '\'{"correlation_id": "p"}\', \'[{"task": "next"}]\', \'p\', :error, '
+                    "'m', 't', 5, now(), now())"
+                ),
+                {"task_id": f"t{n}", "error": error},
+            )
+    command.upgrade(config, "0008")
+    with engine.connect() as connection:
+        upgraded = connection.execute(
+            text("SELECT exception_type, failure_kind, redelivery FROM dead_letters ORDER BY id")
+        ).all()
+    command.downgrade(config, "0007")
+    with engine.connect() as connection:
+        downgraded = connection.execute(
+            text("SELECT DISTINCT task_name, args, kwargs, chain FROM dead_letters")
+        ).all()
+    engine.dispose()
+    command.downgrade(config, "base")
+    assert {error: kind for error, kind, _ in upgraded} == LETTER_ERRORS
+    assert [redelivery for _, _, redelivery in upgraded] == [
+        {
+            "task_name": "tutorflow.pipeline.allocate_trainer",
+            "args": ["p"],
+            "kwargs": {"correlation_id": "p"},
+            "chain": [{"task": "next"}],
+        }
+    ] * len(LETTER_ERRORS)
+    assert downgraded == [
+        (
+            "tutorflow.pipeline.allocate_trainer",
+            ["p"],
+            {"correlation_id": "p"},
+            [{"task": "next"}],
+        )
+    ]
+
+
+# Each error name a reason was looked up by before 0008, and one it did not know.
+LETTER_ERRORS = {
+    "domain.errors.NoTrainerAvailable": "no_trainer",
+    "domain.payments.NotSettledYet": "not_settled",
+    "domain.errors.TransientStepError": "service_unavailable",
+    "domain.errors.PermanentStepError": "needs_operator",
+    "sqlalchemy.exc.OperationalError": "database_unavailable",
+    "sqlalchemy.exc.IntegrityError": "conflict",
+    "kombu.exceptions.OperationalError": "broker_unavailable",
+    "redis.exceptions.ConnectionError": "broker_unavailable",
+    "redis.exceptions.TimeoutError": "broker_unavailable",
+    "billiard.exceptions.SoftTimeLimitExceeded": "too_slow",
+    "builtins.KeyError": "unexpected",
+}

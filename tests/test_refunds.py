@@ -141,9 +141,7 @@ def test_refund_then_replay_of_an_old_dead_letter_recreates_nothing(client, db_s
     payment = make_payment(db_session, make_student(db_session), course, paid=True)
     client.post(f"/api/v1/payments/{payment.id}/confirm", json={}, headers=ADMIN)
     pid = str(payment.id)
-    letter = make_dead_letter(
-        db_session, correlation_id=pid, args=[pid], kwargs={"correlation_id": pid}
-    )
+    letter = make_dead_letter(db_session, correlation_id=pid)  # create_purchase(pid) again
     client.post(f"/api/v1/payments/{payment.id}/refund", headers=ADMIN)
     replay = client.post(f"/api/v1/admin/dead-letters/{letter.id}/replay", headers=ADMIN)
     assert replay.status_code == 200
