@@ -20,7 +20,7 @@ from domain.dead_letters import DeadLetterRecord, store_dead_letter
 from domain.errors import NoTrainerAvailable, PermanentStepError, TransientStepError
 from domain.events import EventType
 from domain.payments import NotSettledYet
-from models import DeadLetter, DomainEvent, FailureKind
+from models import DeadLetter, DomainEvent, FailureKind, OutboxKind
 from tasks.dead_letters import from_message, to_message
 from tasks.failures import failure_kind, failure_kind_named, qualified_name
 from tasks.redelivery import Redelivery
@@ -164,8 +164,10 @@ def test_a_redelivered_failure_of_the_same_run_updates_its_letter_once(db_sessio
 def test_a_replay_runs_the_redelivery_under_the_run_id_the_letter_noted(db_session, eager, release):
     """The replay's outbox message as the domain writes it, and as the release before
     wrote it (the call's fields beside the run id): the same task, arguments and id."""
-    from tasks.celery_app import celery_app
-    from tasks.handoff import replay_dead_letter
+    from tasks.handoff import dispatch
+    from tests.conftest import celery_app
+
+    replay_dead_letter = dispatch(celery_app)[OutboxKind.REPLAY_DEAD_LETTER]
 
     celery_app.conf.task_eager_propagates = False  # fail as a worker would: park it
     missing, run_id = str(uuid.uuid4()), str(uuid.uuid4())
