@@ -25,7 +25,8 @@ os.environ["STRIPE_WEBHOOK_SECRETS"] = "whsec_test_old,whsec_test"
 os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
 os.environ["LOG_JSON"] = "0"
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from tests import sandbox_server
 
@@ -50,6 +51,7 @@ from app.cli import rebuild_database
 from core.config import get_settings
 from core.tokens import TokenVerifier
 from harness.brokers import is_rabbitmq, purge_rabbitmq
+from harness.clock import travelling_clock
 from models import Base, Database
 from tasks.celery_app import celery_app
 from tasks.effects import database_for
@@ -177,9 +179,8 @@ def eager() -> Iterator[None]:
 
 
 @pytest.fixture
-def clock():
-    """A controllable clock: `clock(datetime)` freezes the domain's time there."""
-    from domain import clock as domain_clock
-
-    yield domain_clock.travel_to
-    domain_clock.travel_to(None)
+def clock() -> Iterator[Callable[[datetime | None], None]]:
+    """A controllable clock: `clock(datetime)` stands the application's time there
+    (harness/clock.py); the real time again after the test."""
+    with travelling_clock() as travelling:
+        yield travelling.travel_to
