@@ -46,7 +46,6 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.cli import rebuild_database
 from core import tracing as otel
 from core.config import get_settings
 from core.provider import PaymentProvider
@@ -54,6 +53,7 @@ from core.redis_client import redis_client
 from core.tokens import TokenVerifier
 from domain.catalogue import hours_for_all_trainers
 from harness import brokers, processes
+from harness.database import rebuild_database
 from harness.otlp import OtlpReceiver, otlp_receiver, tracing_env
 from harness.processes import ApiProcess, WorkerProcess, api_server
 

@@ -17,10 +17,10 @@ import requests
 from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
 
-from app.cli import rebuild_database
 from core.config import get_settings
 from core.provider import PaymentProvider
 from domain.catalogue import hours_for_all_trainers
+from harness.database import rebuild_database
 from sandbox.app import SandboxConfig, create_sandbox
 
 CAPACITY = 50

@@ -47,11 +47,11 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from app import create_app
-from app.cli import rebuild_database
 from core.config import get_settings
 from core.tokens import TokenVerifier
 from harness.brokers import is_rabbitmq, purge_rabbitmq
 from harness.clock import travelling_clock
+from harness.database import rebuild_database
 from models import Base, Database
 from tasks.celery_app import celery_app
 from tasks.effects import database_for
