@@ -76,8 +76,6 @@ def run_top_up(*, batch_size: int | None = None, threads: int | None = None) -> 
     the server has cores for another meanwhile)."""
     settings = celery_app.settings
     now = utcnow()
-    if not celery_app.database.connections_of_its_own:
-        threads = 1  # tests: every session shares the test's one connection
     shards = threads or settings.top_up_threads
 
     def top_up_shard(index: int) -> TopUpReport:

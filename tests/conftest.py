@@ -23,9 +23,13 @@ os.environ["JWT_SECRET"] = "test-jwt-secret-of-at-least-32-bytes!"
 os.environ["STRIPE_SECRET_KEY"] = "sk_test_tutorflow_sandbox"
 os.environ["STRIPE_WEBHOOK_SECRETS"] = "whsec_test_old,whsec_test"
 os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
+# One top-up thread: a rolled-back test's sessions all share its one connection (the
+# tests of the threads ask run_top_up for two).
+os.environ["TOP_UP_THREADS"] = "1"
 os.environ["LOG_JSON"] = "0"
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from tests import sandbox_server
@@ -73,6 +77,20 @@ def open_session() -> Session:
     return celery_app.database.session()
 
 
+@contextmanager
+def sessions_joining(database: Database, connection: Connection) -> Iterator[None]:
+    """Every session `database` makes joins `connection`'s transaction through
+    savepoints: the code under test commits (a savepoint released, its after-commit
+    channel run) and the test's rollback undoes it all."""
+    database.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield
+    finally:
+        database.sessions.configure(
+            bind=database.engine, join_transaction_mode="conditional_savepoint"
+        )
+
+
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     """The test database, rebuilt from scratch by the Alembic migrations."""
@@ -108,8 +126,8 @@ def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connect
     try:
         # The API's and the workers' databases (their timeouts differ) join it alike.
         with (
-            celery_app.database.bound_to(connection),
-            database_for(settings, role="api").bound_to(connection),
+            sessions_joining(celery_app.database, connection),
+            sessions_joining(database_for(settings, role="api"), connection),
         ):
             yield connection
     finally:

@@ -24,7 +24,7 @@ from models import (
     note_events,
 )
 from tasks.effects import AfterCommitChannel
-from tests.conftest import settings
+from tests.conftest import sessions_joining, settings
 from tests.factories import make_student
 
 
@@ -34,7 +34,7 @@ def handed_over(db_connection: Connection):
     transaction."""
     received: list[Committed] = []
     database = Database(settings, channel=received.append)
-    with database.bound_to(db_connection):
+    with sessions_joining(database, db_connection):
         yield database, received
     database.engine.dispose()
 
