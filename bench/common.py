@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from bench import sandbox_thread
+from harness.serving import SandboxServer
 
 os.environ.setdefault(
     "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_bench"
@@ -25,7 +25,7 @@ os.environ.setdefault("LOG_JSON", "0")
 os.environ.setdefault("RATE_LIMIT_PUBLIC", "1000000000/minute")
 # The payment provider: the sandbox, in a thread of the bench process; the API and the
 # workers the bench starts inherit its address.
-os.environ.setdefault("STRIPE_API_BASE", sandbox_thread.start())
+os.environ.setdefault("STRIPE_API_BASE", SandboxServer().base)
 
 import dataclasses
 import http.client

@@ -32,11 +32,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from tests import sandbox_server
+from harness.serving import SandboxServer
+from sandbox.app import SandboxConfig
 
-# The payment provider: the sandbox, a real HTTP server in a thread of the test run, for
+# The payment provider: SANDBOX, a real HTTP server in a thread of the test run, for
 # the tests and for the workers they start (they inherit STRIPE_API_BASE).
-os.environ["STRIPE_API_BASE"] = sandbox_server.shared().base
+os.environ["STRIPE_API_BASE"] = (
+    SANDBOX := SandboxServer(SandboxConfig(webhook_secret="whsec_test"))
+).base
 
 from tests import smtp_sink
 
