@@ -50,19 +50,6 @@ def upgrade_database(url: str | None = None) -> None:
     command.upgrade(config, "head")
 
 
-def rebuild_database(url: str) -> None:
-    """Drop everything and migrate from scratch: tests, benchmarks and the soak."""
-    ensure_database(url)
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-    finally:
-        engine.dispose()
-    upgrade_database(url)
-
-
 DEMO_TRAINERS = [
     ("Ada Lovelace", "ada@tutorflow.example", 40),
     ("Alan Turing", "alan@tutorflow.example", 40),

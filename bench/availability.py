@@ -61,12 +61,16 @@ from app import create_app
 from app.runtime import EXTENSION
 from bootstrap import bootstrap
 from core.snapshots import Snapshots
-from domain import availability, clock
+from domain import availability
+from domain.clock import install
+from harness.clock import TravellingClock
 from models import Hold
 
 celery_app = bootstrap().celery  # the bench settings (bench.common)
 
 NOW = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)  # a Wednesday
+# The application's clock in this process (main installs it): stood at NOW, or moving.
+clock = TravellingClock()
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
 STUDENT_ZONES = ["Europe/Berlin", "America/New_York", "Asia/Tokyo"]
 TIERS = (10, 30)
@@ -356,6 +360,7 @@ def main() -> None:
     parser.add_argument("--snapshot-seconds", type=float, default=5)
     args = parser.parse_args()
     trainers = args.trainers + REFERENCE_TRAINERS
+    install(clock)
 
     if not args.skip_seed:
         common.fresh_database()

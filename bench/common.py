@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import statistics
 
-from bench import sandbox_thread
 from bootstrap import bootstrap
+from harness.serving import SandboxServer
 
 os.environ.setdefault(
     "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_bench"
@@ -26,7 +26,7 @@ os.environ.setdefault("LOG_JSON", "0")
 os.environ.setdefault("RATE_LIMIT_PUBLIC", "1000000000/minute")
 # The payment provider: the sandbox, in a thread of the bench process; the API and the
 # workers the bench starts inherit its address.
-os.environ.setdefault("STRIPE_API_BASE", sandbox_thread.start())
+os.environ.setdefault("STRIPE_API_BASE", SandboxServer().base)
 
 import dataclasses
 import http.client
@@ -47,12 +47,12 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.cli import rebuild_database
 from core import tracing as otel
 from core.config import get_settings
 from core.redis_client import redis_client
 from domain.catalogue import hours_for_all_trainers
 from harness import brokers, processes
+from harness.database import rebuild_database
 from harness.otlp import OtlpReceiver, otlp_receiver, tracing_env
 from harness.processes import ApiProcess, WorkerProcess, api_server
 

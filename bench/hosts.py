@@ -36,10 +36,10 @@ from harness.burst import (
     burst_env,
     prepare,
     report,
-    start_provider,
 )
 from harness.hosts import DATA_HOST, hosts
 from harness.processes import api_server, celery_worker, private_postgres, private_redis, wait_until
+from harness.serving import SandboxServer
 
 LAYOUTS = {"one worker host (-c 2)": [2], "two worker hosts (-c 1 each)": [1, 1]}
 IDLE_SECONDS = 10.0
@@ -80,7 +80,7 @@ def layout(concurrencies: list[int], payments: int) -> Iterator[dict[str, Any]]:
         private_redis(address=DATA_HOST) as broker,
         ExitStack() as stack,
     ):
-        provider = start_provider(DATA_HOST)
+        provider = SandboxServer(address=DATA_HOST).base
         ids = prepare(payments, postgres.url, provider)
         env = burst_env(
             postgres.url,

@@ -23,8 +23,9 @@ from sqlalchemy import text
 
 import bench.common as common
 from bootstrap import bootstrap
-from domain import clock
 from domain.catalogue import hours_for_all_trainers
+from domain.clock import install
+from harness.clock import TravellingClock
 from tasks.beat import run_top_up
 
 celery_app = bootstrap().celery  # the bench settings (bench.common)
@@ -105,7 +106,7 @@ def main() -> None:
     seed(args.allocations)
     print(f"seeded {args.allocations:,} allocations in {time.perf_counter() - started:.1f} s")
 
-    clock.travel_to(NOW)
+    install(TravellingClock(NOW))  # the application's time stands at NOW from here
     # Memory: peak RSS of this process (tracemalloc would slow the run several-fold).
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

@@ -1,19 +1,35 @@
-"""The one clock the domain reads. Tests move it with `travel_to`; nothing else does."""
+"""The one clock the application reads: `utcnow()`, an aware UTC datetime.
+
+It asks the installed `Clock`, the system's unless another is installed: tests and
+benchmarks install one that stands still or moves as they say (harness/clock.py).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Protocol
 
-_fixed: datetime | None = None
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, aware."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+_installed: Clock = SystemClock()
 
 
 def utcnow() -> datetime:
-    return _fixed if _fixed is not None else datetime.now(UTC)
+    return _installed.now()
 
 
-def travel_to(moment: datetime | None) -> None:
-    """Freeze the clock at `moment` (aware); None returns to real time."""
-    global _fixed
-    if moment is not None and moment.tzinfo is None:
-        raise ValueError("travel_to needs an aware datetime")
-    _fixed = moment
+def install(clock: Clock) -> Clock:
+    """Read the time from `clock` from now on; the clock it replaces."""
+    global _installed
+    previous, _installed = _installed, clock
+    return previous

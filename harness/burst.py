@@ -15,13 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from sqlalchemy import create_engine, text
-from werkzeug.serving import make_server
 
-from app.cli import rebuild_database
 from bootstrap import bootstrap
 from core.config import get_settings
 from domain.catalogue import hours_for_all_trainers
-from sandbox.app import SandboxConfig, create_sandbox
+from harness.database import rebuild_database
 
 CAPACITY = 50
 # Recovery in seconds, not production's minutes: a visibility timeout still above the
@@ -89,14 +87,6 @@ def burst_env(database_url: str, redis_url: str, **more: str) -> dict[str, str]:
         **FAST_RECOVERY,
         **more,
     }
-
-
-def start_provider(address: str = "127.0.0.1") -> str:
-    """The provider sandbox in a thread of this process, listening on `address`: its
-    base URL."""
-    server = make_server(address, 0, create_sandbox(SandboxConfig()), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://{address}:{server.port}"
 
 
 def pay_at_the_provider(

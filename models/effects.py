@@ -62,7 +62,8 @@ class WrittenOutbox:
 class Committed:
     events: tuple[WrittenEvent, ...]
     outbox: tuple[WrittenOutbox, ...]
-    # The committed session's bind: an Engine, or the Connection tests bind to.
+    # The committed session's bind: an Engine, or the Connection its sessionmaker was
+    # bound to (the tests bind theirs to the test's transaction: tests/conftest.py).
     bind: Engine | Connection
 
 

@@ -70,8 +70,6 @@ class Database:
         self.sessions = sessionmaker(
             bind=self.engine, expire_on_commit=False, info={CHANNEL: channel}
         )
-        # False while tests bind every session to one connection: no concurrent units.
-        self.connections_of_its_own = True
 
     def session(self) -> Session:
         return self.sessions()
@@ -82,17 +80,6 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
-    @contextmanager
-    def bound_to(self, connection: Connection) -> Iterator[None]:
-        """Tests: every session joins `connection`'s transaction through savepoints."""
-        self.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
-        self.connections_of_its_own = False
-        try:
-            yield
-        finally:
-            self.sessions.configure(bind=self.engine, join_transaction_mode="conditional_savepoint")
-            self.connections_of_its_own = True
-
     def dispose_after_fork(self) -> None:
         """A forked child must not reuse its parent's sockets (Superset's pattern)."""
         self.engine.dispose(close=False)
@@ -102,7 +89,8 @@ def execute_autocommit(
     bind: Engine | Connection, statement: Executable, params: dict[str, Any]
 ) -> None:
     """Run one statement in its own implicit transaction: a single round trip, no
-    session. (When tests bind sessions to one connection, it runs on that.)"""
+    session. On a Connection (the bind a sessionmaker may be given), it runs there, in
+    that connection's transaction."""
     if isinstance(bind, Connection):
         bind.execute(statement, params)
         return

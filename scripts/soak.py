@@ -28,8 +28,9 @@ os.environ["DATABASE_URL"] = os.environ.get(
 import requests
 
 from core.config import get_settings
-from harness.burst import prepare, report, start_provider
+from harness.burst import prepare, report
 from harness.processes import api_server, celery_worker, private_redis, wait_until
+from harness.serving import SandboxServer
 
 settings = get_settings()
 ADMIN = {"Authorization": f"Bearer {settings.admin_token}"}
@@ -37,7 +38,7 @@ ADMIN = {"Authorization": f"Bearer {settings.admin_token}"}
 
 def run(payments: int, seed: int, timeout: float) -> int:
     rng = random.Random(seed)
-    os.environ["STRIPE_API_BASE"] = start_provider()
+    os.environ["STRIPE_API_BASE"] = SandboxServer().base  # in a thread, for the whole run
     get_settings.cache_clear()  # read again: the provider's address is known now
     payment_ids = prepare(payments, settings.database_url)
     kills: Counter = Counter()

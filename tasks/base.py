@@ -100,8 +100,8 @@ class PipelineTask(StepEvents):
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
     # retry_backoff, retry_backoff_max and retry_jitter come from the Celery app's
-    # settings (tasks.pipeline.step). Used only when retry_backoff is 0 (tests):
-    # retry at once.
+    # settings (tasks.pipeline.step). CELERY_RETRY_BACKOFF=0 turns the backoff off:
+    # Celery then waits default_retry_delay (its own default, 180 s); off means at once.
     default_retry_delay = 0
     # The event this step consumes: names its inbox rows. None: no inbox (no DB effect).
     consumes: ClassVar[str | None] = None

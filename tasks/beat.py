@@ -79,8 +79,6 @@ def run_top_up(
     the server has cores for another meanwhile)."""
     settings, database = app.settings, app.database
     now = utcnow()
-    if not database.connections_of_its_own:
-        threads = 1  # tests: every session shares the test's one connection
     shards = threads or settings.top_up_threads
 
     def top_up_shard(index: int) -> TopUpReport:

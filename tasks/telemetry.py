@@ -53,8 +53,8 @@ def _telemetry(app: Any) -> Telemetry | None:
 class PendingRuns:
     """This process's runs and retries not yet in Redis. A daemon thread (started in
     the process that records, so after each fork) sends them every FLUSH_SECONDS; an
-    eager task (tests, `task.apply`) sends at once; a pool child that exits sends the
-    rest (worker_process_shutdown)."""
+    eager task (`task.apply`: no worker whose shutdown would send the rest) sends at
+    once; a pool child that exits sends the rest (worker_process_shutdown)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -23,15 +23,23 @@ os.environ["JWT_SECRET"] = "test-jwt-secret-of-at-least-32-bytes!"
 os.environ["STRIPE_SECRET_KEY"] = "sk_test_tutorflow_sandbox"
 os.environ["STRIPE_WEBHOOK_SECRETS"] = "whsec_test_old,whsec_test"
 os.environ["CELERY_RETRY_BACKOFF"] = "0"  # retry at once (test_faults uses real backoff)
+# One top-up thread: a rolled-back test's sessions all share its one connection (the
+# tests of the threads ask run_top_up for two).
+os.environ["TOP_UP_THREADS"] = "1"
 os.environ["LOG_JSON"] = "0"
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 
-from tests import sandbox_server
+from harness.serving import SandboxServer
+from sandbox.app import SandboxConfig
 
-# The payment provider: the sandbox, a real HTTP server in a thread of the test run, for
+# The payment provider: SANDBOX, a real HTTP server in a thread of the test run, for
 # the tests and for the workers they start (they inherit STRIPE_API_BASE).
-os.environ["STRIPE_API_BASE"] = sandbox_server.shared().base
+os.environ["STRIPE_API_BASE"] = (
+    SANDBOX := SandboxServer(SandboxConfig(webhook_secret="whsec_test"))
+).base
 
 from tests import smtp_sink
 
@@ -50,10 +58,11 @@ import tasks.dead_letters
 import tasks.notifications
 import tasks.pipeline  # noqa: F401  (the task modules: eager runs need them registered)
 from app import create_app
-from app.cli import rebuild_database
 from bootstrap import bootstrap
 from core.config import get_settings
 from harness.brokers import is_rabbitmq, purge_rabbitmq
+from harness.clock import travelling_clock
+from harness.database import rebuild_database
 from models import Base, Database
 
 settings = get_settings()
@@ -76,6 +85,20 @@ ADMIN = {"Authorization": "Bearer test-admin-token"}
 def open_session() -> Session:
     """A session on the test database (it joins the test's transaction when bound)."""
     return celery_app.database.session()
+
+
+@contextmanager
+def sessions_joining(database: Database, connection: Connection) -> Iterator[None]:
+    """Every session `database` makes joins `connection`'s transaction through
+    savepoints: the code under test commits (a savepoint released, its after-commit
+    channel run) and the test's rollback undoes it all."""
+    database.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield
+    finally:
+        database.sessions.configure(
+            bind=database.engine, join_transaction_mode="conditional_savepoint"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +136,8 @@ def db_connection(engine: Engine, redis_client: redis.Redis) -> Iterator[Connect
     try:
         # The API's and the workers' databases (their timeouts differ) join it alike.
         with (
-            celery_app.database.bound_to(connection),
-            services.api_database.bound_to(connection),
+            sessions_joining(celery_app.database, connection),
+            sessions_joining(services.api_database, connection),
         ):
             yield connection
     finally:
@@ -184,9 +207,8 @@ def eager() -> Iterator[None]:
 
 
 @pytest.fixture
-def clock():
-    """A controllable clock: `clock(datetime)` freezes the domain's time there."""
-    from domain import clock as domain_clock
-
-    yield domain_clock.travel_to
-    domain_clock.travel_to(None)
+def clock() -> Iterator[Callable[[datetime | None], None]]:
+    """A controllable clock: `clock(datetime)` stands the application's time there
+    (harness/clock.py); the real time again after the test."""
+    with travelling_clock() as travelling:
+        yield travelling.travel_to

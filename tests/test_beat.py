@@ -233,7 +233,7 @@ def test_the_job_tops_up_in_batches(committed, clock):
     with open_session() as session, session.begin():
         ids = [allocate(session, tier=20, slot=time(6 + i, 0)).id for i in range(5)]
     clock(MONDAY + timedelta(days=7))
-    report = run_top_up(celery_app, batch_size=2)
+    report = run_top_up(celery_app, batch_size=2, threads=2)  # production's default (the tests': 1)
     assert report.allocations_seen == 5
     assert report.sessions_created == 25
     with open_session() as session:

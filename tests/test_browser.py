@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import make_server
 
 from harness.processes import celery_worker
+from harness.serving import ThreadedServer
 from tests.conftest import ADMIN, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
@@ -44,13 +44,8 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(live_app) -> Iterator[LiveServer]:
-    server = make_server("127.0.0.1", 0, live_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield LiveServer(f"http://127.0.0.1:{server.server_port}", live_app)
-    finally:
-        server.shutdown()
+    with ThreadedServer(live_app) as server:
+        yield LiveServer(server.base, live_app)
 
 
 @pytest.mark.parametrize("live_mode", ["stream", "polling"])

@@ -25,7 +25,7 @@ from models import (
 )
 from models.effects import WrittenOutbox
 from models.outbox import AfterCommitChannel, Publisher
-from tests.conftest import settings
+from tests.conftest import sessions_joining, settings
 from tests.factories import make_student
 
 
@@ -35,7 +35,7 @@ def handed_over(db_connection: Connection):
     transaction."""
     received: list[Committed] = []
     database = Database(settings, channel=received.append)
-    with database.bound_to(db_connection):
+    with sessions_joining(database, db_connection):
         yield database, received
     database.engine.dispose()
 

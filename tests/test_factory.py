@@ -7,10 +7,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from app.cli import rebuild_database
 from app.runtime import runtime
 from core.cache import read_model_key
 from core.config import Settings
+from harness.database import rebuild_database
 from tests.conftest import ADMIN, settings
 
 

@@ -12,9 +12,8 @@ from domain import fulfilment
 from domain.events import EventType
 from models import DeadLetter, DomainEvent, FailureKind, Payment, Purchase
 from tasks.beat import give_up_unallocated
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, SANDBOX
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
-from tests.sandbox_server import shared as shared_sandbox
 
 PAID_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -38,11 +37,11 @@ def test_no_trainer_for_48_hours_refunds_at_the_provider_and_says_why(
 
     clock(PAID_AT + timedelta(hours=47))
     assert give_up_unallocated.run() == {"refunded": 0}
-    refunds_before = shared_sandbox().state()["refunds"]
+    refunds_before = SANDBOX.state()["refunds"]
 
     clock(PAID_AT + timedelta(hours=49))
     assert give_up_unallocated.run() == {"refunded": 1}
-    assert shared_sandbox().state()["refunds"] == refunds_before + 1
+    assert SANDBOX.state()["refunds"] == refunds_before + 1
     db_session.expire_all()
     assert db_session.get_one(Payment, payment.id).status == "refunded"
     assert not db_session.get_one(Purchase, purchase.id).is_active  # the compensation ran

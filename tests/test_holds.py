@@ -24,8 +24,7 @@ from models import (
     TutoringSession,
 )
 from tasks.beat import release_expired_holds
-from tests import sandbox_server
-from tests.conftest import ADMIN, open_session, student_auth
+from tests.conftest import ADMIN, SANDBOX, open_session, student_auth
 from tests.factories import make_course, make_student, make_trainer, pay, payment_body
 from tests.test_concurrency import counts, race
 
@@ -75,7 +74,7 @@ def test_a_time_nobody_can_serve_is_refused_with_the_nearest_offered_and_nothing
     course = make_course(db_session)
     make_trainer(db_session, [course], timezone="Europe/Berlin", working_hours=EVENING)
     student = make_student(db_session, timezone="Europe/Berlin")
-    before = sandbox_server.shared().state()["payment_intents"]
+    before = SANDBOX.state()["payment_intents"]
 
     response = checkout(client, student.id, course.id, time_slot="09:00")
 
@@ -85,7 +84,7 @@ def test_a_time_nobody_can_serve_is_refused_with_the_nearest_offered_and_nothing
     assert error["details"]["nearest"] == ["17:00", "17:15", "17:30"]
     assert error["details"]["timezone"] == "Europe/Berlin"
     assert counts_in(db_session, Payment, Hold) == [0, 0]
-    assert sandbox_server.shared().state()["payment_intents"] == before  # nothing asked
+    assert SANDBOX.state()["payment_intents"] == before  # nothing asked
 
 
 def test_a_course_nobody_teaches_offers_nothing_and_sells_nothing(client, db_session):
@@ -102,7 +101,7 @@ def test_an_unreachable_provider_at_checkout_leaves_no_hold(client, db_session):
     course = make_course(db_session)
     make_trainer(db_session, [course], working_hours=EVENING)
     student = make_student(db_session, timezone="UTC")
-    sandbox = sandbox_server.shared()
+    sandbox = SANDBOX
     sandbox.set_mode("error")
     try:
         response = checkout(client, student.id, course.id)
@@ -215,14 +214,14 @@ def test_a_payment_after_its_hold_expired_is_refunded_at_once_when_the_place_was
     clock(start + timedelta(minutes=20))
     # The hold lapsed: another student takes the only place, pays and is fulfilled.
     confirm(client, paid_checkout(client, db_session, quick, course), quick.id)
-    refunds_before = sandbox_server.shared().state()["refunds"]
+    refunds_before = SANDBOX.state()["refunds"]
 
     confirm(client, late_payment, late.id)
 
     payment = db_session.get_one(Payment, uuid.UUID(late_payment))
     db_session.refresh(payment)
     assert payment.status == PaymentStatus.REFUNDED
-    assert sandbox_server.shared().state()["refunds"] == refunds_before + 1
+    assert SANDBOX.state()["refunds"] == refunds_before + 1
     timeline = db_session.scalars(
         select(DomainEvent).where(DomainEvent.correlation_id == payment.id).order_by(DomainEvent.id)
     ).all()

@@ -29,7 +29,6 @@ from harness.burst import (
     burst_env,
     prepare,
     report,
-    start_provider,
 )
 from harness.hosts import DATA_HOST, Host, hosts
 from harness.processes import (
@@ -41,6 +40,7 @@ from harness.processes import (
     private_redis,
     wait_until,
 )
+from harness.serving import SandboxServer
 
 pytestmark = [
     pytest.mark.hosts,
@@ -73,7 +73,7 @@ def cluster(**overrides: str) -> Iterator[Cluster]:
         private_postgres(DATA_HOST) as postgres,
         private_redis(address=DATA_HOST) as broker,
     ):
-        provider = start_provider(DATA_HOST)
+        provider = SandboxServer(address=DATA_HOST).base
         payment_ids = prepare(BURST, postgres.url, provider)
         env = burst_env(postgres.url, broker.url, STRIPE_API_BASE=provider, **overrides)
         with (

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
+from harness.serving import SandboxServer
 from tests.conftest import services, settings
-from tests.sandbox_server import sandbox_server
 
 
 def provider_for(base: str, **overrides: object) -> PaymentProvider:
@@ -27,7 +27,7 @@ def provider_for(base: str, **overrides: object) -> PaymentProvider:
 
 
 def test_an_intent_is_created_once_per_payment_and_read_back():
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(sandbox.base)
         first = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="p-1")
         again = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="p-1")
@@ -43,7 +43,7 @@ def test_an_intent_is_created_once_per_payment_and_read_back():
 
 
 def test_a_refusal_is_rejected_and_does_not_trip_the_breaker():
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(sandbox.base, stripe_breaker_fail_max=2)
         for _ in range(4):
             with pytest.raises(ProviderRejected) as refused:
@@ -53,7 +53,7 @@ def test_a_refusal_is_rejected_and_does_not_trip_the_breaker():
 
 
 def test_outages_open_the_breaker_which_then_refuses_without_calling(monkeypatch):
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(
             sandbox.base, stripe_breaker_fail_max=3, stripe_breaker_reset_seconds=1.0
         )
@@ -75,7 +75,7 @@ def test_outages_open_the_breaker_which_then_refuses_without_calling(monkeypatch
 
 
 def test_a_slow_provider_times_out_quickly_and_a_stopped_one_is_unavailable():
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(sandbox.base, stripe_read_timeout=0.3)
         sandbox.set_mode("slow", delay=2.0)
         started = time.monotonic()
@@ -92,7 +92,7 @@ def test_calls_from_several_threads_are_in_flight_together():
     """One provider (one breaker) per process, shared by the API's threads and the
     provider worker's: eight calls from eight threads overlap at the provider instead of
     queueing behind the breaker's lock one by one."""
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(sandbox.base)
         intent = provider.create_intent(amount_cents=9900, currency="EUR", payment_id="p-3")
         sandbox.set_mode("slow", delay=0.5)
@@ -104,7 +104,7 @@ def test_calls_from_several_threads_are_in_flight_together():
 
 
 def test_concurrent_outages_open_the_breaker_once_and_then_it_refuses():
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = provider_for(sandbox.base, stripe_breaker_fail_max=3)
         sandbox.set_mode("error")
 

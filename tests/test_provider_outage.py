@@ -14,10 +14,10 @@ from sqlalchemy import func, select, text
 from app import create_app
 from core.provider import PaymentProvider
 from harness.processes import celery_worker, wait_until
+from harness.serving import SandboxServer
 from models import DeadLetter, Payment, Purchase, TutoringSession
 from tests.conftest import ADMIN, open_session, services, settings
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.sandbox_server import sandbox_server
 
 pytestmark = pytest.mark.worker
 
@@ -56,7 +56,7 @@ def count(model, *where) -> int:
 def test_a_provider_outage_opens_the_breaker_and_every_payment_is_fulfilled_once_after(
     live_client,
 ):
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = PaymentProvider(
             dataclasses.replace(settings, stripe_api_base=sandbox.base), services.telemetry
         )
@@ -84,7 +84,7 @@ def test_a_provider_outage_opens_the_breaker_and_every_payment_is_fulfilled_once
 
 
 def test_an_outage_longer_than_the_retries_parks_dead_letters_that_replay(live_client):
-    with sandbox_server() as sandbox:
+    with SandboxServer() as sandbox:
         provider = PaymentProvider(
             dataclasses.replace(settings, stripe_api_base=sandbox.base), services.telemetry
         )

@@ -21,12 +21,9 @@ from models import (
     TutoringSession,
 )
 from tasks.chains import fulfilment_chain
-from tests.conftest import ADMIN, celery_app, open_session
+from tests.conftest import ADMIN, SANDBOX, celery_app, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
-from tests.sandbox_server import shared as shared_sandbox
 from tests.webhook_client import charge_refunded, deliver
-
-SANDBOX = shared_sandbox()
 
 
 def nothing_active(session, payment_id: uuid.UUID, trainer_id: int) -> None:

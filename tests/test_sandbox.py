@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import stripe
-from werkzeug.serving import make_server
 
 from harness.processes import wait_until
-from sandbox.app import SandboxConfig, create_sandbox
+from harness.serving import SandboxServer
+from sandbox.app import SandboxConfig
 
 KEY = "sk_test_unit"
 SECRET = "whsec_unit"
@@ -39,18 +39,16 @@ def provider() -> Iterator[tuple[stripe.StripeClient, list[tuple[bytes, str]]]]:
     _Receiver.received = []
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
-    app = create_sandbox(SandboxConfig(KEY, webhook_url=hook, webhook_secret=SECRET))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = stripe.StripeClient(
-        KEY, base_addresses={"api": f"http://127.0.0.1:{server.port}"}, max_network_retries=0
-    )
-    client.sandbox_base = f"http://127.0.0.1:{server.port}"  # type: ignore[attr-defined]
-    try:
-        yield client, _Receiver.received
-    finally:
-        server.shutdown()
-        receiver.shutdown()
+    config = SandboxConfig(KEY, webhook_url=hook, webhook_secret=SECRET)
+    with SandboxServer(config) as sandbox:
+        client = stripe.StripeClient(
+            KEY, base_addresses={"api": sandbox.base}, max_network_retries=0
+        )
+        client.sandbox_base = sandbox.base  # type: ignore[attr-defined]
+        try:
+            yield client, _Receiver.received
+        finally:
+            receiver.shutdown()
 
 
 def test_a_payment_intent_succeeds_with_the_test_card_and_a_signed_webhook_follows(provider):
@@ -134,11 +132,9 @@ def test_the_key_goes_as_stripe_takes_it_and_a_browsers_key_only_confirms_with_t
     client_secret, which lets it read and confirm that intent and nothing else."""
     import requests
 
-    app = create_sandbox(SandboxConfig(secret_key=KEY, publishable_key="pk_test_unit"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/v1/payment_intents"
-    try:
+    config = SandboxConfig(secret_key=KEY, publishable_key="pk_test_unit")
+    with SandboxServer(config) as sandbox:
+        base = f"{sandbox.base}/v1/payment_intents"
         made = requests.post(base, data={"amount": 900, "currency": "eur"}, auth=(KEY, ""))
         assert made.status_code == 200, made.text  # Basic, the key as the user
         intent = made.json()
@@ -161,5 +157,3 @@ def test_the_key_goes_as_stripe_takes_it_and_a_browsers_key_only_confirms_with_t
         paid = requests.post(confirm, data={**browser, "payment_method": "pm_card_visa"})
         assert (paid.status_code, paid.json()["status"]) == (200, "succeeded")
         assert paid.headers["Access-Control-Allow-Origin"] == "*"
-    finally:
-        server.shutdown()

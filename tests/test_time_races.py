@@ -85,6 +85,11 @@ def overlaps() -> int:
         return session.scalar(OVERLAPS)
 
 
+def top_up_in_two_threads():
+    """The beat job's top-up as production runs it (TOP_UP_THREADS=2; the tests' is 1)."""
+    return run_top_up(celery_app, threads=2)
+
+
 def test_allocations_reschedules_and_top_ups_racing_on_one_trainer(live_app):
     start = datetime.now(UTC)
     with open_session() as session, session.begin():
@@ -119,7 +124,7 @@ def test_allocations_reschedules_and_top_ups_racing_on_one_trainer(live_app):
         results = race(
             [confirm(live_app, p) for p in newcomers]
             + [reschedule(*target) for target in targets]
-            + [lambda: run_top_up(celery_app), lambda: run_top_up(celery_app)]
+            + [top_up_in_two_threads, top_up_in_two_threads]
         )
         confirms, moves, top_ups = results[:8], results[8:12], results[12:]
         assert confirms == [202] * 8
@@ -127,7 +132,7 @@ def test_allocations_reschedules_and_top_ups_racing_on_one_trainer(live_app):
         assert not [r for r in top_ups if isinstance(r, BaseException)]
         wait_until(lambda: fully_scheduled(newcomers) == 8, 60, "newcomers not scheduled")
     assert overlaps() == 0
-    run_top_up(celery_app)
+    top_up_in_two_threads()
     with open_session() as session:
         for allocation in session.scalars(
             select(Allocation).where(Allocation.trainer_id == trainer.id)

@@ -8,8 +8,7 @@ import uuid
 import pytest
 
 from harness.processes import celery_worker, provider_worker, wait_until
-from tests import sandbox_server
-from tests.conftest import ADMIN, open_session
+from tests.conftest import ADMIN, SANDBOX, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
 pytestmark = pytest.mark.worker
@@ -58,8 +57,7 @@ def test_the_provider_worker_waits_on_a_slow_provider_for_many_payments_at_once(
     for eight payments overlap, and each payment gets its sessions from the pipeline's
     worker meanwhile."""
     payments = [seed_payment()[0] for _ in range(8)]
-    sandbox = sandbox_server.shared()
-    sandbox.set_mode("slow", 1.0)
+    SANDBOX.set_mode("slow", 1.0)
     try:
         with (
             provider_worker(),
@@ -81,9 +79,9 @@ def test_the_provider_worker_waits_on_a_slow_provider_for_many_payments_at_once(
                 )
 
             wait_until(all_scheduled, 60, "not every payment got its 7 sessions")
-        most = sandbox.state()["most_calls_at_once"]
+        most = SANDBOX.state()["most_calls_at_once"]
     finally:
-        sandbox.set_mode("normal")
+        SANDBOX.set_mode("normal")
     assert most >= 4, f"at most {most} provider calls at once: the verify steps queued"
 
 
