@@ -48,6 +48,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import random
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -539,6 +541,7 @@ class Step:
             f"{self.drained:.1f}" if self.drained is not None else "NO",
             f"{per:.1f}",
             f"{100 * self.stack_cpu() / max(self.cpu.elapsed, 1e-9):.0f}",
+            f"{self.cpu.others:.0f}",
         ]
 
 
@@ -661,6 +664,9 @@ class Run:
             cpu_ms = step.cpu.per(step.fulfilled)[stacks.KINDS[name]]
             summary = pyspy.summarize(raw, cpu_ms, root_pid=pid, title=title)
             (directory / f"{name}.txt").write_text(summary + "\n")
+            # The whole profile stays outside the repository, for questions the summary
+            # does not answer (bench.pyspy reads it again); the committed one is trimmed.
+            shutil.copy(raw, Path(tempfile.gettempdir()) / f"tutorflow-pyspy-{name}.raw")
             pyspy.trim(raw, root_pid=pid)
         if step.statements:
             lines = [
@@ -723,6 +729,7 @@ STEP_HEADERS = [
     "drained, s after last confirm",
     "stack CPU ms / payment",
     "stack CPU % of a core",
+    "other work on the machine, % of a core",
 ]
 
 
@@ -758,10 +765,12 @@ def realistic(args: argparse.Namespace) -> None:
     course_id = seed_realistic(total)
     print(common.machine_note())
     print(
-        f"realistic flow: the Procfile's stack (LOG_LEVEL={args.log_level}); each provider "
-        f"call waits {args.provider_ms:g} ms at the sandbox"
+        f"realistic flow: the Procfile's stack (LOG_LEVEL={args.log_level}"
+        + "".join(f", {item}" for item in args.env)
+        + f"); each provider call waits {args.provider_ms:g} ms at the sandbox"
     )
-    with stacks.running_stack(log_level=args.log_level) as stack:
+    extra = dict(item.split("=", 1) for item in args.env)
+    with stacks.running_stack(log_level=args.log_level, extra_env=extra) as stack:
         stack.provider_latency(args.provider_ms)
         client = Client(stack.api_port)
         browser = Browser(stack.sandbox_url)
@@ -895,6 +904,13 @@ def main() -> None:
     realistic_options.add_argument("--idle-seconds", type=float, default=5.0)
     realistic_options.add_argument(
         "--log-level", default="INFO", help="the stack's LOG_LEVEL (make up's: INFO)"
+    )
+    realistic_options.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every process of the stack (CELERY_STEP_EVENTS=outcomes, say)",
     )
     realistic_options.add_argument(
         "--profile",

@@ -10,6 +10,7 @@ process's samples and, applied to the kind's CPU measured from /proc in the same
 window, as CPU milliseconds per payment.
 
     python -m bench.pyspy FILE.raw [--cpu-ms N]   # a summary again
+    python -m bench.pyspy FILE.raw --cpu-ms N --under _compile_w_cache   # one function's share
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 RATE = 100  # samples per second per thread
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Path prefixes dropped from frames: the venv's site-packages, the stdlib, the project.
-PREFIXES = re.compile(r"^.*?(?:site-packages|python3\.\d+|wt-[^/]+|/work/main)/")
+PREFIXES = re.compile(r"^.*(?:site-packages|python3\.\d+|wt-[^/]+|/work/main)/")
 
 
 def executable() -> str | None:
@@ -206,7 +207,14 @@ def summarize(
     return "\n".join(lines)
 
 
-def trim(raw_file: Path, root_pid: int | None = None, depth: int = 16, lines: int = 300) -> None:
+def under(raw_file: Path, pattern: str, root_pid: int | None = None) -> tuple[int, int]:
+    """(samples with a frame containing `pattern` on their stack, all samples)."""
+    stacks = read(raw_file, root_pid)
+    hit = sum(s.samples for s in stacks if any(pattern in frame for frame in s.frames))
+    return hit, sum(s.samples for s in stacks)
+
+
+def trim(raw_file: Path, root_pid: int | None = None, depth: int = 10, lines: int = 150) -> None:
     """Rewrite the file small enough to commit: each stack cut to its `depth` innermost
     frames (frames shortened, the process as "main" or "child <pid>"), the same stacks
     merged, the heaviest kept up to `lines` lines; the rest summed on one line. Still
@@ -231,9 +239,21 @@ def main() -> None:
     parser.add_argument("raw", type=Path, nargs="+")
     parser.add_argument("--cpu-ms", type=float, help="the kind's CPU per payment, from /proc")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="instead of the summary: the share of samples with a frame containing TEXT",
+    )
     args = parser.parse_args()
     for raw in args.raw:
-        print(summarize(raw, args.cpu_ms, top=args.top))
+        if not args.under:
+            print(summarize(raw, args.cpu_ms, top=args.top))
+        for pattern in args.under:
+            hit, total = under(raw, pattern)
+            cost = f", {hit / max(total, 1) * args.cpu_ms:.2f} ms/payment" if args.cpu_ms else ""
+            print(f"{raw.name}: {100 * hit / max(total, 1):.1f}% under {pattern!r}{cost}")
 
 
 if __name__ == "__main__":
