@@ -49,6 +49,7 @@ import argparse
 import http.client
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -590,8 +591,17 @@ def statements_top(payments: int, top: int = 40) -> tuple[str, list[list[str]]]:
     calls = sum(r.calls for r in rows)
     execute = sum(r.total_exec_time for r in rows)
     plan = sum(r.total_plan_time for r in rows)
+    commits = sum(r.calls for r in rows if r.query.upper().startswith("COMMIT"))
+    utility = sum(
+        r.calls
+        for r in rows
+        if r.query.upper().startswith(
+            ("BEGIN", "COMMIT", "ROLLBACK", "SET ", "SAVEPOINT", "RELEASE")
+        )
+    )
     note = (
-        f"{calls / n:.1f} statements per payment ({len(rows)} kinds), "
+        f"{calls / n:.1f} statements per payment ({len(rows)} kinds; {utility / n:.1f} of them "
+        f"BEGIN, COMMIT, SET, SAVEPOINT…, {commits / n:.1f} commits), "
         f"{execute / n:.2f} ms executing and {plan / n:.2f} ms planning per payment"
     )
     table_rows = [
@@ -784,7 +794,7 @@ def realistic(args: argparse.Namespace) -> None:
             for rate in rates:
                 step = run.payments(f"{rate:g}", rate, args.seconds)
                 run.steps.append(step)
-                print(f"step {rate:g}/s done", flush=True)
+                print(f"step {rate:g}/s done", file=sys.stderr, flush=True)
                 if step.healthy(args.provider_ms):
                     knee = rate
                 elif not args.all_rates:
@@ -793,7 +803,7 @@ def realistic(args: argparse.Namespace) -> None:
                 rate = 1.5 * knee
                 over = run.payments(f"{rate:g} (1.5 x knee)", rate, args.seconds, measure=False)
                 run.steps.append(over)
-                print("overload step done", flush=True)
+                print("overload step done", file=sys.stderr, flush=True)
             offered = [s.rate for s in run.steps if "knee" not in s.label]
             wanted = {"all": offered, "cpu": [args.cpu_rate], "none": []}[args.reference]
             for rate in wanted:
