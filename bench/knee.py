@@ -373,7 +373,8 @@ def new_students(count: int) -> list[tuple[int, str]]:
             ),
             {"count": count},
         ).all()
-    return [(i, f"{6 + (i % common.SLOTS) // 4:02d}:{15 * (i % 4):02d}") for i in sorted(ids)]
+    slots = [(i, i % common.SLOTS) for i in sorted(ids)]
+    return [(i, f"{6 + k // 4:02d}:{15 * (k % 4):02d}") for i, k in slots]
 
 
 def checkout(client: Client, course_id: int, count: int) -> list[Purchase]:
