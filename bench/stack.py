@@ -9,8 +9,10 @@ machine's shared Redis serves other runs too), in a db numbered like the bench's
 serves `bench.reference_wsgi:app` (the real app plus the reference routes); the workers
 load `harness.worker_ready` (a file written on Celery's worker_ready signal) and the
 pipeline worker `bench.noop_tasks` (the bare chain); output goes to log files instead of
-honcho's terminal. Commands, pools, concurrency, log levels and every setting are the
-Procfile's and the Settings' defaults.
+honcho's terminal; the public rate limit is out of reach (bench.common: every student
+comes from 127.0.0.1; the limiter's Redis counter is still paid). Commands, pools,
+concurrency and every other setting are the Procfile's and the Settings' defaults
+(LOG_LEVEL=INFO, text logs, as `make up`), unless the bench passes others.
 
 PostgreSQL is the machine's shared server: its CPU is that of the backends connected to
 the bench database (pg_stat_activity, the bench process's own connections left out);
