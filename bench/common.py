@@ -321,13 +321,18 @@ def seed_pending_payments(
 
 
 _bench_engine = None
+# The bench process's connections say so (pg_stat_activity.application_name): a bench
+# that reads PostgreSQL's CPU per backend leaves its own out (bench.stack).
+BENCH_APPLICATION = "tutorflow-bench"
 
 
 def _engine():
     # The bench process's own engine (project code uses models.get_engine: same URL).
     global _bench_engine
     if _bench_engine is None:
-        _bench_engine = create_engine(settings.database_url)
+        _bench_engine = create_engine(
+            settings.database_url, connect_args={"application_name": BENCH_APPLICATION}
+        )
     return _bench_engine
 
 
@@ -453,13 +458,14 @@ class LiveEvents:
     patterns: tuple[str, ...] = ("student:*:events",)
     channels: tuple[str, ...] = ()
     on_event: Callable[[float, str, dict[str, Any]], None] | None = None
+    url: str | None = None  # another Redis than the bench's (a stack's own server)
     received: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> LiveEvents:
         # Keep the client: once collected, it disconnects the pool the pubsub reads from.
-        self._client = bench_redis()
+        self._client = redis.Redis.from_url(self.url) if self.url else bench_redis()
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         if self.patterns:
             self._pubsub.psubscribe(*self.patterns)

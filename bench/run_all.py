@@ -31,13 +31,25 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "e2e_latency": (["--rate", "20", "--seconds", "30"], ["--rate", "10", "--seconds", "5"]),
     "top_up": (["--allocations", "100000"], ["--allocations", "5000"]),
     "home_cache": ([], []),
-    "knee": (["--seconds", "20"], ["--rates", "10,20", "--seconds", "5"]),
+    # The realistic flow (the whole Procfile stack, webhook, e-mails): steps of 20 s from
+    # 8/s up to the first rate past the knee, then 1.5 x the knee, with the CPU budget per
+    # process kind beside the bare chain's; about 4-5 minutes each provider latency.
+    "knee": (
+        ["--seconds", "20"],
+        ["--rates", "10", "--seconds", "5", "--reference", "cpu", "--reference-seconds", "5"],
+    ),
     "availability": (
         ["--requests", "20"],
         ["--trainers", "200", "--allocations", "20000", "--requests", "5"],
     ),
 }
-NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "reference_wsgi", "run_all"}
+NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "pyspy", "reference_wsgi", "run_all", "stack"}
+# Run again with these arguments added, each a section of its own: the knee with the
+# provider's real latency too (the bare chain, which never calls it, only at the CPU
+# table's rate).
+VARIANTS: dict[str, list[list[str]]] = {
+    "knee": [["--provider-ms", "150", "--reference", "cpu"]],
+}
 # Run a second time with `--tracing on` (OpenTelemetry exporting to a local sink): the
 # report ends with their figures with tracing off and on side by side.
 TRACED = ("confirm_api", "pipeline")
@@ -88,7 +100,9 @@ def git_revision() -> str:
     return f"{revision}{' (with uncommitted changes)' if dirty else ''}"
 
 
-def run(script: str, args: list[str], timeout: float) -> tuple[str, list[dict]]:
+def run(
+    script: str, args: list[str], timeout: float, title: str | None = None
+) -> tuple[str, list[dict]]:
     """The script's section of the report, and the summaries it printed (SUMMARY lines,
     left out of the section)."""
     command = [sys.executable, "-m", f"bench.{script}", *args]
@@ -116,7 +130,7 @@ def run(script: str, args: list[str], timeout: float) -> tuple[str, list[dict]]:
     lines = stdout.strip().splitlines()
     summaries = [json.loads(x.removeprefix(SUMMARY)) for x in lines if x.startswith(SUMMARY)]
     shown_out = "\n".join(x for x in lines if not x.startswith(SUMMARY))
-    title = f"{script}, tracing on" if "--tracing" in args else script
+    title = title or (f"{script}, tracing on" if "--tracing" in args else script)
     parts = [f"## {title}", "", f"`{shown}` — {elapsed:.0f} s, exit {code}", "", shown_out]
     if code != 0:
         parts += ["", "```", *stderr.strip().splitlines()[-30:], "```"]
@@ -180,11 +194,14 @@ def main() -> None:
     sections: list[str] = []
     summaries: list[dict] = []
     for script in scripts:
-        variants = [arguments(script, args.quick)]
+        base = arguments(script, args.quick)
+        variants: list[tuple[list[str], str | None]] = [(base, None)]
         if script in TRACED:
-            variants.append([*variants[0], "--tracing", "on"])
-        for variant in variants:
-            section, printed = run(script, variant, TIMEOUT[args.quick])
+            variants.append(([*base, "--tracing", "on"], None))
+        for extra in VARIANTS.get(script, []):
+            variants.append(([*base, *extra], f"{script}, {' '.join(extra)}"))
+        for variant, title in variants:
+            section, printed = run(script, variant, TIMEOUT[args.quick], title)
             sections.append(section)
             summaries += printed
     if summaries:
