@@ -292,7 +292,7 @@ class Settings:
             retry_backoff_max=env.integer("CELERY_RETRY_BACKOFF_MAX", 60),
             task_time_limit=env.integer("CELERY_TASK_TIME_LIMIT", 120),
             retry_jitter=env.flag("CELERY_RETRY_JITTER", True),
-            step_events=env.choice("CELERY_STEP_EVENTS", "all", ("all", "outcomes")),
+            step_events=env.choice("CELERY_STEP_EVENTS", "outcomes", ("outcomes", "all")),
             session_window=env.integer("SESSION_WINDOW", 7),
             # The window is kept full (DESIGN invariant 9): an allocation below it is
             # topped up; a lower threshold trades that for fewer, larger top-ups.
