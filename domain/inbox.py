@@ -9,14 +9,27 @@ back, the duplicate claims the row and does the work itself.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models import ProcessedEvent
+# Three statements a step, on every step of every payment: plain SQL, so SQLAlchemy
+# neither compiles them afresh each time (its PostgreSQL INSERT … ON CONFLICT has no
+# cache key) nor computes cache keys (BENCHMARKS.md, "Issue 25"). The table and its
+# unique constraint are models.ProcessedEvent's.
+_CLAIM = text(
+    "INSERT INTO processed_events (consumer, correlation_id, event_type)"
+    " VALUES (:consumer, :correlation_id, :event_type)"
+    " ON CONFLICT ON CONSTRAINT uq_processed_events DO NOTHING RETURNING id"
+)
+_STORED = text(
+    "SELECT result FROM processed_events WHERE consumer = :consumer"
+    " AND correlation_id = :correlation_id AND event_type = :event_type"
+)
+_STORE = text("UPDATE processed_events SET result = CAST(:result AS jsonb) WHERE id = :row_id")
 
 
 @dataclass(frozen=True)
@@ -30,25 +43,14 @@ class Claim:
 
 
 def claim(session: Session, *, consumer: str, correlation_id: str, event_type: str) -> Claim:
-    row_id = session.scalar(
-        pg_insert(ProcessedEvent)
-        .values(consumer=consumer, correlation_id=correlation_id, event_type=event_type)
-        .on_conflict_do_nothing(constraint="uq_processed_events")
-        .returning(ProcessedEvent.id)
-    )
+    key = {"consumer": consumer, "correlation_id": correlation_id, "event_type": event_type}
+    row_id = session.scalar(_CLAIM, key)
     if row_id is not None:
         return Claim(row_id)
-    stored = session.scalar(
-        select(ProcessedEvent.result).where(
-            ProcessedEvent.consumer == consumer,
-            ProcessedEvent.correlation_id == correlation_id,
-            ProcessedEvent.event_type == event_type,
-        )
-    )
-    return Claim(None, stored)
+    # A new statement, so a new snapshot: it sees the row of a duplicate that committed
+    # while this one waited on the unique index.
+    return Claim(None, session.scalar(_STORED, key))
 
 
 def store_result(session: Session, claim: Claim, result: Any) -> None:
-    session.execute(
-        update(ProcessedEvent).where(ProcessedEvent.id == claim.row_id).values(result=result)
-    )
+    session.execute(_STORE, {"result": json.dumps(result), "row_id": claim.row_id})
