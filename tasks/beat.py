@@ -108,10 +108,11 @@ def run_top_up(
 
 @job(name="tutorflow.beat.top_up_sessions")
 def top_up_sessions(self: Task) -> dict[str, Any]:
-    with exclusive(app_of(self).database, "top_up_sessions") as mine:
+    app = app_of(self)
+    with exclusive(app.database, "top_up_sessions") as mine:
         if not mine:
             return {"skipped": True}
-        report = run_top_up(app_of(self))
+        report = run_top_up(app)
     log.info("top-up done", extra={"report": vars(report)})
     return vars(report)
 
@@ -141,15 +142,16 @@ def resume_stalled_pipelines(self: Task) -> dict[str, int]:
     """Publish again the chain of any payment stuck half-way (a link lost with the
     broker, a message dropped): every step returns its stored result, so only the
     missing work is done. Payments with an open dead letter are left to operators."""
+    app = app_of(self)
     resumed = 0
-    with exclusive(app_of(self).database, "resume_stalled") as mine:
+    with exclusive(app.database, "resume_stalled") as mine:
         if not mine:
             return {"skipped": 1}
-        with app_of(self).database.transaction() as session:
+        with app.database.transaction() as session:
             stalled = fulfilment.stalled_payments(
                 session,
                 now=utcnow(),
-                stall=timedelta(seconds=app_of(self).settings.pipeline_stall_seconds),
+                stall=timedelta(seconds=app.settings.pipeline_stall_seconds),
                 limit=RELAY_BATCH,
             )
             for payment_id, student_id in stalled:
@@ -166,21 +168,20 @@ def give_up_unallocated(self: Task) -> dict[str, int]:
     """Refund paid courses that found no trainer in ALLOCATION_GIVE_UP_HOURS, one
     payment at a time (each asks the provider, outside any transaction). A provider
     outage leaves the rest to the next run."""
-    hours = app_of(self).settings.allocation_give_up_hours
+    app = app_of(self)
+    hours = app.settings.allocation_give_up_hours
     refunded = 0
-    with exclusive(app_of(self).database, "give_up") as mine:
+    with exclusive(app.database, "give_up") as mine:
         if not mine:
             return {"skipped": 1}
-        with app_of(self).database.session() as session:
+        with app.database.session() as session:
             due = fulfilment.unallocated_payments(
                 session, now=utcnow(), give_up=timedelta(hours=hours), limit=RELAY_BATCH
             )
-        provider = app_of(self).provider
+        provider = app.provider
         for payment_id in due:
             try:
-                payments.give_up_allocation(
-                    app_of(self).database, provider, payment_id, hours=hours
-                )
+                payments.give_up_allocation(app.database, provider, payment_id, hours=hours)
             except ProviderUnavailable:
                 log.warning("provider unavailable; give-up refunds wait", exc_info=True)
                 break
@@ -195,12 +196,13 @@ def release_expired_holds(self: Task) -> dict[str, int]:
     """Mark expired checkout holds released. They stopped counting at their expiry
     already (availability and checkouts read `expires_at`): this keeps the table
     truthful and its live-hold index small."""
+    app = app_of(self)
     released = 0
-    with exclusive(app_of(self).database, "release_holds") as mine:
+    with exclusive(app.database, "release_holds") as mine:
         if not mine:
             return {"skipped": 1}
         while True:
-            with app_of(self).database.transaction() as session:
+            with app.database.transaction() as session:
                 batch = availability.release_expired(session, now=utcnow(), limit=PRUNE_BATCH)
             released += len(batch)
             if len(batch) < PRUNE_BATCH:
@@ -215,10 +217,11 @@ def wake_waiting_allocations(self: Task) -> dict[str, int]:
     """Ask every allocation waiting for a trainer to try again (a trainer change wakes
     its courses' waiting at once; this covers places freed otherwise: a course finished,
     a refund, an expired hold)."""
-    with exclusive(app_of(self).database, "wake_waiting") as mine:
+    app = app_of(self)
+    with exclusive(app.database, "wake_waiting") as mine:
         if not mine:
             return {"skipped": 1}
-        with app_of(self).database.transaction() as session:
+        with app.database.transaction() as session:
             woken = reallocation.wake_waiting(session, None, limit=RELAY_BATCH)
     return {"woken": woken}
 
@@ -230,14 +233,15 @@ def prune_retention(self: Task) -> dict[str, int]:
     A pruned inbox row only means a very late redelivery runs its step again, which
     the domain functions absorb (they are idempotent on their own).
     """
+    app = app_of(self)
     now = utcnow()
     targets = [
-        (OutboxMessage, OutboxMessage.published_at, app_of(self).settings.outbox_retention_days),
-        (ProcessedEvent, ProcessedEvent.processed_at, app_of(self).settings.inbox_retention_days),
-        (WebhookEvent, WebhookEvent.received_at, app_of(self).settings.inbox_retention_days),
+        (OutboxMessage, OutboxMessage.published_at, app.settings.outbox_retention_days),
+        (ProcessedEvent, ProcessedEvent.processed_at, app.settings.inbox_retention_days),
+        (WebhookEvent, WebhookEvent.received_at, app.settings.inbox_retention_days),
     ]
     removed: dict[str, int] = {}
-    with exclusive(app_of(self).database, "prune") as mine:
+    with exclusive(app.database, "prune") as mine:
         if not mine:
             return {"skipped": 1}
         for model, stamp, days in targets:
@@ -245,7 +249,7 @@ def prune_retention(self: Task) -> dict[str, int]:
             key = model.__mapper__.primary_key[0]
             total = 0
             while True:
-                with app_of(self).database.transaction() as session:
+                with app.database.transaction() as session:
                     doomed = select(key).where(stamp < cutoff).limit(PRUNE_BATCH)
                     result = session.execute(delete(model).where(key.in_(doomed)))
                     deleted = cast(CursorResult[Any], result).rowcount
