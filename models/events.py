@@ -38,7 +38,7 @@ class OutboxKind(StrEnum):
     START_COMPENSATION = "start_compensation"
     REPLAY_DEAD_LETTER = "replay_dead_letter"
     REALLOCATE = "reallocate"  # an allocation whose trainer can no longer serve it
-    SEND_NOTIFICATION = "send_notification"  # one e-mail (models.notifications)
+    SEND_NOTIFICATION = "send_notification"  # one change's e-mails (models.notifications)
     # A paid checkout no trainer can serve: refund it at the provider, then compensate.
     REFUND_UNSERVABLE = "refund_unservable"
 

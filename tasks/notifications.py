@@ -1,6 +1,7 @@
-"""Sending one notification e-mail: its own task on its own queue, off the fulfilment
-chain (a slow or dead mail server holds up only this queue's worker), published through
-the outbox like every hand-off.
+"""Sending a change's notification e-mails (usually two: the student's and the
+trainer's): their own task on their own queue, off the fulfilment chain (a slow or dead
+mail server holds up only this queue's worker), published through the outbox like every
+hand-off, and sent on one SMTP connection.
 
 The guarantee (docs/guarantees.md, "Notifications"), step by step in domain.notifications:
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from celery.exceptions import TimeLimitExceeded
 
-from core.mail import Mail, MailRejected, MailUnavailable
+from core.mail import Mail, MailRejected, MailSession, MailUnavailable
 from domain import notifications
 from domain.clock import utcnow
 from domain.errors import PermanentStepError, TransientStepError
@@ -39,11 +40,18 @@ log = logging.getLogger(__name__)
 
 class NotificationTask(PipelineTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Given up (5xx, or retries spent): say so on the row, then the dead letter. (A
-        # hard time limit is not giving up: the message is requeued, see PipelineTask.)
+        # Given up (5xx, or retries spent): say so on the rows not sent, then the dead
+        # letter. (A hard time limit is not giving up: the message is requeued, see
+        # PipelineTask.)
         if args and not isinstance(exc, TimeLimitExceeded):
-            _record(self, args[0], NotificationStatus.FAILED, exc)
+            for notification_id in _ids(args[0]):
+                _record(self, notification_id, NotificationStatus.FAILED, exc)
         super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def _ids(notification_ids: int | list[int]) -> list[int]:
+    # A single id: a message (or a dead letter) of the release before, one e-mail each.
+    return [notification_ids] if isinstance(notification_ids, int) else list(notification_ids)
 
 
 def _bind(task: PipelineTask) -> Any:
@@ -65,30 +73,53 @@ def _record(
 
 
 @step(SEND, max_retries=8, base=NotificationTask)
-def send_notification(self: NotificationTask, notification_id: int, *, correlation_id: str) -> str:
+def send_notification(
+    self: NotificationTask, notification_ids: int | list[int], *, correlation_id: str
+) -> list[str]:
+    """One change's e-mails (the ids its transaction wrote), in order, on one SMTP
+    connection, each with its own claim, lock and commit. A server that is down stops
+    the run (a retry sends what is not sent yet); a message refused for good is failed
+    and the others still go, then the task gives up (a dead letter naming them all: a
+    replay sends only what is not sent)."""
+    sent: list[str] = []
+    refused: list[str] = []
+    ids = _ids(notification_ids)
+    with self.tutorflow.mailer.session() as connection:
+        for index, notification_id in enumerate(ids):
+            try:
+                sent.append(_send_one(self, connection, notification_id))
+            except MailUnavailable as exc:
+                # This one and those behind it wait for the server (the rows say why).
+                for waiting in ids[index:]:
+                    _record(self, waiting, NotificationStatus.RETRYING, exc)
+                raise TransientStepError(str(exc)) from exc
+            except MailRejected as exc:
+                _record(self, notification_id, NotificationStatus.FAILED, exc)
+                refused.append(f"notification {notification_id}: {exc}")
+    if refused:
+        raise PermanentStepError("; ".join(refused))
+    return sent
+
+
+def _send_one(task: NotificationTask, connection: MailSession, notification_id: int) -> str:
     # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
     # fault harness pauses at is step 3's).
-    execute_autocommit(_bind(self), notifications.CLAIM, {"notification_id": notification_id})
-    try:
-        # 2. Locked while the message goes out; 3. marked sent, committed.
-        with self.tutorflow.database.transaction() as session:
-            notification = notifications.lock_for_sending(session, notification_id)
-            if notification is None:
-                log.info("notification sent already", extra={"notification_id": notification_id})
-                return "sent already"
-            self.tutorflow.mailer.send(
-                Mail(
-                    recipient=notification.recipient,
-                    subject=notification.subject,
-                    body=notification.body,
-                    message_id=notification.message_id,
-                )
+    execute_autocommit(_bind(task), notifications.CLAIM, {"notification_id": notification_id})
+    # 2. Locked while the message goes out; 3. marked sent, committed.
+    with task.tutorflow.database.transaction() as session:
+        notification = notifications.lock_for_sending(session, notification_id)
+        if notification is None:
+            log.info("notification sent already", extra={"notification_id": notification_id})
+            return "sent already"
+        connection.send(
+            Mail(
+                recipient=notification.recipient,
+                subject=notification.subject,
+                body=notification.body,
+                message_id=notification.message_id,
             )
-            notifications.mark_sent(notification, utcnow())
-    except MailUnavailable as exc:
-        _record(self, notification_id, NotificationStatus.RETRYING, exc)
-        raise TransientStepError(str(exc)) from exc
-    except MailRejected as exc:
-        raise PermanentStepError(str(exc)) from exc
+        )
+        notifications.mark_sent(notification, utcnow())
+        message_id = notification.message_id
     log.info("notification sent", extra={"notification_id": notification_id})
-    return notification.message_id
+    return message_id
