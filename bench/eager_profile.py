@@ -37,6 +37,7 @@ import io  # noqa: E402
 import logging  # noqa: E402
 import pstats  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from typing import Any  # noqa: E402
 
 from aiosmtpd.controller import Controller  # noqa: E402
@@ -56,12 +57,13 @@ class _Discard:
         return "250 OK"
 
 
-def _count_statements(engine: Any) -> list[int]:
+def _count_statements(engine: Any, texts: Counter[str]) -> list[int]:
     counter = [0]
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _count(*_: Any) -> None:
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         counter[0] += 1
+        texts[" ".join(statement.split())[:150]] += 1
 
     return counter
 
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="payments before the clock")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", help="write the cProfile stats here (.prof)")
+    parser.add_argument("--statements", action="store_true", help="list them, per payment")
     parser.add_argument(
         "--no-cprofile",
         action="store_true",
@@ -113,7 +116,8 @@ def main() -> None:
             return payments
 
         payments = checked_out(args.warmup + args.payments)
-        statements = _count_statements(database.engine)
+        texts: Counter[str] = Counter()
+        statements = _count_statements(database.engine, texts)
 
         def confirm(payment_id: Any) -> None:
             actions.confirm(
@@ -129,6 +133,7 @@ def main() -> None:
         measured = payments[args.warmup :]
         profile = cProfile.Profile(time.thread_time)  # CPU, not waiting for PostgreSQL
         statements[0] = 0
+        texts.clear()
         started = time.thread_time()
         if not args.no_cprofile:
             profile.enable()
@@ -139,6 +144,7 @@ def main() -> None:
         # the profiled figure is reported and a plain run below gives the honest one.
         profiled_ms = 1000 * (time.thread_time() - started) / len(measured)
         per_payment = statements[0] / len(measured)
+        statement_texts = {text: n / len(measured) for text, n in texts.most_common()}
 
         fresh = checked_out(args.payments)
         started = time.thread_time()
@@ -178,6 +184,9 @@ def main() -> None:
         )
     )
     print(f"\nstatements per payment: {per_payment:.1f}")
+    if args.statements:
+        for text_, n in statement_texts.items():
+            print(f"  {n:4.1f}  {text_}")
     if args.output:
         profile.dump_stats(args.output)
     for order in ("tottime", "cumulative"):
