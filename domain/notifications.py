@@ -8,14 +8,15 @@ the same news twice a no-op that also publishes nothing. The outbox message is p
 after the commit by the one after-commit channel, or later by the beat relay, to the
 send task on its own queue: the change never waits for a mail server.
 
-Sending cannot be atomic with a commit; the protocol (docs/guarantees.md, "Notifications"):
+Sending cannot be atomic with a commit; the protocol (docs/guarantees.md, "Notifications"),
+for all the rows of one send task at once:
 1. `CLAIM` commits status sending and attempts + 1 on its own (the record that the
-   server may now have the message);
-2. `lock_for_sending` locks the row in a second transaction that stays open while the
-   message goes out, so a concurrent copy of the task waits, then finds it sent;
-3. `mark_sent` records the server's acceptance, and that transaction commits.
-A crash between the server's acceptance and that commit leaves the row `sending`; the
-redelivered task sends again with the same Message-ID. At least once, never twice
+   server may now have the messages);
+2. `lock_for_sending` locks the rows in a second transaction that stays open while the
+   messages go out, so a concurrent copy of the task waits, then finds them sent;
+3. `mark_sent` records each acceptance, and that transaction commits.
+A crash between the server's first acceptance and that commit leaves the rows `sending`;
+the redelivered task sends again with the same Message-IDs. At least once, never twice
 without such a crash, and a second copy is always recognisable.
 """
 
@@ -355,13 +356,13 @@ def refunded_notice(
     write(session, payment_id, [notice])
 
 
-# Sending (tasks/notifications.py). Step 1, in its own committed statement: from now on
-# the server may have the message. A row another sender holds locked (step 2) is waited
-# for; found sent then, it is not claimed (RETURNING nothing).
+# Sending (tasks/notifications.py), all of a send task's rows at once. Step 1, in its own
+# committed statement: from now on the server may have the messages. A row another
+# sender holds locked (step 2) is waited for; found sent then, it is not claimed.
 CLAIM = (
     update(Notification)
     .where(
-        Notification.id == bindparam("notification_id"),
+        Notification.id.in_(bindparam("notification_ids", expanding=True)),
         Notification.status != NotificationStatus.SENT,
     )
     .values(
@@ -371,7 +372,8 @@ CLAIM = (
     )
 )
 
-# After an attempt that the server did not take (it was rolled back): say why.
+# After an attempt that the server did not take (it was rolled back): say why. A row
+# sent meanwhile is left as it is.
 RECORD_FAILURE = (
     update(Notification)
     .where(
@@ -382,18 +384,21 @@ RECORD_FAILURE = (
 )
 
 
-def lock_for_sending(session: Session, notification_id: int) -> Notification | None:
-    """Step 2: the row, locked until this transaction ends; None when there is nothing
-    to send (no such row, or sent already)."""
-    notification = session.scalar(
-        select(Notification)
-        .where(Notification.id == notification_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+def lock_for_sending(session: Session, notification_ids: list[int]) -> list[Notification]:
+    """Step 2: the rows still to send, in id order, locked until this transaction ends
+    (none: nothing to send, or sent already)."""
+    return list(
+        session.scalars(
+            select(Notification)
+            .where(
+                Notification.id.in_(notification_ids),
+                Notification.status != NotificationStatus.SENT,
+            )
+            .order_by(Notification.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     )
-    if notification is None or notification.status == NotificationStatus.SENT:
-        return None
-    return notification
 
 
 def mark_sent(notification: Notification, now: datetime) -> None:
@@ -401,3 +406,9 @@ def mark_sent(notification: Notification, now: datetime) -> None:
     notification.status = NotificationStatus.SENT
     notification.sent_at = now
     notification.last_error = None
+
+
+def mark_failed(notification: Notification, error: str) -> None:
+    """The server refused it for good (a 5xx): committed with the lock's transaction."""
+    notification.status = NotificationStatus.FAILED
+    notification.last_error = error[:2000]

@@ -27,7 +27,7 @@ from typing import Any
 
 from celery.exceptions import TimeLimitExceeded
 
-from core.mail import Mail, MailRejected, MailSession, MailUnavailable
+from core.mail import Mail, MailRejected, MailUnavailable
 from domain import notifications
 from domain.clock import utcnow
 from domain.errors import PermanentStepError, TransientStepError
@@ -77,49 +77,54 @@ def send_notification(
     self: NotificationTask, notification_ids: int | list[int], *, correlation_id: str
 ) -> list[str]:
     """One change's e-mails (the ids its transaction wrote), in order, on one SMTP
-    connection, each with its own claim, lock and commit. A server that is down stops
-    the run (a retry sends what is not sent yet); a message refused for good is failed
-    and the others still go, then the task gives up (a dead letter naming them all: a
-    replay sends only what is not sent)."""
+    connection; the Message-IDs sent now. The three steps (domain.notifications) take
+    all the rows at once: claimed in one committed statement, locked together while the
+    messages go out, marked and committed together. A server that is down stops the run
+    (the rows not sent say `retrying`; the retry sends them); a message refused for good
+    is failed and the others still go, then the task gives up (a dead letter naming the
+    refused ones: a replay sends only what is not sent)."""
+    ids = _ids(notification_ids)
+    # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
+    # fault harness pauses at is step 3's).
+    execute_autocommit(_bind(self), notifications.CLAIM, {"notification_ids": ids})
     sent: list[str] = []
     refused: list[str] = []
-    ids = _ids(notification_ids)
-    with self.tutorflow.mailer.session() as connection:
-        for index, notification_id in enumerate(ids):
+    unavailable: MailUnavailable | None = None
+    # 2. Locked while the messages go out; 3. marked, committed (with the sends that
+    # went out before a failure, which must stay sent).
+    with (
+        self.tutorflow.mailer.session() as connection,
+        self.tutorflow.database.transaction() as session,
+    ):
+        pending = notifications.lock_for_sending(session, ids)
+        if not pending:  # a copy of a task that has run (a redelivery, a re-publish)
+            log.info("notification sent already", extra={"notification_ids": ids})
+        for notification in pending:
             try:
-                sent.append(_send_one(self, connection, notification_id))
+                connection.send(
+                    Mail(
+                        recipient=notification.recipient,
+                        subject=notification.subject,
+                        body=notification.body,
+                        message_id=notification.message_id,
+                    )
+                )
             except MailUnavailable as exc:
-                # This one and those behind it wait for the server (the rows say why).
-                for waiting in ids[index:]:
-                    _record(self, waiting, NotificationStatus.RETRYING, exc)
-                raise TransientStepError(str(exc)) from exc
+                unavailable = exc
+                break
             except MailRejected as exc:
-                _record(self, notification_id, NotificationStatus.FAILED, exc)
-                refused.append(f"notification {notification_id}: {exc}")
+                notifications.mark_failed(notification, str(exc))
+                refused.append(f"notification {notification.id}: {exc}")
+                continue
+            notifications.mark_sent(notification, utcnow())
+            sent.append(notification.message_id)
+    if sent:
+        log.info("notifications sent", extra={"notification_ids": ids, "sent": len(sent)})
+    if unavailable is not None:
+        # The rows not sent wait for the server (each says why).
+        for notification_id in ids:
+            _record(self, notification_id, NotificationStatus.RETRYING, unavailable)
+        raise TransientStepError(str(unavailable)) from unavailable
     if refused:
         raise PermanentStepError("; ".join(refused))
     return sent
-
-
-def _send_one(task: NotificationTask, connection: MailSession, notification_id: int) -> str:
-    # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
-    # fault harness pauses at is step 3's).
-    execute_autocommit(_bind(task), notifications.CLAIM, {"notification_id": notification_id})
-    # 2. Locked while the message goes out; 3. marked sent, committed.
-    with task.tutorflow.database.transaction() as session:
-        notification = notifications.lock_for_sending(session, notification_id)
-        if notification is None:
-            log.info("notification sent already", extra={"notification_id": notification_id})
-            return "sent already"
-        connection.send(
-            Mail(
-                recipient=notification.recipient,
-                subject=notification.subject,
-                body=notification.body,
-                message_id=notification.message_id,
-            )
-        )
-        notifications.mark_sent(notification, utcnow())
-        message_id = notification.message_id
-    log.info("notification sent", extra={"notification_id": notification_id})
-    return message_id
