@@ -10,6 +10,11 @@ Ctrl-C (or SIGTERM) stops them all. What it adds to `honcho start`:
   Ctrl-C (`make: *** [up] Error 143`), and hides a process that crashed meanwhile.
 - Each command runs under `exec`: the process honcho watches and signals is the command
   itself, not a shell around it, so its exit status is the command's own.
+- Ctrl-C reaches the launcher alone. A terminal sends SIGINT to its whole foreground
+  process group, make included, and make, killed by it, ends `make up` with status 130
+  whatever its recipe answers. Like a shell starting a job, the launcher takes a
+  process group of its own and makes it the terminal's foreground group (given back
+  when it ends): make then waits and answers the launcher's status.
 - honcho's routine lines (each process's pid as it starts, "sending SIGTERM to …", every
   "stopped (rc=0)") are left out: each process says once that it is ready, and where
   (docs/operations.md, "Startup"); an unclean end is still printed.
@@ -20,7 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +90,31 @@ def exit_status(manager: StackManager) -> tuple[int, str]:
     if unclean:
         listed = ", ".join(f"{name} ({code})" for name, code in unclean.items())
         return 1, f"stopped, but not cleanly: {listed}"
-    return 0, f"stopped: all {len(codes)} processes exited cleanly"
+    return 0, f"stopped: {_processes(len(codes))} exited cleanly"
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'' if count == 1 else 'es'}"
+
+
+@contextmanager
+def foreground_of_its_own() -> Iterator[None]:
+    """The launcher in a process group of its own, the terminal's foreground group
+    while it runs (when it was started in the foreground of one)."""
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    if fd < 0 or not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
+        yield  # no terminal, or started in the background: nothing to take
+        return
+    given_back_to = os.tcgetpgrp(fd)
+    os.setpgid(0, 0)
+    # A background group that sets the foreground gets SIGTTOU: ignored meanwhile.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(fd, os.getpgrp())
+        yield
+    finally:
+        os.tcsetpgrp(fd, given_back_to)
+        signal.signal(signal.SIGTTOU, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
     for name, command in processes.items():
         manager.add_process(name, f"exec {command}", env=env)
-    manager.loop()
+    with foreground_of_its_own():
+        manager.loop()
     status, summary = exit_status(manager)
     print(summary, file=sys.stderr if status else sys.stdout, flush=True)
     return status
