@@ -29,6 +29,7 @@ from celeryconfig import celery_config
 from core import tracing
 from core.config import Settings
 from core.logs import STARTUP_CHATTER, configure_logging, log_python_warnings, say_ready
+from core.redis_client import without_password
 from tasks import telemetry
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ def _worker_ready(sender: Any = None, **_: object) -> None:
     pool = worker.pool_cls.__module__.rsplit(".", 1)[-1]  # prefork, thread…
     say_ready(
         worker.hostname,
-        f"queues {queues} ({pool} pool of {worker.concurrency}) on {sender.connection.as_uri()}",
+        f"queues {queues} ({pool} pool of {worker.concurrency})"
+        f" on {without_password(sender.app.settings.broker_url)}",
     )
 
 
@@ -158,8 +160,7 @@ def _worker_without_pool_children(sender: Any = None, **_: object) -> None:
 def _beat_started(sender: Any = None, **_: object) -> None:
     # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
     tracing.install(sender.app.settings, role="beat")
-    with sender.app.connection_for_write() as connection:
-        broker = connection.as_uri()
+    broker = without_password(sender.app.settings.broker_url)
     say_ready("beat", f"{len(sender.app.conf.beat_schedule)} jobs, sent to {broker}")
 
 

@@ -187,9 +187,10 @@ def test_make_up_says_ready_once_per_process_warns_of_nothing_and_ctrl_c_exits_0
     assert f"flower ready: http://127.0.0.1:{env['FLOWER_PORT']}" in launcher.ready("flower")[0]
     assert f"ready: {env['STRIPE_API_BASE']} " in launcher.ready("sandbox")[0]
     assert f"ready: {env['SMTP_URL']} " in launcher.ready("mailsink")[0]
-    assert " jobs, sent to redis://" in launcher.ready("beat")[0]
+    assert f" jobs, sent to {redis_server.url}" in launcher.ready("beat")[0]
     for name, queue in {**WORKERS, "mail": "notifications"}.items():
-        assert f"ready: queues {queue}" in launcher.ready(name)[0].replace("maintenance, ", "")
+        line = launcher.ready(name)[0].replace("maintenance, ", "")
+        assert f"ready: queues {queue} (" in line and line.endswith(f" on {redis_server.url}")
 
     # No warning the project could avoid, and none of the old noise.
     warned = [line for line in lines if re.search("warn|error|critical|traceback", line, re.I)]
