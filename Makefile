@@ -32,7 +32,7 @@ urls: install  ## where the stack's parts are and the development credentials
 up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
 	@$(BIN)/flask --app wsgi urls
 	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
-	$(BIN)/honcho start -f Procfile
+	@$(BIN)/python -m scripts.up
 
 # Students buying against the running stack (`make up` in another terminal): a summary
 # of how every payment ended; non-zero if any was not fulfilled (scripts/simulate.py).

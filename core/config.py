@@ -49,6 +49,12 @@ def stripe_api_base_for(secret_key: str, configured: str | None) -> str | None:
     return configured
 
 
+def http_url(bind: str) -> str:
+    """Where a browser reaches a server bound to `bind` (API_BIND's form, host:port)."""
+    host, _, port = bind.rpartition(":")
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
 class _Env:
     """Typed reads from one environment mapping, with the defaults beside the names."""
 
