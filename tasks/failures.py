@@ -22,8 +22,8 @@ class WorkerLostRepeatedly(Exception):
     def __init__(self, losses: int) -> None:
         super().__init__(
             f"the worker running this step was lost {losses} times (its process killed: "
-            "out of memory, a crash in a C library, SIGKILL); parked as a poison message "
-            "instead of being handed out again"
+            "out of memory, a crash in a C library, the hard time limit); parked as a poison "
+            "message instead of being handed out again"
         )
         self.losses = losses
 
