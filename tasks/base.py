@@ -26,8 +26,9 @@ from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
 from tasks.celery_app import TutorflowCelery
-from tasks.dead_letters import park
+from tasks.dead_letters import FIRST_FAILED_AT, park
 from tasks.failures import failure_kind
+from tasks.poison import check_redelivery
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     SoftTimeLimitExceeded,  # slow, not wrong: a network or database that hung
 )
 
-FIRST_FAILED_AT = "x_first_failed_at"
 # The ids of this process's attempts whose retry is in the broker but whose retry
 # handling has not finished (on_retry). By id, not on the request: an error raised outside
 # the task body reaches on_failure after Celery has popped the request.
@@ -115,6 +115,9 @@ class PipelineTask(StepEvents):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):
+            # A message that came back after its worker died too often is parked, not
+            # run (tasks/poison.py): on_failure dead-letters WorkerLostRepeatedly.
+            check_redelivery(self.tutorflow, self.request)
             try:
                 return super().__call__(*args, **kwargs)
             except StepCancelled as cancelled:

@@ -25,12 +25,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from celeryconfig import celery_config
+from celeryconfig import AMQP_TRANSPORTS, broker_transport, celery_config
 from core import tracing
 from core.config import Settings
 from core.logs import STARTUP_CHATTER, configure_logging, log_python_warnings, say_ready
 from core.redis_client import without_password
 from tasks import telemetry
+from tasks.poison import PoisonedMessages
 
 if TYPE_CHECKING:
     from core.cache import Cache
@@ -59,6 +60,9 @@ class TutorflowCelery(Celery):
         self.settings = settings
         self.conf.update(celery_config(settings))
         telemetry.install(self)  # durations, retries, queue consumers for /metrics
+        if broker_transport(settings.broker_url) in AMQP_TRANSPORTS:
+            # RabbitMQ's dead-lettered poison messages become dead letters (tasks/poison.py).
+            self.steps["consumer"].add(PoisonedMessages)
 
 
 def _running_app() -> TutorflowCelery:

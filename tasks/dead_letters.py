@@ -18,7 +18,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from actions import dead_letters
@@ -30,6 +30,9 @@ from tasks.failures import failure_kind, failure_kind_named, qualified_name
 from tasks.redelivery import Redelivery
 
 log = logging.getLogger(__name__)
+
+# The message header that carries a step's first failure across its retries (tasks.base).
+FIRST_FAILED_AT = "x_first_failed_at"
 
 
 def park(
@@ -60,9 +63,7 @@ def park(
     )
     log.error("dead-lettering %s: %s", task.name, record.exception_message)
     try:
-        task.app.signature(RECORD_DEAD_LETTER, kwargs=to_message(record)).apply_async(
-            argsrepr="()", kwargsrepr=_short(record)
-        )
+        publish(task.app, record)
         return
     except Exception:
         log.exception("dead-letter publish failed; recording it directly")
@@ -72,6 +73,13 @@ def park(
         # Last resort: the whole letter is in the log, to be re-entered by hand.
         log.critical("dead letter could not be recorded", extra={"dead_letter": to_message(record)})
         raise
+
+
+def publish(app: Celery, record: DeadLetterRecord) -> None:
+    """Hand the letter to the dead_letter queue, whose worker stores it."""
+    app.signature(RECORD_DEAD_LETTER, kwargs=to_message(record)).apply_async(
+        argsrepr="()", kwargsrepr=_short(record)
+    )
 
 
 @shared_task(
