@@ -1,0 +1,99 @@
+"""What an operator sees of one payment: the chain as one thing — each step in order
+with its runs (task id, start, commit, duration, trace), its retries and its dead
+letters — beside the payment's state and timeline (domain.read_models.payment_detail).
+
+Flower shows tasks one by one (and, with CELERY_STEP_EVENTS=outcomes, only those that
+retried or failed); this joins them by the payment: step runs (models.StepRun, written
+in each step's transaction), the timeline's retries and the payment's dead letters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from domain.events import EventType
+from domain.read_models import payment_detail
+from models import DeadLetter, DeadLetterStatus, DomainEvent, StepRun
+from models.events import TRACE_ID
+
+# The fulfilment chain's steps that keep a record, in order. The chain's last link,
+# refresh_student_views, only touches the cache: it has no run to show (Flower shows
+# it if it fails). Other steps of the payment (a refund's compensation, a reallocation)
+# follow in the order they ran.
+CHAIN = ("verify_payment", "create_purchase", "allocate_trainer", "schedule_sessions")
+TASK_PREFIX = "tutorflow.pipeline."
+
+
+def short_name(task_name: str) -> str:
+    return task_name.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class RunView:
+    task_id: str
+    started_at: datetime
+    finished_at: datetime
+    trace_id: str | None
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, round((self.finished_at - self.started_at).total_seconds() * 1000))
+
+
+@dataclass
+class StepView:
+    step: str
+    task_name: str
+    runs: list[RunView] = field(default_factory=list)
+    retries: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """done (it committed), dead_lettered (an open letter, no run), retrying,
+        or not_run (yet, or ever: the chain stopped before it)."""
+        if self.runs:
+            return "done"
+        if any(letter.status == DeadLetterStatus.OPEN for letter in self.dead_letters):
+            return "dead_lettered"
+        if self.retries:
+            return "retrying"
+        return "not_run"
+
+
+def payment_chain(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
+    """The payment (NotFound when there is none), its fulfilment and timeline, its
+    steps in order and the trace ids they ran in."""
+    detail = payment_detail(session, payment_id)
+    correlation_id = str(payment_id)
+    runs = session.scalars(
+        select(StepRun).where(StepRun.correlation_id == correlation_id).order_by(StepRun.id)
+    ).all()
+    steps = {name: StepView(name, TASK_PREFIX + name) for name in CHAIN}
+    for run in runs:
+        name = short_name(run.step)
+        view = steps.setdefault(name, StepView(name, run.step))
+        view.runs.append(RunView(run.task_id, run.started_at, run.finished_at, run.trace_id))
+    events: list[DomainEvent] = detail["timeline"]
+    for event in events:
+        if event.event_type == EventType.STEP_RETRYING:
+            name = event.payload.get("step", "")
+            steps.setdefault(name, StepView(name, TASK_PREFIX + name)).retries += 1
+    letters: list[DeadLetter] = detail["fulfilment"]["dead_letters"]
+    for letter in letters:
+        name = short_name(letter.task_name)
+        steps.setdefault(name, StepView(name, letter.task_name)).dead_letters.append(letter)
+    trace_ids = [run.trace_id for run in runs] + [e.payload.get(TRACE_ID) for e in events]
+    return {
+        **detail,
+        "steps": list(steps.values()),
+        "trace_ids": list(dict.fromkeys(t for t in trace_ids if t)),
+        "dead_letters": letters,
+    }
+
