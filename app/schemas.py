@@ -619,7 +619,13 @@ class StepRunOut(Schema):
 class ChainStepOut(Schema):
     step = fields.String(metadata={"example": "allocate_trainer"})
     task_name = fields.String()
-    status = fields.String(metadata={"enum": ["done", "dead_lettered", "retrying", "not_run"]})
+    status = fields.String(
+        metadata={
+            "enum": ["done", "dead_lettered", "replayed", "discarded", "retrying", "not_run"],
+            "description": "done: committed; else its newest dead letter's status "
+            "(dead_lettered: open); retrying; not_run (yet, or the chain stopped before).",
+        }
+    )
     retries = fields.Integer(metadata={"description": "Retries on the timeline, all runs."})
     runs = fields.List(fields.Nested(StepRunOut), metadata={"description": "Committed runs."})
     dead_letter_ids = fields.List(fields.Integer())

@@ -56,12 +56,14 @@ class StepView:
 
     @property
     def status(self) -> str:
-        """done (it committed), dead_lettered (an open letter, no run), retrying,
-        or not_run (yet, or ever: the chain stopped before it)."""
+        """done (it committed); else as its newest dead letter says: dead_lettered
+        (open), replayed (running again), discarded; else retrying, or not_run (yet,
+        or ever: the chain stopped before it)."""
         if self.runs:
             return "done"
-        if any(letter.status == DeadLetterStatus.OPEN for letter in self.dead_letters):
-            return "dead_lettered"
+        if self.dead_letters:
+            newest = self.dead_letters[-1].status
+            return "dead_lettered" if newest == DeadLetterStatus.OPEN else str(newest)
         if self.retries:
             return "retrying"
         return "not_run"
