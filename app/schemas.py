@@ -601,7 +601,6 @@ class DeadLetterOut(Schema):
     )
 
 
-
 def flower_task_url(flower_url: str, task_id: str) -> str:
     """Flower's page of one task (it knows the task if it received its events)."""
     return f"{flower_url.rstrip('/')}/task/{task_id}"
@@ -701,6 +700,7 @@ class PaymentChainOut(PaymentDetailOut):
             "trace_ids": detail["trace_ids"],
             "flower_url": flower,
         }
+
 
 LETTER_FILTERS = (
     "task_name",

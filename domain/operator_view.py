@@ -10,6 +10,7 @@ in each step's transaction), the timeline's retries and the payment's dead lette
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,13 +22,6 @@ from domain.events import EventType
 from domain.read_models import payment_detail
 from models import DeadLetter, DeadLetterStatus, DomainEvent, StepRun
 from models.events import TRACE_ID
-
-# The fulfilment chain's steps that keep a record, in order. The chain's last link,
-# refresh_student_views, only touches the cache: it has no run to show (Flower shows
-# it if it fails). Other steps of the payment (a refund's compensation, a reallocation)
-# follow in the order they ran.
-CHAIN = ("verify_payment", "create_purchase", "allocate_trainer", "schedule_sessions")
-TASK_PREFIX = "tutorflow.pipeline."
 
 
 def short_name(task_name: str) -> str:
@@ -69,15 +63,18 @@ class StepView:
         return "not_run"
 
 
-def payment_chain(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
+def payment_chain(session: Session, payment_id: uuid.UUID, chain: Sequence[str]) -> dict[str, Any]:
     """The payment (NotFound when there is none), its fulfilment and timeline, its
-    steps in order and the trace ids they ran in."""
+    steps and the trace ids they ran in. `chain`: the task names of the steps that
+    keep a run, in the chain's order (the workers' names; a step not run yet is shown
+    too); any other step of the payment (a refund's compensation, a reallocation)
+    follows in the order it ran."""
     detail = payment_detail(session, payment_id)
     correlation_id = str(payment_id)
     runs = session.scalars(
         select(StepRun).where(StepRun.correlation_id == correlation_id).order_by(StepRun.id)
     ).all()
-    steps = {name: StepView(name, TASK_PREFIX + name) for name in CHAIN}
+    steps = {short_name(task): StepView(short_name(task), task) for task in chain}
     for run in runs:
         name = short_name(run.step)
         view = steps.setdefault(name, StepView(name, run.step))
@@ -86,7 +83,7 @@ def payment_chain(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
     for event in events:
         if event.event_type == EventType.STEP_RETRYING:
             name = event.payload.get("step", "")
-            steps.setdefault(name, StepView(name, TASK_PREFIX + name)).retries += 1
+            steps.setdefault(name, StepView(name, name)).retries += 1
     letters: list[DeadLetter] = detail["fulfilment"]["dead_letters"]
     for letter in letters:
         name = short_name(letter.task_name)
@@ -98,4 +95,3 @@ def payment_chain(session: Session, payment_id: uuid.UUID) -> dict[str, Any]:
         "trace_ids": list(dict.fromkeys(t for t in trace_ids if t)),
         "dead_letters": letters,
     }
-

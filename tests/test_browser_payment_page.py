@@ -49,9 +49,7 @@ def letter_of(payment_id: uuid.UUID) -> DeadLetter | None:
 
 def sessions_of(student_id: int) -> int:
     with open_session() as session:
-        return session.scalar(
-            select(func.count()).where(TutoringSession.student_id == student_id)
-        )
+        return session.scalar(select(func.count()).where(TutoringSession.student_id == student_id))
 
 
 def test_the_payment_page_shows_the_chain_and_replays_and_discards_its_letters(
@@ -79,9 +77,11 @@ def test_the_payment_page_shows_the_chain_and_replays_and_discards_its_letters(
             for payment_id in payments:
                 request_confirmation(session, payment_id, student_id=None, source="test")
         wait_until(
-            lambda: len(runs_of(fulfilled.id)) == 4
-            and letter_of(to_replay.id)
-            and letter_of(to_discard.id),
+            lambda: (
+                len(runs_of(fulfilled.id)) == 4
+                and letter_of(to_replay.id)
+                and letter_of(to_discard.id)
+            ),
             60,
             "the chains did not end",
         )
@@ -139,13 +139,13 @@ def test_the_payment_page_shows_the_chain_and_replays_and_discards_its_letters(
         expect(allocate.locator("a.flower-task")).to_have_attribute(
             "href", flower_task(letter.task_id)
         )
-        expect(page.locator("li.step[data-step=schedule_sessions]")).to_have_class(
-            "step not_run"
-        )
+        expect(page.locator("li.step[data-step=schedule_sessions]")).to_have_class("step not_run")
         shown = page.locator(f"li.letter[data-letter-id='{letter.id}']")
         expect(shown.locator(".letter-status")).to_have_text("open")
         expect(shown.locator(".reason")).to_have_text(NO_TRAINER)
-        expect(shown.locator("a.flower-task")).to_have_attribute("href", flower_task(letter.task_id))
+        expect(shown.locator("a.flower-task")).to_have_attribute(
+            "href", flower_task(letter.task_id)
+        )
         page.screenshot(path=str(tmp_path / "payment-parked.png"), full_page=True)
 
         # The operator fixes the cause, then clicks Replay: the step runs, the chain ends.
@@ -173,9 +173,7 @@ def test_the_payment_page_shows_the_chain_and_replays_and_discards_its_letters(
         other = page.locator(f"li.letter[data-letter-id='{discarded.id}']")
         other.locator("button.discard").click()
         expect(other.locator(".letter-status")).to_have_text("discarded")
-        expect(page.locator("li.step[data-step=allocate_trainer]")).to_have_class(
-            "step discarded"
-        )
+        expect(page.locator("li.step[data-step=allocate_trainer]")).to_have_class("step discarded")
         assert (letter_of(to_discard.id) or discarded).status == "discarded"
 
         # An unknown payment says so.

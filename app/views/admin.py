@@ -22,6 +22,7 @@ from app.schemas import (
 )
 from domain.operator_view import payment_chain
 from domain.read_models import get_dead_letter, list_dead_letters
+from tasks.chains import RECORDED_STEPS
 
 blp = Blueprint(
     "admin",
@@ -41,7 +42,7 @@ def show_payment_chain(payment_id: uuid.UUID):
     trace id, Flower link), retries and dead letters; the state and the timeline. The
     operator's payment page (/admin/payments/{id}) reads it."""
     return {
-        **payment_chain(db(), payment_id),
+        **payment_chain(db(), payment_id, RECORDED_STEPS),
         "flower_url": runtime().settings.flower_public_url,
     }
 
