@@ -143,4 +143,4 @@ class StepRun(Base):
     task_id: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    trace_id: Mapped[str | None] = mapped_column(String(32), default=current_trace_id)
+    trace_id: Mapped[str | None] = mapped_column(String(32))
