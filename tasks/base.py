@@ -25,6 +25,7 @@ from core.logs import log_context
 from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
+from domain.step_runs import Run
 from tasks.celery_app import TutorflowCelery
 from tasks.dead_letters import FIRST_FAILED_AT, park
 from tasks.failures import failure_kind
@@ -126,8 +127,10 @@ class PipelineTask(StepEvents):
                 raise Ignore() from cancelled
 
     def delivery(self, correlation_id: str) -> Delivery:
-        """This run's message as its use case sees it (its inbox row's key)."""
-        return Delivery(self.name, correlation_id, self.consumes)
+        """This run's message as its use case sees it (its inbox row's key), and the
+        run itself (task id, start: asked first thing in the step's body)."""
+        run = None if self.request.id is None else Run(self.request.id, utcnow())
+        return Delivery(self.name, correlation_id, self.consumes, run)
 
     def retry(self, *args: Any, **options: Any) -> Any:
         # Carry the first failure's time across retries, for the dead letter.

@@ -17,6 +17,9 @@ REFUND_UNSERVABLE = "tutorflow.pipeline.refund_unservable"
 REALLOCATE_TRAINER = "tutorflow.pipeline.reallocate_trainer"
 SEND_NOTIFICATION = "tutorflow.notifications.send"
 RECORD_DEAD_LETTER = "tutorflow.dead_letters.record"
+# The fulfilment chain's steps that record their runs (models.StepRun), in order: all
+# but its last link, refresh_student_views, which only touches the cache.
+RECORDED_STEPS = (VERIFY_PAYMENT, CREATE_PURCHASE, ALLOCATE_TRAINER, SCHEDULE_SESSIONS)
 
 
 def fulfilment_chain(app: Celery, payment_id: str) -> Signature:
