@@ -85,14 +85,21 @@ class StrictBoolean(fields.Boolean):
 
 class Instant(fields.AwareDateTime):
     """An instant with its UTC offset, loaded as UTC: offsets are where the person is,
-    and PostgreSQL takes none beyond ±15:59 (ISO 8601 allows up to ±23:59)."""
+    and PostgreSQL takes none beyond ±15:59 (ISO 8601 allows up to ±23:59).
+
+    A valid date-time of year 1 or 9999 whose offset takes it out of Python's range in
+    UTC (`0001-01-01T00:17:01+00:37`) is the earliest or latest instant there is, less
+    than a day away: what the request asks is then judged as for that instant (a
+    reschedule into the past is refused as such; a filter bound is open), not refused as
+    malformed — it is a well-formed date-time (OpenAPI `format: date-time`)."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
         instant = super()._deserialize(value, attr, data, **kwargs)
         try:
             return instant.astimezone(UTC)
-        except OverflowError as exc:  # year 1 or 9999 shifted out of range
-            raise ValidationError("Not a valid instant.") from exc
+        except OverflowError:
+            edge = datetime.min if instant.year == 1 else datetime.max
+            return edge.replace(tzinfo=UTC)
 
 
 def _timezone(value: str) -> None:

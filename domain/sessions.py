@@ -133,8 +133,11 @@ def reschedule_session(
         )
     if tutoring.starts_at < now + STUDENT_NOTICE or starts_at < now + STUDENT_NOTICE:
         raise _too_late(session_id, "moved")
-    ends_at = starts_at + (tutoring.ends_at - tutoring.starts_at)
-    if not calendar.hours.contains(starts_at, ends_at):
+    try:
+        ends_at = starts_at + (tutoring.ends_at - tutoring.starts_at)
+    except OverflowError:  # the end of time (a valid date-time of year 9999): nobody works
+        ends_at = None
+    if ends_at is None or not calendar.hours.contains(starts_at, ends_at):
         raise Conflict(
             "outside_working_hours",
             "The trainer does not work at that time.",

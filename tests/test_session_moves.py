@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from domain.calendar import DEFAULT_WORKING_DAYS
@@ -119,3 +120,23 @@ def test_a_student_cancels_24_hours_ahead_and_the_top_up_replaces_it(db_session,
     assert len(future(db_session, allocation.id, MONDAY)) == 7
     # An operator may still cancel the one within 24 hours.
     assert client.post(url(first.id, "cancel"), headers=ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "edge", ["0001-01-01T00:17:01+00:37", "9999-12-31T23:59:59-00:30"], ids=["year 1", "9999"]
+)
+def test_a_valid_start_beyond_the_range_in_utc_is_judged_as_a_time_not_refused_as_malformed(
+    db_session, client, clock, edge
+):
+    # Well-formed date-times (schemathesis found the first): the earliest or latest
+    # instant there is, a move the rules refuse (409), never a 422 nor a 500.
+    clock(MONDAY)
+    allocation = allocate(db_session, timezone="America/New_York")
+    target = future(db_session, allocation.id, MONDAY)[3]
+    answer = client.post(
+        url(target.id, "reschedule"),
+        json={"starts_at": edge},
+        headers=student_auth(allocation.student_id),
+    )
+    assert answer.status_code == 409, answer.json
+    assert db_session.get(type(target), target.id).starts_at == target.starts_at
