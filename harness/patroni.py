@@ -171,8 +171,8 @@ class PatroniCluster:
         return [host.address for host in self.dcs_hosts]
 
     def url(self, database: str = "tutorflow") -> str:
-        """The multi-host URL every client uses: libpq tries the servers in turn and keeps
-        the first that takes writes."""
+        """The multi-host URL every client uses: libpq tries the servers in turn, each for
+        at most 3 s (a lost host answers nothing), and keeps the first that takes writes."""
         hosts = "&".join(f"host={node.address}:{PG_PORT}" for node in self.nodes.values())
         return f"postgresql+psycopg2://postgres@/{database}?{hosts}&target_session_attrs=read-write"
 
@@ -290,9 +290,10 @@ class PatroniCluster:
 
     # -- the cluster as a whole ---------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, database: str = "tutorflow") -> None:
         """etcd, then the first server (it bootstraps the cluster), then the others
-        (copies of it); returns once a synchronous standby streams from the primary."""
+        (copies of it); returns once a synchronous standby streams from the primary and
+        `database` exists on every server."""
         self.start_etcd()
         first, *others = self.nodes.values()
         first.start()
@@ -300,6 +301,33 @@ class PatroniCluster:
         for node in others:
             node.start()
         self.wait_until_replicated(180)
+        self.create_database(database)
+
+    def create_database(self, name: str) -> None:
+        """Made on the primary and waited for on every server: libpq tries the next
+        host after a server that is down or read-only, but not after one that says
+        the database does not exist (a standby that has not replayed it yet)."""
+        leader = self.leader()
+        assert leader is not None, "no primary to create the database on"
+        connection = psycopg2.connect(self.nodes[leader].dsn, connect_timeout=3)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+
+        def everywhere() -> bool:
+            for node in self.nodes.values():
+                try:
+                    psycopg2.connect(
+                        node.dsn.replace("dbname=postgres", f"dbname={name}"), connect_timeout=2
+                    ).close()
+                except psycopg2.OperationalError:
+                    return False
+            return True
+
+        self._wait(everywhere, 60, f"database {name} did not reach every server")
 
     def members(self) -> list[dict[str, Any]]:
         """Patroni's view of the cluster, asked of the first server that answers."""
