@@ -42,6 +42,9 @@ from harness.serving import SandboxServer
 
 pytestmark = [
     pytest.mark.hosts,
+    # The cluster's start (~30 s) counts toward the first test; two bursts and a rejoin
+    # toward the second (~3 min here): bounded, with room for a loaded machine.
+    pytest.mark.timeout(900),
     pytest.mark.skipif(
         os.geteuid() != 0 or shutil.which("ip") is None or not patroni_installed(),
         reason="needs root, iproute2, iptables, patroni and etcd (scripts/prerequisites.sh)",
@@ -66,7 +69,7 @@ class Setting:
 
 @pytest.fixture(scope="module")
 def setting() -> Iterator[Setting]:
-    names = ["api", "w1", "w2", *SERVERS, *CONSENSUS]
+    names = ["pg-api", "pg-w1", "pg-w2", *SERVERS, *CONSENSUS]
     with (
         hosts(*names, subnet=SUBNET, bridge=BRIDGE) as net,
         patroni_cluster([net[n] for n in SERVERS], [net[n] for n in CONSENSUS]) as cluster,
@@ -215,9 +218,9 @@ def test_the_primary_host_lost_mid_burst_loses_nothing_and_fails_over_again(sett
     )
     net = setting.net
     with (
-        api_server(env, host=net["api"], workers=2) as api,
-        celery_worker(env=env, host=net["w1"], beat=True, supervise=True) as w1,
-        celery_worker(env=env, host=net["w2"], supervise=True) as w2,
+        api_server(env, host=net["pg-api"], workers=2) as api,
+        celery_worker(env=env, host=net["pg-w1"], beat=True, supervise=True) as w1,
+        celery_worker(env=env, host=net["pg-w2"], supervise=True) as w2,
     ):
         primary = cluster.leader()
         assert primary is not None
