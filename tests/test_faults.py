@@ -253,6 +253,17 @@ def test_broker_restarted_mid_pipeline_loses_nothing(committed):
         assert duplicates == 0
 
 
+def _ensure_db(env: dict[str, str]) -> None:
+    """The private server's database, migrated as an operator would (flask ensure-db)."""
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
 @pytest.mark.slow
 def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
     with private_postgres() as database:
@@ -263,13 +274,7 @@ def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
             "FAULT_PAUSE_STEP": STEPS[1],
             "FAULT_PAUSE_SECONDS": "3",
         }
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-        )
+        _ensure_db(env)
         with api_server(env) as api, celery_worker(env=env) as worker:
             payment_ids = _seed_over_http(api.base, 5)
             assert [_confirm(api.base, p) for p in payment_ids] == [202] * 5
@@ -311,13 +316,7 @@ def test_a_database_outage_longer_than_a_steps_retries_is_ridden_out(committed):
             "FAULT_PAUSE_STEP": STEPS[0],
             "FAULT_PAUSE_SECONDS": "3",
         }
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-        )
+        _ensure_db(env)
         with api_server(env) as api, celery_worker(env=env) as worker:
             payment_ids = _seed_over_http(api.base, 3)
             assert [_confirm(api.base, p) for p in payment_ids] == [202] * 3
