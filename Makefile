@@ -40,8 +40,9 @@ PAYMENTS ?= 50
 simulate: install  ## PAYMENTS students check out, pay and confirm against make up's stack
 	$(BIN)/python -m scripts.simulate --payments $(PAYMENTS)
 
-# promtool (required) and chromium (the browser tests): installed with apt-get when run as
-# root on Debian, else the command to run is printed (scripts/prerequisites.sh).
+# promtool (required), chromium (the browser tests), and patroni, etcd and iptables (the
+# PostgreSQL failover in test-hosts): installed with apt-get when run as root on Debian,
+# else the command to run is printed (scripts/prerequisites.sh).
 prerequisites:
 	@scripts/prerequisites.sh
 
@@ -56,8 +57,8 @@ test: services prerequisites  ## lint, types, alert rules, migration drift check
 test-slow: services  ## the long runs kept out of `make test` (soak, restarts, schemathesis's every check)
 	$(BIN)/pytest -m slow
 
-test-hosts: services  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover
-	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py
+test-hosts: services prerequisites  ## the multi-host suite: network namespaces (root, iproute2), a Sentinel failover, a PostgreSQL failover (Patroni)
+	$(BIN)/pytest -m hosts tests/test_hosts.py tests/test_sentinel.py tests/test_pg_failover.py
 
 # The broker matrix: the delivery, retry, dead-letter and crash tests again on RabbitMQ
 # (quorum queues), in a vhost of their own made for the run and deleted after it.

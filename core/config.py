@@ -175,6 +175,10 @@ class Settings:
     api_lock_timeout_ms: int
     worker_statement_timeout_ms: int
     worker_lock_timeout_ms: int
+    # A step whose database cannot be reached (a failover, a restart) retries beyond its
+    # max_retries until this many seconds after its first failure: an outage of the
+    # database is not the step's fault, and a failover takes ~15 s (docs/across-hosts.md).
+    db_outage_retry_seconds: int
     # Browser origins allowed to call the API (CORS); empty: same origin only.
     cors_origins: tuple[str, ...]
     # Celery delivery semantics (see docs/guarantees.md).
@@ -307,6 +311,7 @@ class Settings:
             api_lock_timeout_ms=env.integer("API_LOCK_TIMEOUT_MS", 2000),
             worker_statement_timeout_ms=env.integer("WORKER_STATEMENT_TIMEOUT_MS", 60000),
             worker_lock_timeout_ms=env.integer("WORKER_LOCK_TIMEOUT_MS", 15000),
+            db_outage_retry_seconds=env.integer("DB_OUTAGE_RETRY_SECONDS", 120),
             cors_origins=env.items("CORS_ORIGINS", ""),
             visibility_timeout=env.integer("CELERY_VISIBILITY_TIMEOUT", 300),
             retry_backoff=env.integer("CELERY_RETRY_BACKOFF", 2),

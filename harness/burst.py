@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -139,24 +140,75 @@ def prepare(payments: int, database_url: str, provider_base: str | None = None) 
     return list(ids)
 
 
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One confirm request: when it was sent and answered (monotonic seconds), and its
+    status (0: no answer, a timeout or a refused connection)."""
+
+    payment_id: str
+    started: float
+    finished: float
+    status: int
+
+
 class Confirming(threading.Thread):
     """Every payment confirmed over HTTP at `api_base` (as the admin), 8 at a time, in
-    the background; `answers` holds the status codes."""
+    the background; `answers` holds each payment's last status code, `attempts` every
+    request. With `per_second`, the confirms are spread at that rate (a burst that is
+    still arriving when something fails); with `retry_unavailable`, a 503 is tried again
+    after its Retry-After, as a client should (up to `MAX_TRIES` times)."""
 
-    def __init__(self, api_base: str, payment_ids: list[str], admin_token: str) -> None:
+    MAX_TRIES = 20
+
+    def __init__(
+        self,
+        api_base: str,
+        payment_ids: list[str],
+        admin_token: str,
+        *,
+        per_second: float | None = None,
+        retry_unavailable: bool = False,
+    ) -> None:
         super().__init__(daemon=True)
         self.api_base, self.payment_ids = api_base, payment_ids
         self.headers = {"Authorization": f"Bearer {admin_token}"}
+        self.per_second, self.retry_unavailable = per_second, retry_unavailable
         self.answers: list[int] = []
+        self.attempts: list[Attempt] = []
+        self.began = time.monotonic()
         self.start()
 
-    def confirm(self, payment_id: str) -> int:
+    def post(self, payment_id: str) -> tuple[int, float]:
+        """The status, and the Retry-After of a 503 (1 s if none)."""
         url = f"{self.api_base}/api/v1/payments/{payment_id}/confirm"
-        return requests.post(url, json={}, headers=self.headers, timeout=30).status_code
+        started = time.monotonic()
+        try:
+            answer = requests.post(url, json={}, headers=self.headers, timeout=30)
+            status, wait = answer.status_code, float(answer.headers.get("Retry-After", 1))
+        except requests.RequestException:
+            status, wait = 0, 1.0
+        self.attempts.append(Attempt(payment_id, started, time.monotonic(), status))
+        return status, wait
+
+    def confirm(self, numbered: tuple[int, str]) -> int:
+        number, payment_id = numbered
+        if self.per_second:
+            time.sleep(max(0.0, self.began + number / self.per_second - time.monotonic()))
+        for _ in range(self.MAX_TRIES if self.retry_unavailable else 1):
+            status, wait = self.post(payment_id)
+            if status != 503:
+                break
+            time.sleep(wait)
+        return status
 
     def run(self) -> None:
         with ThreadPoolExecutor(8) as pool:
-            self.answers.extend(pool.map(self.confirm, self.payment_ids))
+            self.answers.extend(pool.map(self.confirm, enumerate(self.payment_ids)))
+
+    def answered_after(self, instant: float) -> list[Attempt]:
+        """The requests sent after `instant` that were answered 202, first answered first."""
+        found = [a for a in self.attempts if a.started >= instant and a.status == 202]
+        return sorted(found, key=lambda a: a.finished)
 
 
 def report(database_url: str) -> tuple[dict[str, int], Counter]:

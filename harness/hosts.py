@@ -5,7 +5,8 @@ is where its PostgreSQL and Redis listen).
 Addresses are 10.77.0.0/24, used only inside these namespaces and the bridge; the
 context manager removes every namespace, link and process it made. A host is cut off
 (`cut`) and healed (`heal`) by setting its veth down and up (`tc netem` is not
-available here); a host is lost by SIGKILL to every process in its namespace.
+available here), or only from some addresses (`drop`: iptables in its namespace); a
+host is lost by SIGKILL to every process in its namespace.
 """
 
 from __future__ import annotations
@@ -64,38 +65,52 @@ class Host:
     def heal(self) -> None:
         _ip("link", "set", self.veth, "up")
 
+    def drop(self, *addresses: str) -> None:
+        """A partial partition: nothing in or out between this host and `addresses`,
+        everything else as before (iptables rules in its namespace)."""
+        for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+            rule = ["iptables", "-A", chain, side, ",".join(addresses), "-j", "DROP"]
+            subprocess.run(self.command(rule), check=True, capture_output=True)
+
+    def undrop(self) -> None:
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run(self.command(["iptables", "-F", chain]), check=True, capture_output=True)
+
 
 @contextmanager
-def hosts(*names: str) -> Iterator[dict[str, Host]]:
-    """Make one namespace per name, joined by the bridge; remove them all afterwards."""
+def hosts(*names: str, subnet: str = SUBNET, bridge: str = BRIDGE) -> Iterator[dict[str, Host]]:
+    """Make one namespace per name, joined by the bridge; remove them all afterwards.
+    Another `subnet` and `bridge` make a network of its own (its data host at
+    `{subnet}.1`), beside one that another run may be using."""
     made: list[Host] = []
-    _teardown(names)  # what a killed run may have left behind
+    gateway = f"{subnet}.1"
+    _teardown(names, bridge)  # what a killed run may have left behind
     try:
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{DATA_HOST}/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", f"{gateway}/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
         for number, name in enumerate(names, start=10):
-            host = Host(name, f"{SUBNET}.{number}")
+            host = Host(name, f"{subnet}.{number}")
             _ip("netns", "add", host.netns)
             made.append(host)
             peer = ["peer", "name", "eth0", "netns", host.netns]
             _ip("link", "add", host.veth, "type", "veth", *peer)
-            _ip("link", "set", host.veth, "master", BRIDGE, "up")
+            _ip("link", "set", host.veth, "master", bridge, "up")
             inside = ["-n", host.netns]
             _ip(*inside, "addr", "add", f"{host.address}/24", "dev", "eth0")
             _ip(*inside, "link", "set", "eth0", "up")
             _ip(*inside, "link", "set", "lo", "up")
-            _ip(*inside, "route", "add", "default", "via", DATA_HOST)
+            _ip(*inside, "route", "add", "default", "via", gateway)
         yield {host.name: host for host in made}
     finally:
         for host in made:
             host.kill_all()
-        _teardown(names)
+        _teardown(names, bridge)
 
 
-def _teardown(names: tuple[str, ...]) -> None:
+def _teardown(names: tuple[str, ...], bridge: str) -> None:
     for name in names:
         host = Host(name, "")
         subprocess.run(["ip", "link", "del", host.veth], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)

@@ -24,7 +24,7 @@ from models.fulfilment import (
 )
 from models.notifications import Notification, NotificationKind, NotificationStatus
 from models.payments import TIERS, IdempotencyKey, Payment, PaymentStatus, WebhookEvent
-from models.session import Database, execute_autocommit
+from models.session import Database, database_unreachable, execute_autocommit
 
 __all__ = [
     "HOLDING_STATUSES",
@@ -61,6 +61,7 @@ __all__ = [
     "WebhookEvent",
     "WorkingDay",
     "WrittenEvent",
+    "database_unreachable",
     "execute_autocommit",
     "note_events",
     "traced",

@@ -4,6 +4,12 @@ A `Database` is one process's engine (its own pool) and session factory for one 
 settings. The composition root (bootstrap.py) makes one per settings and role, and
 gives its sessions the after-commit channel (models.effects): whatever a transaction
 wrote that the world must hear of is handed over only once it has committed.
+
+`DATABASE_URL` may name several servers (a replicated cluster: `?host=a:5432&host=
+b:5432&target_session_attrs=read-write`): libpq tries them in turn, each for at most
+`DB_CONNECT_TIMEOUT`, and keeps the one that takes writes. A connection that finds its
+server demoted (read-only) is treated as lost, like one whose server vanished:
+docs/across-hosts.md, "PostgreSQL failover".
 """
 
 from __future__ import annotations
@@ -13,13 +19,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from models.effects import CHANNEL, Channel
 
 log = logging.getLogger(__name__)
+# SQLSTATE 25006: "cannot execute INSERT in a read-only transaction", a standby's answer.
+READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 class Database:
@@ -67,6 +77,7 @@ class Database:
                 "tcp_user_timeout": 10_000,
             },
         )
+        event.listen(self.engine, "handle_error", _a_demoted_server_is_a_lost_connection)
         self.sessions = sessionmaker(
             bind=self.engine, expire_on_commit=False, info={CHANNEL: channel}
         )
@@ -83,6 +94,29 @@ class Database:
     def dispose_after_fork(self) -> None:
         """A forked child must not reuse its parent's sockets (Superset's pattern)."""
         self.engine.dispose(close=False)
+
+
+def _a_demoted_server_is_a_lost_connection(context: ExceptionContext) -> BaseException | None:
+    """A write refused as read-only means the server this pooled connection reached is
+    no longer the primary (a failover demoted it): the connection is dropped (and the
+    pool with it) and the error becomes the OperationalError of a lost connection, so
+    the API answers 503 and a task retries, and the next connection finds the primary."""
+    original = context.original_exception
+    if getattr(original, "pgcode", None) != READ_ONLY_SQL_TRANSACTION:
+        return None
+    context.is_disconnect = True
+    return OperationalError(
+        context.statement, context.parameters, original, connection_invalidated=True
+    )
+
+
+def database_unreachable(error: BaseException | None) -> bool:
+    """The error says no server could be reached or the connection was lost (a restart,
+    a failover, a dead link), not that a statement failed on a working connection: no
+    SQLSTATE, or SQLAlchemy saw a disconnect."""
+    if not isinstance(error, DBAPIError):
+        return False
+    return error.connection_invalidated or getattr(error.orig, "pgcode", None) is None
 
 
 def execute_autocommit(

@@ -24,22 +24,15 @@ REDIS_HINT = (
 
 def main() -> int:
     problems = []
-    url = make_url(settings.database_url)
+    # The dialect's own reading of the URL: one server, or several (?host=a&host=b).
+    url = make_url(settings.database_url).set(database="postgres")
+    _, libpq = url.get_dialect()().create_connect_args(url)
+    where = f"{libpq.get('host')}:{libpq.get('port') or 5432}"
     try:
-        psycopg2.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            dbname="postgres",
-            connect_timeout=3,
-        ).close()
+        psycopg2.connect(**libpq, connect_timeout=3).close()
     except psycopg2.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0]
-        problems.append(
-            f"PostgreSQL at {url.host}:{url.port or 5432} is not reachable "
-            f"({first_line}); {POSTGRES_HINT}"
-        )
+        problems.append(f"PostgreSQL at {where} is not reachable ({first_line}); {POSTGRES_HINT}")
     # The cache is always Redis; the broker too unless BROKER_URL names RabbitMQ.
     redis_urls = {settings.cache_url}
     if settings.broker_url.startswith(("redis", "rediss", "sentinel")):

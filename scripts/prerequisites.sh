@@ -3,6 +3,9 @@
 # Makefile's `test` target and .ci/run:
 #   promtool  (Debian's `prometheus`): the alert rules' tests; required.
 #   chromium  (Debian's `chromium`):   the browser tests; without it they are skipped.
+#   patroni, etcd, iptables (Debian's `patroni`, `etcd-server`, `iptables`): the PostgreSQL
+#             failover tests of `make test-hosts` (tests/test_pg_failover.py); skipped
+#             without them. The packages' own services are stopped: the tests start theirs.
 # As root with apt-get, what is missing is installed (one `apt-get update` first, one line
 # saying what and why). Otherwise the exact command to run as root is printed, and the
 # script fails only if something required is missing.
@@ -29,6 +32,17 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   reasons+=("chromium (the browser tests; skipped without it)")
   installs+=("apt-get install -y chromium")
+fi
+ha_packages=()
+command -v patroni >/dev/null 2>&1 || ha_packages+=(patroni)
+command -v etcd >/dev/null 2>&1 || ha_packages+=(etcd-server)
+command -v iptables >/dev/null 2>&1 || ha_packages+=(iptables)
+if ((${#ha_packages[@]})); then
+  reasons+=("${ha_packages[*]} (the PostgreSQL failover tests in make test-hosts; skipped without them)")
+  installs+=("apt-get install -y --no-install-recommends ${ha_packages[*]}")
+  for p in "${ha_packages[@]}"; do
+    case $p in patroni) after+=("service patroni stop") ;; etcd-server) after+=("service etcd stop") ;; esac
+  done
 fi
 
 ((${#installs[@]} == 0)) && exit 0

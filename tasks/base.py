@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import kombu.exceptions
@@ -26,6 +27,7 @@ from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
 from domain.step_runs import Run
+from models import database_unreachable
 from tasks.celery_app import TutorflowCelery
 from tasks.dead_letters import FIRST_FAILED_AT, park
 from tasks.failures import failure_kind
@@ -137,6 +139,10 @@ class PipelineTask(StepEvents):
         first = getattr(self.request, FIRST_FAILED_AT, None) or utcnow().isoformat()
         options["headers"] = {**(options.get("headers") or {}), FIRST_FAILED_AT: first}
         limit = options.get("max_retries", self.max_retries)
+        if self.riding_out_an_outage(options.get("exc"), first, limit):
+            # The database is away (a failover): this attempt does not spend the step's
+            # retries; the backoff still grows, up to its cap.
+            limit = options["max_retries"] = self.request.retries + 1
         if limit is None or self.request.retries < limit:  # else Celery raises exc: no retry
             # Before the retry is published: the next attempt's events come after this.
             self.note_retry(options.get("exc"), limit)
@@ -146,6 +152,16 @@ class PipelineTask(StepEvents):
             # Published: from here on the retry owns the message's future (on_failure).
             _retry_published.add(self.request.id)
             raise
+
+    def riding_out_an_outage(
+        self, exc: BaseException | None, first: str, limit: int | None
+    ) -> bool:
+        """Out of retries, but the database could not be reached and the first failure
+        is younger than settings.db_outage_retry_seconds."""
+        if limit is None or self.request.retries < limit or not database_unreachable(exc):
+            return False
+        waited = utcnow() - datetime.fromisoformat(first)
+        return waited < timedelta(seconds=self.tutorflow.settings.db_outage_retry_seconds)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
         _retry_published.discard(task_id)
@@ -160,8 +176,8 @@ class PipelineTask(StepEvents):
         Its own short transaction: the step's own was rolled back. Best effort: a
         database that is away must not stop the retry."""
         correlation_id = (self.request.kwargs or {}).get("correlation_id")
-        # A lost database connection: writing would wait for the connect timeout, in vain.
-        if correlation_id is None or getattr(exc, "connection_invalidated", False):
+        # The database is away: writing would wait for the connect timeout, in vain.
+        if correlation_id is None or database_unreachable(exc):
             return
         try:
             with self.tutorflow.database.transaction() as session:

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from app import create_app
 from app.runtime import runtime
@@ -112,6 +112,9 @@ def test_readyz_checks_database_broker_and_migrations(client):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json
     assert response.json["checks"] == {"database": "ok", "migrations": "ok", "broker": "ok"}
+    # Which server it writes to: the test database's, over TCP.
+    url = make_url(settings.database_url)
+    assert response.json["details"]["database_server"] == f"{url.host}:{url.port or 5432}"
 
 
 def test_readyz_answers_503_when_the_broker_is_unreachable(db_connection):

@@ -253,6 +253,17 @@ def test_broker_restarted_mid_pipeline_loses_nothing(committed):
         assert duplicates == 0
 
 
+def _ensure_db(env: dict[str, str]) -> None:
+    """The private server's database, migrated as an operator would (flask ensure-db)."""
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
 @pytest.mark.slow
 def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
     with private_postgres() as database:
@@ -263,13 +274,7 @@ def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
             "FAULT_PAUSE_STEP": STEPS[1],
             "FAULT_PAUSE_SECONDS": "3",
         }
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "ensure-db"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-        )
+        _ensure_db(env)
         with api_server(env) as api, celery_worker(env=env) as worker:
             payment_ids = _seed_over_http(api.base, 5)
             assert [_confirm(api.base, p) for p in payment_ids] == [202] * 5
@@ -292,4 +297,44 @@ def test_postgres_restarted_mid_pipeline_steps_retry_and_finish(committed):
             assert "will retry" in worker.log()
             with engine.connect() as connection:
                 assert connection.scalar(text("SELECT count(*) FROM dead_letters")) == 0
+            engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_database_outage_longer_than_a_steps_retries_is_ridden_out(committed):
+    """create_purchase has 3 retries: with a 1 s backoff and no jitter they are spent
+    about 7 s into an outage, and its failure would be a dead letter. A database that is
+    unreachable (a failover, here a stop of 25 s) does not spend them: the step retries
+    until DB_OUTAGE_RETRY_SECONDS after its first failure, and every payment finishes."""
+    with private_postgres() as database:
+        env = {
+            "DATABASE_URL": database.url,
+            "CELERY_RETRY_BACKOFF": "1",
+            "CELERY_RETRY_BACKOFF_MAX": "4",
+            "CELERY_RETRY_JITTER": "0",
+            "DB_OUTAGE_RETRY_SECONDS": "120",
+            "FAULT_PAUSE_STEP": STEPS[0],
+            "FAULT_PAUSE_SECONDS": "3",
+        }
+        _ensure_db(env)
+        with api_server(env) as api, celery_worker(env=env) as worker:
+            payment_ids = _seed_over_http(api.base, 3)
+            assert [_confirm(api.base, p) for p in payment_ids] == [202] * 3
+            worker.wait_for_log("fault pause pid=", timeout=30)
+            database.stop()  # create_purchase's paused transaction dies with it
+            time.sleep(25)  # the outage's length is the point: past the step's 3 retries
+            database.start()
+            engine = create_engine(database.url)
+
+            def count(sql: str) -> int:
+                with engine.connect() as connection:
+                    return int(connection.scalar(text(sql)) or 0)
+
+            wait_until(
+                lambda: count("SELECT count(*) FROM tutoring_sessions") == 21,
+                120,
+                f"steps did not finish after the outage:\n{worker.log()[-3000:]}",
+            )
+            assert count("SELECT count(*) FROM dead_letters") == 0
+            assert count("SELECT count(*) FROM student_course_purchases") == 3
             engine.dispose()

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import make_url
 
 from celeryconfig import UnsafeDeliverySettings, check_delivery_settings
 from core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-# Services that run someone else's image with its own configuration.
-THIRD_PARTY = ("postgres", "redis", "prom/")
+# Services that run someone else's image with its own configuration (Patroni's image is
+# Debian's package on postgres:15, ops/patroni/Dockerfile).
+THIRD_PARTY = ("postgres", "redis", "prom/", "quay.io/coreos/etcd", "tutorflow-patroni")
 PROCFILE = dict(
     line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
 )
@@ -93,6 +95,34 @@ def test_redis_keeps_the_broker_across_restarts_and_one_beat_runs():
     assert "--appendonly" in redis_command and "yes" in redis_command
     assert COMPOSE["services"]["beat"]["deploy"]["replicas"] == 1
     assert COMPOSE["services"]["api"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+
+
+def test_the_patroni_profile_is_the_cluster_the_failover_tests_run():
+    """ops/patroni.env points every process at all three servers, keeping the writable
+    one; the servers replicate as harness/patroni.py's do (synchronous, strict), with the
+    timings whose failover docs/across-hosts.md measured."""
+    from harness import patroni
+
+    services = COMPOSE["services"]
+    servers = [name for name, s in services.items() if s.get("profiles") == ["patroni"]]
+    assert sorted(servers) == ["etcd-1", "etcd-2", "etcd-3", "pg-1", "pg-2", "pg-3"]
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "ops/patroni.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    url = make_url(env["DATABASE_URL"])
+    assert url.query["host"] == ("pg-1:5432", "pg-2:5432", "pg-3:5432")
+    assert url.query["target_session_attrs"] == "read-write"
+    assert env["DB_POOL_PRE_PING"] == "1"
+    dcs = yaml.safe_load((ROOT / "ops/patroni/patroni.yml").read_text())["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] and dcs["synchronous_mode_strict"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (
+        patroni.TTL,
+        patroni.LOOP_WAIT,
+        patroni.RETRY_TIMEOUT,
+    )
+    assert "${DATABASE_URL:-" in (ROOT / "docker-compose.yml").read_text()
 
 
 def test_logs_carry_the_correlation_id_as_json(capsys):

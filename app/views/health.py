@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
 
 _HEAD: list[str] = []
+WHERE_WRITES_GO = text(
+    "SELECT version_num, coalesce(host(inet_server_addr()) || ':' || inet_server_port(),"
+    " 'local socket'), pg_is_in_recovery() FROM alembic_version"
+)
 
 
 def migrations_head() -> str:
@@ -61,10 +65,12 @@ def healthz():
 @blp.get("/readyz")
 def readyz():
     checks: dict[str, str] = {}
+    # Which server this process writes to (a replicated cluster: the primary it found).
+    server = None
     try:
         with runtime().database.session() as session:
-            version = session.scalar(text("SELECT version_num FROM alembic_version"))
-        checks["database"] = "ok"
+            version, server, standby = session.execute(WHERE_WRITES_GO).one()
+        checks["database"] = "read-only (a standby)" if standby else "ok"
         checks["migrations"] = "ok" if version == migrations_head() else f"at {version}"
     except Exception as exc:  # any failure means not ready; the reason is reported
         log.warning("readiness: database", exc_info=True)
@@ -77,7 +83,7 @@ def readyz():
     ready = all(value == "ok" for value in checks.values())
     # Not a readiness condition (confirms and reads work without the provider), but
     # what an operator wants to see beside them.
-    details = {"payment_provider_breaker": runtime().provider.state}
+    details = {"payment_provider_breaker": runtime().provider.state, "database_server": server}
     return jsonify(status="ready" if ready else "not_ready", checks=checks, details=details), (
         200 if ready else 503
     )
