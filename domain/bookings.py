@@ -14,9 +14,23 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, cast, func, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    DateTime,
+    Select,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -56,24 +70,45 @@ def working_hours(
 ) -> dict[int, WorkingHours]:
     """The trainers' zones and weeks in one round trip; with `lock`, their rows locked
     too (FOR UPDATE OF trainers, in id order)."""
-    query = (
-        select(Trainer.id, Trainer.timezone, WorkingDay.weekday, WorkingDay.starts, WorkingDay.ends)
-        .outerjoin(WorkingDay, WorkingDay.trainer_id == Trainer.id)
-        .where(Trainer.id.in_(trainer_ids))
-        .order_by(Trainer.id)
-    )
-    if lock:
-        query = query.with_for_update(of=Trainer)
     zones: dict[int, str] = {}
     days: dict[int, dict] = defaultdict(dict)
-    for trainer_id, zone, weekday, starts, ends in session.execute(query):
+    rows = session.execute(_working_hours_query(lock), {"trainer_ids": list(trainer_ids)})
+    for trainer_id, zone, weekday, starts, ends in rows:
         zones[trainer_id] = zone
         if weekday is not None:
             days[trainer_id][weekday] = (starts, ends)
     return {trainer_id: WorkingHours(zone, days[trainer_id]) for trainer_id, zone in zones.items()}
 
 
-def _scheduled_after(now: datetime) -> ColumnElement[bool]:
+# The reads every step and checkout makes of a trainer's time, built once per shape with
+# bound parameters: building a statement and its cache key on each call was a tenth of
+# the pipeline worker's CPU (BENCHMARKS.md, "Issue 25").
+_TRAINER_IDS: BindParameter[Any] = bindparam("trainer_ids", expanding=True)
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
+
+@cache
+def _working_hours_query(lock: bool) -> Select[Any]:
+    query = (
+        select(Trainer.id, Trainer.timezone, WorkingDay.weekday, WorkingDay.starts, WorkingDay.ends)
+        .outerjoin(WorkingDay, WorkingDay.trainer_id == Trainer.id)
+        .where(Trainer.id.in_(_TRAINER_IDS))
+        .order_by(Trainer.id)
+    )
+    return query.with_for_update(of=Trainer) if lock else query
+
+
+@cache
+def _booked_query(leave_out_allocation: bool) -> Select[Any]:
+    query = select(
+        TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
+    ).where(TutoringSession.trainer_id.in_(_TRAINER_IDS), _scheduled_after(_NOW))
+    if leave_out_allocation:
+        query = query.where(TutoringSession.allocation_id != bindparam("leave_out_allocation"))
+    return query
+
+
+def _scheduled_after(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Scheduled sessions not over yet (ix_sessions_trainer_scheduled_ends_at)."""
     return and_(TutoringSession.status == SessionStatus.SCHEDULED, TutoringSession.ends_at > now)
 
@@ -99,12 +134,11 @@ def trainer_calendars(
         return {}
     hours = working_hours(session, ordered, lock=lock)
     intervals: dict[int, list] = defaultdict(list)
-    query = select(
-        TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
-    ).where(TutoringSession.trainer_id.in_(ordered), _scheduled_after(now))
-    if leave_out_allocation is not None:
-        query = query.where(TutoringSession.allocation_id != leave_out_allocation)
-    for trainer_id, starts_at, ends_at in session.execute(query):
+    booked = session.execute(
+        _booked_query(leave_out_allocation is not None),
+        {"trainer_ids": ordered, "now": now, "leave_out_allocation": leave_out_allocation},
+    )
+    for trainer_id, starts_at, ends_at in booked:
         intervals[trainer_id].append((starts_at, ends_at))
     if with_projections:
         for row in _live_allocations(session, ordered, leave_out_allocation):
@@ -160,6 +194,14 @@ def live_allocations(session: Session, trainer_ids: list[int]) -> list[Any]:
 def _live_allocations(
     session: Session, trainer_ids: list[int], leave_out: int | None, only: int | None = None
 ):
+    return session.execute(
+        _live_allocations_query(leave_out is not None, only is not None),
+        {"trainer_ids": list(trainer_ids), "leave_out": leave_out, "only": only},
+    ).all()
+
+
+@cache
+def _live_allocations_query(leave_out: bool, only: bool) -> Select[Any]:
     not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
     counts = (
         select(
@@ -182,13 +224,13 @@ def _live_allocations(
         .join(Student, Student.id == Allocation.student_id)
         .join(Course, Course.id == Allocation.course_id)
         .join(counts, literal(True))
-        .where(Allocation.trainer_id.in_(trainer_ids), Allocation.status.in_(HOLDING_STATUSES))
+        .where(Allocation.trainer_id.in_(_TRAINER_IDS), Allocation.status.in_(HOLDING_STATUSES))
     )
-    if leave_out is not None:
-        query = query.where(Allocation.id != leave_out)
-    if only is not None:
-        query = query.where(Allocation.id == only)
-    return session.execute(query).all()
+    if leave_out:
+        query = query.where(Allocation.id != bindparam("leave_out"))
+    if only:
+        query = query.where(Allocation.id == bindparam("only"))
+    return query
 
 
 def change_load(session: Session, trainer_id: int, delta: int) -> None:
@@ -219,10 +261,20 @@ def is_live_hold(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]
 def live_holds(
     session: Session, trainer_ids: list[int], *, now: datetime, leave_out: uuid.UUID | None = None
 ) -> list[Hold]:
-    query = select(Hold).where(Hold.trainer_id.in_(trainer_ids), is_live_hold(now))
-    if leave_out is not None:
-        query = query.where(Hold.payment_id != leave_out)
-    return list(session.scalars(query))
+    return list(
+        session.scalars(
+            _live_holds_query(leave_out is not None),
+            {"trainer_ids": list(trainer_ids), "now": now, "leave_out": leave_out},
+        )
+    )
+
+
+@cache
+def _live_holds_query(leave_out: bool) -> Select[Any]:
+    query = select(Hold).where(Hold.trainer_id.in_(_TRAINER_IDS), is_live_hold(_NOW))
+    if leave_out:
+        query = query.where(Hold.payment_id != bindparam("leave_out", type_=Hold.payment_id.type))
+    return query
 
 
 def hold_span(hold: Hold, now: datetime) -> list[tuple[datetime, datetime]]:
