@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Select, String, and_, cast, func, insert, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    String,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from domain import notifications
@@ -55,7 +67,7 @@ def lock_live_payment(session: Session, payment_id: uuid.UUID) -> Payment:
     the step sees the refund and stops, or it commits before the refund does and the
     compensation (which runs after the refund's commit) undoes what it made.
     """
-    payment = session.scalar(_share_locked(select(Payment).where(Payment.id == payment_id)))
+    payment = session.scalar(_PAYMENT_SHARE_LOCKED, {"payment_id": payment_id})
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
     return _still_paid_for(payment)
@@ -66,6 +78,26 @@ def _share_locked(query: Select) -> Select:
     return query.with_for_update(read=True, of=Payment).execution_options(
         populate_existing=True  # a locking read must see the row as it is
     )
+
+
+# The locking reads every step makes, built once (bound parameters): building a statement
+# and its cache key on each call cost more than running it (BENCHMARKS.md, "Issue 25").
+_PAYMENT_SHARE_LOCKED = _share_locked(
+    select(Payment).where(Payment.id == bindparam("payment_id", type_=Payment.id.type))
+)
+_ALLOCATION_ID = bindparam("allocation_id", type_=BigInteger)
+_ALLOCATIONS_PAYMENT_SHARE_LOCKED = _share_locked(
+    select(Payment)
+    .join(Purchase, Purchase.payment_id == Payment.id)
+    .join(Allocation, Allocation.purchase_id == Purchase.id)
+    .where(Allocation.id == _ALLOCATION_ID)
+)
+_ALLOCATION_LOCKED = (
+    select(Allocation)
+    .where(Allocation.id == _ALLOCATION_ID)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 
 
 def _still_paid_for(payment: Payment) -> Payment:
@@ -259,23 +291,12 @@ def _refuse(session: Session, purchase: Purchase, hold: Hold, now: datetime) -> 
 def lock_live_allocation(session: Session, allocation_id: int) -> tuple[uuid.UUID, Allocation]:
     """Share-lock its payment (still paid for: lock_live_payment), then lock the
     allocation row: the order a refund locks in. Returns (payment id, allocation)."""
-    payment = session.scalar(
-        _share_locked(
-            select(Payment)
-            .join(Purchase, Purchase.payment_id == Payment.id)
-            .join(Allocation, Allocation.purchase_id == Purchase.id)
-            .where(Allocation.id == allocation_id)
-        )
-    )
+    key = {"allocation_id": allocation_id}
+    payment = session.scalar(_ALLOCATIONS_PAYMENT_SHARE_LOCKED, key)
     if payment is None:
         raise PermanentStepError(f"allocation {allocation_id} does not exist")
     payment_id = _still_paid_for(payment).id
-    allocation = session.execute(
-        select(Allocation)
-        .where(Allocation.id == allocation_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    allocation = session.execute(_ALLOCATION_LOCKED, key).scalar_one()
     return payment_id, allocation
 
 
