@@ -18,11 +18,23 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import islice
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -95,24 +107,13 @@ def trainer_loads(
     at once, in SQL (the exclusion constraint's GiST index answers it): a cheap
     necessary condition, so the full check (span_fits) rarely meets a trainer it must
     refuse."""
-    teaches = exists().where(
-        TrainerCourse.trainer_id == Trainer.id, TrainerCourse.course_id == course_id
-    )
-    holding = [Hold.trainer_id == Trainer.id, is_live_hold(now)]
-    if leave_out_hold is not None:
-        holding.append(Hold.payment_id != leave_out_hold)
-    held = select(func.count()).where(*holding).scalar_subquery()
-    query = select(
-        Trainer.id,
-        Trainer.is_active,
-        teaches.label("teaches"),
-        (Trainer.active_students + held).label("load"),
-        Trainer.max_students,
-    )
-    if trainer_id is None:
-        query = query.where(teaches, Trainer.is_active)
-    else:
-        query = query.where(Trainer.id == trainer_id)
+    params = {
+        "course_id": course_id,
+        "now": now,
+        "trainer_id": trainer_id,
+        "leave_out_hold": leave_out_hold,
+    }
+    query = _loads_query(leave_out_hold is not None, trainer_id is not None)
     if first:
         booked = func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at)
         clash = exists().where(
@@ -121,7 +122,34 @@ def trainer_loads(
             or_(*(booked.op("&&")(func.tstzrange(start, end)) for start, end in first)),
         )
         query = query.where(~clash)
-    return [TrainerLoad(*row) for row in session.execute(query)]
+    return [TrainerLoad(*row) for row in session.execute(query, params)]
+
+
+@cache
+def _loads_query(leave_out_hold: bool, one_trainer: bool) -> Select[Any]:
+    """trainer_loads' statement but the `first` prefilter, built once per shape (its
+    bound parameters: course_id, now, trainer_id, leave_out_hold)."""
+    teaches = exists().where(
+        TrainerCourse.trainer_id == Trainer.id,
+        TrainerCourse.course_id == bindparam("course_id", type_=BigInteger),
+    )
+    holding = [
+        Hold.trainer_id == Trainer.id,
+        is_live_hold(bindparam("now", type_=DateTime(timezone=True))),
+    ]
+    if leave_out_hold:
+        holding.append(Hold.payment_id != bindparam("leave_out_hold", type_=Hold.payment_id.type))
+    held = select(func.count()).where(*holding).scalar_subquery()
+    query = select(
+        Trainer.id,
+        Trainer.is_active,
+        teaches.label("teaches"),
+        (Trainer.active_students + held).label("load"),
+        Trainer.max_students,
+    )
+    if one_trainer:
+        return query.where(Trainer.id == bindparam("trainer_id", type_=BigInteger))
+    return query.where(teaches, Trainer.is_active)
 
 
 # How many of the student's first sessions the SQL prefilter checks (find_trainer).
