@@ -43,7 +43,18 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--trainers", "200", "--allocations", "20000", "--requests", "5"],
     ),
 }
-NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "pyspy", "reference_wsgi", "run_all", "stack"}
+# bench.volume seeds two databases (a million sessions) and takes 5-10 minutes: its own
+# target, `make bench-volume`.
+NOT_SCRIPTS = {
+    "__init__",
+    "common",
+    "noop_tasks",
+    "pyspy",
+    "reference_wsgi",
+    "run_all",
+    "stack",
+    "volume",
+}
 # Run again with these arguments added, each a section of its own: the knee with the
 # provider's real latency too (the bare chain, which never calls it, only at the CPU
 # table's rate).
