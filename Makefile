@@ -76,9 +76,9 @@ bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"
 	$(BIN)/python -m bench.run_all --output bench-report.md
 
-# Issue 25's "cost as the data grows": confirm, home, availability and the top-up on a
-# database with 1,000,000 sessions beside one with next to no history, plans included
-# (bench/volume.py; 5-10 minutes, its two databases seeded each run).
+# Issue 25's "cost as the data grows" alone (`make bench` runs it too): confirm, home,
+# availability and the top-up on a database with 1,000,000 sessions beside one with next
+# to no history, plans included (bench/volume.py; about 3 minutes, seeding included).
 bench-volume: services  ## the same paths with a million sessions and without, side by side, with their plans
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || true
 	$(BIN)/python -m bench.volume | tee bench-volume-report.md
