@@ -629,6 +629,11 @@ def explain(each: Store, statements: list[Sent]) -> list[Plan]:
     return plans
 
 
+def cut(text: str, length: int) -> str:
+    """Long id lists and arrays shortened."""
+    return text if len(text) <= length else text[:length] + " ... (cut)"
+
+
 def write_plans(stores: tuple[Store, Store], path: Path) -> dict[str, dict[str, list[Plan]]]:
     """Both stores' plans (the loaded one's in full in `path`), by store and path."""
     found = {
@@ -644,9 +649,8 @@ def write_plans(stores: tuple[Store, Store], path: Path) -> dict[str, dict[str, 
     for name, plans in found[loaded.name].items():
         parts += [f"=== {name}: {len(plans)} statements", ""]
         for number, plan in enumerate(plans, 1):
-            sql = plan.sent.sql
-            sql = sql if len(sql) <= 3000 else sql[:3000] + " ... (cut)"
-            parts += [f"--- {number}. {sql}", "", plan.text, ""]
+            lines = [cut(line, 300) for line in plan.lines]
+            parts += [f"--- {number}. {cut(plan.sent.sql, 1500)}", "", *lines, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return found
