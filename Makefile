@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # The Procfile's commands (gunicorn, celery) come from the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install services prerequisites migrate seed urls up simulate test test-slow test-hosts test-rabbitmq lint bench clean
+.PHONY: install services prerequisites migrate seed urls up simulate test test-slow test-hosts test-rabbitmq lint bench bench-volume clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,13 @@ test-rabbitmq: services  ## the worker tests on RabbitMQ (rabbitmqctl: the vhost
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"
 	$(BIN)/python -m bench.run_all --output bench-report.md
+
+# Issue 25's "cost as the data grows" alone (`make bench` runs it too): confirm, home,
+# availability and the top-up on a database with 1,000,000 sessions beside one with next
+# to no history, plans included (bench/volume.py; about 3 minutes, seeding included).
+bench-volume: services  ## the same paths with a million sessions and without, side by side, with their plans
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || true
+	$(BIN)/python -m bench.volume | tee bench-volume-report.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 import bench.common as common
 from actions.availability import course_availability
@@ -78,7 +78,8 @@ LIVE_PER_TRAINER = 8
 REFERENCE_TRAINERS = 10
 
 # Working hours, by trainer id modulo 4: (first hour, hours long, Saturday too).
-SEED = """
+# The catalogue alone (bench.volume's near-empty database), then what happened in it.
+CATALOGUE = """
 INSERT INTO courses (title, session_minutes) VALUES ('Bench course', 60), ('Reference course', 60);
 INSERT INTO trainers (name, email, max_students, active_students, timezone, is_active)
 SELECT 'T' || t, 't' || t || '@bench.example',
@@ -92,7 +93,9 @@ SELECT t.id, d, make_time((ARRAY[8, 8, 7, 10])[1 + CAST(t.id % 4 AS int)], 0, 0)
        make_time((ARRAY[20, 20, 15, 19])[1 + CAST(t.id % 4 AS int)], 0, 0)
 FROM trainers t CROSS JOIN generate_series(0, 4) d;
 INSERT INTO trainer_working_hours (trainer_id, weekday, starts, ends)
-SELECT id, 5, time '09:00', time '13:00' FROM trainers WHERE id % 4 = 2;
+SELECT id, 5, time '09:00', time '13:00' FROM trainers WHERE id % 4 = 2
+"""
+ACTIVITY = """
 INSERT INTO students (name, email, timezone)
 SELECT 'S' || n, 's' || n || '@bench.example',
        (SELECT timezone FROM trainers WHERE id = bench_trainer(n))
@@ -162,10 +165,24 @@ FUTURE = ["2027-03-04", "2027-03-05", "2027-03-08", "2027-03-09", "2027-03-10", 
 FUTURE.append("2027-03-12")  # the 7 weekdays after Wednesday 3 March
 
 
-def seed(trainers: int, allocations: int) -> dict[str, int]:
+def minimum_allocations(trainers: int) -> int:
+    """The live allocations, and as many finished ones: their students hold checkouts."""
+    return trainers * (LIVE_PER_TRAINER + 1)
+
+
+def seed(
+    trainers: int, allocations: int, *, engine: Engine | None = None, catalogue_only: bool = False
+) -> dict[str, int]:
+    """The seed described above into `engine`'s database (the bench settings' by
+    default); with `catalogue_only`, its courses, trainers and working hours alone (no
+    student, allocation, session or hold: bench.volume's near-empty database)."""
+    engine = engine or celery_app.database.engine
     live_total = trainers * LIVE_PER_TRAINER
-    if allocations < live_total:
-        raise SystemExit(f"--allocations must be at least {live_total:,} (8 live per trainer)")
+    if allocations < minimum_allocations(trainers) and not catalogue_only:
+        raise SystemExit(
+            f"--allocations must be at least {minimum_allocations(trainers):,} (8 live per "
+            "trainer, and one student each for the trainers' checkout holds)"
+        )
     zones = ", ".join(f"'{z}'" for z in ZONES)
     params = {
         "trainers": trainers,
@@ -178,14 +195,15 @@ def seed(trainers: int, allocations: int) -> dict[str, int]:
     }
     formats = {"zones": zones, "zone_count": len(ZONES), "live": LIVE_PER_TRAINER}
     functions = FUNCTIONS.format(live_total=live_total, live=LIVE_PER_TRAINER, trainers=trainers)
-    with celery_app.database.engine.begin() as connection:
+    sql = CATALOGUE if catalogue_only else CATALOGUE + ";" + ACTIVITY
+    with engine.begin() as connection:
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         for statement in filter(str.strip, functions.split(";")):
             connection.execute(text(statement))
-        for statement in filter(str.strip, SEED.format(**formats).split(";")):
+        for statement in filter(str.strip, sql.format(**formats).split(";")):
             connection.execute(text(statement), params)
         connection.execute(text("DROP FUNCTION bench_slot(bigint), bench_trainer(bigint)"))
-    with celery_app.database.engine.connect() as connection:
+    with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
         counts = {
             name: connection.scalar(text(sql))

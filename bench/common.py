@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from core import tracing as otel
@@ -258,10 +258,13 @@ def provider_round_trip_ms(samples: int = 200) -> float:
     return statistics.median(times) * 1000
 
 
-def seed_one_students_payments(course_id: int, count: int) -> tuple[int, list[uuid.UUID]]:
+def seed_one_students_payments(
+    course_id: int, count: int, engine: Engine | None = None
+) -> tuple[int, list[uuid.UUID]]:
     """One new student with `count` pending payments (the confirm benchmark: every
-    request carries that student's token); (student, payments)."""
-    with _engine().begin() as connection:
+    request carries that student's token); (student, payments). In `engine`'s database
+    (the bench's by default)."""
+    with (engine or _engine()).begin() as connection:
         student_id = connection.scalar(
             text(
                 "INSERT INTO students (name, email, timezone) VALUES "

@@ -42,6 +42,12 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--requests", "20"],
         ["--trainers", "200", "--allocations", "20000", "--requests", "5"],
     ),
+    # Issue 25's cost as the data grows: two databases seeded (one with a million
+    # sessions), every path side by side on both, their plans; about 3 minutes.
+    "volume": (
+        [],
+        ["--allocations", "20000", "--calls", "20", "--seconds", "3", "--top-up-runs", "1"],
+    ),
 }
 NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "pyspy", "reference_wsgi", "run_all", "stack"}
 # Run again with these arguments added, each a section of its own: the knee with the

@@ -19,6 +19,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    ColumnElement,
     Date,
     DateTime,
     Select,
@@ -75,6 +76,11 @@ def _lock_statement() -> Select[Any]:
     )
 
 
+def _looked_up(column: Any, key: ColumnElement[bool]) -> Any:
+    """`column` of the one row `key` finds (its primary key), under the column's name."""
+    return select(column).where(key).scalar_subquery().label(column.key)
+
+
 def _rows_statement() -> Select[Any]:
     """The locked allocations (:ids) with their session counts.
 
@@ -84,7 +90,13 @@ def _rows_statement() -> Select[Any]:
     locks it. Counted in the locking statement, those sessions were unseen, and the
     allocation got a second window (two concurrent top-ups: 12 future sessions for 7,
     tests/test_beat.py). Started once the locks are held, this snapshot sees every
-    commit of whoever held them."""
+    commit of whoever held them.
+
+    The student's zone, the course's length and the purchase's payment come by one
+    primary-key lookup each per allocation (scalar subqueries), not by joins: joined,
+    PostgreSQL hashes whole tables once they are small enough beside a batch (every
+    student and every purchase ever made: 100,000 of each read for 1,000 allocations,
+    bench/volume.py), so a batch cost more as the history grew."""
     held = aliased(TutoringSession)
     stats = (
         select(
@@ -105,17 +117,14 @@ def _rows_statement() -> Select[Any]:
             Allocation.purchase_id,
             Allocation.time_slot,
             Allocation.sessions_total,
-            Student.timezone,
-            Course.session_minutes,
-            Purchase.payment_id,
+            _looked_up(Student.timezone, Student.id == Allocation.student_id),
+            _looked_up(Course.session_minutes, Course.id == Allocation.course_id),
+            _looked_up(Purchase.payment_id, Purchase.id == Allocation.purchase_id),
             stats.c.used,
             stats.c.future,
             stats.c.last_date,
         )
         .select_from(Allocation)
-        .join(Student, Student.id == Allocation.student_id)
-        .join(Course, Course.id == Allocation.course_id)
-        .join(Purchase, Purchase.id == Allocation.purchase_id)
         .join(stats, true())
         .where(Allocation.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
         .order_by(Allocation.id)
