@@ -3,6 +3,8 @@ from the one Settings object (core/config.py)."""
 
 import os
 
+from celeryconfig import PARKED_QUEUE
+from core import flower_queues
 from core.config import get_settings
 
 settings = get_settings()
@@ -16,3 +18,10 @@ db = settings.flower_db
 os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
 state_save_interval = 60_000
 purge_offline_workers = 300
+
+# Dead letters at a glance (docs/operations.md, "Dead letters in Flower"): the Broker page
+# lists the dead_letter queue, whose length is the number of open letters, though no
+# worker consumes it; the Tasks page shows each failure's message, which for a letter
+# names its id and why.
+flower_queues.install([PARKED_QUEUE])
+tasks_columns = "name,uuid,state,exception,received,runtime,worker"

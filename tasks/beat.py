@@ -23,8 +23,10 @@ from domain import availability, fulfilment, reallocation
 from domain.clock import utcnow
 from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import Database, OutboxMessage, ProcessedEvent, WebhookEvent
-from tasks.base import app_of
+from tasks import dead_letters
+from tasks.base import Housekeeping, app_of
 from tasks.celery_app import TutorflowCelery
+from tasks.chains import SETTLE_DEAD_LETTERS, SETTLE_PENDING_KEY
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,17 @@ LOCK_KEYS = {
     "give_up": 0x67697665,
     "release_holds": 0x686F6C6473,
     "wake_waiting": 0x77616B65,
+    "settle_dead_letters": 0x736574746C65,
 }
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
 
 
 def job(name: str):
-    """A beat job: acks late, retried if the database is briefly away."""
+    """A beat job: acks late, retried if the database is briefly away; Flower sees its
+    failures and retries only (tasks.base.Housekeeping)."""
     return shared_task(
+        base=Housekeeping,
         bind=True,
         name=name,
         acks_late=True,
@@ -56,11 +61,14 @@ def job(name: str):
 
 
 @contextmanager
-def exclusive(database: Database, job_name: str) -> Iterator[bool]:
-    """True if this process holds the job's advisory lock for the duration."""
+def exclusive(database: Database, job_name: str, *, wait: bool = False) -> Iterator[bool]:
+    """True if this process holds the job's advisory lock for the duration; with
+    `wait`, it waits for the lock (always True)."""
     with database.engine.connect() as connection:
         key = LOCK_KEYS[job_name]
-        acquired = connection.scalar(select(func.pg_try_advisory_lock(key)))
+        if wait:
+            connection.execute(select(func.pg_advisory_lock(key)))
+        acquired = wait or bool(connection.scalar(select(func.pg_try_advisory_lock(key))))
         try:
             if not acquired:
                 log.info("%s already running elsewhere; skipping", job_name)
@@ -259,3 +267,19 @@ def prune_retention(self: Task) -> dict[str, int]:
             removed[model.__tablename__] = total
     log.info("retention", extra={"removed": removed})
     return removed
+
+
+@job(name=SETTLE_DEAD_LETTERS)
+def settle_dead_letters(self: Task) -> dict[str, int]:
+    """The dead_letter queue holds one message per open letter again (after a replay
+    or discard, through the outbox; every minute from beat). One at a time, each
+    waiting its turn: a settle asked for while another runs must see the letters as
+    they are after it."""
+    app = app_of(self)
+    with exclusive(app.database, "settle_dead_letters", wait=True):
+        # From here a replay or discard asks for a settle of its own (tasks.handoff).
+        app.cache.release(SETTLE_PENDING_KEY)
+        settled = dead_letters.settle(app, app.database)
+    if settled.taken_out != settled.parked or settled.recorded:
+        log.info("dead_letter queue settled", extra=vars(settled))
+    return vars(settled)
