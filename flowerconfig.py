@@ -21,7 +21,8 @@ purge_offline_workers = 300
 
 # Dead letters at a glance (docs/operations.md, "Dead letters in Flower"): the Broker page
 # lists the dead_letter queue, whose length is the number of open letters, though no
-# worker consumes it; the Tasks page shows each failure's message, which for a letter
-# names its id and why.
+# worker consumes it; the Tasks page shows each failure's message (for a letter: its id
+# and why) beside its state, where a 1280-px screen shows it; the uuid, which links to
+# the task's page, comes last.
 flower_queues.install([PARKED_QUEUE])
-tasks_columns = "name,uuid,state,exception,received,runtime,worker"
+tasks_columns = "name,state,exception,received,runtime,worker,uuid"

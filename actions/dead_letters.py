@@ -31,7 +31,8 @@ def record(database: Database, record: DeadLetterRecord) -> Recorded:
             letter_id=stored.id,
             step=stored.task_name,
             correlation_id=stored.correlation_id,
-            exception=f"{stored.exception_type}: {stored.exception_message}",
+            # The error's class name: its module is on the letter (admin API, CLI).
+            exception=f"{stored.exception_type.rsplit('.', 1)[-1]}: {stored.exception_message}",
             replay_of=stored.replay_of,
             still_open=stored.status == DeadLetterStatus.OPEN,
             open=dead_letters.open_letters(session),

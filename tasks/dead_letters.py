@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 from actions import dead_letters
 from celeryconfig import PARKED_QUEUE
 from domain.clock import utcnow
-from domain.dead_letters import DeadLetterRecord, LetterFilter
+from domain.dead_letters import DeadLetterRecord, LetterFilter, step_name
 from models import Database, FailureKind
 from tasks.chains import PARKED_DEAD_LETTER, RECORD_DEAD_LETTER
 from tasks.failures import failure_kind, failure_kind_named, qualified_name
@@ -110,11 +110,13 @@ def record_dead_letter(self: Task, **message: Any) -> str:
     if not recorded.still_open:
         return f"dead letter {recorded.letter_id} was resolved already"
     park_in_queue(self.app, recorded.letter_id)
-    again = f" (its replay of dead letter {recorded.replay_of} failed again)"
+    # What matters first (Flower's Tasks page cuts the line at the screen's edge): the
+    # letter id replay needs, and why; then where, and how many are open.
+    again = f", its replay of dead letter {recorded.replay_of} failed again"
     raise DeadLetterOpen(
-        f"dead letter {recorded.letter_id}: {recorded.step}"
-        f"{again if recorded.replay_of else ''} failed for payment {recorded.correlation_id}"
-        f" — {recorded.exception[:REASON_SHOWN]}. {recorded.open.describe(utcnow())}"
+        f"dead letter {recorded.letter_id}: {recorded.exception[:REASON_SHOWN]}"
+        f" — {step_name(recorded.step)} for payment {recorded.correlation_id}"
+        f"{again if recorded.replay_of else ''}. {recorded.open.describe(utcnow())}"
     )
 
 
