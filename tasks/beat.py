@@ -39,7 +39,6 @@ LOCK_KEYS = {
     "give_up": 0x67697665,
     "release_holds": 0x686F6C6473,
     "wake_waiting": 0x77616B65,
-    "settle_dead_letters": 0x736574746C65,
 }
 RELAY_BATCH = 200
 PRUNE_BATCH = 5000
@@ -61,14 +60,11 @@ def job(name: str):
 
 
 @contextmanager
-def exclusive(database: Database, job_name: str, *, wait: bool = False) -> Iterator[bool]:
-    """True if this process holds the job's advisory lock for the duration; with
-    `wait`, it waits for the lock (always True)."""
+def exclusive(database: Database, job_name: str) -> Iterator[bool]:
+    """True if this process holds the job's advisory lock for the duration."""
     with database.engine.connect() as connection:
         key = LOCK_KEYS[job_name]
-        if wait:
-            connection.execute(select(func.pg_advisory_lock(key)))
-        acquired = wait or bool(connection.scalar(select(func.pg_try_advisory_lock(key))))
+        acquired = connection.scalar(select(func.pg_try_advisory_lock(key)))
         try:
             if not acquired:
                 log.info("%s already running elsewhere; skipping", job_name)
@@ -272,14 +268,11 @@ def prune_retention(self: Task) -> dict[str, int]:
 @job(name=SETTLE_DEAD_LETTERS)
 def settle_dead_letters(self: Task) -> dict[str, int]:
     """The dead_letter queue holds one message per open letter again (after a replay
-    or discard, through the outbox; every minute from beat). One at a time, each
-    waiting its turn: a settle asked for while another runs must see the letters as
-    they are after it."""
+    or discard, through the outbox; every minute from beat)."""
     app = app_of(self)
-    with exclusive(app.database, "settle_dead_letters", wait=True):
-        # From here a replay or discard asks for a settle of its own (tasks.handoff).
-        app.cache.release(SETTLE_PENDING_KEY)
-        settled = dead_letters.settle(app, app.database)
+    settled = dead_letters.settle(
+        app, app.database, asked=lambda: app.cache.release(SETTLE_PENDING_KEY)
+    )
     if settled.taken_out != settled.parked or settled.recorded:
         log.info("dead_letter queue settled", extra=vars(settled))
     return vars(settled)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery.exceptions import AlwaysEagerIgnored
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from actions import dead_letters
@@ -106,10 +109,14 @@ class DeadLetterOpen(Exception):
 def record_dead_letter(self: Task, **message: Any) -> str:
     """Store the letter, park its message in the dead_letter queue, and end in
     DeadLetterOpen. A redelivery of a letter resolved meanwhile parks nothing."""
-    recorded = dead_letters.record(self.app.database, from_message(message))
-    if not recorded.still_open:
-        return f"dead letter {recorded.letter_id} was resolved already"
-    park_in_queue(self.app, recorded.letter_id)
+    with parking(self.app.database):
+        recorded = dead_letters.record(self.app.database, from_message(message))
+        if not recorded.still_open:
+            return f"dead letter {recorded.letter_id} was resolved already"
+        try:
+            park_in_queue(self.app, recorded.letter_id)
+        except Exception:  # recorded all the same: beat's next settle parks it
+            log.warning("dead letter %s not parked yet", recorded.letter_id, exc_info=True)
     # What matters first (Flower's Tasks page cuts the line at the screen's edge): the
     # letter id replay needs, and why; then where, and how many are open.
     again = f", its replay of dead letter {recorded.replay_of} failed again"
@@ -122,15 +129,12 @@ def record_dead_letter(self: Task, **message: Any) -> str:
 
 def park_in_queue(app: Celery, letter_id: int) -> None:
     """The letter's message in the dead_letter queue, where it waits while the letter
-    is open. Best effort: the next settle parks a message that could not be."""
-    try:
-        # send_task: published even in eager mode (tests), where a signature would run
-        # it; a parked message is never meant to run.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AlwaysEagerIgnored)
-            app.send_task(PARKED_DEAD_LETTER, kwargs={"letter_id": letter_id})
-    except Exception:
-        log.warning("dead letter %s not parked in the queue yet", letter_id, exc_info=True)
+    is open. Raises what the broker raised."""
+    # send_task: published even in eager mode (tests), where a signature would run it;
+    # a parked message is never meant to run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlwaysEagerIgnored)
+        app.send_task(PARKED_DEAD_LETTER, kwargs={"letter_id": letter_id})
 
 
 @shared_task(bind=True, name=PARKED_DEAD_LETTER)
@@ -152,16 +156,40 @@ class Settled:
     recorded: int  # letters an older release left in the queue for its consumer, recorded
 
 
-def settle(app: Celery, database: Database) -> Settled:
+# Held while a letter is recorded and parked, and while a settle rebuilds the queue:
+# interleaved, both would park the same letter (a settle reading a letter just recorded,
+# whose own message comes after the settle's).
+PARKING_LOCK = 0x7061726B696E67  # "parking", for pg_advisory_lock
+
+
+@contextmanager
+def parking(database: Database) -> Iterator[None]:
+    """The parking lock, waited for (a settle takes milliseconds per letter)."""
+    with database.engine.connect() as connection:
+        connection.execute(select(func.pg_advisory_lock(PARKING_LOCK)))
+        try:
+            yield
+        finally:
+            connection.execute(select(func.pg_advisory_unlock(PARKING_LOCK)))
+            connection.commit()
+
+
+def settle(app: Celery, database: Database, *, asked: Callable[[], None]) -> Settled:
     """Rebuild the dead_letter queue from PostgreSQL: one message per open letter.
 
-    Every message in it is taken (held unacknowledged), one message is parked for each
-    open letter, then those taken are acknowledged: a crash in between leaves more
-    messages, never fewer (the next settle removes the duplicates). A message of the
-    release before the queue held parked letters (a record task, waiting there for its
-    consumer) is recorded first. The caller holds the settle lock (tasks.beat)."""
+    Under the parking lock, `asked` first (from then on a replay or discard asks for a
+    settle of its own: tasks.handoff's debounce). Every message in the queue is taken
+    (held unacknowledged), one message is parked for each open letter, then those taken
+    are acknowledged: a crash in between leaves more messages, never fewer (the next
+    settle removes the duplicates). A message of the release before the queue held
+    parked letters (a record task, waiting there for its consumer) is recorded first."""
     queue = app.amqp.queues[PARKED_QUEUE]
-    with app.connection_for_write() as connection, connection.channel() as channel:
+    with (
+        parking(database),
+        app.connection_for_write() as connection,
+        connection.channel() as channel,
+    ):
+        asked()
         bound = queue(channel)
         bound.declare()
         held = []
@@ -182,7 +210,7 @@ def settle(app: Celery, database: Database) -> Settled:
 
 
 def to_message(record: DeadLetterRecord) -> dict[str, Any]:
-    """The record as the dead_letter queue carries it (JSON)."""
+    """The record as the dead_letter_intake queue carries it (JSON)."""
     return {
         "run_id": record.run_id,
         "step": record.step,

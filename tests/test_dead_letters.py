@@ -3,6 +3,7 @@ replayable to completion, never lost — even when the worker is SIGKILLed."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -76,7 +77,8 @@ def flower_parked(base: str) -> int | None:
 
 def parked() -> list[int]:
     """The letter ids of the messages parked in the dead_letter queue (read, then put
-    back, as the broker allows: taken unacknowledged and requeued)."""
+    back, as the broker allows: taken unacknowledged and requeued). Called once the
+    queue is still: a settle running meanwhile would not see the messages held here."""
     ids = []
     with Connection(settings.broker_url) as connection, connection.channel() as channel:
         queue = celery_app.amqp.queues[PARKED_QUEUE](channel)
@@ -96,6 +98,7 @@ def timeline(live_client, payment_id: uuid.UUID) -> list[tuple[str, dict]]:
 
 
 RECORD = "tutorflow.dead_letters.record"
+SETTLE = "tutorflow.beat.settle_dead_letters"
 INTAKE = "dead_letter_intake"
 NO_TRAINER = "no trainer is free for this course and time yet"
 
@@ -181,8 +184,11 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
             f"for payment {payment_id}, its replay of dead letter {letter['id']} failed again. "
             in second["exception"]
         )
-        # The replayed letter's message left the queue, the new one's is parked there.
-        wait_until(lambda: parked() == [again["id"]], 30, "the queue kept the replayed letter")
+        # The replayed letter's message left the queue (the settle the replay asked
+        # for), the new one's is parked there.
+        wait_until(lambda: re.search(rf"{SETTLE}\[\S+\] succeeded", worker.log()), 30, "no settle")
+        wait_until(lambda: queue_length(settings.broker_url, PARKED_QUEUE) == 1, 30, "no letter")
+        assert parked() == [again["id"]]
 
         # The operator fixes the cause, then replays: the chain runs on to the end.
         trainer = live_client.post(
@@ -232,7 +238,10 @@ def test_settling_parks_one_message_per_open_letter_and_takes_out_the_rest(commi
     for letter_id in (first, first, resolved):  # second's message missing
         park_in_queue(celery_app, letter_id)
     old_release = to_message(record(run_id="parked-by-the-release-before"))
-    celery_app.signature(RECORD, kwargs=old_release).apply_async(queue=PARKED_QUEUE)
+    celery_app.signature(RECORD, kwargs=old_release).apply_async(
+        queue=PARKED_QUEUE,
+        routing_key=PARKED_QUEUE,  # that release's route
+    )
     assert queue_length(settings.broker_url, PARKED_QUEUE) == 4
 
     assert settle_dead_letters.apply().get() == {"parked": 3, "taken_out": 4, "recorded": 1}
@@ -261,10 +270,15 @@ def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(
         [letter] = open_letters()
         assert letter.task_name == "tutorflow.pipeline.allocate_trainer"
         assert letter.correlation_id == str(payment_id)
-        wait_until(lambda: parked() == [letter.id], 30, "the letter was not parked")
+        wait_until(lambda: queue_length(settings.broker_url, PARKED_QUEUE), 30, "not parked")
+        assert parked() == [letter.id]
         # Discarded: its message leaves the queue (the settle the discard asked for).
         dead_letters.discard(celery_app.database, letter.id)
-        wait_until(lambda: parked() == [], 30, "the discarded letter stayed parked")
+        wait_until(
+            lambda: queue_length(settings.broker_url, PARKED_QUEUE) == 0,
+            30,
+            "the discarded letter stayed parked",
+        )
 
 
 def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
