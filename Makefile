@@ -32,7 +32,7 @@ urls: install  ## where the stack's parts are and the development credentials
 up: seed  ## API :8000, workers, beat, Flower :5555, provider sandbox :12111 — Ctrl-C stops all.
 	@$(BIN)/flask --app wsgi urls
 	@echo "Starting (Ctrl-C stops all; \`make urls\` prints the above again)."
-	$(BIN)/honcho start -f Procfile
+	@$(BIN)/python -m scripts.up
 
 # Students buying against the running stack (`make up` in another terminal): a summary
 # of how every payment ended; non-zero if any was not fulfilled (scripts/simulate.py).
@@ -63,7 +63,7 @@ test-hosts: services  ## the multi-host suite: network namespaces (root, iproute
 # (quorum queues), in a vhost of their own made for the run and deleted after it.
 RABBITMQ_VHOST ?= tutorflow_test
 BROKER_TESTS := tests/test_worker_pipeline.py tests/test_faults.py tests/test_dead_letters.py \
-	tests/test_concurrency.py tests/test_outbox_relay.py tests/test_rabbitmq.py
+	tests/test_concurrency.py tests/test_outbox_relay.py tests/test_rabbitmq.py tests/test_poison.py
 test-rabbitmq: services  ## the worker tests on RabbitMQ (rabbitmqctl: the vhost)
 	-@rabbitmqctl -q delete_vhost $(RABBITMQ_VHOST) >/dev/null 2>&1
 	@rabbitmqctl -q add_vhost $(RABBITMQ_VHOST)

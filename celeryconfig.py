@@ -117,6 +117,38 @@ def amqp_config() -> dict[str, Any]:
     }
 
 
+# Poison messages on RabbitMQ (tasks/poison.py): the queues the steps and jobs run from
+# dead-letter a message that came back unacked POISON_WORKER_LOSSES times (a quorum
+# queue counts each return: a rejected-and-requeued delivery, a closed channel) to the
+# `poisoned` exchange, whose queue the dead-letter worker turns into dead letters. By
+# policy, not queue arguments: a policy applies to the existing queues at once and can
+# change later, where a queue's arguments are fixed at its declaration (redeclaring with
+# others fails with PRECONDITION_FAILED). Not the dead-letter queues: their messages are letters.
+POISONED = "poisoned"
+POISON_POLICY = "tutorflow-poison"
+POISON_LIMITED_QUEUES = ("pipeline", "provider", "maintenance", "notifications")
+
+
+def poison_policy(settings: Settings) -> dict[str, Any]:
+    """The policy, as RabbitMQ's management API takes it (PUT /api/policies/vhost/name)."""
+    return {
+        "pattern": f"^({'|'.join(POISON_LIMITED_QUEUES)})$",
+        "apply-to": "queues",
+        "priority": 0,
+        "definition": {
+            # A quorum queue hands a message out delivery-limit + 1 times: the last loss
+            # is the setting's.
+            "delivery-limit": settings.poison_worker_losses - 1,
+            "dead-letter-exchange": POISONED,
+            # At least once (RabbitMQ 3.10+): the message leaves the queue only once the
+            # `poisoned` queue has it; that strategy needs reject-publish overflow (no
+            # length limit is set, so it refuses nothing).
+            "dead-letter-strategy": "at-least-once",
+            "overflow": "reject-publish",
+        },
+    }
+
+
 # A payment under way comes before a new one. On Redis, kombu keeps the messages of
 # each priority step (0, 3, 6, 9) of a queue in a list of their own and a worker takes
 # from priority 0 first, so a chain's first step on the pipeline queue, which starts a

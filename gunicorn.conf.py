@@ -5,7 +5,8 @@ import os
 import shutil
 import tempfile
 
-from core.config import get_settings
+from core.config import get_settings, http_url
+from core.logs import configure_logging, say_ready
 
 # prometheus_client reads this variable itself, when it is imported: under gunicorn
 # there is always one, so every worker writes its samples there and /metrics sums them.
@@ -30,6 +31,10 @@ graceful_timeout = 10
 # No gunicorn access log: the app logs one line per request (method, path, status,
 # duration_ms, request_id) in its structured log (app/metrics.py).
 accesslog = None
+# gunicorn's own INFO lines (its version, "Listening at", the worker class, one "Booting
+# worker" each) give way to the one ready line below; its warnings and errors (a worker
+# timed out or killed) still print.
+loglevel = "warning"
 # gunicorn's control socket has one default path per user; several API processes on
 # one host (scaling out, tests, benchmarks) would fight over it, and nothing uses it.
 control_socket_disable = True
@@ -39,6 +44,12 @@ def on_starting(server):
     metrics_dir = settings.prometheus_multiproc_dir
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, exist_ok=True)
+
+
+def when_ready(server):
+    configure_logging(settings.log_level, settings.log_json)
+    url = http_url(settings.api_bind)
+    say_ready("api", f"{url}/ (docs {url}/docs; {workers} processes of {threads} threads)")
 
 
 def child_exit(server, worker):

@@ -15,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from core.provider import PaymentProvider, ProviderRejected, ProviderUnavailable
-from domain import fulfilment, inbox, payments, reallocation, refunds
+from domain import fulfilment, inbox, payments, reallocation, refunds, step_runs
 from domain.clock import utcnow
 from domain.errors import PermanentStepError, TransientStepError
 from models import Database
@@ -33,6 +33,9 @@ class Delivery:
     consumer: str
     correlation_id: str
     event_type: str | None = None
+    # This run (its task id, its start): recorded with the effect for the operator's
+    # payment page. None: not recorded.
+    run: step_runs.Run | None = None
 
 
 def once(database: Database, delivery: Delivery, effect: Callable[[Session], T]) -> T:
@@ -55,7 +58,16 @@ def once(database: Database, delivery: Delivery, effect: Callable[[Session], T])
                 stored: T = claim.stored_result
                 return stored
         result = effect(session)
-        if claim is not None:
+        if delivery.run is not None:  # with the inbox's result, in one statement
+            step_runs.record(
+                session,
+                step=delivery.consumer,
+                correlation_id=delivery.correlation_id,
+                run=delivery.run,
+                finished_at=utcnow(),
+                stored=(claim, result) if claim is not None else None,
+            )
+        elif claim is not None:
             inbox.store_result(session, claim, result)
     # Committed: the after-commit channel (cache, live events, outbox) has run.
     log.info("step done", extra={"result": result})

@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 
 from domain.errors import Conflict
 from domain.payments import fail, payment_for_intent, request_confirmation
 from domain.refunds import refund_payment
-from models import Database, Payment, WebhookEvent
+from models import Database, Payment
 
 HANDLED = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 
@@ -47,6 +47,14 @@ def _payment_of(session: Any, event_type: str, obj: dict[str, Any]) -> Payment |
     return payment
 
 
+# Plain SQL: built with pg_insert, an INSERT … ON CONFLICT has no cache key in SQLAlchemy
+# and was compiled afresh on every delivery (BENCHMARKS.md, "Issue 25").
+_FIRST_DELIVERY = text(
+    "INSERT INTO webhook_events (id, type, payment_id)"
+    " VALUES (:id, :type, CAST(:payment_id AS uuid)) ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
 def receive(
     database: Database,
     *,
@@ -56,29 +64,30 @@ def receive(
     hold_minutes: float,
 ) -> WebhookOutcome:
     with database.transaction() as session:
+        # The payment first (a read), so the event's row is written once, with it.
+        payment = _payment_of(session, event_type, obj) if event_type in HANDLED else None
         first_delivery = session.scalar(
-            pg_insert(WebhookEvent)
-            .values(id=event_id, type=event_type)
-            .on_conflict_do_nothing()
-            .returning(WebhookEvent.id)
+            _FIRST_DELIVERY,
+            {
+                "id": event_id,
+                "type": event_type,
+                "payment_id": str(payment.id) if payment is not None else None,
+            },
         )
         if first_delivery is None:
             return WebhookOutcome(duplicate=True, handled=event_type in HANDLED)
-        if event_type not in HANDLED:
+        if payment is None:  # not a type we act on, or not ours (another integration)
             return WebhookOutcome(duplicate=False, handled=False)
-        payment = _payment_of(session, event_type, obj)
-        if payment is None:  # not ours (another integration on the same account)
-            return WebhookOutcome(duplicate=False, handled=False)
-        session.get_one(WebhookEvent, event_id).payment_id = payment.id
         if event_type == "payment_intent.succeeded":
-            request_confirmation(
+            confirmation = request_confirmation(
                 session,
                 payment.id,
                 student_id=None,
                 source="webhook",
                 hold_minutes=hold_minutes,
             )
-        elif event_type == "payment_intent.payment_failed":
+            return WebhookOutcome(False, True, payment.id, confirmation.payment.status)
+        if event_type == "payment_intent.payment_failed":
             reason = (obj.get("last_payment_error") or {}).get("message") or "Payment failed."
             fail(session, payment.id, reason=str(reason), source="webhook")
         else:

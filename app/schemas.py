@@ -601,6 +601,107 @@ class DeadLetterOut(Schema):
     )
 
 
+def flower_task_url(flower_url: str, task_id: str) -> str:
+    """Flower's page of one task (it knows the task if it received its events)."""
+    return f"{flower_url.rstrip('/')}/task/{task_id}"
+
+
+class StepRunOut(Schema):
+    task_id = fields.String(metadata={"description": "The Celery task id of this run."})
+    started_at = fields.DateTime()
+    finished_at = fields.DateTime(metadata={"description": "When its transaction committed."})
+    duration_ms = fields.Integer()
+    trace_id = fields.String(allow_none=True, metadata={"description": "null: tracing off."})
+    flower_url = fields.String(metadata={"description": "The task in Flower."})
+
+
+class ChainStepOut(Schema):
+    step = fields.String(metadata={"example": "allocate_trainer"})
+    task_name = fields.String()
+    status = fields.String(
+        metadata={
+            "enum": ["done", "dead_lettered", "replayed", "discarded", "retrying", "not_run"],
+            "description": "done: committed; else its newest dead letter's status "
+            "(dead_lettered: open); retrying; not_run (yet, or the chain stopped before).",
+        }
+    )
+    retries = fields.Integer(metadata={"description": "Retries on the timeline, all runs."})
+    runs = fields.List(fields.Nested(StepRunOut), metadata={"description": "Committed runs."})
+    dead_letter_ids = fields.List(fields.Integer())
+
+
+class OperatorLetterOut(Schema):
+    id = fields.Integer()
+    status = fields.String(metadata={"enum": ["open", "replayed", "discarded"]})
+    task_name = fields.String()
+    task_id = fields.String()
+    reason = fields.String(metadata={"description": "What the student reads."})
+    exception_type = fields.String()
+    exception_message = fields.String()
+    retries = fields.Integer()
+    first_failed_at = fields.DateTime()
+    last_failed_at = fields.DateTime()
+    resolved_at = fields.DateTime(allow_none=True)
+    replay_of = fields.Integer(allow_none=True)
+    replay_task_id = fields.String(allow_none=True)
+    flower_url = fields.String(metadata={"description": "The failed task in Flower."})
+
+
+LETTER_COLUMNS = tuple(set(OperatorLetterOut().fields) - {"reason", "flower_url"})
+
+
+class PaymentChainOut(PaymentDetailOut):
+    """The operator's view of one payment: the chain's steps in order, with runs,
+    durations, retries, dead letters, trace ids and links to Flower."""
+
+    steps = fields.List(fields.Nested(ChainStepOut))
+    dead_letters = fields.List(fields.Nested(OperatorLetterOut))
+    trace_ids = fields.List(
+        fields.String(), metadata={"description": "Empty when tracing is off (TRACING)."}
+    )
+    flower_url = fields.String(metadata={"description": "FLOWER_PUBLIC_URL."})
+
+    @pre_dump
+    def _flatten(self, detail: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        flower = detail["flower_url"]
+        letters = [
+            {
+                **{name: getattr(letter, name) for name in LETTER_COLUMNS},
+                "reason": _safe_reason(letter),
+                "flower_url": flower_task_url(flower, letter.task_id),
+            }
+            for letter in detail["dead_letters"]
+        ]
+        steps = [
+            {
+                "step": step.step,
+                "task_name": step.task_name,
+                "status": step.status,
+                "retries": step.retries,
+                "runs": [
+                    {
+                        "task_id": run.task_id,
+                        "started_at": run.started_at,
+                        "finished_at": run.finished_at,
+                        "duration_ms": run.duration_ms,
+                        "trace_id": run.trace_id,
+                        "flower_url": flower_task_url(flower, run.task_id),
+                    }
+                    for run in step.runs
+                ],
+                "dead_letter_ids": [letter.id for letter in step.dead_letters],
+            }
+            for step in detail["steps"]
+        ]
+        return {
+            **super()._flatten(detail, **kwargs),
+            "steps": steps,
+            "dead_letters": letters,
+            "trace_ids": detail["trace_ids"],
+            "flower_url": flower,
+        }
+
+
 LETTER_FILTERS = (
     "task_name",
     "exception_type",

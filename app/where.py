@@ -6,15 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from core.config import Settings
+from core.config import Settings, http_url
 from core.tokens import TokenVerifier
 
 DEMO_STUDENT = 1  # the first student `flask seed-demo` creates
-
-
-def _http(bind: str) -> str:
-    host, _, port = bind.rpartition(":")
-    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
 
 
 def _without_login(url: str) -> str:
@@ -26,7 +21,7 @@ def stack_summary(settings: Settings) -> str:
     """URLs and credentials. A secret is printed only while it is the built-in
     development default; one set in the environment is named, never echoed."""
     defaults = Settings.from_env({})
-    api = _http(settings.api_bind)
+    api = http_url(settings.api_bind)
 
     def shown(value: str, default: str, variable: str) -> str:
         return value if value == default else f"(from {variable})"

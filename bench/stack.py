@@ -56,6 +56,10 @@ KINDS = {
     "sandbox": "sandbox",
     "mailsink": "SMTP sink",
 }
+# The development stand-ins for the payment provider and the mail relay: in the stack's
+# total (they run with `make up`), and also left out of a second one (a deployment talks
+# to Stripe and to a real relay instead).
+DEV_STAND_INS = ("sandbox", "SMTP sink")
 POSTGRES = "PostgreSQL"
 REDIS = "Redis"
 # Shown, never added to a total: the cluster's background processes serve every

@@ -49,6 +49,12 @@ def stripe_api_base_for(secret_key: str, configured: str | None) -> str | None:
     return configured
 
 
+def http_url(bind: str) -> str:
+    """Where a browser reaches a server bound to `bind` (API_BIND's form, host:port)."""
+    host, _, port = bind.rpartition(":")
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
 class _Env:
     """Typed reads from one environment mapping, with the defaults beside the names."""
 
@@ -66,6 +72,12 @@ class _Env:
             return int(raw.strip())
         except ValueError:
             raise ValueError(f"{name}={raw!r}: expected a whole number, like {default}") from None
+
+    def at_least(self, name: str, default: int, least: int) -> int:
+        value = self.integer(name, default)
+        if value < least:
+            raise ValueError(f"{name}={value}: expected a whole number of at least {least}")
+        return value
 
     def number(self, name: str, default: float) -> float:
         raw = self.environ.get(name)
@@ -176,6 +188,15 @@ class Settings:
     # rejected, revoked, and a retry's success: what an operator acts on). docs/operations.md,
     # "Flower".
     step_events: str
+    # A poison message: a message whose run kills the process running it (out of memory,
+    # a crash in a C library) is handed out again after each loss; after this many losses
+    # it is parked as a dead letter instead (tasks/poison.py; on RabbitMQ the queues'
+    # delivery limit, set by policy). At least 1.
+    poison_worker_losses: int
+    # RabbitMQ's management API (http://host:15672 of BROKER_URL's host by default; the
+    # broker URL's user and password log in): where the dead-letter worker sets the
+    # queues' delivery-limit policy. Unused on Redis.
+    rabbitmq_management_url: str
     # Rolling session window.
     session_window: int
     top_up_threshold: int
@@ -293,6 +314,10 @@ class Settings:
             task_time_limit=env.integer("CELERY_TASK_TIME_LIMIT", 120),
             retry_jitter=env.flag("CELERY_RETRY_JITTER", True),
             step_events=env.choice("CELERY_STEP_EVENTS", "outcomes", ("outcomes", "all")),
+            poison_worker_losses=env.at_least("POISON_WORKER_LOSSES", 3, 1),
+            rabbitmq_management_url=env.text(
+                "RABBITMQ_MANAGEMENT_URL", f"http://{urlsplit(broker_url).hostname}:15672"
+            ),
             session_window=env.integer("SESSION_WINDOW", 7),
             # The window is kept full (DESIGN invariant 9): an allocation below it is
             # topped up; a lower threshold trades that for fewer, larger top-ups.

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from core import tracing
@@ -50,8 +52,12 @@ def _masked(value: Any) -> Any:
     return value
 
 
+# The message's arguments as printed, noted before the filter merges them into the
+# message: the text line leaves out an `extra` field that only repeats one.
+_SHOWN_ARGS = "message_args"
 # What every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    _SHOWN_ARGS,
     "message",
     "asctime",
     "trace_id",
@@ -71,6 +77,8 @@ class ContextFilter(logging.Filter):
         ids = tracing.current_ids()  # None unless tracing is on and a span is active
         if ids is not None:
             record.trace_id, record.span_id = ids
+        if isinstance(record.args, tuple) and record.args:
+            setattr(record, _SHOWN_ARGS, frozenset(str(arg) for arg in record.args))
         record.msg = mask_sensitive(record.getMessage())
         record.args = None
         for name in set(vars(record)) - _STANDARD:
@@ -113,8 +121,82 @@ class _IsoTextFormatter(logging.Formatter):
 
 
 def _repeats_message(record: logging.LogRecord, name: str) -> bool:
-    """Celery passes its message's arguments again as `extra={"data": …}`."""
-    return name == "data" and record.name.startswith("celery")
+    """An `extra` field the text line already shows: one whose value is also an argument
+    of the message (a request's method, path and status: "GET /healthz 200"), or
+    Celery's `extra={"data": …}`, its message's arguments again. JSON lines keep them
+    all as keys."""
+    if name == "data" and record.name.startswith("celery"):
+        return True
+    value = getattr(record, name)
+    shown: frozenset[str] = getattr(record, _SHOWN_ARGS, frozenset())
+    return not isinstance(value, dict | list | tuple) and str(value) in shown
+
+
+class StartupChatterAtDebug(logging.Filter):
+    """Lowers to DEBUG (and drops, unless DEBUG is on) the lines libraries print while a
+    process starts, which its own ready line (`say_ready`) replaces: Celery's mingle,
+    "Connected to", "ready." and beat's "Starting...". A rule is (logger, message
+    template; None for any of the logger's messages). The `until_ready` rules hold only
+    until the ready line: a reconnection later is worth its line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.always: set[tuple[str, str | None]] = set()
+        self.until_ready: set[tuple[str, str | None]] = set()
+        self.ready = False
+
+    def add(
+        self,
+        always: Iterable[tuple[str, str | None]] = (),
+        until_ready: Iterable[tuple[str, str | None]] = (),
+    ) -> None:
+        self.always.update(always)
+        self.until_ready.update(until_ready)
+
+    def _matches(self, rules: set[tuple[str, str | None]], record: logging.LogRecord) -> bool:
+        return (record.name, None) in rules or (record.name, str(record.msg)) in rules
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not (
+            self._matches(self.always, record)
+            or (not self.ready and self._matches(self.until_ready, record))
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# One per process: its rules come from the process's set-up (tasks/celery_app.py,
+# flowerconfig.py), its ready flag from say_ready.
+STARTUP_CHATTER = StartupChatterAtDebug()
+_startup_log = logging.getLogger("tutorflow.startup")
+
+
+def say_ready(process: str, where: str) -> None:
+    """The process's one line at start: "<process> ready: <where>" (docs/operations.md,
+    "Startup")."""
+    STARTUP_CHATTER.ready = True
+    _startup_log.info("%s ready: %s", process, where)
+
+
+def log_python_warnings() -> None:
+    """Python warnings (a library's SecurityWarning, DeprecationWarning…) as one log line
+    each, of the `py.warnings` logger: in the process's format, a JSON line under
+    LOG_JSON, instead of several raw lines on stderr."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        logging.getLogger("py.warnings").warning(
+            "%s: %s (%s:%s)", category.__name__, " ".join(str(message).split()), filename, lineno
+        )
+
+    warnings.showwarning = show
 
 
 @contextmanager
@@ -141,13 +223,18 @@ def configure_logging(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
                 timestamp=False,
+                reserved_attrs=[*RESERVED_ATTRS, _SHOWN_ARGS],
             )
         )
     else:
         handler.setFormatter(
             _IsoTextFormatter("%(asctime)s %(levelname)s %(name)s%(context)s %(message)s")
         )
+    handler.addFilter(STARTUP_CHATTER)
     handler.addFilter(ContextFilter())
+    # Lines a library writes while it loads, about nothing the process does: Alembic's
+    # "setup plugin …", seven each time a process first reads the migrations.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

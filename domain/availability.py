@@ -725,16 +725,6 @@ def drop_hold(session: Session, payment_id: uuid.UUID) -> None:
     )
 
 
-def extend_hold(session: Session, payment_id: uuid.UUID, *, now: datetime, minutes: float) -> None:
-    """The student says they paid: a live hold keeps the place while the provider's word
-    is awaited (`minutes` more from now, never less than it had)."""
-    session.execute(
-        update(Hold)
-        .where(Hold.payment_id == payment_id, is_live_hold(now))
-        .values(expires_at=func.greatest(Hold.expires_at, now + timedelta(minutes=minutes)))
-    )
-
-
 def release_expired(session: Session, *, now: datetime, limit: int) -> list[uuid.UUID]:
     """Mark up to `limit` expired holds released; their payment ids. (They stopped
     counting at `expires_at` already: this makes the table say so.)"""

@@ -210,8 +210,9 @@ def ahead_of(allocation_id: int, now: datetime) -> ColumnElement[bool]:
     )
 
 
-def is_live_hold(now: datetime) -> ColumnElement[bool]:
-    """A hold that counts: held and not expired (ix_holds_trainer_held)."""
+def is_live_hold(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """A hold that counts: held and not expired (ix_holds_trainer_held). `now` may be a
+    bound parameter of a prebuilt statement."""
     return and_(Hold.status == HoldStatus.HELD, Hold.expires_at > now)
 
 

@@ -65,6 +65,7 @@ SAFE_REASONS = {
     FailureKind.CONFLICT: "a concurrent change got there first",
     FailureKind.BROKER_UNAVAILABLE: "the message broker was briefly unavailable",
     FailureKind.TOO_SLOW: "the step took too long",
+    FailureKind.WORKER_LOST: "the step kept stopping the process running it; an operator will look",
     FailureKind.UNEXPECTED: "an unexpected error; an operator has the details",
 }
 

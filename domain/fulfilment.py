@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Select, String, and_, cast, func, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Select, String, and_, cast, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from domain import notifications
@@ -77,21 +76,30 @@ def _still_paid_for(payment: Payment) -> Payment:
     return payment
 
 
+# Plain SQL: SQLAlchemy gives a PostgreSQL INSERT … ON CONFLICT no cache key, so built
+# with pg_insert it was compiled afresh on every step (BENCHMARKS.md, "Issue 25").
+_NEW_PURCHASE = select(Purchase).from_statement(
+    text(
+        "INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)"
+        " VALUES (CAST(:payment_id AS uuid), :student_id, :course_id, :tier, :time_slot)"
+        " ON CONFLICT DO NOTHING RETURNING *"
+    )
+)
+
+
 def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
     payment = lock_live_payment(session, payment_id)
     # ON CONFLICT covers both a purchase already made for this payment (redelivery)
     # and another active purchase of the same course (told apart just below).
     purchase = session.scalar(
-        pg_insert(Purchase)
-        .values(
-            payment_id=payment.id,
-            student_id=payment.student_id,
-            course_id=payment.course_id,
-            tier=payment.tier,
-            time_slot=payment.time_slot,
-        )
-        .on_conflict_do_nothing()
-        .returning(Purchase)  # the row as inserted: no second read
+        _NEW_PURCHASE,  # the row as inserted: no second read
+        {
+            "payment_id": str(payment.id),
+            "student_id": payment.student_id,
+            "course_id": payment.course_id,
+            "tier": payment.tier,
+            "time_slot": payment.time_slot,
+        },
     )
     if purchase is None:
         existing = session.scalar(select(Purchase).where(Purchase.payment_id == payment.id))
@@ -377,7 +385,14 @@ def insert_sessions(
     if not planned:
         return []
     rows = session_rows(allocation.id, allocation.student_id, allocation.trainer_id, planned)
-    return list(session.scalars(pg_insert(TutoringSession).values(rows).returning(TutoringSession)))
+    # One statement either way; as an executemany (SQLAlchemy's insertmanyvalues) it is
+    # compiled once per process, where a multi-row VALUES was compiled on every call.
+    return list(
+        session.scalars(
+            insert(TutoringSession).returning(TutoringSession, sort_by_parameter_order=True),
+            rows,
+        )
+    )
 
 
 def record_shifts(

@@ -29,7 +29,8 @@ _STORED = text(
     "SELECT result FROM processed_events WHERE consumer = :consumer"
     " AND correlation_id = :correlation_id AND event_type = :event_type"
 )
-_STORE = text("UPDATE processed_events SET result = CAST(:result AS jsonb) WHERE id = :row_id")
+STORE_SQL = "UPDATE processed_events SET result = CAST(:result AS jsonb) WHERE id = :row_id"
+_STORE = text(STORE_SQL)
 
 
 @dataclass(frozen=True)
@@ -53,4 +54,9 @@ def claim(session: Session, *, consumer: str, correlation_id: str, event_type: s
 
 
 def store_result(session: Session, claim: Claim, result: Any) -> None:
-    session.execute(_STORE, {"result": json.dumps(result), "row_id": claim.row_id})
+    session.execute(_STORE, store_params(claim, result))
+
+
+def store_params(claim: Claim, result: Any) -> dict[str, Any]:
+    """STORE_SQL's parameters (a writer that runs it inside a statement of its own)."""
+    return {"result": json.dumps(result), "row_id": claim.row_id}

@@ -8,26 +8,27 @@ the same news twice a no-op that also publishes nothing. The outbox message is p
 after the commit by the one after-commit channel, or later by the beat relay, to the
 send task on its own queue: the change never waits for a mail server.
 
-Sending cannot be atomic with a commit; the protocol (docs/guarantees.md, "Notifications"):
+Sending cannot be atomic with a commit; the protocol (docs/guarantees.md, "Notifications"),
+for all the rows of one send task at once:
 1. `CLAIM` commits status sending and attempts + 1 on its own (the record that the
-   server may now have the message);
-2. `lock_for_sending` locks the row in a second transaction that stays open while the
-   message goes out, so a concurrent copy of the task waits, then finds it sent;
-3. `mark_sent` records the server's acceptance, and that transaction commits.
-A crash between the server's acceptance and that commit leaves the row `sending`; the
-redelivered task sends again with the same Message-ID. At least once, never twice
+   server may now have the messages);
+2. `lock_for_sending` locks the rows in a second transaction that stays open while the
+   messages go out, so a concurrent copy of the task waits, then finds them sent;
+3. `mark_sent` records each acceptance, and that transaction commits.
+A crash between the server's first acceptance and that commit leaves the rows `sending`;
+the redelivered task sends again with the same Message-IDs. At least once, never twice
 without such a crash, and a second copy is always recognisable.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
@@ -38,7 +39,6 @@ from models import (
     NotificationKind,
     NotificationStatus,
     OutboxKind,
-    OutboxMessage,
     SessionStatus,
     Student,
     Trainer,
@@ -66,50 +66,65 @@ def message_id(kind: str, recipient: str, correlation_id: uuid.UUID, occasion: s
     return f"<{kind}.{uuid.uuid5(_KEY_NAMESPACE, key).hex}@{MESSAGE_ID_DOMAIN}>"
 
 
-def write(
-    session: Session,
-    *,
-    kind: NotificationKind,
-    recipient: str,
-    correlation_id: uuid.UUID,
-    subject: str,
-    body: str,
-    occasion: str = "",
-) -> int | None:
-    """The notification and its outbox message, in one statement (the message is made
-    from the row the INSERT returned); None (and nothing written) when this news was
-    already owed to this recipient."""
-    notification = (
-        pg_insert(Notification)
-        .values(
-            kind=kind,
-            recipient=recipient,
-            correlation_id=correlation_id,
-            occasion=occasion,
-            subject=subject,
-            body=body,
-            message_id=message_id(kind, recipient, correlation_id, occasion),
-        )
-        .on_conflict_do_nothing(constraint="uq_notifications_key")
-        .returning(Notification.id)
-        .cte("notification")
-    )
-    payment = str(correlation_id)
+@dataclass(frozen=True)
+class Notice:
+    """One e-mail a change owes, rendered now."""
+
+    kind: NotificationKind
+    recipient: str
+    subject: str
+    body: str
+    # Which event of its kind, for kinds that happen more than once per payment.
+    occasion: str = ""
+
+
+# The notices of one change and their one outbox message, in one statement of plain SQL
+# (SQLAlchemy gives a PostgreSQL INSERT … ON CONFLICT no cache key: built with it, this
+# was compiled afresh twice a payment; BENCHMARKS.md, "Issue 25"). The message names
+# every row the INSERT wrote, so one send task mails them on one SMTP connection; a
+# notice owed already (the unique key) is skipped, and nothing written publishes nothing.
+_WRITE = outbox.insert_select_sql(
+    "SELECT CAST(:correlation_id AS uuid), CAST(:outbox_kind AS varchar),"
+    " jsonb_build_object('notification_ids', jsonb_agg(id ORDER BY id),"
+    " 'payment_id', CAST(:correlation_id AS text))"
+    " FROM written HAVING count(*) > 0",
+    with_sql=(
+        "WITH written AS ("
+        " INSERT INTO notifications"
+        " (kind, recipient, correlation_id, occasion, subject, body, message_id)"
+        " SELECT n.kind, n.recipient, CAST(:correlation_id AS uuid), n.occasion, n.subject,"
+        " n.body, n.message_id"
+        " FROM unnest(CAST(:kinds AS text[]), CAST(:recipients AS text[]),"
+        " CAST(:occasions AS text[]), CAST(:subjects AS text[]), CAST(:bodies AS text[]),"
+        " CAST(:message_ids AS text[]))"
+        " AS n (kind, recipient, occasion, subject, body, message_id)"
+        " ON CONFLICT ON CONSTRAINT uq_notifications_key DO NOTHING RETURNING id)"
+    ),
+)
+
+
+def write(session: Session, correlation_id: uuid.UUID, notices: Sequence[Notice]) -> list[int]:
+    """The notices' rows and one outbox message naming them; the ids written (none for
+    news already owed to its recipient)."""
+    if not notices:
+        return []
     written = outbox.execute(
         session,
-        outbox.insert_select(
-            select(
-                literal(correlation_id, OutboxMessage.correlation_id.type),
-                literal(OutboxKind.SEND_NOTIFICATION.value, OutboxMessage.kind.type),
-                func.jsonb_build_object(
-                    "notification_id", notification.c.id, "payment_id", payment
-                ),
-            )
-        ),
+        _WRITE,
+        {
+            "correlation_id": str(correlation_id),
+            "outbox_kind": OutboxKind.SEND_NOTIFICATION.value,
+            "kinds": [n.kind.value for n in notices],
+            "recipients": [n.recipient for n in notices],
+            "occasions": [n.occasion for n in notices],
+            "subjects": [n.subject for n in notices],
+            "bodies": [n.body for n in notices],
+            "message_ids": [
+                message_id(n.kind, n.recipient, correlation_id, n.occasion) for n in notices
+            ],
+        },
     )
-    if not written:
-        return None
-    return int(written[0].outbox_payload["notification_id"])
+    return [int(i) for row in written for i in row.outbox_payload["notification_ids"]]
 
 
 def _lines(instants: Iterable[datetime], timezone: str) -> str:
@@ -158,11 +173,9 @@ def sessions_booked_notice(
     the caller has them already."""
     student, trainer, course = people or parties(session, allocation)
     starts = sorted(starts)
-    write(
-        session,
+    confirmation = Notice(
         kind=NotificationKind.SESSIONS_BOOKED,
         recipient=student.email,
-        correlation_id=payment_id,
         subject=f"Your {course.title} sessions are booked",
         body=(
             f"Hello {student.name},\n\n"
@@ -173,27 +186,20 @@ def sessions_booked_notice(
             "these take place.\n"
         ),
     )
-    _new_student_notice(
-        session, payment_id, (student, trainer, course), starts, occasion="", joins="joins you"
+    trainers = _new_student_notice(
+        (student, trainer, course), starts, occasion="", joins="joins you"
     )
+    write(session, payment_id, [confirmation, trainers])
 
 
 def _new_student_notice(
-    session: Session,
-    payment_id: uuid.UUID,
-    people: Parties,
-    starts: list[datetime],
-    *,
-    occasion: str,
-    joins: str,
-) -> None:
+    people: Parties, starts: list[datetime], *, occasion: str, joins: str
+) -> Notice:
     """The trainer's notice of a student who `joins` them, sessions in their zone."""
     student, trainer, course = people
-    write(
-        session,
+    return Notice(
         kind=NotificationKind.NEW_STUDENT,
         recipient=trainer.email,
-        correlation_id=payment_id,
         occasion=occasion,
         subject=f"New student for {course.title}: {student.name}",
         body=(
@@ -211,23 +217,27 @@ def session_rescheduled_notice(
     student = session.get_one(Student, tutoring.student_id)
     trainer = session.get_one(Trainer, tutoring.trainer_id)
     occasion = f"session {tutoring.id}: {was.isoformat()} > {tutoring.starts_at.isoformat()}"
-    for recipient, name, timezone, whose in (
-        (student.email, student.name, student.timezone, f"with {trainer.name}"),
-        (trainer.email, trainer.name, trainer.timezone, f"with {student.name}"),
-    ):
-        write(
-            session,
-            kind=NotificationKind.SESSION_RESCHEDULED,
-            recipient=recipient,
-            correlation_id=payment_id,
-            occasion=occasion,
-            subject=f"Session moved to {local_time(tutoring.starts_at, timezone)}",
-            body=(
-                f"Hello {name},\n\n"
-                f"the session {whose} on {local_time(was, timezone)} has moved to "
-                f"{local_time(tutoring.starts_at, timezone)}.\n"
-            ),
-        )
+    write(
+        session,
+        payment_id,
+        [
+            Notice(
+                kind=NotificationKind.SESSION_RESCHEDULED,
+                recipient=recipient,
+                occasion=occasion,
+                subject=f"Session moved to {local_time(tutoring.starts_at, timezone)}",
+                body=(
+                    f"Hello {name},\n\n"
+                    f"the session {whose} on {local_time(was, timezone)} has moved to "
+                    f"{local_time(tutoring.starts_at, timezone)}.\n"
+                ),
+            )
+            for recipient, name, timezone, whose in (
+                (student.email, student.name, student.timezone, f"with {trainer.name}"),
+                (trainer.email, trainer.name, trainer.timezone, f"with {student.name}"),
+            )
+        ],
+    )
 
 
 def sessions_shifted_notice(
@@ -252,11 +262,9 @@ def sessions_shifted_notice(
     occasion = f"allocation {allocation_id}: " + ", ".join(
         f"{s.wanted.isoformat()}>{s.got.isoformat()}" for s in shifts
     )
-    write(
-        session,
+    notice = Notice(
         kind=NotificationKind.SESSIONS_SHIFTED,
         recipient=student.email,
-        correlation_id=payment_id,
         occasion=occasion[:200],
         subject=f"{len(shifts)} session(s) moved to another day",
         body=(
@@ -265,6 +273,7 @@ def sessions_shifted_notice(
             f"weekday:\n\n{moved}\n"
         ),
     )
+    write(session, payment_id, [notice])
 
 
 def trainer_changed_notice(
@@ -279,11 +288,9 @@ def trainer_changed_notice(
     student, trainer, course = parties(session, allocation)
     upcoming = _upcoming(session, allocation, now)
     occasion = f"allocation {allocation.id}: trainer {from_trainer_id} > {trainer.id}"
-    write(
-        session,
+    students = Notice(
         kind=NotificationKind.TRAINER_CHANGED,
         recipient=student.email,
-        correlation_id=payment_id,
         occasion=occasion,
         subject=f"Your {course.title} trainer is now {trainer.name}",
         body=(
@@ -293,14 +300,13 @@ def trainer_changed_notice(
             f"zone:\n\n{_lines(upcoming, student.timezone)}\n"
         ),
     )
-    _new_student_notice(
-        session,
-        payment_id,
+    trainers = _new_student_notice(
         (student, trainer, course),
         upcoming,
         occasion=occasion,
         joins="moves to you from another trainer",
     )
+    write(session, payment_id, [students, trainers])
 
 
 def waiting_for_trainer_notice(
@@ -310,11 +316,9 @@ def waiting_for_trainer_notice(
     sessions withdrawn, and what happens next."""
     student, trainer, course = parties(session, allocation)
     listed = _lines(withdrawn, student.timezone) if withdrawn else "(none were booked)"
-    write(
-        session,
+    notice = Notice(
         kind=NotificationKind.WAITING_FOR_TRAINER,
         recipient=student.email,
-        correlation_id=payment_id,
         occasion=f"allocation {allocation.id}: trainer {trainer.id} left",
         subject=f"We are finding you a new {course.title} trainer",
         body=(
@@ -326,6 +330,7 @@ def waiting_for_trainer_notice(
             "to you; if none is found in time, your payment is refunded.\n"
         ),
     )
+    write(session, payment_id, [notice])
 
 
 def refunded_notice(
@@ -338,11 +343,9 @@ def refunded_notice(
     sessions_cancelled: int,
 ) -> None:
     student = session.get_one(Student, student_id)
-    write(
-        session,
+    notice = Notice(
         kind=NotificationKind.REFUNDED,
         recipient=student.email,
-        correlation_id=payment_id,
         subject="Your payment was refunded",
         body=(
             f"Hello {student.name},\n\n"
@@ -350,15 +353,16 @@ def refunded_notice(
             f"{sessions_cancelled} upcoming session(s) were cancelled.\n"
         ),
     )
+    write(session, payment_id, [notice])
 
 
-# Sending (tasks/notifications.py). Step 1, in its own committed statement: from now on
-# the server may have the message. A row another sender holds locked (step 2) is waited
-# for; found sent then, it is not claimed (RETURNING nothing).
+# Sending (tasks/notifications.py), all of a send task's rows at once. Step 1, in its own
+# committed statement: from now on the server may have the messages. A row another
+# sender holds locked (step 2) is waited for; found sent then, it is not claimed.
 CLAIM = (
     update(Notification)
     .where(
-        Notification.id == bindparam("notification_id"),
+        Notification.id.in_(bindparam("notification_ids", expanding=True)),
         Notification.status != NotificationStatus.SENT,
     )
     .values(
@@ -368,7 +372,8 @@ CLAIM = (
     )
 )
 
-# After an attempt that the server did not take (it was rolled back): say why.
+# After an attempt that the server did not take (it was rolled back): say why. A row
+# sent meanwhile is left as it is.
 RECORD_FAILURE = (
     update(Notification)
     .where(
@@ -379,18 +384,21 @@ RECORD_FAILURE = (
 )
 
 
-def lock_for_sending(session: Session, notification_id: int) -> Notification | None:
-    """Step 2: the row, locked until this transaction ends; None when there is nothing
-    to send (no such row, or sent already)."""
-    notification = session.scalar(
-        select(Notification)
-        .where(Notification.id == notification_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+def lock_for_sending(session: Session, notification_ids: list[int]) -> list[Notification]:
+    """Step 2: the rows still to send, in id order, locked until this transaction ends
+    (none: nothing to send, or sent already)."""
+    return list(
+        session.scalars(
+            select(Notification)
+            .where(
+                Notification.id.in_(notification_ids),
+                Notification.status != NotificationStatus.SENT,
+            )
+            .order_by(Notification.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     )
-    if notification is None or notification.status == NotificationStatus.SENT:
-        return None
-    return notification
 
 
 def mark_sent(notification: Notification, now: datetime) -> None:
@@ -398,3 +406,9 @@ def mark_sent(notification: Notification, now: datetime) -> None:
     notification.status = NotificationStatus.SENT
     notification.sent_at = now
     notification.last_error = None
+
+
+def mark_failed(notification: Notification, error: str) -> None:
+    """The server refused it for good (a 5xx): committed with the lock's transaction."""
+    notification.status = NotificationStatus.FAILED
+    notification.last_error = error[:2000]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import time
+from datetime import time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from domain.availability import extend_hold
+from domain.bookings import is_live_hold
 from domain.clock import utcnow
 from domain.errors import (
     Conflict,
@@ -48,6 +48,7 @@ from models import (
     CoursePrice,
     DomainEvent,
     FailureKind,
+    Hold,
     OutboxKind,
     Payment,
     PaymentStatus,
@@ -166,10 +167,13 @@ def has_active_course(session: Session, student_id: int, course_id: int) -> bool
     )
 
 
-def owned_payment(session: Session, payment_id: uuid.UUID, student_id: int | None) -> Payment:
+def owned_payment(
+    session: Session, payment_id: uuid.UUID, student_id: int | None, *, fresh: bool = False
+) -> Payment:
     """The payment, if it exists and (for a student) is theirs: another student's
-    payment is reported missing, not forbidden, so ids cannot be probed."""
-    payment = session.get(Payment, payment_id)
+    payment is reported missing, not forbidden, so ids cannot be probed. `fresh`: read
+    from the database even if the session holds it already."""
+    payment = session.get(Payment, payment_id, populate_existing=fresh)
     if payment is None or (student_id is not None and payment.student_id != student_id):
         raise NotFound("payment_not_found", "No payment has this id.", payment_id=str(payment_id))
     return payment
@@ -190,7 +194,7 @@ def _confirm_statement() -> Select[Any]:
     confirming = (
         update(Payment)
         .where(
-            Payment.id == bindparam("payment_id"),
+            Payment.id == bindparam("confirm_payment_id"),
             Payment.status.in_(bindparam("from_statuses", expanding=True)),
             Payment.student_id == func.coalesce(bindparam("only_student_id"), Payment.student_id),
         )
@@ -223,10 +227,23 @@ def _confirm_statement() -> Select[Any]:
             func.jsonb_build_object("payment_id", cast(confirming.c.id, String)),
         )
     ).cte("outbox")
+    # Paid within the hold: a live hold keeps the trainer's place while the provider's
+    # word is awaited (`held_until`: hold_minutes more from now, never less than it had).
+    hold = (
+        update(Hold)
+        .where(Hold.payment_id.in_(select(confirming.c.id)), is_live_hold(now))
+        .values(
+            expires_at=func.greatest(
+                Hold.expires_at, bindparam("held_until", type_=DateTime(timezone=True))
+            )
+        )
+        .cte("hold")
+    )
     return (
         select(confirming, *outbox.returned_columns(message.c))
         .select_from(confirming.join(message, true()))
         .add_cte(event)
+        .add_cte(hold)
     )
 
 
@@ -258,19 +275,20 @@ def request_confirmation(
         session,
         _CONFIRM,
         {
-            "payment_id": payment_id,
+            # Not "payment_id" nor "student_id": an UPDATE (here of holds and payments)
+            # takes a parameter named after one of its table's columns as a value to SET.
+            "confirm_payment_id": payment_id,
             "from_statuses": from_statuses,
-            # Not "student_id": an UPDATE takes a parameter named after a column as a
-            # value to SET.
             "only_student_id": student_id,
             "now": now,
+            "held_until": now + timedelta(minutes=hold_minutes),
             "event_payload": event_payload,
         },
     )
     row = rows[0] if rows else None
     if row is None:
-        payment = owned_payment(session, payment_id, student_id)
-        session.refresh(payment)
+        # As it is now (read afresh, not as this session may have loaded it before).
+        payment = owned_payment(session, payment_id, student_id, fresh=True)
         if payment.status in (PaymentStatus.FAILED, PaymentStatus.REFUNDED):
             raise Conflict(
                 "payment_not_confirmable",
@@ -279,8 +297,6 @@ def request_confirmation(
                 status=payment.status,
             )
         return Confirmation(payment, False)
-    # Paid within the hold: it keeps the trainer's place while the provider is asked.
-    extend_hold(session, row.id, now=now, minutes=hold_minutes)
     correlation_id = str(row.id)
     note_events(
         session,

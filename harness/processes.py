@@ -124,7 +124,7 @@ def celery_worker(
         "-n",
         f"harness-{uuid.uuid4().hex[:8]}@{host.name if host else '%h'}",
         "--include",
-        ",".join(("harness.worker_ready", "harness.fault_pause", *include)),
+        ",".join(("harness.worker_ready", "harness.fault_pause", "harness.poison", *include)),
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

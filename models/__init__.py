@@ -4,7 +4,14 @@ from models.base import Base
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus, FailureKind
 from models.effects import Committed, WrittenEvent, note_events
-from models.events import DomainEvent, OutboxKind, OutboxMessage, ProcessedEvent, traced
+from models.events import (
+    DomainEvent,
+    OutboxKind,
+    OutboxMessage,
+    ProcessedEvent,
+    StepRun,
+    traced,
+)
 from models.fulfilment import (
     HOLDING_STATUSES,
     Allocation,
@@ -46,6 +53,7 @@ __all__ = [
     "ProcessedEvent",
     "Purchase",
     "SessionStatus",
+    "StepRun",
     "Student",
     "Trainer",
     "TrainerCourse",

@@ -42,6 +42,9 @@ class FailureKind(StrEnum):
     CONFLICT = "conflict"
     BROKER_UNAVAILABLE = "broker_unavailable"
     TOO_SLOW = "too_slow"
+    # A poison message: the process running the step died (SIGKILL: out of memory, a
+    # crash in a C library) as many times as POISON_WORKER_LOSSES allows (tasks/poison.py).
+    WORKER_LOST = "worker_lost"
     UNEXPECTED = "unexpected"
 
 

@@ -38,7 +38,7 @@ class OutboxKind(StrEnum):
     START_COMPENSATION = "start_compensation"
     REPLAY_DEAD_LETTER = "replay_dead_letter"
     REALLOCATE = "reallocate"  # an allocation whose trainer can no longer serve it
-    SEND_NOTIFICATION = "send_notification"  # one e-mail (models.notifications)
+    SEND_NOTIFICATION = "send_notification"  # one change's e-mails (models.notifications)
     # A paid checkout no trainer can serve: refund it at the provider, then compensate.
     REFUND_UNSERVABLE = "refund_unservable"
     # A letter was replayed or discarded: take its message out of the dead_letter queue.
@@ -127,3 +127,22 @@ class ProcessedEvent(Base):
     event_type: Mapped[str] = mapped_column(String(64))
     result: Mapped[Any] = mapped_column(JSONB, nullable=True)
     processed_at: Mapped[datetime] = created_at_column()
+
+
+class StepRun(Base):
+    """One committed run of a pipeline step: which task (its Celery id, what Flower
+    shows it by), when it started and committed, in which trace. Written in the step's
+    own transaction, so a run that failed or rolled back leaves none (its retries are
+    on the timeline, its last failure in a dead letter). The operator's payment page
+    reads them (domain.operator_view); like the timeline, they are kept."""
+
+    __tablename__ = "step_runs"
+    __table_args__ = (Index("ix_step_runs_correlation", "correlation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(255))  # the task's name
+    task_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    trace_id: Mapped[str | None] = mapped_column(String(32))

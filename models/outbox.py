@@ -1,8 +1,9 @@
 """The outbox, whole: how a hand-off to the broker is written, published and relayed.
 
-- **Write** (`write`, or `insert_select` + `execute` for a writer that builds its row in
-  SQL): the row is part of the transaction that calls for it, and it is registered for
-  the after-commit publish as it is written, so no writer can forget to. (ORM-added rows
+- **Write** (`write`, or `insert_select` / `insert_select_sql` + `execute` for a writer
+  that builds its row in SQL): the row is part of the transaction that calls for it,
+  and it is registered for the after-commit publish as it is written, so no writer can
+  forget to. (ORM-added rows
   are noticed at flush by models.effects; `execute` notes the rows its statement
   returned.) No other module inserts outbox rows (tests/test_architecture.py).
 - **Publish** (`Publisher.publish`): each message is handed to the broker through the
@@ -30,15 +31,18 @@ from sqlalchemy import (
     Engine,
     Insert,
     Select,
+    TextClause,
     bindparam,
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
 
 from core import tracing
+from core.tracing import current_traceparent
 from models.effects import Committed, WrittenOutbox, note_outbox
 from models.events import OutboxKind, OutboxMessage
 from models.session import Database, execute_autocommit
@@ -74,6 +78,21 @@ def insert_select(rows: Select[Any]) -> Insert:
     )
 
 
+def insert_select_sql(rows_sql: str, *, with_sql: str = "") -> TextClause:
+    """`insert_select` as plain SQL, for a writer whose statement SQLAlchemy would compile
+    on every call (a PostgreSQL INSERT … ON CONFLICT has no cache key): `rows_sql`
+    selects (correlation_id, kind, payload), after `with_sql`'s CTEs if any. `execute`
+    supplies the writing trace (`:outbox_traceparent`), which a Core INSERT gets from
+    the column's default."""
+    return text(
+        f"{with_sql} INSERT INTO outbox (correlation_id, kind, payload, traceparent)"
+        " SELECT m.correlation_id, m.kind, m.payload, :outbox_traceparent"
+        f" FROM ({rows_sql}) AS m (correlation_id, kind, payload)"
+        f" RETURNING id AS {RETURNED[0]}, correlation_id AS {RETURNED[1]},"
+        f" kind AS {RETURNED[2]}, payload AS {RETURNED[3]}"
+    )
+
+
 def returned_columns(columns: Any) -> list[Any]:
     """The written message's columns under the labels `execute` looks for; `columns`
     is the outbox table's `.c`, or the `.c` of a CTE made of `insert_select`."""
@@ -90,7 +109,10 @@ def returned_columns(columns: Any) -> list[Any]:
 def execute(session: Session, statement: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
     """Run a statement that writes outbox rows in SQL (built with `insert_select`) and
     register every row it returned for the after-commit publish."""
-    rows = list(session.execute(statement, dict(params or {})).all())
+    params = dict(params or {})
+    if isinstance(statement, TextClause):  # insert_select_sql
+        params["outbox_traceparent"] = current_traceparent()
+    rows = list(session.execute(statement, params).all())
     note_outbox(
         session,
         [

@@ -3,6 +3,12 @@
 Each option's default may also come from the environment (SANDBOX_HOST, SANDBOX_PORT,
 SANDBOX_WEBHOOK_URL, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRETS' first entry), so the
 Procfile and docker-compose run the same command with different surroundings.
+
+Served by werkzeug's threaded WSGI server, as the tests serve it (harness/serving.py),
+through `make_server` rather than `run_simple`: run_simple's banner warns against its
+development server in production, and the sandbox, a stand-in for api.stripe.com, exists
+only for development and tests. It prints one ready line, a line per request, and stops
+with exit status 0 on SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import sys
 
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
 
 from sandbox.app import SandboxConfig, create_sandbox
 
@@ -39,7 +47,20 @@ def main() -> None:
             webhook_secret=args.webhook_secret,
         )
     )
-    run_simple(args.host, args.port, app, threaded=True)
+    server = make_server(args.host, args.port, app, threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    logging.getLogger("sandbox").info(
+        "ready: http://%s:%s (Stripe's API for development; events to %s)",
+        args.host,
+        server.server_port,
+        args.webhook_url,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ One block per mail: From, To, Subject and Message-ID, then the text body decoded
 mail client would show rather than the wire's. A mail without a text part names what it
 has instead. The server is aiosmtpd's; the host's default comes from SANDBOX_HOST, as
 for the provider sandbox (`python -m sandbox`), so the Procfile and compose run the same
-command.
+command, and the port's from MAILSINK_PORT (1025). It prints one ready line, and stops
+with exit status 0 on SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import email
 import email.policy
 import os
+import signal
 import sys
 import threading
 from email.message import EmailMessage
@@ -77,17 +79,20 @@ class PrintingHandler:
 def main() -> None:
     parser = argparse.ArgumentParser(description="A local SMTP sink that prints each mail.")
     parser.add_argument("--host", default=os.environ.get("SANDBOX_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=1025)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MAILSINK_PORT", "1025")))
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     controller = Controller(PrintingHandler(sys.stdout), hostname=args.host, port=args.port)
     controller.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(
-        f"mail sink: SMTP on {args.host}:{args.port} (SMTP_URL=smtp://{args.host}:{args.port});"
-        " every message is printed here, decoded; none is delivered"
+        f"mail sink ready: smtp://{args.host}:{args.port} (SMTP_URL); every message is"
+        " printed here, decoded; none is delivered"
     )
     try:
-        threading.Event().wait()  # until the process is stopped
+        threading.Event().wait()  # until SIGTERM or Ctrl-C
+    except KeyboardInterrupt:
+        pass
     finally:
         controller.stop()
 

@@ -25,9 +25,11 @@ from core.logs import log_context
 from domain.clock import utcnow
 from domain.errors import StepCancelled, TransientStepError, safe_reason
 from domain.events import record_step_retry
+from domain.step_runs import Run
 from tasks.celery_app import TutorflowCelery
-from tasks.dead_letters import park
+from tasks.dead_letters import FIRST_FAILED_AT, park
 from tasks.failures import failure_kind
+from tasks.poison import check_redelivery
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     SoftTimeLimitExceeded,  # slow, not wrong: a network or database that hung
 )
 
-FIRST_FAILED_AT = "x_first_failed_at"
 # The ids of this process's attempts whose retry is in the broker but whose retry
 # handling has not finished (on_retry). By id, not on the request: an error raised outside
 # the task body reaches on_failure after Celery has popped the request.
@@ -125,6 +126,9 @@ class PipelineTask(StepEvents):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(correlation_id=kwargs.get("correlation_id"), task_id=self.request.id):
+            # A message that came back after its worker died too often is parked, not
+            # run (tasks/poison.py): on_failure dead-letters WorkerLostRepeatedly.
+            check_redelivery(self.tutorflow, self.request)
             try:
                 return super().__call__(*args, **kwargs)
             except StepCancelled as cancelled:
@@ -133,8 +137,10 @@ class PipelineTask(StepEvents):
                 raise Ignore() from cancelled
 
     def delivery(self, correlation_id: str) -> Delivery:
-        """This run's message as its use case sees it (its inbox row's key)."""
-        return Delivery(self.name, correlation_id, self.consumes)
+        """This run's message as its use case sees it (its inbox row's key), and the
+        run itself (task id, start: asked first thing in the step's body)."""
+        run = None if self.request.id is None else Run(self.request.id, utcnow())
+        return Delivery(self.name, correlation_id, self.consumes, run)
 
     def retry(self, *args: Any, **options: Any) -> Any:
         # Carry the first failure's time across retries, for the dead letter.

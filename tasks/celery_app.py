@@ -16,18 +16,22 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
     beat_init,
     before_task_publish,
+    celeryd_init,
     setup_logging,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
-from celeryconfig import celery_config
+from celeryconfig import AMQP_TRANSPORTS, broker_transport, celery_config
 from core import tracing
 from core.config import Settings
-from core.logs import configure_logging
+from core.logs import STARTUP_CHATTER, configure_logging, log_python_warnings, say_ready
+from core.redis_client import without_password
 from tasks import telemetry
+from tasks.poison import PoisonedMessages
 
 if TYPE_CHECKING:
     from core.cache import Cache
@@ -56,6 +60,9 @@ class TutorflowCelery(Celery):
         self.settings = settings
         self.conf.update(celery_config(settings))
         telemetry.install(self)  # durations, retries, queue consumers for /metrics
+        if broker_transport(settings.broker_url) in AMQP_TRANSPORTS:
+            # RabbitMQ's dead-lettered poison messages become dead letters (tasks/poison.py).
+            self.steps["consumer"].add(PoisonedMessages)
 
 
 def _running_app() -> TutorflowCelery:
@@ -86,11 +93,47 @@ class RoutineTasksAtDebug(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+# What a worker or beat prints while it starts, replaced by its ready line (below):
+# Celery's mingle with the other workers, its "Connected to" (a reconnection later
+# still says it), "ready." and beat's "Starting...".
+STARTUP_CHATTER.add(
+    always=[
+        ("celery.worker.consumer.mingle", None),
+        ("celery.worker.control", "sync with %s"),
+        ("celery.apps.worker", "%s ready."),
+        ("celery.beat", "beat: Starting..."),
+    ],
+    until_ready=[("celery.worker.consumer.connection", "Connected to %s")],
+)
+
+
 @setup_logging.connect
 def _configure_logging(**_: object) -> None:
     settings = _running_app().settings
     handler = configure_logging(settings.log_level, settings.log_json)
     handler.filters.insert(0, RoutineTasksAtDebug())  # before the masking filter formats
+
+
+@celeryd_init.connect
+def _worker_starting(**_: object) -> None:
+    """A worker's first signal, sent before Celery checks its privileges: the
+    SecurityWarning it gives a worker run as root (docs/operations.md, "Startup") is one
+    line in the worker's log format, like everything after it."""
+    _configure_logging()
+    log_python_warnings()
+
+
+@worker_ready.connect
+def _worker_ready(sender: Any = None, **_: object) -> None:
+    """The worker's one line at start: its name, queues, pool and broker."""
+    worker = sender.controller
+    queues = ", ".join(sorted(sender.app.amqp.queues.consume_from))
+    pool = worker.pool_cls.__module__.rsplit(".", 1)[-1]  # prefork, thread…
+    say_ready(
+        worker.hostname,
+        f"queues {queues} ({pool} pool of {worker.concurrency})"
+        f" on {without_password(sender.app.settings.broker_url)}",
+    )
 
 
 @worker_process_init.connect
@@ -121,6 +164,8 @@ def _worker_without_pool_children(sender: Any = None, **_: object) -> None:
 def _beat_started(sender: Any = None, **_: object) -> None:
     # Beat's own jobs (top-up, stalled pipelines) start traces; the relay's ticks do not.
     tracing.install(sender.app.settings, role="beat")
+    broker = without_password(sender.app.settings.broker_url)
+    say_ready("beat", f"{len(sender.app.conf.beat_schedule)} jobs, sent to {broker}")
 
 
 @before_task_publish.connect

@@ -23,6 +23,9 @@ SETTLE_DEAD_LETTERS = "tutorflow.beat.settle_dead_letters"
 # Set while a settle is asked for and has not yet started: a bulk replay or discard
 # asks once, not once per letter (tasks.handoff, tasks.beat).
 SETTLE_PENDING_KEY = "tutorflow:dead_letters:settle_pending"
+# The fulfilment chain's steps that record their runs (models.StepRun), in order: all
+# but its last link, refresh_student_views, which only touches the cache.
+RECORDED_STEPS = (VERIFY_PAYMENT, CREATE_PURCHASE, ALLOCATE_TRAINER, SCHEDULE_SESSIONS)
 
 
 def fulfilment_chain(app: Celery, payment_id: str) -> Signature:

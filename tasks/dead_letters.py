@@ -47,6 +47,9 @@ from tasks.redelivery import Redelivery
 
 log = logging.getLogger(__name__)
 
+# The message header that carries a step's first failure across its retries (tasks.base).
+FIRST_FAILED_AT = "x_first_failed_at"
+
 
 def park(
     *,
@@ -76,9 +79,7 @@ def park(
     )
     log.error("dead-lettering %s: %s", task.name, record.exception_message)
     try:
-        task.app.signature(RECORD_DEAD_LETTER, kwargs=to_message(record)).apply_async(
-            argsrepr="()", kwargsrepr=_short(record)
-        )
+        publish(task.app, record)
         return
     except Exception:
         log.exception("dead-letter publish failed; recording it directly")
@@ -88,6 +89,13 @@ def park(
         # Last resort: the whole letter is in the log, to be re-entered by hand.
         log.critical("dead letter could not be recorded", extra={"dead_letter": to_message(record)})
         raise
+
+
+def publish(app: Celery, record: DeadLetterRecord) -> None:
+    """Hand the letter to the dead_letter_intake queue, whose worker stores it."""
+    app.signature(RECORD_DEAD_LETTER, kwargs=to_message(record)).apply_async(
+        argsrepr="()", kwargsrepr=_short(record)
+    )
 
 
 class DeadLetterOpen(Exception):

@@ -15,8 +15,22 @@ from domain.errors import NoTrainerAvailable, PermanentStepError, TransientStepE
 from domain.payments import NotSettledYet
 from models import FailureKind
 
+
+class WorkerLostRepeatedly(Exception):
+    """A poison message: the process running the step died this many times (tasks/poison.py)."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__(
+            f"the worker running this step was lost {losses} times (its process killed: "
+            "out of memory, a crash in a C library, the hard time limit); parked as a poison "
+            "message instead of being handed out again"
+        )
+        self.losses = losses
+
+
 # By the class itself, not its subclasses (a subclass may mean something else).
 LIBRARY_KINDS: dict[type[BaseException], FailureKind] = {
+    WorkerLostRepeatedly: FailureKind.WORKER_LOST,
     OperationalError: FailureKind.DATABASE_UNAVAILABLE,
     IntegrityError: FailureKind.CONFLICT,
     kombu.exceptions.OperationalError: FailureKind.BROKER_UNAVAILABLE,

@@ -81,9 +81,15 @@ def dispatch(app: Celery) -> dict[str, Publish]:
             raise
 
     def send_notification(payload: Mapping[str, Any]) -> None:
+        # A change's e-mails in one task; `notification_id`: a row of the release before.
+        ids = (
+            payload["notification_ids"]
+            if "notification_ids" in payload
+            else payload["notification_id"]
+        )
         app.signature(
             chains.SEND_NOTIFICATION,
-            (payload["notification_id"],),
+            (ids,),
             {"correlation_id": payload["payment_id"]},
         ).apply_async(retry_policy=API_PUBLISH_RETRY)
 

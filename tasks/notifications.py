@@ -1,6 +1,7 @@
-"""Sending one notification e-mail: its own task on its own queue, off the fulfilment
-chain (a slow or dead mail server holds up only this queue's worker), published through
-the outbox like every hand-off.
+"""Sending a change's notification e-mails (usually two: the student's and the
+trainer's): their own task on their own queue, off the fulfilment chain (a slow or dead
+mail server holds up only this queue's worker), published through the outbox like every
+hand-off, and sent on one SMTP connection.
 
 The guarantee (docs/guarantees.md, "Notifications"), step by step in domain.notifications:
 
@@ -39,11 +40,18 @@ log = logging.getLogger(__name__)
 
 class NotificationTask(PipelineTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Given up (5xx, or retries spent): say so on the row, then the dead letter. (A
-        # hard time limit is not giving up: the message is requeued, see PipelineTask.)
+        # Given up (5xx, or retries spent): say so on the rows not sent, then the dead
+        # letter. (A hard time limit is not giving up: the message is requeued, see
+        # PipelineTask.)
         if args and not isinstance(exc, TimeLimitExceeded):
-            _record(self, args[0], NotificationStatus.FAILED, exc)
+            for notification_id in _ids(args[0]):
+                _record(self, notification_id, NotificationStatus.FAILED, exc)
         super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def _ids(notification_ids: int | list[int]) -> list[int]:
+    # A single id: a message (or a dead letter) of the release before, one e-mail each.
+    return [notification_ids] if isinstance(notification_ids, int) else list(notification_ids)
 
 
 def _bind(task: PipelineTask) -> Any:
@@ -65,30 +73,58 @@ def _record(
 
 
 @step(SEND, max_retries=8, base=NotificationTask)
-def send_notification(self: NotificationTask, notification_id: int, *, correlation_id: str) -> str:
+def send_notification(
+    self: NotificationTask, notification_ids: int | list[int], *, correlation_id: str
+) -> list[str]:
+    """One change's e-mails (the ids its transaction wrote), in order, on one SMTP
+    connection; the Message-IDs sent now. The three steps (domain.notifications) take
+    all the rows at once: claimed in one committed statement, locked together while the
+    messages go out, marked and committed together. A server that is down stops the run
+    (the rows not sent say `retrying`; the retry sends them); a message refused for good
+    is failed and the others still go, then the task gives up (a dead letter naming the
+    refused ones: a replay sends only what is not sent)."""
+    ids = _ids(notification_ids)
     # 1. Claimed and committed on its own (a Connection, not a Session: the commit the
     # fault harness pauses at is step 3's).
-    execute_autocommit(_bind(self), notifications.CLAIM, {"notification_id": notification_id})
-    try:
-        # 2. Locked while the message goes out; 3. marked sent, committed.
-        with self.tutorflow.database.transaction() as session:
-            notification = notifications.lock_for_sending(session, notification_id)
-            if notification is None:
-                log.info("notification sent already", extra={"notification_id": notification_id})
-                return "sent already"
-            self.tutorflow.mailer.send(
-                Mail(
-                    recipient=notification.recipient,
-                    subject=notification.subject,
-                    body=notification.body,
-                    message_id=notification.message_id,
+    execute_autocommit(_bind(self), notifications.CLAIM, {"notification_ids": ids})
+    sent: list[str] = []
+    refused: list[str] = []
+    unavailable: MailUnavailable | None = None
+    # 2. Locked while the messages go out; 3. marked, committed (with the sends that
+    # went out before a failure, which must stay sent).
+    with (
+        self.tutorflow.mailer.session() as connection,
+        self.tutorflow.database.transaction() as session,
+    ):
+        pending = notifications.lock_for_sending(session, ids)
+        if not pending:  # a copy of a task that has run (a redelivery, a re-publish)
+            log.info("notification sent already", extra={"notification_ids": ids})
+        for notification in pending:
+            try:
+                connection.send(
+                    Mail(
+                        recipient=notification.recipient,
+                        subject=notification.subject,
+                        body=notification.body,
+                        message_id=notification.message_id,
+                    )
                 )
-            )
+            except MailUnavailable as exc:
+                unavailable = exc
+                break
+            except MailRejected as exc:
+                notifications.mark_failed(notification, str(exc))
+                refused.append(f"notification {notification.id}: {exc}")
+                continue
             notifications.mark_sent(notification, utcnow())
-    except MailUnavailable as exc:
-        _record(self, notification_id, NotificationStatus.RETRYING, exc)
-        raise TransientStepError(str(exc)) from exc
-    except MailRejected as exc:
-        raise PermanentStepError(str(exc)) from exc
-    log.info("notification sent", extra={"notification_id": notification_id})
-    return notification.message_id
+            sent.append(notification.message_id)
+    if sent:
+        log.info("notifications sent", extra={"notification_ids": ids, "sent": len(sent)})
+    if unavailable is not None:
+        # The rows not sent wait for the server (each says why).
+        for notification_id in ids:
+            _record(self, notification_id, NotificationStatus.RETRYING, unavailable)
+        raise TransientStepError(str(unavailable)) from unavailable
+    if refused:
+        raise PermanentStepError("; ".join(refused))
+    return sent

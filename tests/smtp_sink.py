@@ -23,6 +23,7 @@ from harness.processes import free_port
 class Received:
     envelope_to: tuple[str, ...]
     message: EmailMessage
+    peer: object  # the client's (address, port): one per SMTP connection
 
     @property
     def message_id(self) -> str:
@@ -55,7 +56,7 @@ class _Recorder:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         with self.lock:
-            self.messages.append(Received(tuple(envelope.rcpt_tos), message))
+            self.messages.append(Received(tuple(envelope.rcpt_tos), message, session.peer))
         return "250 Message accepted for delivery"
 
 

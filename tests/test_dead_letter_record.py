@@ -22,7 +22,13 @@ from domain.events import EventType
 from domain.payments import NotSettledYet
 from models import DeadLetter, DomainEvent, FailureKind, OutboxKind
 from tasks.dead_letters import from_message, to_message
-from tasks.failures import failure_kind, failure_kind_named, qualified_name
+from tasks.failures import (
+    WorkerLostRepeatedly,
+    failure_kind,
+    failure_kind_named,
+    qualified_name,
+)
+from tasks.poison import poisoned_record
 from tasks.redelivery import Redelivery
 from tests.conftest import ADMIN
 from tests.factories import make_course, make_payment, make_student
@@ -40,6 +46,7 @@ KINDS = [
     (redis.exceptions.ConnectionError("refused"), FailureKind.BROKER_UNAVAILABLE),
     (redis.exceptions.TimeoutError("slow"), FailureKind.BROKER_UNAVAILABLE),
     (SoftTimeLimitExceeded(), FailureKind.TOO_SLOW),
+    (WorkerLostRepeatedly(3), FailureKind.WORKER_LOST),
     (KeyError("x"), FailureKind.UNEXPECTED),
 ]
 
@@ -54,6 +61,39 @@ def test_a_library_errors_subclass_is_not_taken_for_it_nor_is_no_error():
     # As the reasons were looked up by the class's own name: a subclass may mean more.
     assert failure_kind(redis.exceptions.BusyLoadingError("loading")) == FailureKind.UNEXPECTED
     assert failure_kind(None) == FailureKind.UNEXPECTED
+
+
+def test_a_message_rabbitmq_dead_lettered_at_its_delivery_limit_becomes_a_worker_lost_letter():
+    """The `poisoned` queue's message is the step's own Celery message (protocol 2) with
+    RabbitMQ's x-death header: the letter replays the step and the rest of its chain."""
+    payment_id = str(uuid.uuid4())
+    link = {"task": "tutorflow.pipeline.allocate_trainer", "kwargs": {}, "options": {}}
+    headers = {
+        "id": "run-1",
+        "task": "tutorflow.pipeline.create_purchase",
+        "retries": 1,
+        "x_first_failed_at": "2026-11-20T09:00:00+00:00",
+        "x-death": [{"reason": "delivery_limit", "queue": "pipeline", "count": 1}],
+    }
+    body = [[{"payment_id": payment_id}], {"correlation_id": payment_id}, {"chain": [link]}]
+    letter = poisoned_record(headers, body, losses=3, now=AT)
+    assert (letter.run_id, letter.step, letter.correlation_id) == (
+        "run-1",
+        "tutorflow.pipeline.create_purchase",
+        payment_id,
+    )
+    assert letter.kind == FailureKind.WORKER_LOST
+    assert letter.exception_type == "tasks.failures.WorkerLostRepeatedly"
+    assert letter.exception_message.startswith("the worker running this step was lost 3 times")
+    assert "'pipeline': delivery_limit" in letter.traceback
+    assert letter.retries == 1
+    assert (letter.first_failed_at, letter.last_failed_at) == (AT - timedelta(hours=1), AT)
+    assert Redelivery.from_json(letter.redelivery) == Redelivery(
+        "tutorflow.pipeline.create_purchase",
+        [{"payment_id": payment_id}],
+        {"correlation_id": payment_id},
+        [link],
+    )
 
 
 def record(**overrides) -> DeadLetterRecord:

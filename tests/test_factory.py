@@ -38,6 +38,8 @@ def test_a_malformed_setting_names_the_variable_and_the_form_it_wants():
     with pytest.raises(ValueError, match=r"HOLD_MINUTES='soon': expected a number, like 15"):
         Settings.from_env({"HOLD_MINUTES": "soon"})
     assert Settings.from_env({"HOLD_MINUTES": " 20 "}).hold_minutes == 20
+    with pytest.raises(ValueError, match=r"POISON_WORKER_LOSSES=0: expected .* at least 1"):
+        Settings.from_env({"POISON_WORKER_LOSSES": "0"})
 
 
 def test_the_development_key_goes_to_the_sandbox_and_any_other_key_to_stripe():

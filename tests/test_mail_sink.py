@@ -58,7 +58,7 @@ def test_the_sink_prints_each_mail_decoded():
         raise AssertionError(f"no {marker!r} from the sink; it printed {seen}")
 
     try:
-        assert "mail sink: SMTP on 127.0.0.1:" in read_until("mail sink:")[-1]
+        assert f"mail sink ready: smtp://127.0.0.1:{port} " in read_until("mail sink ready:")[-1]
         mailer = Mailer(
             SmtpServer.from_url(f"smtp://127.0.0.1:{port}"),
             sender="Tutorflow <no-reply@tutorflow.local>",

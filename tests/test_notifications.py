@@ -21,6 +21,7 @@ from core.config import Settings
 from core.mail import SmtpServer
 from domain import dead_letters, notifications
 from domain.calendar import Shift, ShiftReason
+from domain.notifications import Notice
 from harness.processes import ALL_QUEUES, celery_worker, wait_until
 from models import (
     DeadLetter,
@@ -96,7 +97,7 @@ def test_redelivered_and_duplicated_sends_send_nothing_again(db_session, booked)
     [row] = rows(db_session, recipient=student.email)
     for _ in range(3):  # a redelivery, a duplicate publish, a relay's re-publish
         result = send_notification.apply(args=[row.id], kwargs={"correlation_id": "x"}).get()
-        assert result == "sent already"
+        assert result == []  # nothing left to send
     assert len(SINK.received(to=student.email)) == 1
     assert rows(db_session, recipient=student.email)[0].attempts == 1
 
@@ -108,18 +109,58 @@ def test_the_same_news_written_twice_is_owed_once(db_session, booked):
     )
     again = notifications.write(
         db_session,
-        kind=NotificationKind.SESSIONS_BOOKED,
-        recipient=student.email,
-        correlation_id=payment.id,
-        subject="again",
-        body="again",
+        payment.id,
+        [Notice(NotificationKind.SESSIONS_BOOKED, student.email, subject="again", body="again")],
     )
     db_session.flush()
-    assert again is None
+    assert again == []
     after = db_session.scalar(
         select(func.count()).where(OutboxMessage.kind == OutboxKind.SEND_NOTIFICATION)
     )
-    assert after == before == 2
+    assert after == before == 1  # the booking's two e-mails: one message, nothing more
+
+
+def test_a_bookings_two_emails_go_out_in_one_task_on_one_connection(db_session, booked):
+    _, student, trainer = booked
+    [message] = db_session.scalars(
+        select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.SEND_NOTIFICATION)
+    )
+    ids = [row.id for row in rows(db_session)]
+    assert len(ids) == 2 and message.payload["notification_ids"] == ids
+    [to_student] = SINK.received(to=student.email)
+    [to_trainer] = SINK.received(to=trainer.email)
+    assert to_student.peer == to_trainer.peer  # the same client socket: one connection
+
+
+def test_one_refused_recipient_fails_alone_and_the_letter_replays_only_it(
+    client, db_session, eager
+):
+    kept = f"kept-{uuid.uuid4().hex[:12]}@test.example"
+    payment_id = uuid.uuid4()
+    ids = notifications.write(
+        db_session,
+        payment_id,
+        [
+            Notice(NotificationKind.SESSION_RESCHEDULED, "bounce@test.example", "s", "b"),
+            Notice(NotificationKind.SESSION_RESCHEDULED, kept, "s", "b"),
+        ],
+    )
+    db_session.flush()
+    result = send_notification.apply(
+        args=[ids], kwargs={"correlation_id": str(payment_id)}, throw=False
+    )
+    assert result.failed()
+    refused, sent = rows(db_session, correlation_id=payment_id)
+    assert (refused.status, sent.status) == (NotificationStatus.FAILED, NotificationStatus.SENT)
+    assert len(SINK.received(to=kept)) == 1
+    letter = db_session.scalars(select(DeadLetter)).one()
+    assert f"notification {ids[0]}" in letter.exception_message
+    replay = client.post(f"/api/v1/admin/dead-letters/{letter.id}/replay", headers=ADMIN)
+    assert replay.status_code == 200, replay.json
+    # The refused one was tried again (and refused again); the sent one was not sent again.
+    refused, sent = rows(db_session, id=ids[0]) + rows(db_session, id=ids[1])
+    assert (refused.attempts, sent.attempts) == (2, 1)
+    assert len(SINK.received(to=kept)) == 1
 
 
 def test_a_reschedule_tells_student_and_trainer_in_their_own_zones(client, db_session, booked):
@@ -190,13 +231,11 @@ def test_shifted_dates_are_told_in_one_mail_in_the_students_zone(db_session, eag
 
 
 def test_a_refused_recipient_is_failed_and_dead_lettered(db_session, eager):
-    notification_id = notifications.write(
+    [notification_id] = notifications.write(
         db_session,
-        kind=NotificationKind.REFUNDED,
-        recipient="bounce@test.example",  # the sink answers 550 for bounce@
-        correlation_id=uuid.uuid4(),
-        subject="s",
-        body="b",
+        uuid.uuid4(),
+        # The sink answers 550 for bounce@.
+        [Notice(NotificationKind.REFUNDED, "bounce@test.example", subject="s", body="b")],
     )
     db_session.flush()
     result = send_notification.apply(
@@ -218,13 +257,10 @@ def test_a_send_whose_publish_was_lost_is_published_by_the_relay(db_connection, 
     # Committed through a plain Session (no after-commit channel): nothing was published,
     # as when the process dies right after its commit, or the broker is down.
     with Session(bind=db_connection, join_transaction_mode="create_savepoint") as session:
-        notification_id = notifications.write(
+        [notification_id] = notifications.write(
             session,
-            kind=NotificationKind.REFUNDED,
-            recipient=recipient,
-            correlation_id=uuid.uuid4(),
-            subject="Your payment was refunded",
-            body="b",
+            uuid.uuid4(),
+            [Notice(NotificationKind.REFUNDED, recipient, "Your payment was refunded", "b")],
         )
         # Older than the relay's grace (rows that young are left to the channel).
         session.execute(update(OutboxMessage).values(created_at=func.now() - timedelta(minutes=1)))
@@ -260,15 +296,18 @@ def seed_notification() -> tuple[int, str]:
     payment_id = uuid.uuid4()
     recipient = f"student-{payment_id.hex[:12]}@test.example"
     with open_session() as session, session.begin():
-        notification_id = notifications.write(
+        [notification_id] = notifications.write(
             session,
-            kind=NotificationKind.REFUNDED,
-            recipient=recipient,
-            correlation_id=payment_id,
-            subject="Your payment was refunded",
-            body="Hello,\n\nyour payment was refunded.\n",
+            payment_id,
+            [
+                Notice(
+                    NotificationKind.REFUNDED,
+                    recipient,
+                    subject="Your payment was refunded",
+                    body="Hello,\n\nyour payment was refunded.\n",
+                )
+            ],
         )
-    assert notification_id is not None
     return notification_id, recipient
 
 
@@ -335,8 +374,9 @@ def test_a_dead_mail_server_holds_up_no_fulfilment_and_the_mail_goes_once_it_is_
         NotificationKind.SESSIONS_BOOKED,
         NotificationKind.NEW_STUDENT,
     ]
+    # The first was tried at each retry; the second waited behind it (one connection).
+    assert sent[0].attempts >= 2 and sent[1].attempts >= 1
     for notification in sent:
-        assert notification.attempts >= 2
         [mail] = server.received(to=notification.recipient)
         assert mail.message_id == notification.message_id
 

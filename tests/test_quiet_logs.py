@@ -6,6 +6,7 @@ too; a relay that published something says so at INFO."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -111,3 +112,24 @@ def test_a_text_line_names_only_the_ids_that_are_set(restore_root_logging):
         " published=2 to=b***@example.org"  # extra fields too, masked as in JSON
     )
     assert "None" not in buffer.getvalue()
+
+
+def test_a_text_line_leaves_out_extra_fields_that_repeat_its_arguments(restore_root_logging):
+    """The API's request line: method, path and status are the message's arguments and
+    `extra` fields too; the text line shows them once, the JSON line keeps the fields."""
+    log = logging.getLogger("tutorflow.requests")
+    fields = {"method": "GET", "path": "/healthz", "status": 200, "duration_ms": 0.17}
+    for json_lines in (False, True):
+        buffer = io.StringIO()
+        configure_logging("INFO", json_lines=json_lines, stream=buffer)
+        log.info("%s %s %s", "GET", "/healthz", 200, extra=fields)
+        printed = buffer.getvalue()
+        if json_lines:
+            line = json.loads(printed)
+            assert line["message"] == "GET /healthz 200"
+            assert {name: line[name] for name in fields} == fields
+            assert "message_args" not in line
+        else:
+            assert printed.rstrip("\n").endswith(
+                "INFO tutorflow.requests GET /healthz 200 duration_ms=0.17"
+            )

@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from celeryconfig import QUEUES, UnsafeDeliverySettings, celery_config
+from celeryconfig import QUEUES, UnsafeDeliverySettings, celery_config, poison_policy
 from core.config import Settings
 from domain.payments import request_confirmation
 from harness.brokers import delayed_messages, is_rabbitmq
@@ -52,6 +52,25 @@ def test_rabbitmq_checks_the_time_limit_against_its_consumer_timeout_not_a_visib
         _config("amqp://x//", CELERY_TASK_TIME_LIMIT="1800")
 
 
+def test_rabbitmq_bounds_poison_messages_by_a_policy_on_the_step_queues():
+    """A policy, not queue arguments (those of an existing queue cannot change): each
+    step queue hands a message out POISON_WORKER_LOSSES times, then dead-letters it, at
+    least once, to `poisoned`; the dead_letter queue's own messages are letters."""
+    policy = poison_policy(Settings.from_env({"BROKER_URL": "amqp://x//"}))
+    assert policy["pattern"] == "^(pipeline|provider|maintenance|notifications)$"
+    assert policy["apply-to"] == "queues"
+    assert policy["definition"] == {
+        "delivery-limit": 2,  # 3 deliveries, 3 workers lost: the default bound
+        "dead-letter-exchange": "poisoned",
+        "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish",
+    }
+    five = Settings.from_env({"BROKER_URL": "amqp://x//", "POISON_WORKER_LOSSES": "5"})
+    assert poison_policy(five)["definition"]["delivery-limit"] == 4
+    assert five.rabbitmq_management_url == "http://x:15672"
+    assert _config("amqp://x//")["task_queues"][0].queue_arguments == {"x-queue-type": "quorum"}
+
+
 def _management_queues() -> dict[str, dict]:
     """The queues of the test run's vhost, from RabbitMQ's management API."""
     url = urlsplit(settings.broker_url)
@@ -68,13 +87,26 @@ def _management_queues() -> dict[str, dict]:
 @on_rabbitmq
 @pytest.mark.worker
 def test_a_worker_declares_every_queue_as_a_durable_quorum_queue(committed):
-    with celery_worker():
+    limited = ("pipeline", "provider", "maintenance", "notifications")
+
+    def policy_shown() -> bool:  # the management API's view lags a policy by seconds
+        queues = _management_queues()
+        return all(queues.get(name, {}).get("policy") == "tutorflow-poison" for name in limited)
+
+    with celery_worker(queues=",".join(QUEUES)):  # declares each (not only after other tests)
+        wait_until(policy_shown, 30, "the poison policy never applied to the step queues")
         queues = _management_queues()
     for name in QUEUES:
         assert queues[name]["type"] == "quorum", name
         assert queues[name]["durable"], name
     # The delay levels of native delayed delivery: quorum queues too.
     assert queues["celery_delayed_0"]["type"] == "quorum"
+    # The dead-letter worker set the poison policy and consumes what it dead-letters.
+    assert queues["poisoned"]["type"] == "quorum"
+    for name in limited:
+        assert queues[name]["effective_policy_definition"]["delivery-limit"] == 2, name
+    for name in ("dead_letter_intake", "dead_letter"):  # their messages are letters
+        assert queues[name].get("policy") in (None, ""), name
 
 
 @on_rabbitmq

@@ -1,7 +1,8 @@
-"""Operator actions on dead letters (admin token)."""
+"""Operator actions on dead letters, and one payment's chain (admin token)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask_smorest import Blueprint
@@ -17,10 +18,33 @@ from app.schemas import (
     DeadLetterPage,
     DeadLetterQuery,
     ErrorOut,
+    PaymentChainOut,
 )
+from domain.operator_view import payment_chain
 from domain.read_models import get_dead_letter, list_dead_letters
+from tasks.chains import RECORDED_STEPS
 
-blp = Blueprint("admin", __name__, description="Dead letters: list, replay, discard (admin).")
+blp = Blueprint(
+    "admin",
+    __name__,
+    description="Dead letters: list, replay, discard; one payment's chain (admin).",
+)
+
+
+@blp.route("/admin/payments/<uuid:payment_id>", methods=["GET"])
+@admin_only
+@blp.doc(security=ADMIN_SECURITY)
+@blp.response(200, PaymentChainOut)
+@blp.alt_response(401, schema=ErrorOut)
+@blp.alt_response(404, schema=ErrorOut)
+def show_payment_chain(payment_id: uuid.UUID):
+    """One payment as its chain: each step in order with its runs (task id, duration,
+    trace id, Flower link), retries and dead letters; the state and the timeline. The
+    operator's payment page (/admin/payments/{id}) reads it."""
+    return {
+        **payment_chain(db(), payment_id, RECORDED_STEPS),
+        "flower_url": runtime().settings.flower_public_url,
+    }
 
 
 @blp.route("/admin/dead-letters", methods=["GET"])

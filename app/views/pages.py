@@ -1,8 +1,9 @@
-"""Pages for people: the landing page, the student page (plain HTML and JavaScript, no
-build step) and the files of the Swagger UI at /docs."""
+"""Pages for people: the landing page, the student page, the operator's payment page
+(plain HTML and JavaScript, no build step) and the files of the Swagger UI at /docs."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import flask_swagger_ui
@@ -48,5 +49,16 @@ def student_page(student_id: int):
             publishable_key=settings.stripe_publishable_key,
         )
     )
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@blp.get("/admin/payments/<uuid:payment_id>")
+def payment_page(payment_id: uuid.UUID):
+    """The operator's page of one payment: HTML and a script, no data and no secret. The
+    script asks for the admin token once (kept in the tab's sessionStorage) and reads
+    GET /api/v1/admin/payments/{id} with it as a bearer header: no cookie, so no CSRF,
+    and the token is never in a URL, a log line or the page."""
+    response = make_response(render_template("payment.html"))
     response.headers["Cache-Control"] = "no-cache"
     return response

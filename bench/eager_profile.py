@@ -1,0 +1,200 @@
+"""Where a payment's Python CPU goes, without Celery's messaging: N payments confirmed and
+fulfilled eagerly in this process (the confirm, the five steps, both e-mails over SMTP),
+under cProfile.
+
+The provider sandbox and an SMTP sink that discards what it takes run in threads of this
+process; the figure per payment is this (main) thread's CPU, i.e. the application's
+side of the confirm, the steps and the two e-mails: SQLAlchemy, psycopg2, the e-mail
+package, smtplib, the provider client, logging — what a change to the application code
+moves. It leaves out what the knee bench adds on top (Celery's messages and events,
+Redis, PostgreSQL's backends, the API's HTTP), so it is a tool to compare two versions
+of the code in one sitting, not a budget. The reference in the same run is the same
+thread's CPU for a trivial SELECT round trip repeated as many times as a payment runs
+statements (a floor that moves with the machine, not the code).
+
+    python -m bench.eager_profile [--payments 200] [--top 30] [--output FILE.prof]
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_SMTP_PORT = _free_port()
+os.environ.setdefault("SMTP_URL", f"smtp://127.0.0.1:{_SMTP_PORT}")
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import datetime as dt  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+import pstats  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from typing import Any  # noqa: E402
+
+from aiosmtpd.controller import Controller  # noqa: E402
+from sqlalchemy import event, text  # noqa: E402
+
+import bench.common as common  # noqa: E402  (before any project module reads the settings)
+import tasks.notifications  # noqa: E402  (the task modules, registered for eager runs)
+import tasks.pipeline  # noqa: E402, F401
+from actions import payments as actions  # noqa: E402
+from bench.knee import TIER, new_students, seed_realistic  # noqa: E402
+from bootstrap import bootstrap  # noqa: E402
+from domain.payments import Order  # noqa: E402
+
+
+class _Discard:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def _count_statements(engine: Any, texts: Counter[str]) -> list[int]:
+    counter = [0]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        counter[0] += 1
+        texts[" ".join(statement.split())[:150]] += 1
+
+    return counter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20, help="payments before the clock")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--output", help="write the cProfile stats here (.prof)")
+    parser.add_argument("--statements", action="store_true", help="list them, per payment")
+    parser.add_argument(
+        "--no-cprofile",
+        action="store_true",
+        help="no cProfile pass (to sample the plain run from outside, with py-spy)",
+    )
+    args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox's request lines
+
+    services = bootstrap(common.settings)
+    celery = services.celery
+    celery.conf.task_always_eager = True
+    celery.conf.task_eager_propagates = True
+    sink = Controller(_Discard(), hostname="127.0.0.1", port=_SMTP_PORT)
+    sink.start()
+    try:
+        common.fresh_database()
+        common.flush_bench_redis()
+        total = args.warmup + 2 * args.payments
+        course_id = seed_realistic(total)
+        database = services.worker_database
+
+        def checked_out(count: int) -> list[Any]:
+            """New students check out (a trainer's place held, the PaymentIntent made)
+            and pay at the sandbox, as in the knee bench; not timed."""
+            payments = []
+            for student_id, slot in new_students(count):
+                hour, minute = map(int, slot.split(":"))
+                answer = actions.checkout(
+                    services.api_database,
+                    services.provider,
+                    Order(student_id, course_id, TIER, dt.time(hour, minute)),
+                    idempotency_key=None,
+                    fingerprint="",
+                    render=lambda payment, *_: {"id": payment.id},
+                    hold_minutes=common.settings.hold_minutes,
+                )
+                payments.append(answer.body["id"])
+            common.pay_at_the_provider(payments)
+            return payments
+
+        payments = checked_out(args.warmup + args.payments)
+        texts: Counter[str] = Counter()
+        statements = _count_statements(database.engine, texts)
+
+        def confirm(payment_id: Any) -> None:
+            actions.confirm(
+                database,
+                payment_id,
+                student_id=None,
+                source="bench",
+                hold_minutes=common.settings.hold_minutes,
+            )
+
+        for payment_id in payments[: args.warmup]:
+            confirm(payment_id)
+        measured = payments[args.warmup :]
+        profile = cProfile.Profile(time.thread_time)  # CPU, not waiting for PostgreSQL
+        statements[0] = 0
+        texts.clear()
+        started = time.thread_time()
+        if not args.no_cprofile:
+            profile.enable()
+        for payment_id in measured:
+            confirm(payment_id)
+        profile.disable()
+        # Without the profiler's overhead, the same work again would need new payments;
+        # the profiled figure is reported and a plain run below gives the honest one.
+        profiled_ms = 1000 * (time.thread_time() - started) / len(measured)
+        per_payment = statements[0] / len(measured)
+        statement_texts = {text: n / len(measured) for text, n in texts.most_common()}
+
+        fresh = checked_out(args.payments)
+        started = time.thread_time()
+        for payment_id in fresh:
+            confirm(payment_id)
+        plain_ms = 1000 * (time.thread_time() - started) / len(fresh)
+
+        rounds = max(1, round(per_payment)) * len(fresh)
+        with database.engine.connect() as connection:
+            started = time.thread_time()
+            for _ in range(rounds):
+                connection.execute(text("SELECT 1")).scalar()
+            reference_ms = 1000 * (time.thread_time() - started) / len(fresh)
+        sessions = common.count_scheduled()
+        mails = common.scalar("SELECT count(*) FROM notifications WHERE status = 'sent'")
+    finally:
+        sink.stop()
+        celery.conf.task_always_eager = False
+
+    print(common.machine_note())
+    print(
+        f"{len(measured) + len(fresh)} payments fulfilled eagerly ({sessions} with their "
+        f"sessions, {mails} e-mails sent in all)"
+    )
+    print(
+        common.table(
+            ["figure", "ms of this thread's CPU per payment"],
+            [
+                ["confirm + 5 steps + 2 e-mails, plain", f"{plain_ms:.2f}"],
+                ["the same under cProfile", f"{profiled_ms:.2f}"],
+                [
+                    f"reference: {per_payment:.1f} x SELECT 1 (the statements a payment runs)",
+                    f"{reference_ms:.2f}",
+                ],
+                ["ratio to the reference", f"{plain_ms / reference_ms:.2f}x"],
+            ],
+        )
+    )
+    print(f"\nstatements per payment: {per_payment:.1f}")
+    if args.statements:
+        for text_, n in statement_texts.items():
+            print(f"  {n:4.1f}  {text_}")
+    if args.output:
+        profile.dump_stats(args.output)
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.top)
+        print(f"\n## top {args.top} by {order}\n")
+        print(out.getvalue().split("\n", 6)[-1])
+
+
+if __name__ == "__main__":
+    main()
