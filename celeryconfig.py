@@ -16,7 +16,20 @@ from core.redis_client import broker_transport_options
 # which waits 100-300 ms on the payment provider and needs a few ms of CPU: a thread-pool
 # worker of its own waits for many at once, while the pipeline's prefork processes stay
 # on the CPU-bound steps (docs/guarantees.md; bench.pipeline --provider-ms).
-QUEUES = ("pipeline", "provider", "dead_letter", "maintenance", "notifications")
+# "dead_letter_intake": a failed step's letter on its way to PostgreSQL (the dead-letter
+# worker records it). "dead_letter": the open letters themselves, one message each,
+# parked until an operator replays or discards the letter; no worker consumes it, so its
+# length is the number of open letters (Flower's Broker page; docs/operations.md).
+PARKED_QUEUE = "dead_letter"
+QUEUES = (
+    "pipeline",
+    "provider",
+    "dead_letter_intake",
+    "maintenance",
+    "notifications",
+    PARKED_QUEUE,
+)
+CONSUMED_QUEUES = tuple(queue for queue in QUEUES if queue != PARKED_QUEUE)
 PROVIDER_TASKS = ("tutorflow.pipeline.verify_payment", "tutorflow.pipeline.refund_unservable")
 
 
@@ -110,7 +123,7 @@ def amqp_config() -> dict[str, Any]:
 # `poisoned` exchange, whose queue the dead-letter worker turns into dead letters. By
 # policy, not queue arguments: a policy applies to the existing queues at once and can
 # change later, where a queue's arguments are fixed at its declaration (redeclaring with
-# others fails with PRECONDITION_FAILED). Not `dead_letter`: its own messages are letters.
+# others fails with PRECONDITION_FAILED). Not the dead-letter queues: their messages are letters.
 POISONED = "poisoned"
 POISON_POLICY = "tutorflow-poison"
 POISON_LIMITED_QUEUES = ("pipeline", "provider", "maintenance", "notifications")
@@ -271,7 +284,11 @@ def _base_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": "pipeline",
         "task_routes": {
             **{name: {"queue": "provider", "routing_key": "provider"} for name in PROVIDER_TASKS},
-            "tutorflow.dead_letters.*": {"queue": "dead_letter", "routing_key": "dead_letter"},
+            "tutorflow.dead_letters.parked": {"queue": PARKED_QUEUE, "routing_key": PARKED_QUEUE},
+            "tutorflow.dead_letters.*": {
+                "queue": "dead_letter_intake",
+                "routing_key": "dead_letter_intake",
+            },
             "tutorflow.beat.*": {"queue": "maintenance", "routing_key": "maintenance"},
             "tutorflow.notifications.*": {
                 "queue": "notifications",
@@ -313,9 +330,10 @@ def _base_config(settings: Settings) -> dict[str, Any]:
                 "options": {"expires": 600.0},
             },
             "prune-retention": {"task": "tutorflow.beat.prune_retention", "schedule": 3600.0},
-            # Flower's view of the open dead letters (tasks/dead_letters.py).
-            "report-open-dead-letters": {
-                "task": "tutorflow.dead_letters.report_open",
+            # The dead_letter queue holds one message per open letter: this puts back any
+            # that is missing and takes out those of letters resolved (tasks/dead_letters.py).
+            "settle-parked-dead-letters": {
+                "task": "tutorflow.dead_letters.settle",
                 "schedule": 60.0,
                 "options": {"expires": 120.0},
             },

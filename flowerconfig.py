@@ -5,6 +5,8 @@ import os
 
 from tornado.ioloop import IOLoop
 
+from celeryconfig import PARKED_QUEUE
+from core import flower_queues
 from core.config import get_settings
 from core.logs import STARTUP_CHATTER, configure_logging, say_ready
 
@@ -31,3 +33,11 @@ STARTUP_CHATTER.add(
     always=[("flower.inspector", "Inspect method %s failed"), ("kombu.mixins", "Connected to %s")]
 )
 IOLoop.current().add_callback(say_ready, "flower", settings.flower_public_url)
+
+# Dead letters at a glance (docs/operations.md, "Dead letters in Flower"): the Broker page
+# lists the dead_letter queue, whose length is the number of open letters, though no
+# worker consumes it; the Tasks page shows each failure's message (for a letter: its id
+# and why) beside its state, where a 1280-px screen shows it; the uuid, which links to
+# the task's page, comes last.
+flower_queues.install([PARKED_QUEUE])
+tasks_columns = "name,state,exception,received,runtime,worker,uuid"

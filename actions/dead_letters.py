@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from domain import dead_letters
 from domain.dead_letters import DeadLetterRecord, LetterFilter, OpenLetters
 from domain.errors import Conflict
-from models import Database, DeadLetter
+from models import Database, DeadLetter, DeadLetterStatus
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Recorded:
     correlation_id: str | None
     exception: str
     replay_of: int | None
+    still_open: bool  # False: a redelivered record of a letter resolved meanwhile
     open: OpenLetters
 
 
@@ -30,8 +31,10 @@ def record(database: Database, record: DeadLetterRecord) -> Recorded:
             letter_id=stored.id,
             step=stored.task_name,
             correlation_id=stored.correlation_id,
-            exception=f"{stored.exception_type}: {stored.exception_message}",
+            # The error's class name: its module is on the letter (admin API, CLI).
+            exception=f"{stored.exception_type.rsplit('.', 1)[-1]}: {stored.exception_message}",
             replay_of=stored.replay_of,
+            still_open=stored.status == DeadLetterStatus.OPEN,
             open=dead_letters.open_letters(session),
         )
 

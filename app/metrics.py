@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from app.runtime import Runtime, runtime
-from celeryconfig import QUEUES
+from celeryconfig import CONSUMED_QUEUES, QUEUES
 from domain import fulfilment
 from models import DeadLetter, DeadLetterStatus, OutboxMessage
 from tasks.telemetry import CONSUMER_FRESH_SECONDS, queue_depths
@@ -134,7 +134,7 @@ class SharedStateCollector(Collector):
             f"Workers that said within {CONSUMER_FRESH_SECONDS:g} s that they consume the queue.",
             labels=["queue"],
         )
-        for queue, count in telemetry.consumers(QUEUES, CONSUMER_FRESH_SECONDS).items():
+        for queue, count in telemetry.consumers(CONSUMED_QUEUES, CONSUMER_FRESH_SECONDS).items():
             consumers.add_metric([queue], count)
         yield consumers
         durations = HistogramMetricFamily(

@@ -71,7 +71,7 @@ LOAD_GENERATOR = "load generator + poller (bench)"
 MACHINE = "machine"
 WORKERS = ("worker", "provider", "mail", "deadletters")
 CHAIN_QUEUES = ("provider", "pipeline")
-ALL_QUEUES = ("provider", "pipeline", "notifications", "dead_letter", "maintenance")
+ALL_QUEUES = ("provider", "pipeline", "notifications", "dead_letter_intake", "maintenance")
 # kombu's Redis transport keeps each priority step of a queue in a list of its own.
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 

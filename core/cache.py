@@ -179,3 +179,19 @@ class Cache:
             _, _, kind, result = name.split(":")
             stats[kind][result] = int(value or 0)
         return stats
+
+    def claim(self, key: str, seconds: int) -> bool:
+        """True if `key` was free (the caller now holds it for `seconds`, or until
+        `release`). True as well if Redis is away: for a debounce, doing a thing twice
+        is harmless, not doing it is not."""
+        try:
+            return bool(self.client.set(key, "1", nx=True, ex=seconds))
+        except redis.RedisError:
+            log.warning("cache claim failed; acting as if free", exc_info=True)
+            return True
+
+    def release(self, key: str) -> None:
+        try:
+            self.client.delete(key)
+        except redis.RedisError:
+            log.warning("cache release failed (it expires)", exc_info=True)

@@ -117,9 +117,8 @@ def _on_timeline(
     session: Session, letter: DeadLetter, event_type: EventType, **payload: Any
 ) -> None:
     """The letter's event on its payment's timeline (a letter without a payment has none)."""
-    try:
-        payment_id = uuid.UUID(letter.correlation_id or "")
-    except ValueError:
+    payment_id = _payment_id(letter)
+    if payment_id is None:
         return
     student_id = session.scalar(select(Payment.student_id).where(Payment.id == payment_id))
     if student_id is None:
@@ -169,8 +168,7 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
             "redelivery": letter.redelivery,
         },
     )
-    letter.status = DeadLetterStatus.REPLAYED
-    letter.resolved_at = utcnow()
+    _resolve(session, letter, DeadLetterStatus.REPLAYED)
     _on_timeline(session, letter, EventType.DEAD_LETTER_REPLAYED)
     session.flush()
     return letter
@@ -178,10 +176,29 @@ def replay(session: Session, letter_id: int) -> DeadLetter:
 
 def discard(session: Session, letter_id: int) -> DeadLetter:
     letter = _open_letter(session, letter_id)
-    letter.status = DeadLetterStatus.DISCARDED
-    letter.resolved_at = utcnow()
+    _resolve(session, letter, DeadLetterStatus.DISCARDED)
     _on_timeline(session, letter, EventType.DEAD_LETTER_DISCARDED)
     return letter
+
+
+def _resolve(session: Session, letter: DeadLetter, status: DeadLetterStatus) -> None:
+    """No longer open; after the commit, the workers take its message out of the queue
+    where open letters wait (the outbox's settle message)."""
+    letter.status = status
+    letter.resolved_at = utcnow()
+    outbox.write(
+        session,
+        OutboxKind.SETTLE_DEAD_LETTERS,
+        correlation_id=_payment_id(letter) or uuid.UUID(int=0),
+        payload={"dead_letter_id": letter.id},
+    )
+
+
+def _payment_id(letter: DeadLetter) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(letter.correlation_id or "")
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

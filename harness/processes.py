@@ -35,7 +35,7 @@ from harness.hosts import DATA_HOST, Host
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_AUTH = ("ops", "secret")
 # Every queue but the provider's: what a prefork worker beside `provider_worker` takes.
-ALL_BUT_PROVIDER = "pipeline,dead_letter,maintenance"
+ALL_BUT_PROVIDER = "pipeline,dead_letter_intake,maintenance"
 ALL_QUEUES = f"{ALL_BUT_PROVIDER},provider"
 
 

@@ -41,6 +41,8 @@ class OutboxKind(StrEnum):
     SEND_NOTIFICATION = "send_notification"  # one change's e-mails (models.notifications)
     # A paid checkout no trainer can serve: refund it at the provider, then compensate.
     REFUND_UNSERVABLE = "refund_unservable"
+    # A letter was replayed or discarded: take its message out of the dead_letter queue.
+    SETTLE_DEAD_LETTERS = "settle_dead_letters"
 
 
 class DomainEvent(Base):

@@ -93,6 +93,16 @@ class StepEvents(Task):
         return self.app.settings.step_events == "all"
 
 
+class Housekeeping(StepEvents):
+    """A beat job: Flower hears only of its failures and retries (and of a retried run's
+    success), never of its routine runs: `relay_outbox` alone would add a row every few
+    seconds to the Tasks page and bury the failures an operator looks for."""
+
+    @property
+    def send_events(self) -> bool:
+        return False
+
+
 def app_of(task: Task) -> TutorflowCelery:
     """The app a task runs in, with the parts the composition root attached."""
     app: TutorflowCelery = task.app

@@ -23,8 +23,10 @@ from domain import availability, fulfilment, reallocation
 from domain.clock import utcnow
 from domain.top_up import Shard, TopUpReport, top_up_batch
 from models import Database, OutboxMessage, ProcessedEvent, WebhookEvent
-from tasks.base import app_of
+from tasks import dead_letters
+from tasks.base import Housekeeping, app_of
 from tasks.celery_app import TutorflowCelery
+from tasks.chains import SETTLE_DEAD_LETTERS, SETTLE_PENDING_KEY
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,10 @@ PRUNE_BATCH = 5000
 
 
 def job(name: str):
-    """A beat job: acks late, retried if the database is briefly away."""
+    """A beat job: acks late, retried if the database is briefly away; Flower sees its
+    failures and retries only (tasks.base.Housekeeping)."""
     return shared_task(
+        base=Housekeeping,
         bind=True,
         name=name,
         acks_late=True,
@@ -259,3 +263,16 @@ def prune_retention(self: Task) -> dict[str, int]:
             removed[model.__tablename__] = total
     log.info("retention", extra={"removed": removed})
     return removed
+
+
+@job(name=SETTLE_DEAD_LETTERS)
+def settle_dead_letters(self: Task) -> dict[str, int]:
+    """The dead_letter queue holds one message per open letter again (after a replay
+    or discard, through the outbox; every minute from beat)."""
+    app = app_of(self)
+    settled = dead_letters.settle(
+        app, app.database, asked=lambda: app.cache.release(SETTLE_PENDING_KEY)
+    )
+    if settled.taken_out != settled.parked or settled.recorded:
+        log.info("dead_letter queue settled", extra=vars(settled))
+    return vars(settled)

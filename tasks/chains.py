@@ -17,6 +17,12 @@ REFUND_UNSERVABLE = "tutorflow.pipeline.refund_unservable"
 REALLOCATE_TRAINER = "tutorflow.pipeline.reallocate_trainer"
 SEND_NOTIFICATION = "tutorflow.notifications.send"
 RECORD_DEAD_LETTER = "tutorflow.dead_letters.record"
+# An open letter's message in the dead_letter queue (celeryconfig.PARKED_QUEUE).
+PARKED_DEAD_LETTER = "tutorflow.dead_letters.parked"
+SETTLE_DEAD_LETTERS = "tutorflow.beat.settle_dead_letters"
+# Set while a settle is asked for and has not yet started: a bulk replay or discard
+# asks once, not once per letter (tasks.handoff, tasks.beat).
+SETTLE_PENDING_KEY = "tutorflow:dead_letters:settle_pending"
 # The fulfilment chain's steps that record their runs (models.StepRun), in order: all
 # but its last link, refresh_student_views, which only touches the cache.
 RECORDED_STEPS = (VERIFY_PAYMENT, CREATE_PURCHASE, ALLOCATE_TRAINER, SCHEDULE_SESSIONS)

@@ -1,10 +1,19 @@
 """Dead letters: Celery on Redis has none, so the base task parks its final failure.
 
 `park` runs in the failing task's `on_failure`, before its message is acked, and
-publishes to the `dead_letter` queue; `record_dead_letter` (consumed by the
-dead-letter worker, which also makes the queue visible in Flower) stores it. If the
-broker is down, `park` writes the row itself. Replay and discard are application
-actions (actions.dead_letters).
+publishes the letter to the `dead_letter_intake` queue; `record_dead_letter` (consumed
+by the dead-letter worker) stores it in PostgreSQL, the letters' record. If the broker
+is down, `park` writes the row itself. Replay and discard are application actions
+(actions.dead_letters).
+
+What Flower shows is true at a glance (docs/operations.md, "Dead letters in Flower"):
+- each letter is a red FAILURE on the Tasks page: its record task ends in
+  `DeadLetterOpen`, whose message names the letter id, the step and why;
+- the `dead_letter` queue holds one message per open letter (`parked`), which no worker
+  consumes: its length on the Broker page is the number of open letters. A replay or a
+  discard asks for a `settle` (through the outbox), which rebuilds the queue from
+  PostgreSQL's open letters; beat settles every minute as well, which puts back a
+  message that a broker outage kept from being parked.
 
 The letter is a `domain.dead_letters.DeadLetterRecord`; what it takes to run the step
 again (the task, its arguments, the rest of its chain) is built here as a
@@ -15,17 +24,24 @@ failure is decided here (tasks.failures).
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, shared_task
+from celery.exceptions import AlwaysEagerIgnored
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from actions import dead_letters
+from celeryconfig import PARKED_QUEUE
 from domain.clock import utcnow
-from domain.dead_letters import DeadLetterRecord
-from models import FailureKind
-from tasks.chains import RECORD_DEAD_LETTER
+from domain.dead_letters import DeadLetterRecord, LetterFilter, step_name
+from models import Database, FailureKind
+from tasks.chains import PARKED_DEAD_LETTER, RECORD_DEAD_LETTER
 from tasks.failures import failure_kind, failure_kind_named, qualified_name
 from tasks.redelivery import Redelivery
 
@@ -76,10 +92,16 @@ def park(
 
 
 def publish(app: Celery, record: DeadLetterRecord) -> None:
-    """Hand the letter to the dead_letter queue, whose worker stores it."""
+    """Hand the letter to the dead_letter_intake queue, whose worker stores it."""
     app.signature(RECORD_DEAD_LETTER, kwargs=to_message(record)).apply_async(
         argsrepr="()", kwargsrepr=_short(record)
     )
+
+
+class DeadLetterOpen(Exception):
+    """How a recorded letter ends its record task: a FAILURE, red on Flower's Tasks
+    page, whose message names the letter id (what replay needs), the failed step and
+    why. Expected (the task's `throws`): the worker logs it in one line."""
 
 
 @shared_task(
@@ -90,21 +112,113 @@ def publish(app: Celery, record: DeadLetterRecord) -> None:
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=None,  # the database coming back is all it waits for
+    throws=(DeadLetterOpen,),
 )
 def record_dead_letter(self: Task, **message: Any) -> str:
-    """Its result is what Flower's task page shows: the letter id replay needs, the
-    failed task, the reason, and how many letters are open."""
-    recorded = dead_letters.record(self.app.database, from_message(message))
-    again = f" (its replay of dead letter {recorded.replay_of} failed again)"
-    return (
-        f"dead letter {recorded.letter_id}: {recorded.step}"
-        f"{again if recorded.replay_of else ''} failed for payment {recorded.correlation_id}"
-        f" — {recorded.exception[:REASON_SHOWN]}. {recorded.open.describe(utcnow())}"
+    """Store the letter, park its message in the dead_letter queue, and end in
+    DeadLetterOpen. A redelivery of a letter resolved meanwhile parks nothing."""
+    with parking(self.app.database):
+        recorded = dead_letters.record(self.app.database, from_message(message))
+        if not recorded.still_open:
+            return f"dead letter {recorded.letter_id} was resolved already"
+        try:
+            park_in_queue(self.app, recorded.letter_id)
+        except Exception:  # recorded all the same: beat's next settle parks it
+            log.warning("dead letter %s not parked yet", recorded.letter_id, exc_info=True)
+    # What matters first (Flower's Tasks page cuts the line at the screen's edge): the
+    # letter id replay needs, and why; then where, and how many are open.
+    again = f", its replay of dead letter {recorded.replay_of} failed again"
+    raise DeadLetterOpen(
+        f"dead letter {recorded.letter_id}: {recorded.exception[:REASON_SHOWN]}"
+        f" — {step_name(recorded.step)} for payment {recorded.correlation_id}"
+        f"{again if recorded.replay_of else ''}. {recorded.open.describe(utcnow())}"
     )
 
 
+def park_in_queue(app: Celery, letter_id: int) -> None:
+    """The letter's message in the dead_letter queue, where it waits while the letter
+    is open. Raises what the broker raised."""
+    # send_task: published even in eager mode (tests), where a signature would run it;
+    # a parked message is never meant to run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlwaysEagerIgnored)
+        app.send_task(PARKED_DEAD_LETTER, kwargs={"letter_id": letter_id})
+
+
+@shared_task(bind=True, name=PARKED_DEAD_LETTER)
+def parked_dead_letter(self: Task, letter_id: int) -> None:
+    """Runs only if a worker consumes the dead_letter queue, which none should: the
+    message leaves the queue (the next settle puts it back)."""
+    log.warning(
+        "a worker consumes the %s queue, where open dead letters wait for an operator: "
+        "take it off that queue (dead letter %s's message is back within a minute)",
+        PARKED_QUEUE,
+        letter_id,
+    )
+
+
+@dataclass(frozen=True)
+class Settled:
+    parked: int  # messages in the queue now: one per open letter
+    taken_out: int  # messages it held before: resolved letters' and duplicates among them
+    recorded: int  # letters an older release left in the queue for its consumer, recorded
+
+
+# Held while a letter is recorded and parked, and while a settle rebuilds the queue:
+# interleaved, both would park the same letter (a settle reading a letter just recorded,
+# whose own message comes after the settle's).
+PARKING_LOCK = 0x7061726B696E67  # "parking", for pg_advisory_lock
+
+
+@contextmanager
+def parking(database: Database) -> Iterator[None]:
+    """The parking lock, waited for (a settle takes milliseconds per letter)."""
+    with database.engine.connect() as connection:
+        connection.execute(select(func.pg_advisory_lock(PARKING_LOCK)))
+        try:
+            yield
+        finally:
+            connection.execute(select(func.pg_advisory_unlock(PARKING_LOCK)))
+            connection.commit()
+
+
+def settle(app: Celery, database: Database, *, asked: Callable[[], None]) -> Settled:
+    """Rebuild the dead_letter queue from PostgreSQL: one message per open letter.
+
+    Under the parking lock, `asked` first (from then on a replay or discard asks for a
+    settle of its own: tasks.handoff's debounce). Every message in the queue is taken
+    (held unacknowledged), one message is parked for each open letter, then those taken
+    are acknowledged: a crash in between leaves more messages, never fewer (the next
+    settle removes the duplicates). A message of the release before the queue held
+    parked letters (a record task, waiting there for its consumer) is recorded first."""
+    queue = app.amqp.queues[PARKED_QUEUE]
+    with (
+        parking(database),
+        app.connection_for_write() as connection,
+        connection.channel() as channel,
+    ):
+        asked()
+        bound = queue(channel)
+        bound.declare()
+        held = []
+        while (message := bound.get(no_ack=False, accept=["json"])) is not None:
+            held.append(message)
+        recorded = 0
+        for message in held:
+            if message.headers.get("task") == RECORD_DEAD_LETTER:
+                _, kwargs, _ = message.decode()
+                dead_letters.record(database, from_message(kwargs))
+                recorded += 1
+        open_ids = dead_letters.matching(database, LetterFilter())
+        for letter_id in open_ids:
+            park_in_queue(app, letter_id)
+        for message in held:
+            message.ack()
+    return Settled(parked=len(open_ids), taken_out=len(held), recorded=recorded)
+
+
 def to_message(record: DeadLetterRecord) -> dict[str, Any]:
-    """The record as the dead_letter queue carries it (JSON)."""
+    """The record as the dead_letter_intake queue carries it (JSON)."""
     return {
         "run_id": record.run_id,
         "step": record.step,
@@ -172,11 +286,3 @@ def _short(record: DeadLetterRecord) -> str:
             "exception": f"{record.exception_type}: {record.exception_message}"[:REASON_SHOWN],
         }
     )
-
-
-@shared_task(bind=True, name="tutorflow.dead_letters.report_open", acks_late=True)
-def report_open_dead_letters(self: Task) -> str:
-    """Beat, every minute: Flower's tasks page always has a current line "N dead
-    letters open, oldest X min: ids …" (filter by `dead_letters`). The dead_letter
-    queue's length says nothing about this: its consumer stores each letter at once."""
-    return dead_letters.open_letters(self.app.database).describe(utcnow())

@@ -27,6 +27,10 @@ API_PUBLISH_RETRY = {
 
 Publish = Callable[[Mapping[str, Any]], None]
 
+# A settle asked for and not started within this (a lost message, workers down) is asked
+# for again by the next replay or discard; beat settles every minute regardless.
+SETTLE_PENDING_SECONDS = 60
+
 
 def dispatch(app: Celery) -> dict[str, Publish]:
     """kind → how `app` publishes it."""
@@ -65,6 +69,17 @@ def dispatch(app: Celery) -> dict[str, Publish]:
             retry_policy=API_PUBLISH_RETRY,
         )
 
+    def settle_dead_letters(payload: Mapping[str, Any]) -> None:
+        # Once for a burst: a bulk replay or discard resolves letters one transaction
+        # each, and one settle (which reads them all) serves those before it starts.
+        if not app.cache.claim(chains.SETTLE_PENDING_KEY, SETTLE_PENDING_SECONDS):
+            return
+        try:
+            app.signature(chains.SETTLE_DEAD_LETTERS).apply_async(retry_policy=API_PUBLISH_RETRY)
+        except Exception:
+            app.cache.release(chains.SETTLE_PENDING_KEY)  # the outbox's next attempt asks again
+            raise
+
     def send_notification(payload: Mapping[str, Any]) -> None:
         # A change's e-mails in one task; `notification_id`: a row of the release before.
         ids = (
@@ -87,4 +102,5 @@ def dispatch(app: Celery) -> dict[str, Publish]:
         OutboxKind.REALLOCATE: start_reallocation,
         OutboxKind.SEND_NOTIFICATION: send_notification,
         OutboxKind.REFUND_UNSERVABLE: refund_unservable,
+        OutboxKind.SETTLE_DEAD_LETTERS: settle_dead_letters,
     }

@@ -118,14 +118,14 @@ def poisoned_record(
 
 
 class PoisonedMessages(bootsteps.ConsumerStep):
-    """RabbitMQ, in the worker that consumes `dead_letter`: sets the delivery-limit
+    """RabbitMQ, in the worker that consumes `dead_letter_intake`: sets the delivery-limit
     policy on its vhost at start, and turns each message of the `poisoned` queue into a
-    dead letter (published to `dead_letter`, where the record task stores it)."""
+    dead letter (published to `dead_letter_intake`, where the record task stores it)."""
 
     app: TutorflowCelery
 
     def start(self, c: Any) -> None:
-        if "dead_letter" not in c.app.amqp.queues.consume_from:
+        if "dead_letter_intake" not in c.app.amqp.queues.consume_from:
             return
         self.app = c.app
         settings = self.app.settings

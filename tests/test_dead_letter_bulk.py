@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from models import DeadLetter, FailureKind, OutboxMessage
+from models import DeadLetter, FailureKind, OutboxKind, OutboxMessage
 from tests.conftest import ADMIN, celery_app
 from tests.factories import make_course, make_dead_letter, make_payment, make_student
 
@@ -54,7 +54,12 @@ def statuses(db_session) -> dict[int, str]:
 
 
 def outbox_rows(db_session) -> int:
-    return db_session.scalar(select(func.count()).select_from(OutboxMessage))
+    """The replays' messages (each resolved letter also asks for a settle)."""
+    return db_session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(OutboxMessage.kind == OutboxKind.REPLAY_DEAD_LETTER)
+    )
 
 
 def test_a_dry_run_counts_and_lists_the_matching_open_letters_and_changes_nothing(

@@ -1,6 +1,6 @@
 """The dead letter as the domain keeps it — a typed record whose redelivery it stores
 without reading — and as the workers write it: the kind of failure decided where the
-error is caught, the message the dead_letter queue carries (one of the release before
+error is caught, the message the dead_letter_intake queue carries (one of the release before
 too), a redelivered failure updating its letter. Logic; with a real worker:
 tests/test_dead_letters.py."""
 

@@ -3,19 +3,24 @@ replayable to completion, never lost — even when the worker is SIGKILLed."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
 import requests
+from kombu import Connection
 from sqlalchemy import func, select
 
+from actions import dead_letters
+from celeryconfig import PARKED_QUEUE
 from domain.payments import request_confirmation
 from harness.brokers import queue_length
 from harness.processes import FLOWER_AUTH as AUTH
 from harness.processes import celery_worker, flower, wait_until
 from models import Course, DeadLetter, Purchase, TutoringSession
-from tasks.dead_letters import report_open_dead_letters
-from tests.conftest import ADMIN, open_session, settings
+from tasks.beat import settle_dead_letters
+from tasks.dead_letters import park_in_queue, to_message
+from tests.conftest import ADMIN, celery_app, open_session, settings
 from tests.factories import (
     make_course,
     make_dead_letter,
@@ -23,6 +28,7 @@ from tests.factories import (
     make_student,
     make_trainer,
 )
+from tests.test_dead_letter_record import record
 
 pytestmark = pytest.mark.worker
 LETTERS = "/api/v1/admin/dead-letters"
@@ -57,9 +63,33 @@ def flower_tasks(base: str, name: str) -> list[dict]:
     return sorted(tasks.values(), key=lambda t: t.get("received") or 0)
 
 
-def succeeded(base: str, name: str, count: int) -> list[dict]:
-    done = [t for t in flower_tasks(base, name) if t["state"] == "SUCCESS"]
+def failed(base: str, name: str, count: int) -> list[dict]:
+    done = [t for t in flower_tasks(base, name) if t["state"] == "FAILURE"]
     return done if len(done) >= count else []
+
+
+def flower_parked(base: str) -> int | None:
+    """The dead_letter queue's length as Flower's Broker page and API count it."""
+    queues = requests.get(f"{base}/api/queues/length", auth=AUTH, timeout=5).json()
+    counts = {q["name"]: q.get("messages") for q in queues["active_queues"]}
+    return counts.get(PARKED_QUEUE)
+
+
+def parked() -> list[int]:
+    """The letter ids of the messages parked in the dead_letter queue (read, then put
+    back, as the broker allows: taken unacknowledged and requeued). Called once the
+    queue is still: a settle running meanwhile would not see the messages held here."""
+    ids = []
+    with Connection(settings.broker_url) as connection, connection.channel() as channel:
+        queue = celery_app.amqp.queues[PARKED_QUEUE](channel)
+        queue.declare()
+        held = []
+        while (message := queue.get(no_ack=False, accept=["json"])) is not None:
+            held.append(message)
+            ids.append(message.decode()[1]["letter_id"])
+        for message in held:
+            message.requeue()
+    return sorted(ids)
 
 
 def timeline(live_client, payment_id: uuid.UUID) -> list[tuple[str, dict]]:
@@ -68,6 +98,8 @@ def timeline(live_client, payment_id: uuid.UUID) -> list[tuple[str, dict]]:
 
 
 RECORD = "tutorflow.dead_letters.record"
+SETTLE = "tutorflow.beat.settle_dead_letters"
+INTAKE = "dead_letter_intake"
 NO_TRAINER = "no trainer is free for this course and time yet"
 
 
@@ -117,24 +149,21 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
             },
         )
 
-        # Flower: the record task's result names the letter, the failed task and why;
-        # its keyword arguments are a short summary, not a cut-off dump.
-        [record] = wait_or_fail(lambda: succeeded(base, RECORD, 1), "Flower missed the record")
-        assert record["result"].startswith(
-            f"'dead letter {letter['id']}: tutorflow.pipeline.allocate_trainer failed for "
-            f"payment {payment_id} — domain.errors.NoTrainerAvailable: no trainer free"
+        # Flower: the letter is a failure (its record task's), whose message names the
+        # letter, the failed task and why; its keyword arguments are a short summary.
+        [record] = wait_or_fail(lambda: failed(base, RECORD, 1), "Flower missed the record")
+        assert record["exception"] == (
+            f"DeadLetterOpen('dead letter {letter['id']}: NoTrainerAvailable: "
+            f"{letter['exception_message']} — allocate_trainer for payment {payment_id}. "
+            f"1 dead letter open, oldest 0 min: ids {letter['id']}')"
         )
-        assert f"1 dead letter open, oldest 0 min: ids {letter['id']}" in record["result"]
         assert record["kwargs"].endswith("}")
         assert letter["task_id"] in record["kwargs"]
         assert "traceback" not in record["kwargs"]
 
-        # Flower lists the dead-letter queue (a worker consumes it).
-        def flower_sees_dead_letter_queue() -> bool:
-            queues = requests.get(f"{base}/api/queues/length", auth=AUTH, timeout=5).json()
-            return "dead_letter" in {q["name"] for q in queues["active_queues"]}
-
-        wait_until(flower_sees_dead_letter_queue, 30, "Flower never listed dead_letter")
+        # Flower lists the dead_letter queue, which no worker consumes, and counts the
+        # open letter parked in it (RabbitMQ's management API refreshes every 5 s).
+        wait_until(lambda: flower_parked(base) == 1, 30, "Flower never counted the letter")
         assert requests.get(f"{base}/api/queues/length", timeout=5).status_code == 401
 
         # A replay before the cause is fixed fails again: its letter points back.
@@ -150,8 +179,16 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         assert parked_again[0] == "DEAD_LETTERED"
         assert parked_again[1]["replay_of"] == letter["id"]
         assert parked_again[1]["replay_failed_again"] is True
-        [_, second] = wait_or_fail(lambda: succeeded(base, RECORD, 2), "Flower missed it")
-        assert f"(its replay of dead letter {letter['id']} failed again)" in second["result"]
+        [_, second] = wait_or_fail(lambda: failed(base, RECORD, 2), "Flower missed it")
+        assert (
+            f"for payment {payment_id}, its replay of dead letter {letter['id']} failed again. "
+            in second["exception"]
+        )
+        # The replayed letter's message left the queue (the settle the replay asked
+        # for), the new one's is parked there.
+        wait_until(lambda: re.search(rf"{SETTLE}\[\S+\] succeeded", worker.log()), 30, "no settle")
+        wait_until(lambda: queue_length(settings.broker_url, PARKED_QUEUE) == 1, 30, "no letter")
+        assert parked() == [again["id"]]
 
         # The operator fixes the cause, then replays: the chain runs on to the end.
         trainer = live_client.post(
@@ -170,6 +207,7 @@ def test_no_free_trainer_retries_five_times_then_parks_and_replays_to_the_end(li
         wait_until(lambda: sessions_of(payment_id) == 7, 30, "replay did not finish the chain")
         repeat = live_client.post(f"{LETTERS}/{again['id']}/replay", headers=ADMIN)
         assert repeat.status_code == 409
+        wait_until(lambda: flower_parked(base) == 0, 30, "Flower still counts a letter")
 
     detail = live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json
     assert detail["fulfilment"]["state"] == "scheduled"
@@ -190,42 +228,57 @@ def wait_or_fail(probe, message: str, timeout: float = 30):
     return found[-1]
 
 
-def test_flower_shows_how_many_letters_are_open_and_since_when(committed):
-    seed_payment_without_trainer()
-    with flower() as base, celery_worker():
-        report_open_dead_letters.delay()
-        [empty] = wait_or_fail(lambda: succeeded(base, REPORT, 1), "Flower missed the report")
-        assert empty["result"] == "'0 dead letters open'"
-        with open_session() as session, session.begin():
-            first = make_dead_letter(session).id
-            second = make_dead_letter(session).id
-        report_open_dead_letters.delay()
-        [_, now] = wait_or_fail(lambda: succeeded(base, REPORT, 2), "Flower missed the report")
-        assert now["result"] == f"'2 dead letters open, oldest 0 min: ids {first}, {second}'"
+def test_settling_parks_one_message_per_open_letter_and_takes_out_the_rest(committed):
+    """What a replay or discard asks for (and beat, every minute): the queue rebuilt
+    from PostgreSQL. A duplicate and a resolved letter's message go; a missing one is
+    parked; a letter an older release left there for its consumer is recorded."""
+    with open_session() as session, session.begin():
+        first, second = make_dead_letter(session).id, make_dead_letter(session).id
+        resolved = make_dead_letter(session, status="replayed").id
+    for letter_id in (first, first, resolved):  # second's message missing
+        park_in_queue(celery_app, letter_id)
+    old_release = to_message(record(run_id="parked-by-the-release-before"))
+    celery_app.signature(RECORD, kwargs=old_release).apply_async(
+        queue=PARKED_QUEUE,
+        routing_key=PARKED_QUEUE,  # that release's route
+    )
+    assert queue_length(settings.broker_url, PARKED_QUEUE) == 4
 
-
-REPORT = "tutorflow.dead_letters.report_open"
+    assert settle_dead_letters.apply().get() == {"parked": 3, "taken_out": 4, "recorded": 1}
+    [third] = [letter.id for letter in open_letters() if letter.id not in (first, second)]
+    assert parked() == [first, second, third]
+    assert settle_dead_letters.apply().get() == {"parked": 3, "taken_out": 3, "recorded": 0}
+    assert parked() == [first, second, third]
 
 
 def test_a_dead_letter_survives_a_sigkill_of_the_worker_right_after_the_failure(committed):
     payment_id, _ = seed_payment_without_trainer()
-    # Not the dead_letter queue: the dead-letter message waits in the broker, unrecorded.
+    # Not the intake queue: the dead-letter message waits in the broker, unrecorded.
     with celery_worker(queues="pipeline,provider") as worker:
         with open_session() as session, session.begin():  # published after commit
             request_confirmation(session, payment_id, student_id=None, source="test")
         wait_until(
-            lambda: queue_length(settings.broker_url, "dead_letter") == 1,
+            lambda: queue_length(settings.broker_url, INTAKE) == 1,
             60,
             "no dead-letter message",
         )
         worker.kill()  # SIGKILL the whole worker, main process and pool
     assert open_letters() == []
 
-    with celery_worker(queues="dead_letter"):
+    with celery_worker(queues=f"{INTAKE},maintenance"):
         wait_until(open_letters, 30, "the dead letter was lost with the worker")
-    [letter] = open_letters()
-    assert letter.task_name == "tutorflow.pipeline.allocate_trainer"
-    assert letter.correlation_id == str(payment_id)
+        [letter] = open_letters()
+        assert letter.task_name == "tutorflow.pipeline.allocate_trainer"
+        assert letter.correlation_id == str(payment_id)
+        wait_until(lambda: queue_length(settings.broker_url, PARKED_QUEUE), 30, "not parked")
+        assert parked() == [letter.id]
+        # Discarded: its message leaves the queue (the settle the discard asked for).
+        dead_letters.discard(celery_app.database, letter.id)
+        wait_until(
+            lambda: queue_length(settings.broker_url, PARKED_QUEUE) == 0,
+            30,
+            "the discarded letter stayed parked",
+        )
 
 
 def test_a_non_retryable_error_is_dead_lettered_at_once(committed):
@@ -304,5 +357,5 @@ def test_an_attempt_that_fails_after_its_retry_was_published_is_not_dead_lettere
         log = worker.log()
     assert "SoftTimeLimitExceeded" in log  # the late failure did happen
     assert "dead-lettering" not in log
-    assert queue_length(settings.broker_url, "dead_letter") == 0
+    assert queue_length(settings.broker_url, INTAKE, PARKED_QUEUE) == 0
     assert open_letters() == []

@@ -327,7 +327,7 @@ def of_payment(payment_id: uuid.UUID) -> list[Notification]:
 
 @pytest.mark.worker
 def test_copies_of_one_send_delivered_to_a_real_worker_send_one_mail(committed):
-    with celery_worker(queues="notifications,dead_letter", concurrency=2) as worker:
+    with celery_worker(queues="notifications,dead_letter_intake", concurrency=2) as worker:
         notification_id, recipient = seed_notification()  # published once, after commit
         correlation_id = str(stored(notification_id).correlation_id)
         for _ in range(3):  # three more copies: a relay's re-publish, redeliveries
@@ -393,7 +393,7 @@ def test_a_worker_killed_after_the_server_took_the_mail_sends_it_again_with_its_
     the broker redelivers after the visibility timeout, to a new worker)."""
     env = {"FAULT_PAUSE_STEP": "tutorflow.notifications.send", "FAULT_PAUSE_SECONDS": "60"}
     restarted = {"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}
-    queues = "notifications,dead_letter"
+    queues = "notifications,dead_letter_intake"
     with celery_worker(queues=queues, env=env) as worker:
         notification_id, recipient = seed_notification()
         worker.wait_for_log("fault pause pid=", timeout=60)
@@ -423,7 +423,7 @@ def test_retries_spent_on_a_dead_server_dead_letter_the_mail_and_a_replay_sends_
 ):
     server = SmtpSink()  # not started: its port refuses connections
     # Retries at once (the tests' CELERY_RETRY_BACKOFF=0): 8 retries are spent in moments.
-    with celery_worker(queues="notifications,dead_letter", env={"SMTP_URL": server.url}):
+    with celery_worker(queues="notifications,dead_letter_intake", env={"SMTP_URL": server.url}):
         notification_id, recipient = seed_notification()
 
         def letter() -> DeadLetter | None:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.worker
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 NAMES = [line.split(":", 1)[0] for line in PROCFILE.read_text().splitlines() if line.strip()]
-WORKERS = {"worker": "pipeline", "provider": "provider", "deadletters": "dead_letter"}
+WORKERS = {"worker": "pipeline", "provider": "provider", "deadletters": "dead_letter_intake"}
 # A line as honcho prints it: "10:01:51 api         | <the process's line>".
 PREFIXED = re.compile(r"^\d\d:\d\d:\d\d (?P<name>\S+)\s*\| (?P<text>.*)$")
 # The one warning the project cannot avoid, and only as root: Celery's to a worker run

@@ -35,7 +35,7 @@ def test_flower_shows_the_steps_the_setting_asks_for(committed, events):
         # The record's events come after every step's: once Flower has it, it has all.
         wait_until(
             lambda: any(
-                t.get("name") == RECORD and t["state"] == "SUCCESS" for t in flower_tasks(base)
+                t.get("name") == RECORD and t["state"] == "FAILURE" for t in flower_tasks(base)
             ),
             30,
             "Flower never showed the dead letter's record task",
