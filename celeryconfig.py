@@ -333,7 +333,7 @@ def _base_config(settings: Settings) -> dict[str, Any]:
             # The dead_letter queue holds one message per open letter: this puts back any
             # that is missing and takes out those of letters resolved (tasks/dead_letters.py).
             "settle-parked-dead-letters": {
-                "task": "tutorflow.dead_letters.settle",
+                "task": "tutorflow.beat.settle_dead_letters",
                 "schedule": 60.0,
                 "options": {"expires": 120.0},
             },

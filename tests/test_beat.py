@@ -377,3 +377,14 @@ def _allocation_of(session, payment_id) -> int:
         .join(Purchase, Purchase.id == Allocation.purchase_id)
         .where(Purchase.payment_id == payment_id)
     )
+
+
+def test_every_beat_entry_names_a_task_the_workers_register():
+    # A misspelt name is only an ERROR line in a worker's log ("unregistered task"),
+    # once a minute, and the job never runs.
+    unknown = {
+        entry: spec["task"]
+        for entry, spec in celery_app.conf.beat_schedule.items()
+        if spec["task"] not in celery_app.tasks
+    }
+    assert unknown == {}
