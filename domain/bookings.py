@@ -22,6 +22,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     DateTime,
+    Integer,
     Select,
     and_,
     bindparam,
@@ -236,11 +237,14 @@ def _live_allocations_query(leave_out: bool, only: bool) -> Select[Any]:
 def change_load(session: Session, trainer_id: int, delta: int) -> None:
     """A trainer takes (+1) or gives back (-1) a student's place; the CHECK on
     active_students refuses an overfill."""
-    session.execute(
-        update(Trainer)
-        .where(Trainer.id == trainer_id)
-        .values(active_students=Trainer.active_students + delta)
-    )
+    session.execute(_CHANGE_LOAD, {"trainer_id": trainer_id, "delta": delta})
+
+
+_CHANGE_LOAD = (
+    update(Trainer)
+    .where(Trainer.id == bindparam("trainer_id", type_=BigInteger))
+    .values(active_students=Trainer.active_students + bindparam("delta", type_=Integer))
+)
 
 
 def ahead_of(allocation_id: int, now: datetime) -> ColumnElement[bool]:

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    DateTime,
     Select,
     String,
     and_,
@@ -100,6 +101,38 @@ _ALLOCATION_LOCKED = (
 )
 
 
+_PURCHASE_ID = bindparam("purchase_id", type_=BigInteger)
+_PURCHASE_WITH_PAYMENT_SHARE_LOCKED = _share_locked(
+    select(Purchase, Payment)
+    .join(Payment, Payment.id == Purchase.payment_id)
+    .where(Purchase.id == _PURCHASE_ID)
+)
+_ALLOCATION_OF_PURCHASE = select(Allocation).where(Allocation.purchase_id == _PURCHASE_ID)
+_HOLD_LOCKED = (
+    select(Hold)
+    .where(Hold.payment_id == bindparam("payment_id", type_=Hold.payment_id.type))
+    .with_for_update()
+)
+_WANTED = (
+    select(Student.timezone, Course.session_minutes)
+    .join(Course, Course.id == bindparam("course_id", type_=BigInteger))
+    .where(Student.id == bindparam("student_id", type_=BigInteger))
+)
+
+
+# An allocation's sessions so far: used (not cancelled), still ahead, the last date.
+_WINDOW_COUNTS = select(
+    func.count().filter(TutoringSession.status != SessionStatus.CANCELLED),
+    func.count().filter(
+        and_(
+            TutoringSession.status == SessionStatus.SCHEDULED,
+            TutoringSession.starts_at > bindparam("now", type_=DateTime(timezone=True)),
+        )
+    ),
+    func.max(TutoringSession.scheduled_date),
+).where(TutoringSession.allocation_id == _ALLOCATION_ID)
+
+
 def _still_paid_for(payment: Payment) -> Payment:
     if payment.status == PaymentStatus.REFUNDED:
         raise StepCancelled(f"payment {payment.id} was refunded")
@@ -162,9 +195,11 @@ def wanted_by(
         timezone, minutes = student.timezone, course.session_minutes
     else:
         timezone, minutes = session.execute(
-            select(Student.timezone, Course.session_minutes)
-            .join(Course, Course.id == allocation_or_purchase.course_id)
-            .where(Student.id == allocation_or_purchase.student_id)
+            _WANTED,
+            {
+                "student_id": allocation_or_purchase.student_id,
+                "course_id": allocation_or_purchase.course_id,
+            },
         ).one()
     sessions = (
         allocation_or_purchase.sessions_total
@@ -196,26 +231,19 @@ def allocate_trainer(
     database."""
     now = now or utcnow()
     # The purchase with its payment share-locked (lock_live_payment), in one read.
-    found = session.execute(
-        _share_locked(
-            select(Purchase, Payment)
-            .join(Payment, Payment.id == Purchase.payment_id)
-            .where(Purchase.id == purchase_id)
-        )
-    ).one_or_none()
+    key = {"purchase_id": purchase_id}
+    found = session.execute(_PURCHASE_WITH_PAYMENT_SHARE_LOCKED, key).one_or_none()
     if found is None:
         raise PermanentStepError(f"purchase {purchase_id} does not exist")
     purchase = found.Purchase
     _still_paid_for(found.Payment)
-    existing = session.scalar(select(Allocation).where(Allocation.purchase_id == purchase_id))
+    existing = session.scalar(_ALLOCATION_OF_PURCHASE, key)
     if existing is not None:
         return existing
     if not purchase.is_active:
         raise PermanentStepError(f"purchase {purchase_id} is no longer active")
     wanted = wanted_by(session, purchase)
-    hold = session.scalar(
-        select(Hold).where(Hold.payment_id == purchase.payment_id).with_for_update()
-    )
+    hold = session.scalar(_HOLD_LOCKED, {"payment_id": purchase.payment_id})
     if hold is None:
         trainer_id = find_trainer(session, wanted, now=now)
         if trainer_id is None:
@@ -330,18 +358,8 @@ def schedule_window(
     # notice's names and addresses, in one read.
     people = notifications.parties(session, allocation)
     wanted = wanted_by(session, allocation, people)
-    not_cancelled = TutoringSession.status != SessionStatus.CANCELLED
     used, future, last_date = session.execute(
-        select(
-            func.count().filter(not_cancelled),
-            func.count().filter(
-                and_(
-                    TutoringSession.status == SessionStatus.SCHEDULED,
-                    TutoringSession.starts_at > now,
-                )
-            ),
-            func.max(TutoringSession.scheduled_date),
-        ).where(TutoringSession.allocation_id == allocation.id)
+        _WINDOW_COUNTS, {"allocation_id": allocation.id, "now": now}
     ).one()
     needed = sessions_needed(
         future=future, used=used, total=allocation.sessions_total, window=window

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import BigInteger, bindparam, func, select, update
 from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
@@ -137,14 +137,25 @@ Parties = tuple[Student, Trainer, Course]
 def parties(session: Session, allocation: Allocation) -> Parties:
     """The allocation's student, trainer and course, in one round trip."""
     student, trainer, course = session.execute(
-        select(Student, Trainer, Course)
-        .select_from(Student)
-        .join(Trainer, Trainer.id == allocation.trainer_id)
-        .join(Course, Course.id == allocation.course_id)
-        .where(Student.id == allocation.student_id)
-        .options(lazyload(Course.prices))  # not needed here: no second query for them
+        _PARTIES,
+        {
+            "student_id": allocation.student_id,
+            "trainer_id": allocation.trainer_id,
+            "course_id": allocation.course_id,
+        },
     ).one()
     return student, trainer, course
+
+
+# Built once (bound parameters): it runs on every booking.
+_PARTIES = (
+    select(Student, Trainer, Course)
+    .select_from(Student)
+    .join(Trainer, Trainer.id == bindparam("trainer_id", type_=BigInteger))
+    .join(Course, Course.id == bindparam("course_id", type_=BigInteger))
+    .where(Student.id == bindparam("student_id", type_=BigInteger))
+    .options(lazyload(Course.prices))  # not needed here: no second query for them
+)
 
 
 def _upcoming(session: Session, allocation: Allocation, now: datetime) -> list[datetime]:
