@@ -58,6 +58,15 @@ def store_dead_letter(session: Session, record: DeadLetterRecord) -> DeadLetter:
     A new letter whose run is a replay's (its run id is a letter's `replay_task_id`)
     points at that letter (`replay_of`): the replay failed again. Only a new letter
     goes on the payment's timeline."""
+    # What the latest attempt says: a new letter's, or the redelivered failure's update.
+    latest = {
+        "failure_kind": record.kind,
+        "exception_type": record.exception_type,
+        "exception_message": record.exception_message,
+        "traceback": record.traceback,
+        "retries": record.retries,
+        "last_failed_at": record.last_failed_at,
+    }
     inserted = session.scalar(
         pg_insert(DeadLetter)
         .values(
@@ -69,28 +78,14 @@ def store_dead_letter(session: Session, record: DeadLetterRecord) -> DeadLetter:
             replay_of=select(DeadLetter.id)
             .where(DeadLetter.replay_task_id == record.run_id)
             .scalar_subquery(),
-            failure_kind=record.kind,
-            exception_type=record.exception_type,
-            exception_message=record.exception_message,
-            traceback=record.traceback,
-            retries=record.retries,
-            last_failed_at=record.last_failed_at,
+            **latest,
         )
         .on_conflict_do_nothing(index_elements=[DeadLetter.task_id])
         .returning(DeadLetter.id)
     )
     if inserted is None:  # the same failure again: its latest attempt
         session.execute(
-            update(DeadLetter)
-            .where(DeadLetter.task_id == record.run_id)
-            .values(
-                failure_kind=record.kind,
-                exception_type=record.exception_type,
-                exception_message=record.exception_message,
-                traceback=record.traceback,
-                retries=record.retries,
-                last_failed_at=record.last_failed_at,
-            )
+            update(DeadLetter).where(DeadLetter.task_id == record.run_id).values(**latest)
         )
     stored = session.scalars(
         select(DeadLetter)

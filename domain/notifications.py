@@ -388,7 +388,7 @@ CLAIM = (
 RECORD_FAILURE = (
     update(Notification)
     .where(
-        Notification.id == bindparam("notification_id"),
+        Notification.id.in_(bindparam("notification_ids", expanding=True)),
         Notification.status != NotificationStatus.SENT,
     )
     .values(status=bindparam("status"), last_error=bindparam("error"))

@@ -44,8 +44,7 @@ class NotificationTask(PipelineTask):
         # letter. (A hard time limit is not giving up: the message is requeued, see
         # PipelineTask.)
         if args and not isinstance(exc, TimeLimitExceeded):
-            for notification_id in _ids(args[0]):
-                _record(self, notification_id, NotificationStatus.FAILED, exc)
+            _record(self, _ids(args[0]), NotificationStatus.FAILED, exc)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
@@ -60,13 +59,13 @@ def _bind(task: PipelineTask) -> Any:
 
 
 def _record(
-    task: PipelineTask, notification_id: int, status: NotificationStatus, exc: BaseException
+    task: PipelineTask, notification_ids: list[int], status: NotificationStatus, exc: BaseException
 ) -> None:
     try:
         execute_autocommit(
             _bind(task),
             notifications.RECORD_FAILURE,
-            {"notification_id": notification_id, "status": status, "error": str(exc)[:2000]},
+            {"notification_ids": notification_ids, "status": status, "error": str(exc)[:2000]},
         )
     except Exception:  # the retry or dead letter still happens; the row says less
         log.warning("could not record the failed attempt", exc_info=True)
@@ -122,8 +121,7 @@ def send_notification(
         log.info("notifications sent", extra={"notification_ids": ids, "sent": len(sent)})
     if unavailable is not None:
         # The rows not sent wait for the server (each says why).
-        for notification_id in ids:
-            _record(self, notification_id, NotificationStatus.RETRYING, unavailable)
+        _record(self, ids, NotificationStatus.RETRYING, unavailable)
         raise TransientStepError(str(unavailable)) from unavailable
     if refused:
         raise PermanentStepError("; ".join(refused))
