@@ -72,12 +72,27 @@ Channel = Callable[[Committed], None]
 
 def note_events(session: Session, events: Iterable[WrittenEvent]) -> None:
     """For events inserted with SQL (not through the ORM) in this transaction."""
-    session.info.setdefault(_NOTED, []).extend(events)
+    _note(session, events)
 
 
 def note_outbox(session: Session, messages: Iterable[WrittenOutbox]) -> None:
     """For outbox rows inserted with SQL (not through the ORM) in this transaction."""
-    session.info.setdefault(_NOTED, []).extend(messages)
+    _note(session, messages)
+
+
+def _note(session: Session, written: Iterable[WrittenEvent | WrittenOutbox]) -> None:
+    # Each with the savepoint it was written in (None: the outer transaction), so that
+    # a savepoint's rollback forgets what was written inside it.
+    savepoint = session.get_nested_transaction()
+    session.info.setdefault(_NOTED, []).extend((savepoint, w) for w in written)
+
+
+def _within(transaction: SessionTransaction | None, savepoint: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is savepoint:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 def _forget(session: Session) -> None:
@@ -105,7 +120,7 @@ def _state(row: DomainEvent | OutboxMessage) -> InstanceState[DomainEvent | Outb
 
 @event.listens_for(Session, "after_commit")
 def _hand_over(session: Session) -> None:
-    noted: list[WrittenEvent | WrittenOutbox] = session.info.pop(_NOTED, [])
+    noted = [written for _, written in session.info.pop(_NOTED, [])]
     flushed: list[DomainEvent | OutboxMessage] = session.info.pop(_FLUSHED, [])
     channel: Channel | None = session.info.get(CHANNEL)
     if channel is None or not (noted or flushed):
@@ -138,7 +153,14 @@ def _run_channel(session: Session, transaction: SessionTransaction) -> None:
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_on_rollback(session: Session, previous: SessionTransaction) -> None:
-    # Only the whole transaction's rollback forgets everything; a savepoint's rollback
-    # leaves its flushed rows transient, which `_hand_over` skips.
+    # The whole transaction's rollback forgets everything. A savepoint's rollback leaves
+    # its flushed rows transient, which `_hand_over` skips, and forgets what was noted
+    # inside it.
     if previous.parent is None:
         _forget(session)
+    elif previous.nested and _NOTED in session.info:
+        session.info[_NOTED] = [
+            (savepoint, written)
+            for savepoint, written in session.info[_NOTED]
+            if not _within(savepoint, previous)
+        ]
