@@ -80,14 +80,9 @@ def ask_provider(
     """The provider's word on the payment's intent, asked outside any transaction;
     None when the payment no longer waits for it (verified already, or settled)."""
     with database.session() as session:
-        payment = session.get(payments.Payment, payment_id)
-        if payment is None:
-            raise PermanentStepError(f"payment {payment_id} does not exist")
-        if payment.status != payments.PaymentStatus.CONFIRMING:
-            return None
-        intent_id = payment.provider_payment_id
+        intent_id = payments.intent_to_verify(session, payment_id)
     if intent_id is None:
-        raise PermanentStepError(f"payment {payment_id} has no provider payment id")
+        return None
     try:
         intent = provider.retrieve_intent(intent_id)
     except ProviderUnavailable as exc:

@@ -58,6 +58,7 @@ from models import (
     Student,
     TutoringSession,
     outbox,
+    write_now,
 )
 
 
@@ -148,6 +149,16 @@ _NEW_PURCHASE = select(Purchase).from_statement(
         "INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)"
         " VALUES (CAST(:payment_id AS uuid), :student_id, :course_id, :tier, :time_slot)"
         " ON CONFLICT DO NOTHING RETURNING *"
+    )
+)
+
+# The allocation as inserted, with no unit-of-work flush (an ORM add cost one).
+_NEW_ALLOCATION = select(Allocation).from_statement(
+    text(
+        "INSERT INTO trainer_allocations"
+        " (purchase_id, student_id, course_id, trainer_id, time_slot, sessions_total, status)"
+        " VALUES (:purchase_id, :student_id, :course_id, :trainer_id, :time_slot,"
+        " :sessions_total, :status) RETURNING *"
     )
 )
 
@@ -255,19 +266,20 @@ def allocate_trainer(
         if trainer_id is None:
             _refuse(session, purchase, hold, now)
             return None
-        hold.status = HoldStatus.CONVERTED
+        write_now(session, hold, status=HoldStatus.CONVERTED)
     change_load(session, trainer_id, +1)
-    allocation = Allocation(
-        purchase_id=purchase.id,
-        student_id=purchase.student_id,
-        course_id=purchase.course_id,
-        trainer_id=trainer_id,
-        time_slot=purchase.time_slot,
-        sessions_total=purchase.tier,
-        status=AllocationStatus.APPROVED,
-    )
-    session.add(allocation)
-    session.flush()
+    allocation = session.scalars(
+        _NEW_ALLOCATION,  # the row as inserted
+        {
+            "purchase_id": purchase.id,
+            "student_id": purchase.student_id,
+            "course_id": purchase.course_id,
+            "trainer_id": trainer_id,
+            "time_slot": purchase.time_slot,
+            "sessions_total": purchase.tier,
+            "status": AllocationStatus.APPROVED,
+        },
+    ).one()
     record_event(
         session,
         correlation_id=purchase.payment_id,
@@ -380,7 +392,7 @@ def schedule_window(
     created = insert_sessions(session, allocation, plan.sessions)
     record_shifts(session, payment_id, allocation, plan.shifts)
     if allocation.status == AllocationStatus.APPROVED:
-        allocation.status = AllocationStatus.ACTIVE
+        write_now(session, allocation, status=AllocationStatus.ACTIVE)
     if created:
         record_event(
             session,

@@ -58,6 +58,7 @@ from models import (
     note_events,
     outbox,
     traced,
+    write_now,
 )
 
 # settings.hold_minutes's default (HOLD_MINUTES), for callers without settings.
@@ -349,16 +350,37 @@ class NotSettledYet(TransientStepError):
     kind = FailureKind.NOT_SETTLED
 
 
+# The verify step's locking read, built once (bound parameter): as it is now.
+_PAYMENT_LOCKED = (
+    select(Payment)
+    .where(Payment.id == bindparam("payment_id", type_=Payment.id.type))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+_INTENT_OF = select(Payment.status, Payment.provider_payment_id).where(
+    Payment.id == bindparam("payment_id", type_=Payment.id.type)
+)
+
+
+def intent_to_verify(session: Session, payment_id: uuid.UUID) -> str | None:
+    """The provider's id of the payment's intent while the payment waits for the
+    provider's word; None once it no longer does (verified already, or settled)."""
+    found = session.execute(_INTENT_OF, {"payment_id": payment_id}).one_or_none()
+    if found is None:
+        raise PermanentStepError(f"payment {payment_id} does not exist")
+    if found.status != PaymentStatus.CONFIRMING:
+        return None
+    if found.provider_payment_id is None:
+        raise PermanentStepError(f"payment {payment_id} has no provider payment id")
+    return str(found.provider_payment_id)
+
+
 def verify(session: Session, payment_id: uuid.UUID, report: ProviderReport) -> Verdict:
     """Apply the provider's word to a confirming payment, with its event. A mismatch of
     amount, currency or payment id is a PermanentStepError (dead letter at once): it
     needs a human, and nothing is granted meanwhile."""
-    payment = session.scalar(
-        select(Payment)
-        .where(Payment.id == payment_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    payment = session.scalar(_PAYMENT_LOCKED, {"payment_id": payment_id})
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")
     if payment.status == PaymentStatus.SUCCEEDED:
@@ -389,21 +411,23 @@ def verify(session: Session, payment_id: uuid.UUID, report: ProviderReport) -> V
             raise PermanentStepError(
                 f"the provider's payment does not match the catalogue: {sorted(mismatches)}"
             )
-        payment.status = PaymentStatus.SUCCEEDED
-        payment.updated_at = utcnow()
+        write_now(session, payment, status=PaymentStatus.SUCCEEDED, updated_at=utcnow())
         event(EventType.PAYMENT_VERIFIED, amount_cents=payment.amount_cents)
         return Verdict.VERIFIED
     if report.status in IN_FLIGHT:
         raise NotSettledYet(f"the provider reports {report.status}")
     if report.status == "canceled" or report.decline_message:
         reason = report.decline_message or "The payment was canceled."
-        payment.status = PaymentStatus.FAILED
-        payment.failure_reason = reason
-        payment.updated_at = utcnow()
+        write_now(
+            session,
+            payment,
+            status=PaymentStatus.FAILED,
+            failure_reason=reason,
+            updated_at=utcnow(),
+        )
         event(EventType.PAYMENT_FAILED, reason=reason, provider_status=report.status)
         return Verdict.FAILED
-    payment.status = PaymentStatus.PENDING
-    payment.updated_at = utcnow()
+    write_now(session, payment, status=PaymentStatus.PENDING, updated_at=utcnow())
     event(EventType.PAYMENT_NOT_YET_PAID, provider_status=report.status)
     return Verdict.NOT_PAID
 

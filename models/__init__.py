@@ -1,6 +1,6 @@
 """SQLAlchemy 2.0 models; Alembic (migrations/) owns the schema they describe."""
 
-from models.base import Base
+from models.base import Base, write_now
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus, FailureKind
 from models.effects import Committed, WrittenEvent, note_events
@@ -65,4 +65,5 @@ __all__ = [
     "execute_autocommit",
     "note_events",
     "traced",
+    "write_now",
 ]
