@@ -345,12 +345,12 @@ class Scheduled:
     """What schedule_window did: whose window it was, and the sessions it created."""
 
     student_id: int
-    created: list[TutoringSession]
+    created: list[PlannedSession]
 
 
 def schedule_sessions(
     session: Session, allocation_id: int, *, now: datetime, window: int
-) -> list[TutoringSession]:
+) -> list[PlannedSession]:
     """schedule_window's new sessions (none when the window is already full)."""
     return schedule_window(session, allocation_id, now=now, window=window).created
 
@@ -430,20 +430,21 @@ def session_rows(
     ]
 
 
+# Core: nothing comes back (the planned sessions are what was inserted; a
+# clash raises), so no ORM objects are built for them. One statement either way: as an
+# executemany (SQLAlchemy's insertmanyvalues) it is compiled once per process.
+_INSERT_SESSIONS = insert(TutoringSession)
+
+
 def insert_sessions(
     session: Session, allocation: Allocation, planned: list[PlannedSession]
-) -> list[TutoringSession]:
-    if not planned:
-        return []
-    rows = session_rows(allocation.id, allocation.student_id, allocation.trainer_id, planned)
-    # One statement either way; as an executemany (SQLAlchemy's insertmanyvalues) it is
-    # compiled once per process, where a multi-row VALUES was compiled on every call.
-    return list(
-        session.scalars(
-            insert(TutoringSession).returning(TutoringSession, sort_by_parameter_order=True),
-            rows,
-        )
-    )
+) -> list[PlannedSession]:
+    """Insert the planned sessions; returns them (all, or the insert raised)."""
+    if planned:
+        rows = session_rows(allocation.id, allocation.student_id, allocation.trainer_id, planned)
+        # On the session's connection: the ORM's bulk-insert path is for objects.
+        session.connection().execute(_INSERT_SESSIONS, rows)
+    return planned
 
 
 def record_shifts(
