@@ -20,8 +20,10 @@ from models import (
     Database,
     OutboxKind,
     OutboxMessage,
+    Student,
     WrittenEvent,
     note_events,
+    write_now,
 )
 from models.effects import WrittenOutbox
 from models.outbox import AfterCommitChannel, Publisher
@@ -147,3 +149,17 @@ def test_a_failing_publish_is_logged_and_the_other_callbacks_still_run(
     assert message is not None
     assert json.loads(message["data"])["type"] == "SESSIONS_GENERATED"
     pubsub.close()
+
+
+def test_write_now_writes_the_row_at_once_and_leaves_nothing_to_flush(db_session):
+    """models.write_now: one UPDATE now; the object shows the values as if loaded so,
+    and the session has nothing dirty for the commit to flush."""
+    student = make_student(db_session)
+    db_session.flush()
+    write_now(db_session, student, timezone="Asia/Tokyo", name="Renamed")
+    assert (student.timezone, student.name) == ("Asia/Tokyo", "Renamed")
+    assert not db_session.dirty
+    stored = db_session.execute(
+        select(Student.timezone, Student.name).where(Student.id == student.id)
+    ).one()
+    assert tuple(stored) == ("Asia/Tokyo", "Renamed")
