@@ -14,7 +14,8 @@ for all the rows of one send task at once:
    server may now have the messages);
 2. `lock_for_sending` locks the rows in a second transaction that stays open while the
    messages go out, so a concurrent copy of the task waits, then finds them sent;
-3. `mark_sent` records each acceptance, and that transaction commits.
+3. `record_outcomes` records each acceptance (and each refusal), and that transaction
+   commits.
 A crash between the server's first acceptance and that commit leaves the rows `sending`;
 the redelivered task sends again with the same Message-IDs. At least once, never twice
 without such a crash, and a second copy is always recognisable.
@@ -26,9 +27,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, bindparam, func, select, update
+from sqlalchemy import BigInteger, Row, bindparam, func, select, text, update
 from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
@@ -395,31 +397,64 @@ RECORD_FAILURE = (
 )
 
 
-def lock_for_sending(session: Session, notification_ids: list[int]) -> list[Notification]:
-    """Step 2: the rows still to send, in id order, locked until this transaction ends
-    (none: nothing to send, or sent already)."""
-    return list(
-        session.scalars(
-            select(Notification)
-            .where(
-                Notification.id.in_(notification_ids),
-                Notification.status != NotificationStatus.SENT,
-            )
-            .order_by(Notification.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+# Steps 2 and 3 in plain SQL, built once: they run on every send task. The rows to send
+# are read as plain rows (the five columns a message needs) and their outcomes written
+# together in one UPDATE. As Notification entities they cost a SELECT built on every
+# call (its coercions and cache key each time) and attribute writes that the unit of
+# work flushed at commit, an UPDATE per row: 40% of the send task's CPU in SQLAlchemy.
+_LOCK = text(
+    "SELECT id, recipient, subject, body, message_id FROM notifications"
+    " WHERE id = ANY(CAST(:notification_ids AS bigint[])) AND status <> 'sent'"
+    " ORDER BY id FOR UPDATE"
+)
+# Each row's outcome: sent (when; its last error cleared), or refused for good (why; a
+# refused row keeps the sent_at it had).
+_RECORD_OUTCOMES = text(
+    "UPDATE notifications SET status = o.status,"
+    " sent_at = coalesce(o.sent_at, notifications.sent_at), last_error = o.error"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),"
+    " CAST(:sent_ats AS timestamptz[]), CAST(:errors AS text[]))"
+    " AS o (id, status, sent_at, error)"
+    " WHERE notifications.id = o.id"
+)
+
+
+def lock_for_sending(session: Session, notification_ids: list[int]) -> Sequence[Row[Any]]:
+    """Step 2: the rows still to send (id, recipient, subject, body, message_id), in id
+    order, locked until this transaction ends (none: nothing to send, or sent already)."""
+    return session.execute(_LOCK, {"notification_ids": notification_ids}).all()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the server said of one row: `sent` or `refused`."""
+
+    notification_id: int
+    status: NotificationStatus
+    sent_at: datetime | None
+    error: str | None
+
+
+def sent(notification_id: int, now: datetime) -> Outcome:
+    """The server took it."""
+    return Outcome(notification_id, NotificationStatus.SENT, now, None)
+
+
+def refused(notification_id: int, error: str) -> Outcome:
+    """The server refused it for good (a 5xx)."""
+    return Outcome(notification_id, NotificationStatus.FAILED, None, error[:2000])
+
+
+def record_outcomes(session: Session, outcomes: Sequence[Outcome]) -> None:
+    """Step 3: the outcomes, in one statement; committed with the lock's transaction."""
+    if not outcomes:
+        return
+    session.execute(
+        _RECORD_OUTCOMES,
+        {
+            "ids": [o.notification_id for o in outcomes],
+            "statuses": [o.status.value for o in outcomes],
+            "sent_ats": [o.sent_at for o in outcomes],
+            "errors": [o.error for o in outcomes],
+        },
     )
-
-
-def mark_sent(notification: Notification, now: datetime) -> None:
-    """Step 3: the server took it; committed with the lock's transaction."""
-    notification.status = NotificationStatus.SENT
-    notification.sent_at = now
-    notification.last_error = None
-
-
-def mark_failed(notification: Notification, error: str) -> None:
-    """The server refused it for good (a 5xx): committed with the lock's transaction."""
-    notification.status = NotificationStatus.FAILED
-    notification.last_error = error[:2000]

@@ -98,6 +98,7 @@ def send_notification(
         pending = notifications.lock_for_sending(session, ids)
         if not pending:  # a copy of a task that has run (a redelivery, a re-publish)
             log.info("notification sent already", extra={"notification_ids": ids})
+        outcomes: list[notifications.Outcome] = []
         for notification in pending:
             try:
                 connection.send(
@@ -112,11 +113,12 @@ def send_notification(
                 unavailable = exc
                 break
             except MailRejected as exc:
-                notifications.mark_failed(notification, str(exc))
+                outcomes.append(notifications.refused(notification.id, str(exc)))
                 refused.append(f"notification {notification.id}: {exc}")
                 continue
-            notifications.mark_sent(notification, utcnow())
+            outcomes.append(notifications.sent(notification.id, utcnow()))
             sent.append(notification.message_id)
+        notifications.record_outcomes(session, outcomes)
     if sent:
         log.info("notifications sent", extra={"notification_ids": ids, "sent": len(sent)})
     if unavailable is not None:

@@ -79,6 +79,7 @@ def test_the_student_gets_one_confirmation_with_the_first_sessions_in_their_zone
     [row] = rows(db_session, recipient=student.email)
     assert (row.kind, row.status, row.attempts) == (NotificationKind.SESSIONS_BOOKED, "sent", 1)
     assert row.correlation_id == payment.id
+    assert row.sent_at == MONDAY_NOON  # the application's clock, when the server took it
     assert mail.message_id == row.message_id
 
 
@@ -152,6 +153,9 @@ def test_one_refused_recipient_fails_alone_and_the_letter_replays_only_it(
     assert result.failed()
     refused, sent = rows(db_session, correlation_id=payment_id)
     assert (refused.status, sent.status) == (NotificationStatus.FAILED, NotificationStatus.SENT)
+    # Recorded together: the refused one was never sent; the sent one carries no error.
+    assert (refused.sent_at, sent.last_error) == (None, None)
+    assert sent.sent_at is not None
     assert len(SINK.received(to=kept)) == 1
     letter = db_session.scalars(select(DeadLetter)).one()
     assert f"notification {ids[0]}" in letter.exception_message
@@ -379,6 +383,7 @@ def test_a_dead_mail_server_holds_up_no_fulfilment_and_the_mail_goes_once_it_is_
     for notification in sent:
         [mail] = server.received(to=notification.recipient)
         assert mail.message_id == notification.message_id
+        assert notification.last_error is None  # the refused connection, forgotten once sent
 
 
 @pytest.mark.worker
