@@ -110,3 +110,24 @@ def test_a_mail_without_a_text_part_says_what_it_has():
     printed = render(message.as_bytes(), "a@example.com", ["b@example.com"]).splitlines()
     assert "From: a@example.com" in printed and "To: b@example.com" in printed  # the envelope's
     assert "(no text part: text/html)" in printed
+
+
+def test_a_long_subject_in_encoded_words_is_printed_whole():
+    subject = "New student for Mathématiques et Géométrie avancées: Zoë Élodie Müller-Søndergaard"
+    mailer = Mailer(SmtpServer.from_url("smtp://127.0.0.1:1"), sender="t@example.com", timeout=1)
+    raw = mailer.message(Mail("b@example.com", subject, "x\n", "<n-2@example.com>")).as_bytes()
+    assert b"?=\n =?utf-8?" in raw  # folded over several encoded words
+    assert render(raw).splitlines()[3] == f"Subject: {subject}"
+
+
+def test_the_text_part_is_found_as_a_mail_client_would():
+    alternative = EmailMessage()
+    alternative.set_content("<p>hi</p>", subtype="html")
+    alternative.add_alternative("the plain text\n")
+    assert render(alternative.as_bytes()).splitlines()[2] == "the plain text"
+
+    attached = EmailMessage()
+    attached.set_content("<p>hi</p>", subtype="html")
+    attached.add_attachment("an attached text file\n", filename="notes.txt")
+    printed = render(attached.as_bytes()).splitlines()
+    assert "(no text part: text/html, text/plain)" in printed  # an attachment is no body
