@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
+    any_,
     bindparam,
     cast,
     func,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -84,7 +86,9 @@ def working_hours(
 # The reads every step and checkout makes of a trainer's time, built once per shape with
 # bound parameters: building a statement and its cache key on each call was a tenth of
 # the pipeline worker's CPU (BENCHMARKS.md, "Issue 25").
-_TRAINER_IDS: BindParameter[Any] = bindparam("trainer_ids", expanding=True)
+# An array bound as one parameter (`= ANY`): PostgreSQL reads an IN list as that anyway,
+# and an expanding IN is rendered afresh on every execution.
+_TRAINER_IDS: BindParameter[Any] = bindparam("trainer_ids", type_=ARRAY(BigInteger))
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
 
@@ -93,7 +97,7 @@ def _working_hours_query(lock: bool) -> Select[Any]:
     query = (
         select(Trainer.id, Trainer.timezone, WorkingDay.weekday, WorkingDay.starts, WorkingDay.ends)
         .outerjoin(WorkingDay, WorkingDay.trainer_id == Trainer.id)
-        .where(Trainer.id.in_(_TRAINER_IDS))
+        .where(Trainer.id == any_(_TRAINER_IDS))
         .order_by(Trainer.id)
     )
     return query.with_for_update(of=Trainer) if lock else query
@@ -103,7 +107,7 @@ def _working_hours_query(lock: bool) -> Select[Any]:
 def _booked_query(leave_out_allocation: bool) -> Select[Any]:
     query = select(
         TutoringSession.trainer_id, TutoringSession.starts_at, TutoringSession.ends_at
-    ).where(TutoringSession.trainer_id.in_(_TRAINER_IDS), _scheduled_after(_NOW))
+    ).where(TutoringSession.trainer_id == any_(_TRAINER_IDS), _scheduled_after(_NOW))
     if leave_out_allocation:
         query = query.where(TutoringSession.allocation_id != bindparam("leave_out_allocation"))
     return query
@@ -225,7 +229,7 @@ def _live_allocations_query(leave_out: bool, only: bool) -> Select[Any]:
         .join(Student, Student.id == Allocation.student_id)
         .join(Course, Course.id == Allocation.course_id)
         .join(counts, literal(True))
-        .where(Allocation.trainer_id.in_(_TRAINER_IDS), Allocation.status.in_(HOLDING_STATUSES))
+        .where(Allocation.trainer_id == any_(_TRAINER_IDS), Allocation.status.in_(HOLDING_STATUSES))
     )
     if leave_out:
         query = query.where(Allocation.id != bindparam("leave_out"))
@@ -275,7 +279,7 @@ def live_holds(
 
 @cache
 def _live_holds_query(leave_out: bool) -> Select[Any]:
-    query = select(Hold).where(Hold.trainer_id.in_(_TRAINER_IDS), is_live_hold(_NOW))
+    query = select(Hold).where(Hold.trainer_id == any_(_TRAINER_IDS), is_live_hold(_NOW))
     if leave_out:
         query = query.where(Hold.payment_id != bindparam("leave_out", type_=Hold.payment_id.type))
     return query

@@ -30,7 +30,8 @@ from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Row, bindparam, func, select, text, update
+from sqlalchemy import BigInteger, Row, any_, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
@@ -372,10 +373,12 @@ def refunded_notice(
 # Sending (tasks/notifications.py), all of a send task's rows at once. Step 1, in its own
 # committed statement: from now on the server may have the messages. A row another
 # sender holds locked (step 2) is waited for; found sent then, it is not claimed.
+# The ids as one array parameter (`= ANY`): an expanding IN is rendered on every call.
+_IDS = bindparam("notification_ids", type_=ARRAY(BigInteger))
 CLAIM = (
     update(Notification)
     .where(
-        Notification.id.in_(bindparam("notification_ids", expanding=True)),
+        Notification.id == any_(_IDS),
         Notification.status != NotificationStatus.SENT,
     )
     .values(
@@ -390,7 +393,7 @@ CLAIM = (
 RECORD_FAILURE = (
     update(Notification)
     .where(
-        Notification.id.in_(bindparam("notification_ids", expanding=True)),
+        Notification.id == any_(_IDS),
         Notification.status != NotificationStatus.SENT,
     )
     .values(status=bindparam("status"), last_error=bindparam("error"))

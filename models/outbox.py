@@ -27,11 +27,13 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Insert,
     Select,
     TextClause,
+    any_,
     bindparam,
     func,
     insert,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from core import tracing
@@ -128,7 +131,7 @@ def execute(session: Session, statement: Any, params: Mapping[str, Any] | None =
 
 STAMP_PUBLISHED = (
     update(OutboxMessage)
-    .where(OutboxMessage.id.in_(bindparam("outbox_ids", expanding=True)))
+    .where(OutboxMessage.id == any_(bindparam("outbox_ids", type_=ARRAY(BigInteger))))
     .where(OutboxMessage.published_at.is_(None))
     .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
 )
