@@ -157,7 +157,9 @@ class Cache:
             for part in (student_id, json.dumps(event, default=str))
         ]
         self._invalidate_and_publish(args=[len(students), *students, *published])
-        log.info(
+        # DEBUG: it follows every commit that writes an event (four a payment), and the
+        # step's own line already says what changed.
+        log.debug(
             "cache invalidate",
             extra={"students": sorted(students)[:20], "reason": events[0][1].get("type", "?")},
         )
