@@ -6,11 +6,11 @@ is delivered.
 One block per mail: From, To, Subject and Message-ID, then the text body decoded
 (quoted-printable or base64 undone, the charset applied), the lines the receiver's
 mail client would show rather than the wire's; headers as they came, their encoded
-words decoded (a name is not re-quoted as a mail client might show it). A mail without a text part names what it
-has instead. The server is aiosmtpd's; the host's default comes from SANDBOX_HOST, as
-for the provider sandbox (`python -m sandbox`), so the Procfile and compose run the same
-command, and the port's from MAILSINK_PORT (1025). It prints one ready line, and stops
-with exit status 0 on SIGTERM or Ctrl-C.
+words decoded (a name is not re-quoted as a mail client might show it). A mail without
+a text part names what it has instead. The server is aiosmtpd's; the host's default
+comes from SANDBOX_HOST, as for the provider sandbox (`python -m sandbox`), so the
+Procfile and compose run the same command, and the port's from MAILSINK_PORT (1025). It
+prints one ready line, and stops with exit status 0 on SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
