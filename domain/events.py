@@ -15,9 +15,7 @@ from sqlalchemy import insert, literal, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models import DomainEvent, Payment
-from models.effects import WrittenEvent, note_events
-from models.events import traced
+from models import DomainEvent, Payment, WrittenEvent, note_events, traced
 
 
 class EventType(StrEnum):

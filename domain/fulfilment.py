@@ -430,8 +430,8 @@ def session_rows(
     ]
 
 
-# Core: nothing comes back (the planned sessions are what was inserted; a
-# clash raises), so no ORM objects are built for them. One statement either way: as an
+# Core, and nothing comes back: the planned sessions are what was inserted (a clash
+# raises), so no ORM objects are built for them. One statement either way: as an
 # executemany (SQLAlchemy's insertmanyvalues) it is compiled once per process.
 _INSERT_SESSIONS = insert(TutoringSession)
 
