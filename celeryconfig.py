@@ -52,13 +52,39 @@ def broker_transport(url: str) -> str:
     return url.split("://", 1)[0].split("+", 1)[0]
 
 
+def soft_time_limit(hard: int) -> int:
+    """A step's soft time limit in seconds (an exception in the task: retried like any
+    transient error): 10 s before the hard limit, or a quarter of it when that is shorter."""
+    return max(1, hard - min(10, hard // 4))
+
+
 def check_delivery_settings(settings: Settings) -> None:
     """Refuse to start with a redelivery deadline that a task run can outlast: the broker
     would hand the still-unacked message to another worker, and the step would run twice
     at once. On Redis the deadline is the visibility timeout, and a retry waiting for its
     ETA is an unacked message too. On RabbitMQ it is the consumer timeout, and a retry
     waits in the broker (native delayed delivery), not unacked in the worker: only the
-    task time limit counts."""
+    task time limit counts.
+
+    Nor may a step wait on PostgreSQL past its soft time limit: a statement blocked on a
+    row lock (held, say, by a worker cut off mid-transaction) cannot be interrupted in
+    the driver, so the hard limit would kill the process, the message would come back
+    redelivered, and after POISON_WORKER_LOSSES such kills a healthy step would be parked
+    as a poison message. With the workers' lock and statement timeouts below the soft
+    limit, the wait ends as an error the step retries, with backoff."""
+    soft_ms = soft_time_limit(settings.task_time_limit) * 1000
+    for name, value in (
+        ("WORKER_LOCK_TIMEOUT_MS", settings.worker_lock_timeout_ms),
+        ("WORKER_STATEMENT_TIMEOUT_MS", settings.worker_statement_timeout_ms),
+    ):
+        if value >= soft_ms:
+            raise UnsafeDeliverySettings(
+                f"{name}={value} must stay under the soft time limit ({soft_ms} ms, from "
+                f"CELERY_TASK_TIME_LIMIT={settings.task_time_limit} s): a step waiting on "
+                "PostgreSQL that long is killed at the hard limit instead of retried, and "
+                "its redeliveries count as lost workers (poison messages). Lower it or "
+                "raise the time limit."
+            )
     transport = broker_transport(settings.broker_url)
     if transport in AMQP_TRANSPORTS:
         if settings.task_time_limit >= RABBITMQ_CONSUMER_TIMEOUT:
@@ -252,11 +278,7 @@ def _base_config(settings: Settings) -> dict[str, Any]:
         # 8 short tasks are far below it.
         "worker_prefetch_multiplier": 4,
         "task_time_limit": settings.task_time_limit,
-        # The soft limit (an exception in the task: retried like any transient error)
-        # comes first, by 10 s or a quarter of the limit when that is shorter.
-        "task_soft_time_limit": max(
-            1, settings.task_time_limit - min(10, settings.task_time_limit // 4)
-        ),
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit),
         # A task killed at the hard limit (stuck in a call no exception can reach) is
         # requeued at once, its chain intact, instead of acked and lost: the base task
         # does not dead-letter it, and the inbox makes the rerun safe.

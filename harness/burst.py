@@ -21,15 +21,17 @@ from bootstrap import bootstrap
 from core.config import get_settings
 from domain.catalogue import hours_for_all_trainers
 from harness.database import rebuild_database
+from harness.processes import time_limit_env
 
 CAPACITY = 50
 # Recovery in seconds, not production's minutes: a visibility timeout still above the
-# task time limit plus the longest retry countdown (the startup check insists), a
-# relay every second and a stalled-pipeline sweep after 30 s. The tests that lose a
-# host, a link or a broker primary mid-burst run with these.
+# task time limit plus the longest retry countdown, PostgreSQL's timeouts under the soft
+# limit (the startup check insists on both), a relay every second and a stalled-pipeline
+# sweep after 30 s. The tests that lose a host, a link or a broker primary mid-burst run
+# with these.
 FAST_RECOVERY = {
     "CELERY_VISIBILITY_TIMEOUT": "20",
-    "CELERY_TASK_TIME_LIMIT": "12",
+    **time_limit_env(12),
     "PIPELINE_STALL_SECONDS": "30",
     "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
     "OUTBOX_RELAY_GRACE_SECONDS": "2",

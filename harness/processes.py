@@ -30,6 +30,7 @@ import psycopg2
 import redis
 import requests
 
+from celeryconfig import soft_time_limit
 from harness.hosts import DATA_HOST, Host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,18 @@ FLOWER_AUTH = ("ops", "secret")
 # Every queue but the provider's: what a prefork worker beside `provider_worker` takes.
 ALL_BUT_PROVIDER = "pipeline,dead_letter_intake,maintenance"
 ALL_QUEUES = f"{ALL_BUT_PROVIDER},provider"
+
+
+def time_limit_env(seconds: int) -> dict[str, str]:
+    """A worker's environment for a task time limit of `seconds` (tests that must see a
+    kill or a redelivery soon), with its PostgreSQL lock and statement timeouts under
+    the soft limit, as the startup check asks (celeryconfig.check_delivery_settings)."""
+    soft_ms = soft_time_limit(seconds) * 1000
+    return {
+        "CELERY_TASK_TIME_LIMIT": str(seconds),
+        "WORKER_LOCK_TIMEOUT_MS": str(soft_ms // 2),
+        "WORKER_STATEMENT_TIMEOUT_MS": str(soft_ms * 3 // 4),
+    }
 
 
 @dataclass

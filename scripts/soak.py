@@ -29,7 +29,13 @@ import requests
 
 from core.config import get_settings
 from harness.burst import prepare, report
-from harness.processes import api_server, celery_worker, private_redis, wait_until
+from harness.processes import (
+    api_server,
+    celery_worker,
+    private_redis,
+    time_limit_env,
+    wait_until,
+)
 from harness.serving import SandboxServer
 
 settings = get_settings()
@@ -49,9 +55,10 @@ def run(payments: int, seed: int, timeout: float) -> int:
             "STRIPE_API_BASE": os.environ["STRIPE_API_BASE"],
             "CACHE_URL": broker.url,
             # Recovery in seconds: the visibility timeout above the task time limit
-            # plus the longest retry countdown (celeryconfig.check_delivery_settings).
+            # plus the longest retry countdown, PostgreSQL's timeouts under the soft
+            # limit (celeryconfig.check_delivery_settings).
             "CELERY_VISIBILITY_TIMEOUT": "10",
-            "CELERY_TASK_TIME_LIMIT": "4",
+            **time_limit_env(4),
             "CELERY_RETRY_BACKOFF_MAX": "4",
             "PROVIDER_RETRY_BACKOFF_MAX": "4",
             "PIPELINE_STALL_SECONDS": "20",

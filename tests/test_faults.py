@@ -26,6 +26,7 @@ from harness.processes import (
     celery_worker,
     private_broker,
     private_postgres,
+    time_limit_env,
     wait_until,
 )
 from models import Allocation, OutboxMessage, ProcessedEvent, Purchase, Trainer, TutoringSession
@@ -139,7 +140,7 @@ def test_a_whole_worker_killed_mid_step_is_redelivered_to_the_next_worker(commit
     # visibility timeout (shortened here from the production 300 s; the startup check
     # wants it above the task time limit: 2 s is plenty here). RabbitMQ requeued it
     # when the dead worker's connection closed.
-    with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}):
+    with celery_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3", **time_limit_env(2)}):
         wait_until(lambda: sessions_count() == 7, 60, "the message was never redelivered")
     print(f"\nrecovered {time.monotonic() - started:.1f} s after the restart")
     assert_fulfilled_exactly_once(trainer_id)
@@ -228,7 +229,7 @@ def test_broker_restarted_mid_pipeline_loses_nothing(committed):
         env = {
             **broker.env,
             "CELERY_VISIBILITY_TIMEOUT": "5",
-            "CELERY_TASK_TIME_LIMIT": "4",
+            **time_limit_env(4),
             "OUTBOX_RELAY_INTERVAL_SECONDS": "1",
             "OUTBOX_RELAY_GRACE_SECONDS": "2",
             "PIPELINE_STALL_SECONDS": "8",

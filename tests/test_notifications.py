@@ -22,7 +22,7 @@ from core.mail import SmtpServer
 from domain import dead_letters, notifications
 from domain.calendar import Shift, ShiftReason
 from domain.notifications import Notice
-from harness.processes import ALL_QUEUES, celery_worker, wait_until
+from harness.processes import ALL_QUEUES, celery_worker, time_limit_env, wait_until
 from models import (
     DeadLetter,
     Notification,
@@ -397,7 +397,7 @@ def test_a_worker_killed_after_the_server_took_the_mail_sends_it_again_with_its_
     the message at once), or the whole worker with its pool (nobody acks or requeues:
     the broker redelivers after the visibility timeout, to a new worker)."""
     env = {"FAULT_PAUSE_STEP": "tutorflow.notifications.send", "FAULT_PAUSE_SECONDS": "60"}
-    restarted = {"CELERY_VISIBILITY_TIMEOUT": "3", "CELERY_TASK_TIME_LIMIT": "2"}
+    restarted = {"CELERY_VISIBILITY_TIMEOUT": "3", **time_limit_env(2)}
     queues = "notifications,dead_letter_intake"
     with celery_worker(queues=queues, env=env) as worker:
         notification_id, recipient = seed_notification()

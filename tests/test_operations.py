@@ -163,3 +163,24 @@ def test_a_visibility_timeout_a_retry_could_outlast_is_refused_at_startup():
     )
     assert refused.returncode != 0
     assert "CELERY_VISIBILITY_TIMEOUT=200 s must exceed" in refused.stderr
+
+
+def test_postgresql_timeouts_a_step_could_outwait_its_soft_time_limit_are_refused():
+    """A step blocked on a row lock past its hard time limit is killed, not retried, and
+    each redelivery counts as a lost worker: the workers' PostgreSQL timeouts must end a
+    wait first, under the soft limit (30 s for a 40 s limit)."""
+    with pytest.raises(UnsafeDeliverySettings, match=r"WORKER_LOCK_TIMEOUT_MS=30000 must"):
+        check_delivery_settings(
+            _settings(CELERY_TASK_TIME_LIMIT="40", WORKER_LOCK_TIMEOUT_MS="30000")
+        )
+    with pytest.raises(UnsafeDeliverySettings, match=r"WORKER_STATEMENT_TIMEOUT_MS=60000 must"):
+        check_delivery_settings(_settings(CELERY_TASK_TIME_LIMIT="40"))
+    for broker in ("redis://127.0.0.1:6379/0", "amqp://x//"):
+        check_delivery_settings(
+            _settings(
+                BROKER_URL=broker,
+                CELERY_TASK_TIME_LIMIT="40",
+                WORKER_LOCK_TIMEOUT_MS="5000",
+                WORKER_STATEMENT_TIMEOUT_MS="29999",
+            )
+        )

@@ -6,8 +6,12 @@ import time
 import uuid
 
 import pytest
+from sqlalchemy import func, select, text
 
-from harness.processes import celery_worker, provider_worker, wait_until
+from domain.errors import safe_reason
+from domain.events import EventType
+from harness.processes import celery_worker, provider_worker, time_limit_env, wait_until
+from models import DeadLetter, DomainEvent, FailureKind
 from tests.conftest import ADMIN, SANDBOX, open_session
 from tests.factories import make_course, make_payment, make_student, make_trainer
 
@@ -95,7 +99,7 @@ def test_the_worker_applies_its_own_time_limits_whoever_sent_the_task(redis_clie
     with celery_worker(
         queues="pipeline",
         include=("tests.worker_tasks",),
-        env={"CELERY_TASK_TIME_LIMIT": "4"},
+        env=time_limit_env(4),
     ) as worker:
         slow_step.apply_async(kwargs={"correlation_id": correlation_id, "seconds": 12})
         wait_until(
@@ -106,3 +110,63 @@ def test_the_worker_applies_its_own_time_limits_whoever_sent_the_task(redis_clie
         log = worker.log()
     assert "Soft time limit (3s) exceeded for tests.worker_tasks.slow_step" in log
     assert "no time limit struck" not in log
+
+
+def test_a_step_waiting_on_a_held_lock_retries_and_is_never_killed_at_the_time_limit(
+    live_client,
+):
+    """A trainer's row held locked for longer than the task time limit (a worker cut off
+    mid-transaction holds it until PostgreSQL ends that transaction): allocate's wait ends
+    at the lock timeout, under the soft limit, and the step retries with backoff. It is
+    never killed at the hard limit, whose redeliveries count as lost workers and would
+    park a healthy step as a poison message. Once the lock goes, the payment is served,
+    with no dead letter."""
+    payment_id, trainer_id = seed_payment()
+    limits = time_limit_env(4)  # hard 4 s, soft 3 s, lock timeout 1.5 s
+    with celery_worker(env=limits) as worker, open_session() as holder:
+        with holder.begin():
+            holder.execute(
+                text("SELECT 1 FROM trainers WHERE id = :id FOR UPDATE"), {"id": trainer_id}
+            )
+            held_at = time.monotonic()
+            answer = live_client.post(
+                f"/api/v1/payments/{payment_id}/confirm", json={}, headers=ADMIN
+            )
+            assert answer.status_code == 202
+            # Held past the hard limit, and until allocate has given up on it twice.
+            wait_until(
+                lambda: (
+                    len(_retries(payment_id, "allocate_trainer")) >= 2
+                    and time.monotonic() - held_at > 2 * int(limits["CELERY_TASK_TIME_LIMIT"])
+                ),
+                60,
+                "allocate never retried on the held lock",
+            )
+        wait_until(
+            lambda: (
+                live_client.get(f"/api/v1/payments/{payment_id}", headers=ADMIN).json["fulfilment"][
+                    "sessions_scheduled"
+                ]
+                == 7
+            ),
+            60,
+            "the payment was not served once the lock was released",
+        )
+        log = worker.log()
+    assert "Hard time limit" not in log and "hard time limit" not in log, log[-3000:]
+    # PostgreSQL's lock timeout is an OperationalError: retried as an unavailable database.
+    unavailable = safe_reason(FailureKind.DATABASE_UNAVAILABLE)
+    assert {r["reason"] for r in _retries(payment_id, "allocate_trainer")} == {unavailable}
+    with open_session() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0
+
+
+def _retries(payment_id: uuid.UUID, step: str) -> list[dict]:
+    with open_session() as session:
+        payloads = session.scalars(
+            select(DomainEvent.payload).where(
+                DomainEvent.correlation_id == payment_id,
+                DomainEvent.event_type == EventType.STEP_RETRYING,
+            )
+        ).all()
+    return [p for p in payloads if p["step"].endswith(step)]
