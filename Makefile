@@ -79,10 +79,11 @@ bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 
 # Issue 25's "cost as the data grows" alone (`make bench` runs it too): confirm, home,
 # availability and the top-up on a database with 1,000,000 sessions beside one with next
-# to no history, plans included (bench/volume.py; about 3 minutes, seeding included).
+# to no history, plans included (bench/volume.py; three rounds, the best of each
+# figure; about 4 minutes, seeding included).
 bench-volume: services  ## the same paths with a million sessions and without, side by side, with their plans
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || true
-	$(BIN)/python -m bench.volume | tee bench-volume-report.md
+	$(BIN)/python -m bench.volume --rounds 3 | tee bench-volume-report.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
