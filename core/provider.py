@@ -206,9 +206,13 @@ class PaymentProvider:
             ),
         )
 
-    def construct_event(self, payload: bytes, signature: str | None) -> stripe.Event:
-        """Verify a webhook with each configured secret (several while rotating), within
-        Stripe's default 300 s tolerance; raises ValueError or SignatureVerificationError."""
+    def verified_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        """A webhook's event, as JSON, once its signature verifies with one of the
+        configured secrets (several while rotating), within Stripe's default 300 s
+        tolerance (the library's check); raises ValueError or SignatureVerificationError.
+        Not `stripe.Webhook.construct_event` after the check: it checked the signature
+        again and built a StripeObject tree that the view turned straight back into a
+        dict (0.18 ms a webhook, against 0.01 for the check and the JSON)."""
         if not signature:
             raise stripe.SignatureVerificationError("no Stripe-Signature header", signature)
         text = payload.decode("utf-8")
@@ -226,6 +230,12 @@ class PaymentProvider:
             shape = json.loads(text)
         except ValueError as exc:
             raise ValueError("the payload is not JSON") from exc
-        if not isinstance(shape, dict) or not isinstance(shape.get("data"), dict):
+        data = shape.get("data") if isinstance(shape, dict) else None
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("object"), dict)
+            and isinstance(shape.get("id"), str)
+            and isinstance(shape.get("type"), str)
+        ):
             raise ValueError("the payload is not an event")
-        return stripe.Webhook.construct_event(text, signature, secret, tolerance=300)
+        return shape

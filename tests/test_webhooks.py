@@ -1,4 +1,4 @@
-"""Stripe's webhook: checked by stripe.Webhook.construct_event, confirms through the same
+"""Stripe's webhook: checked by stripe.WebhookSignature, confirms through the same
 verify step as the student's "I paid", fails and refunds; forged, stale and replayed
 deliveries change nothing."""
 
@@ -173,6 +173,13 @@ def test_an_event_whose_metadata_names_another_payment_is_refused(client, db_ses
 
 
 def test_signed_but_not_an_event_is_400(client, db_connection):
-    for body in (b"{not json", b"[]", b'{"id": "evt_1"}'):
+    for body in (
+        b"{not json",
+        b"[]",
+        b'{"id": "evt_1"}',
+        b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {}}',
+        b'{"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": []}}',
+        b'{"id": 1, "type": "payment_intent.succeeded", "data": {"object": {}}}',
+    ):
         response = client.post(URL, data=body, headers=signed(body))
         assert response.status_code == 400, body

@@ -40,22 +40,17 @@ def receive_stripe_event():
     raw = request.get_data(cache=True)
     provider = runtime().provider
     try:
-        event = provider.construct_event(raw, request.headers.get("Stripe-Signature"))
+        event = provider.verified_event(raw, request.headers.get("Stripe-Signature"))
     except stripe.SignatureVerificationError as exc:
         raise ApiError(400, "invalid_signature", "The Stripe-Signature does not verify.") from exc
     except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or not an event
         raise ApiError(400, "bad_request", "The payload is not a Stripe event.") from exc
-    try:
-        event_id, event_type = str(event["id"]), str(event["type"])
-        obj = event["data"]["object"].to_dict()
-    except (KeyError, AttributeError, TypeError) as exc:
-        raise ApiError(400, "bad_request", "The payload is not a Stripe event.") from exc
     app = runtime()
     outcome = webhooks.receive(
         app.database,
-        event_id=event_id,
-        event_type=event_type,
-        obj=obj,
+        event_id=event["id"],
+        event_type=event["type"],
+        obj=event["data"]["object"],
         hold_minutes=app.settings.hold_minutes,
     )
     return {
