@@ -24,7 +24,12 @@ from models.fulfilment import (
 )
 from models.notifications import Notification, NotificationKind, NotificationStatus
 from models.payments import TIERS, IdempotencyKey, Payment, PaymentStatus, WebhookEvent
-from models.session import Database, database_unreachable, execute_autocommit
+from models.session import (
+    Database,
+    database_unreachable,
+    execute_autocommit,
+    lock_not_available,
+)
 
 __all__ = [
     "HOLDING_STATUSES",
@@ -63,6 +68,7 @@ __all__ = [
     "WrittenEvent",
     "database_unreachable",
     "execute_autocommit",
+    "lock_not_available",
     "note_events",
     "traced",
     "write_now",

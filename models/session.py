@@ -30,6 +30,7 @@ from models.effects import CHANNEL, Channel
 log = logging.getLogger(__name__)
 # SQLSTATE 25006: "cannot execute INSERT in a read-only transaction", a standby's answer.
 READ_ONLY_SQL_TRANSACTION = "25006"
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 class Database:
@@ -117,6 +118,15 @@ def database_unreachable(error: BaseException | None) -> bool:
     if not isinstance(error, DBAPIError):
         return False
     return error.connection_invalidated or getattr(error.orig, "pgcode", None) is None
+
+
+def lock_not_available(error: BaseException | None) -> bool:
+    """The statement gave up waiting for a row lock (lock_timeout). Its holder may be a
+    worker cut off mid-transaction: PostgreSQL releases its locks only when it ends that
+    transaction (keepalives, idle_in_transaction_session_timeout: up to 30 s)."""
+    return isinstance(error, DBAPIError) and (
+        getattr(error.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+    )
 
 
 def execute_autocommit(

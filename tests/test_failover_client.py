@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
-from models import Database, database_unreachable
+from models import Database, database_unreachable, lock_not_available
 from tests.conftest import ADMIN, settings
 
 
@@ -72,5 +72,23 @@ def test_unreachable_is_told_apart_from_a_failed_statement():
             connection.execute(text("SET statement_timeout = 10"))
             connection.execute(text("SELECT pg_sleep(1)"))
         assert not database_unreachable(timed_out.value)  # QueryCanceled: a retry as usual
+    finally:
+        working.dispose()
+
+
+def test_a_lock_not_granted_in_time_is_told_apart_too():
+    """A row lock not granted within lock_timeout: not an unreachable database, but it
+    rides past max_retries as one does (its holder may be a worker cut off
+    mid-transaction)."""
+    working = create_engine(settings.database_url)
+    try:
+        with working.connect() as holder, working.connect() as waiter:
+            holder.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+            waiter.execute(text("SET lock_timeout = 50"))
+            with pytest.raises(OperationalError) as refused:
+                waiter.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+            holder.rollback()
+        assert lock_not_available(refused.value)
+        assert not database_unreachable(refused.value)
     finally:
         working.dispose()
