@@ -65,6 +65,18 @@ class Cluster:
     def fulfilled(self) -> int:
         return report(self.database_url)[0]["fulfilled"]
 
+    def wait_for_all(self, timeout: float, message: str) -> None:
+        """Every payment fulfilled within `timeout`; if not, the failure says what the rows
+        say (how many, the dead letters) and what each worker logged last."""
+        try:
+            wait_until(lambda: self.fulfilled() == BURST, timeout, message)
+        except AssertionError:
+            figures, dead_letters = report(self.database_url)
+            logs = {name: worker.log()[-2000:] for name, worker in self.workers.items()}
+            raise AssertionError(
+                f"{message}: {figures}; dead letters {dict(dead_letters)}; last logs {logs}"
+            ) from None
+
 
 @contextmanager
 def cluster(**overrides: str) -> Iterator[Cluster]:
@@ -98,7 +110,7 @@ def test_a_worker_host_lost_mid_burst_the_other_finishes_everything_once():
         assert killed >= 3  # the worker, its two pool processes
         sender.join(120)
         assert sender.answers.count(202) == BURST
-        wait_until(lambda: c.fulfilled() == BURST, 240, "the other host did not finish")
+        c.wait_for_all(240, "the other host did not finish")
         recovery = time.monotonic() - lost_at
         assert_exactly_once(c.database_url, BURST)
     print(f"\nhost lost: last payment fulfilled {recovery:.1f} s after the kill")
@@ -117,7 +129,7 @@ def test_a_worker_host_cut_off_for_30_s_resumes_by_itself():
         # was cut off, without a restart, or not at all.
         c.workers["w1"].stop()
         sender.join(120)
-        wait_until(lambda: c.fulfilled() == BURST, 240, "the burst did not finish")
+        c.wait_for_all(240, "the burst did not finish")
         done = time.monotonic()
         assert_exactly_once(c.database_url, BURST)
         restarts = c.workers["w2"].restarts
