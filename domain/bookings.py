@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    BindParameter,
     ColumnElement,
     DateTime,
     Integer,
@@ -33,7 +32,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from domain.calendar import Busy, WorkingHours, projected
@@ -49,6 +47,7 @@ from models import (
     Trainer,
     TutoringSession,
     WorkingDay,
+    id_array,
 )
 
 
@@ -86,9 +85,7 @@ def working_hours(
 # The reads every step and checkout makes of a trainer's time, built once per shape with
 # bound parameters: building a statement and its cache key on each call was a tenth of
 # the pipeline worker's CPU (BENCHMARKS.md, "Issue 25").
-# An array bound as one parameter (`= ANY`): PostgreSQL reads an IN list as that anyway,
-# and an expanding IN is rendered afresh on every execution.
-_TRAINER_IDS: BindParameter[Any] = bindparam("trainer_ids", type_=ARRAY(BigInteger))
+_TRAINER_IDS = id_array("trainer_ids")
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
 

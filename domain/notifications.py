@@ -31,7 +31,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, Row, any_, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, lazyload
 
 from domain.calendar import Shift, session_start
@@ -46,6 +45,7 @@ from models import (
     Student,
     Trainer,
     TutoringSession,
+    id_array,
     outbox,
 )
 
@@ -373,8 +373,7 @@ def refunded_notice(
 # Sending (tasks/notifications.py), all of a send task's rows at once. Step 1, in its own
 # committed statement: from now on the server may have the messages. A row another
 # sender holds locked (step 2) is waited for; found sent then, it is not claimed.
-# The ids as one array parameter (`= ANY`): an expanding IN is rendered on every call.
-_IDS = bindparam("notification_ids", type_=ARRAY(BigInteger))
+_IDS = id_array("notification_ids")
 CLAIM = (
     update(Notification)
     .where(

@@ -1,6 +1,6 @@
 """SQLAlchemy 2.0 models; Alembic (migrations/) owns the schema they describe."""
 
-from models.base import Base, write_now
+from models.base import Base, id_array, write_now
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus, FailureKind
 from models.effects import Committed, WrittenEvent, note_events
@@ -68,6 +68,7 @@ __all__ = [
     "WrittenEvent",
     "database_unreachable",
     "execute_autocommit",
+    "id_array",
     "lock_not_available",
     "note_events",
     "traced",

@@ -4,7 +4,19 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Table, Update, bindparam, func, inspect, update
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    DateTime,
+    MetaData,
+    Table,
+    Update,
+    bindparam,
+    func,
+    inspect,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -33,6 +45,13 @@ def _update_of(entity: type[Base], names: tuple[str, ...]) -> Update:
     (key,) = table.primary_key.columns
     columns: dict[Any, Any] = {table.c[name]: bindparam(f"new_{name}") for name in names}
     return update(table).where(key == bindparam("row_key")).values(columns)
+
+
+def id_array(name: str) -> BindParameter[Any]:
+    """A list of ids bound as one array parameter, for `column == any_(id_array(...))`:
+    PostgreSQL reads an IN list as `= ANY` anyway, and an expanding IN is rendered afresh
+    on every execution of a statement built once."""
+    return bindparam(name, type_=ARRAY(BigInteger))
 
 
 def write_now(session: Session, row: Base, **values: Any) -> None:

@@ -27,25 +27,23 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Engine,
     Insert,
     Select,
     TextClause,
     any_,
-    bindparam,
     func,
     insert,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from core import tracing
 from core.tracing import current_traceparent
+from models.base import id_array
 from models.effects import Committed, WrittenOutbox, note_outbox
 from models.events import OutboxKind, OutboxMessage
 from models.session import Database, execute_autocommit
@@ -131,7 +129,7 @@ def execute(session: Session, statement: Any, params: Mapping[str, Any] | None =
 
 STAMP_PUBLISHED = (
     update(OutboxMessage)
-    .where(OutboxMessage.id == any_(bindparam("outbox_ids", type_=ARRAY(BigInteger))))
+    .where(OutboxMessage.id == any_(id_array("outbox_ids")))
     .where(OutboxMessage.published_at.is_(None))
     .values(published_at=func.now(), attempts=OutboxMessage.attempts + 1)
 )
