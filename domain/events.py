@@ -6,16 +6,15 @@ to its student (read models invalidated, a live event) once the transaction comm
 
 from __future__ import annotations
 
-import json
 import uuid
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, literal, select, text
+from sqlalchemy import insert, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models import DomainEvent, Payment, WrittenEvent, note_events, traced
+from models import DomainEvent, Payment, WrittenEvent, defer_event, traced
 
 
 class EventType(StrEnum):
@@ -53,14 +52,6 @@ class EventType(StrEnum):
     DEAD_LETTER_DISCARDED = "DEAD_LETTER_DISCARDED"
 
 
-# One INSERT, run at once: four per payment, and an ORM-added event cost a unit-of-work
-# flush (BENCHMARKS.md, "Issue 25, third cut"). Plain SQL: compiled once, no cache key.
-_RECORD = text(
-    "INSERT INTO domain_events (correlation_id, student_id, event_type, payload)"
-    " VALUES (CAST(:correlation_id AS uuid), :student_id, :event_type, CAST(:payload AS jsonb))"
-)
-
-
 def record_event(
     session: Session,
     *,
@@ -70,18 +61,12 @@ def record_event(
     payload: dict[str, Any] | None = None,
 ) -> None:
     """Write the event in the current transaction (announced after its commit), with
-    the active trace's id in its payload."""
-    stamped = traced(payload or {})
-    session.execute(
-        _RECORD,
-        {
-            "correlation_id": str(correlation_id),
-            "student_id": student_id,
-            "event_type": str(event_type),
-            "payload": json.dumps(stamped),
-        },
+    the active trace's id in its payload. It is inserted with the transaction's next
+    statement, or with the step's record, or at the commit (models.defer_event)."""
+    defer_event(
+        session,
+        WrittenEvent(str(correlation_id), student_id, str(event_type), traced(payload or {})),
     )
-    note_events(session, [WrittenEvent(str(correlation_id), student_id, str(event_type), stamped)])
 
 
 def record_step_retry(

@@ -394,6 +394,11 @@ def schedule_window(
     if allocation.status == AllocationStatus.APPROVED:
         write_now(session, allocation, status=AllocationStatus.ACTIVE)
     if created:
+        # The student's confirmation and the trainer's notice, sent off the chain.
+        notifications.sessions_booked_notice(
+            session, payment_id, allocation, [s.starts_at for s in created], people
+        )
+        # Last, so that the step's record writes it (models.defer_event).
         record_event(
             session,
             correlation_id=payment_id,
@@ -404,10 +409,6 @@ def schedule_window(
                 "count": len(created),
                 "dates": [s.scheduled_date.isoformat() for s in created],
             },
-        )
-        # The student's confirmation and the trainer's notice, sent off the chain.
-        notifications.sessions_booked_notice(
-            session, payment_id, allocation, [s.starts_at for s in created], people
         )
     return Scheduled(allocation.student_id, created)
 

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from core.tracing import current_trace_id
 from domain import inbox
+from models import take_pending_events
+from models.events import INSERT_EVENTS_SQL
 
 # Plain SQL, as the inbox's statements (domain.inbox): it runs on every step of every
 # payment. The table is models.StepRun's.
@@ -20,9 +22,16 @@ _INSERT = (
     "INSERT INTO step_runs (correlation_id, step, task_id, started_at, finished_at, trace_id)"
     " VALUES (:correlation_id, :step, :task_id, :started_at, :finished_at, :trace_id)"
 )
-_RECORD = text(_INSERT)
-# With the step's inbox result (domain.inbox.store_result's UPDATE) in the same round trip.
-_RECORD_WITH_RESULT = text(f"WITH stored AS ({inbox.STORE_SQL}) {_INSERT}")
+# With the step's inbox result (domain.inbox.store_result's UPDATE) and the events it
+# recorded (models.take_pending_events) in the same round trip: (result?, events?).
+_RECORD = {
+    (False, False): text(_INSERT),
+    (True, False): text(f"WITH stored AS ({inbox.STORE_SQL}) {_INSERT}"),
+    (False, True): text(f"WITH written AS ({INSERT_EVENTS_SQL}) {_INSERT}"),
+    (True, True): text(
+        f"WITH stored AS ({inbox.STORE_SQL}), written AS ({INSERT_EVENTS_SQL}) {_INSERT}"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,9 @@ def record(
 ) -> None:
     """One INSERT, in the step's transaction: it exists once the step committed, with
     the active span's trace id when tracing is on. `stored`: the step's inbox claim and
-    result, stored by the same statement (inbox.store_result, one round trip less)."""
-    params = {
+    result, stored by the same statement (inbox.store_result, one round trip less); the
+    events the step recorded and that are not written yet go in it too."""
+    params: dict[str, Any] = {
         "correlation_id": correlation_id,
         "step": step,
         "task_id": run.task_id,
@@ -53,7 +63,10 @@ def record(
         "finished_at": finished_at,
         "trace_id": current_trace_id(),
     }
-    if stored is None:
-        session.execute(_RECORD, params)
-    else:
-        session.execute(_RECORD_WITH_RESULT, {**params, **inbox.store_params(*stored)})
+    if stored is not None:
+        params.update(inbox.store_params(*stored))
+    # Taken before the statement: the session would otherwise insert them on its own first.
+    events = take_pending_events(session)
+    if events is not None:
+        params["events"] = events
+    session.execute(_RECORD[stored is not None, events is not None], params)

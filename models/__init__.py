@@ -3,7 +3,7 @@
 from models.base import Base, id_array, write_now
 from models.catalogue import Course, CoursePrice, Student, Trainer, TrainerCourse, WorkingDay
 from models.dead_letters import DeadLetter, DeadLetterStatus, FailureKind
-from models.effects import Committed, WrittenEvent, note_events
+from models.effects import Committed, WrittenEvent, defer_event, note_events, take_pending_events
 from models.events import (
     DomainEvent,
     OutboxKind,
@@ -67,10 +67,12 @@ __all__ = [
     "WorkingDay",
     "WrittenEvent",
     "database_unreachable",
+    "defer_event",
     "execute_autocommit",
     "id_array",
     "lock_not_available",
     "note_events",
+    "take_pending_events",
     "traced",
     "write_now",
 ]

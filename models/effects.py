@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, inspect
-from sqlalchemy.orm import InstanceState, Session, SessionTransaction
+from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy.orm import InstanceState, ORMExecuteState, Session, SessionTransaction
 
-from models.events import DomainEvent, OutboxMessage
+from models.events import INSERT_EVENTS_SQL, DomainEvent, OutboxMessage, events_parameter
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ CHANNEL = "after_commit_channel"  # key in Session.info (set by the sessionmaker
 _NOTED = "effects_noted"
 _FLUSHED = "effects_flushed"
 _COMMITTED = "effects_committed"  # handed over after commit, run once the connection is back
+_PENDING = "effects_pending_events"  # recorded, not yet inserted (defer_event)
+_INSERT_EVENTS = text(INSERT_EVENTS_SQL)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,62 @@ def note_events(session: Session, events: Iterable[WrittenEvent]) -> None:
     _note(session, events)
 
 
+def defer_event(session: Session, written: WrittenEvent) -> None:
+    """Record a domain event in this transaction. It is inserted just before the next
+    statement the session runs, or after its next flush, or with the step's own record
+    (take_pending_events), or just before the commit, whichever comes first: every
+    statement sent through the session sees it, and a step whose event is its last
+    write spends no round trip of its own on it (one statement fewer a step:
+    BENCHMARKS.md, "Issue 25"). Announced after the commit like every written event; a
+    rollback (of the savepoint it was recorded in, or of the transaction) forgets it."""
+    savepoint = session.get_nested_transaction()
+    session.info.setdefault(_PENDING, []).append((savepoint, written))
+    _note(session, [written])
+
+
+def take_pending_events(session: Session) -> str | None:
+    """The events recorded and not yet inserted, as INSERT_EVENTS_SQL's `:events`, for
+    a writer that inserts them in a statement of its own; None if there are none. The
+    caller must run that statement in this transaction."""
+    pending: list[tuple[Any, WrittenEvent]] = session.info.pop(_PENDING, [])
+    if not pending:
+        return None
+    return events_parameter(
+        {
+            "correlation_id": w.correlation_id,
+            "student_id": w.student_id,
+            "event_type": w.event_type,
+            "payload": dict(w.payload),
+        }
+        for _, w in pending
+    )
+
+
+def _insert_pending(session: Session) -> None:
+    events = take_pending_events(session)
+    if events is not None:
+        # On the connection: a Session.execute would come back here.
+        session.connection().execute(_INSERT_EVENTS, {"events": events})
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _insert_pending_before_statement(state: ORMExecuteState) -> None:
+    if _PENDING in state.session.info:
+        _insert_pending(state.session)
+
+
+@event.listens_for(Session, "after_flush")
+def _insert_pending_after_flush(session: Session, _flush_context: object) -> None:
+    if _PENDING in session.info:
+        _insert_pending(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _insert_pending_before_commit(session: Session) -> None:
+    if _PENDING in session.info:
+        _insert_pending(session)
+
+
 def note_outbox(session: Session, messages: Iterable[WrittenOutbox]) -> None:
     """For outbox rows inserted with SQL (not through the ORM) in this transaction."""
     _note(session, messages)
@@ -96,6 +154,7 @@ def _within(transaction: SessionTransaction | None, savepoint: SessionTransactio
 
 
 def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
     session.info.pop(_NOTED, None)
     session.info.pop(_FLUSHED, None)
 
@@ -158,9 +217,11 @@ def _drop_on_rollback(session: Session, previous: SessionTransaction) -> None:
     # inside it.
     if previous.parent is None:
         _forget(session)
-    elif previous.nested and _NOTED in session.info:
-        session.info[_NOTED] = [
-            (savepoint, written)
-            for savepoint, written in session.info[_NOTED]
-            if not _within(savepoint, previous)
-        ]
+    elif previous.nested:
+        for key in (_NOTED, _PENDING):
+            if key in session.info:
+                session.info[key] = [
+                    (savepoint, written)
+                    for savepoint, written in session.info[key]
+                    if not _within(savepoint, previous)
+                ]

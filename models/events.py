@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -92,6 +94,24 @@ class OutboxMessage(Base):
     # A column default, so every writer stamps it, ORM or Core (an INSERT ... SELECT
     # evaluates it once per statement), without knowing of tracing.
     traceparent: Mapped[str | None] = mapped_column(String(55), default=current_traceparent)
+
+
+# Domain events written with SQL, several in one statement: `:events` is a JSON array of
+# {correlation_id, student_id, event_type, payload} (events_parameter), inserted in its
+# order, so the ids keep the order they were recorded in. A statement of its own, or a
+# CTE of another (a step's record: domain.step_runs).
+INSERT_EVENTS_SQL = (
+    "INSERT INTO domain_events (correlation_id, student_id, event_type, payload)"
+    " SELECT CAST(e.value->>'correlation_id' AS uuid), CAST(e.value->>'student_id' AS bigint),"
+    " e.value->>'event_type', e.value->'payload'"
+    " FROM jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(value, n)"
+    " ORDER BY e.n"
+)
+
+
+def events_parameter(events: Iterable[Mapping[str, Any]]) -> str:
+    """INSERT_EVENTS_SQL's `:events`."""
+    return json.dumps(list(events))
 
 
 def traced(payload: dict[str, Any]) -> dict[str, Any]:

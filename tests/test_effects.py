@@ -7,17 +7,22 @@ import json
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import redis
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, func, select, text
+from sqlalchemy.orm import Session
 
+from actions.steps import Delivery, once
 from bootstrap import bootstrap
 from core.cache import student_channel, version_key
+from domain import step_runs
 from domain.events import EventType, record_event
 from models import (
     Committed,
     Database,
+    DomainEvent,
     OutboxKind,
     OutboxMessage,
     Student,
@@ -163,3 +168,115 @@ def test_write_now_writes_the_row_at_once_and_leaves_nothing_to_flush(db_session
         select(Student.timezone, Student.name).where(Student.id == student.id)
     ).one()
     assert tuple(stored) == ("Asia/Tokyo", "Renamed")
+
+
+def _statements_on(connection: Connection) -> list[str]:
+    sent: list[str] = []
+    event.listen(connection, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+def test_a_steps_events_go_out_with_its_record_in_one_statement(handed_over, db_connection):
+    """models.defer_event: a step whose events are its last writes sends no INSERT of
+    its own for them; the step's record (domain.step_runs) writes them, in the order they
+    were recorded, and they are announced after the commit."""
+    database, received = handed_over
+    with database.transaction() as session:
+        student = make_student(session)
+    correlation = uuid.uuid4()
+
+    def effect(session: Session) -> int:
+        for event_type in (EventType.SESSION_SHIFTED, EventType.SESSIONS_GENERATED):
+            record_event(
+                session,
+                correlation_id=correlation,
+                student_id=student.id,
+                event_type=event_type,
+                payload={"n": 1},
+            )
+        return 7
+
+    sent = _statements_on(db_connection)
+    now = datetime.now(UTC)
+    run = step_runs.Run(task_id="t-1", started_at=now)
+    delivery = Delivery("schedule_sessions", str(correlation), "SESSIONS_WANTED", run)
+    assert once(database, delivery, effect) == 7
+
+    writes = [s for s in sent if "domain_events" in s]
+    assert len(writes) == 1 and "INSERT INTO step_runs" in writes[0]
+    rows = db_connection.execute(
+        select(DomainEvent.event_type, DomainEvent.payload)
+        .where(DomainEvent.correlation_id == correlation)
+        .order_by(DomainEvent.id)
+    ).all()
+    assert [tuple(r) for r in rows] == [
+        ("SESSION_SHIFTED", {"n": 1}),
+        ("SESSIONS_GENERATED", {"n": 1}),
+    ]
+    [committed] = received
+    assert [e.event_type for e in committed.events] == ["SESSION_SHIFTED", "SESSIONS_GENERATED"]
+    # A redelivery returns the stored result and writes nothing again.
+    assert once(database, delivery, effect) == 7
+    assert (
+        db_connection.scalar(select(func.count()).where(DomainEvent.correlation_id == correlation))
+        == 2
+    )
+
+
+def test_a_recorded_event_is_seen_by_the_next_statement_and_dropped_with_its_savepoint(
+    handed_over, db_connection
+):
+    database, received = handed_over
+    kept, dropped = uuid.uuid4(), uuid.uuid4()
+    with database.transaction() as session:
+        student = make_student(session)
+        session.flush()
+        record_event(
+            session,
+            correlation_id=kept,
+            student_id=student.id,
+            event_type=EventType.PAYMENT_VERIFIED,
+        )
+        # Any statement through the session sees it, plain SQL too.
+        assert (
+            session.scalar(
+                text("SELECT count(*) FROM domain_events WHERE correlation_id = :c"), {"c": kept}
+            )
+            == 1
+        )
+        savepoint = session.begin_nested()
+        record_event(
+            session,
+            correlation_id=dropped,
+            student_id=student.id,
+            event_type=EventType.PURCHASE_CREATED,
+        )
+        savepoint.rollback()  # before any statement: it was never inserted
+    written = (
+        db_connection.execute(
+            select(DomainEvent.correlation_id).where(
+                DomainEvent.correlation_id.in_([kept, dropped])
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert written == [kept]
+    [committed] = received
+    assert [e.correlation_id for e in committed.events] == [str(kept)]
+
+
+def test_a_recorded_event_is_written_by_the_commit_when_nothing_follows(handed_over, db_connection):
+    database, _ = handed_over
+    correlation = uuid.uuid4()
+    with database.transaction() as session:
+        record_event(
+            session,
+            correlation_id=correlation,
+            student_id=None,
+            event_type=EventType.PIPELINE_RESUMED,
+        )
+    assert (
+        db_connection.scalar(select(func.count()).where(DomainEvent.correlation_id == correlation))
+        == 1
+    )
