@@ -103,12 +103,17 @@ _ALLOCATION_LOCKED = (
 
 
 _PURCHASE_ID = bindparam("purchase_id", type_=BigInteger)
-_PURCHASE_WITH_PAYMENT_SHARE_LOCKED = _share_locked(
-    select(Purchase, Payment)
+# allocate_trainer's first read, one round trip: the purchase with its payment
+# share-locked (lock_live_payment), the allocation it may already have, and the
+# student's zone and the course's session length (wanted_by).
+_PURCHASE_TO_ALLOCATE = _share_locked(
+    select(Purchase, Payment, Allocation, Student.timezone, Course.session_minutes)
     .join(Payment, Payment.id == Purchase.payment_id)
+    .join(Student, Student.id == Purchase.student_id)
+    .join(Course, Course.id == Purchase.course_id)
+    .outerjoin(Allocation, Allocation.purchase_id == Purchase.id)
     .where(Purchase.id == _PURCHASE_ID)
 )
-_ALLOCATION_OF_PURCHASE = select(Allocation).where(Allocation.purchase_id == _PURCHASE_ID)
 _HOLD_LOCKED = (
     select(Hold)
     .where(Hold.payment_id == bindparam("payment_id", type_=Hold.payment_id.type))
@@ -203,15 +208,18 @@ def wanted_by(
     """`people`: the allocation's parties if the caller read them (no query then)."""
     if people is not None:
         student, _, course = people
-        timezone, minutes = student.timezone, course.session_minutes
-    else:
-        timezone, minutes = session.execute(
-            _WANTED,
-            {
-                "student_id": allocation_or_purchase.student_id,
-                "course_id": allocation_or_purchase.course_id,
-            },
-        ).one()
+        return _wanted(allocation_or_purchase, student.timezone, course.session_minutes)
+    timezone, minutes = session.execute(
+        _WANTED,
+        {
+            "student_id": allocation_or_purchase.student_id,
+            "course_id": allocation_or_purchase.course_id,
+        },
+    ).one()
+    return _wanted(allocation_or_purchase, timezone, minutes)
+
+
+def _wanted(allocation_or_purchase: Allocation | Purchase, timezone: str, minutes: int) -> Wanted:
     sessions = (
         allocation_or_purchase.sessions_total
         if isinstance(allocation_or_purchase, Allocation)
@@ -241,19 +249,16 @@ def allocate_trainer(
     `active_students` and the exclusion constraint on sessions back this up in the
     database."""
     now = now or utcnow()
-    # The purchase with its payment share-locked (lock_live_payment), in one read.
-    key = {"purchase_id": purchase_id}
-    found = session.execute(_PURCHASE_WITH_PAYMENT_SHARE_LOCKED, key).one_or_none()
+    found = session.execute(_PURCHASE_TO_ALLOCATE, {"purchase_id": purchase_id}).one_or_none()
     if found is None:
         raise PermanentStepError(f"purchase {purchase_id} does not exist")
     purchase = found.Purchase
     _still_paid_for(found.Payment)
-    existing = session.scalar(_ALLOCATION_OF_PURCHASE, key)
-    if existing is not None:
-        return existing
+    if found.Allocation is not None:
+        return found.Allocation
     if not purchase.is_active:
         raise PermanentStepError(f"purchase {purchase_id} is no longer active")
-    wanted = wanted_by(session, purchase)
+    wanted = _wanted(purchase, found.timezone, found.session_minutes)
     hold = session.scalar(_HOLD_LOCKED, {"payment_id": purchase.payment_id})
     if hold is None:
         trainer_id = find_trainer(session, wanted, now=now)
