@@ -25,8 +25,9 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from domain import notifications
 from domain.availability import Wanted, claim_trainer, find_trainer
@@ -56,6 +57,7 @@ from models import (
     Purchase,
     SessionStatus,
     Student,
+    Trainer,
     TutoringSession,
     outbox,
     write_now,
@@ -126,17 +128,41 @@ _WANTED = (
 )
 
 
-# An allocation's sessions so far: used (not cancelled), still ahead, the last date.
-_WINDOW_COUNTS = select(
-    func.count().filter(TutoringSession.status != SessionStatus.CANCELLED),
-    func.count().filter(
-        and_(
-            TutoringSession.status == SessionStatus.SCHEDULED,
-            TutoringSession.starts_at > bindparam("now", type_=DateTime(timezone=True)),
+# schedule_window's read, one round trip: the student, trainer and course (the planner's
+# zone and length, the booking notice's names and addresses) and the allocation's
+# sessions so far: used (not cancelled), still ahead, the last date.
+_WINDOW_SO_FAR = (
+    select(
+        func.count().filter(TutoringSession.status != SessionStatus.CANCELLED).label("used"),
+        func.count()
+        .filter(
+            and_(
+                TutoringSession.status == SessionStatus.SCHEDULED,
+                TutoringSession.starts_at > bindparam("now", type_=DateTime(timezone=True)),
+            )
         )
-    ),
-    func.max(TutoringSession.scheduled_date),
-).where(TutoringSession.allocation_id == _ALLOCATION_ID)
+        .label("future"),
+        func.max(TutoringSession.scheduled_date).label("last_date"),
+    )
+    .where(TutoringSession.allocation_id == _ALLOCATION_ID)
+    .subquery("so_far")  # an aggregate: always one row
+)
+_PEOPLE_AND_WINDOW = (
+    select(
+        Student,
+        Trainer,
+        Course,
+        _WINDOW_SO_FAR.c.used,
+        _WINDOW_SO_FAR.c.future,
+        _WINDOW_SO_FAR.c.last_date,
+    )
+    .select_from(Student)
+    .join(Trainer, Trainer.id == bindparam("trainer_id", type_=BigInteger))
+    .join(Course, Course.id == bindparam("course_id", type_=BigInteger))
+    .join(_WINDOW_SO_FAR, true())
+    .where(Student.id == bindparam("student_id", type_=BigInteger))
+    .options(lazyload(Course.prices))  # not needed here: no second query for them
+)
 
 
 def _still_paid_for(payment: Payment) -> Payment:
@@ -371,15 +397,20 @@ def schedule_window(
     payment_id, allocation = lock_live_allocation(session, allocation_id)
     if allocation.status not in HOLDING_STATUSES:
         return Scheduled(allocation.student_id, [])
-    # The student, trainer and course: the planner's zone and length, and the booking
-    # notice's names and addresses, in one read.
-    people = notifications.parties(session, allocation)
-    wanted = wanted_by(session, allocation, people)
-    used, future, last_date = session.execute(
-        _WINDOW_COUNTS, {"allocation_id": allocation.id, "now": now}
+    read = session.execute(
+        _PEOPLE_AND_WINDOW,
+        {
+            "student_id": allocation.student_id,
+            "trainer_id": allocation.trainer_id,
+            "course_id": allocation.course_id,
+            "allocation_id": allocation.id,
+            "now": now,
+        },
     ).one()
+    people: notifications.Parties = (read.Student, read.Trainer, read.Course)
+    wanted = wanted_by(session, allocation, people)
     needed = sessions_needed(
-        future=future, used=used, total=allocation.sessions_total, window=window
+        future=read.future, used=read.used, total=allocation.sessions_total, window=window
     )
     # The trainer's row is locked first (bookings.trainer_calendars), so the booked
     # intervals read with it stay true until commit.
@@ -390,7 +421,7 @@ def schedule_window(
         slot=allocation.time_slot,
         minutes=wanted.minutes,
         count=needed,
-        last_scheduled=last_date,
+        last_scheduled=read.last_date,
         busy=calendar.busy,
         hours=calendar.hours,
     )
