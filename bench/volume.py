@@ -54,6 +54,10 @@ loaded database's plans written to `--plans` (bench/profiles/volume-plans.txt).
 
     python -m bench.volume [--allocations 100000] [--rounds 1] [--seconds 10]
         [--connections 8] [--calls 30] [--base live|catalogue] [--skip-seed]
+        [--same-database]
+
+`--same-database` puts both sides on the seed database (the columns keep their names):
+what the harness alone makes of two identical stores.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ import dataclasses
 import http.client
 import re
 import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -777,15 +782,24 @@ def main() -> None:
         help="the seed database: the live seed (no history) or the catalogue alone",
     )
     parser.add_argument("--plans", type=Path, default=PLANS)
+    parser.add_argument(
+        "--same-database",
+        action="store_true",
+        help="an A/A run: both sides on the last seed's seed database, nothing seeded;"
+        " a ratio away from 1.0 is the harness's own (which side, which gunicorn)",
+    )
     args = parser.parse_args()
+    if args.same_database and args.plans == PLANS:  # the kept plans are the loaded one's
+        args.plans = Path(tempfile.gettempdir()) / "tutorflow-volume-same-database-plans.txt"
     started = time.perf_counter()
     install(TravellingClock(NOW))
+    base_url = seed_url(common.settings.database_url)
     stores = (
-        store("seed", seed_url(common.settings.database_url)),
-        store("loaded", common.settings.database_url),
+        store("seed", base_url),
+        store("loaded", base_url if args.same_database else common.settings.database_url),
     )
     trainers = args.trainers + loader.REFERENCE_TRAINERS
-    if not args.skip_seed:
+    if not (args.skip_seed or args.same_database):
         seed(stores, trainers, args.allocations, args.base)
     seeded = time.perf_counter() - started
     # The HTTP loop's (warm-up, then every round), the action's, the plan's.
@@ -828,7 +842,8 @@ def main() -> None:
     print()
     figures = report(stores)
     print()
-    plans = args.plans.relative_to(common.ROOT) if args.plans.is_absolute() else args.plans
+    plans = args.plans.resolve()
+    plans = plans.relative_to(common.ROOT) if plans.is_relative_to(common.ROOT) else plans
     print(
         "every statement of each path, run once more under EXPLAIN (ANALYZE, BUFFERS) on each "
         f"database (the loaded one's plans in {plans}); a batch's repeats summed:"
