@@ -61,8 +61,9 @@ def record_event(
     payload: dict[str, Any] | None = None,
 ) -> None:
     """Write the event in the current transaction (announced after its commit), with
-    the active trace's id in its payload. It is inserted with the transaction's next
-    statement, or with the step's record, or at the commit (models.defer_event)."""
+    the active trace's id in its payload. It is inserted before the session's next
+    statement, after its next flush, with the step's record, or at the commit
+    (models.defer_event)."""
     defer_event(
         session,
         WrittenEvent(str(correlation_id), student_id, str(event_type), traced(payload or {})),
