@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from domain import notifications
 from domain.availability import Wanted, claim_trainer, find_trainer
@@ -57,7 +57,6 @@ from models import (
     Purchase,
     SessionStatus,
     Student,
-    Trainer,
     TutoringSession,
     outbox,
     write_now,
@@ -147,22 +146,9 @@ _WINDOW_SO_FAR = (
     .where(TutoringSession.allocation_id == _ALLOCATION_ID)
     .subquery("so_far")  # an aggregate: always one row
 )
-_PEOPLE_AND_WINDOW = (
-    select(
-        Student,
-        Trainer,
-        Course,
-        _WINDOW_SO_FAR.c.used,
-        _WINDOW_SO_FAR.c.future,
-        _WINDOW_SO_FAR.c.last_date,
-    )
-    .select_from(Student)
-    .join(Trainer, Trainer.id == bindparam("trainer_id", type_=BigInteger))
-    .join(Course, Course.id == bindparam("course_id", type_=BigInteger))
-    .join(_WINDOW_SO_FAR, true())
-    .where(Student.id == bindparam("student_id", type_=BigInteger))
-    .options(lazyload(Course.prices))  # not needed here: no second query for them
-)
+_PEOPLE_AND_WINDOW = notifications.PARTIES.add_columns(
+    _WINDOW_SO_FAR.c.used, _WINDOW_SO_FAR.c.future, _WINDOW_SO_FAR.c.last_date
+).join(_WINDOW_SO_FAR, true())
 
 
 def _still_paid_for(payment: Payment) -> Payment:

@@ -140,7 +140,7 @@ Parties = tuple[Student, Trainer, Course]
 def parties(session: Session, allocation: Allocation) -> Parties:
     """The allocation's student, trainer and course, in one round trip."""
     student, trainer, course = session.execute(
-        _PARTIES,
+        PARTIES,
         {
             "student_id": allocation.student_id,
             "trainer_id": allocation.trainer_id,
@@ -150,8 +150,9 @@ def parties(session: Session, allocation: Allocation) -> Parties:
     return student, trainer, course
 
 
-# Built once (bound parameters): it runs on every booking.
-_PARTIES = (
+# Built once (bound parameters): it runs on every booking. domain.fulfilment's
+# schedule_window reads it with the allocation's sessions so far joined.
+PARTIES = (
     select(Student, Trainer, Course)
     .select_from(Student)
     .join(Trainer, Trainer.id == bindparam("trainer_id", type_=BigInteger))
