@@ -46,13 +46,16 @@ simulate: install  ## PAYMENTS students check out, pay and confirm against make 
 prerequisites:
 	@scripts/prerequisites.sh
 
+# Two test processes, each with its own database and Redis database (tests/conftest.py).
+TEST_PROCESSES ?= 2
+
 test: services prerequisites  ## lint, types, alert rules, migration drift check and the whole suite (real PostgreSQL + Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	promtool check config ops/prometheus/prometheus.yml
 	promtool test rules ops/prometheus/alerts_test.yml
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal
 
 test-slow: services  ## the long runs kept out of `make test` (soak, restarts, schemathesis's every check)
 	$(BIN)/pytest -m slow

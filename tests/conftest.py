@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import os
 
-# Test settings, before any project module reads the environment.
-os.environ["DATABASE_URL"] = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_test"
+from harness.test_stores import per_worker_database, per_worker_redis
+
+# Test settings, before any project module reads the environment. Under `pytest -n N`
+# (pytest-xdist; `make test` runs two) each worker process has a database and a Redis
+# database of its own, so the workers' tests never see each other's rows or queues.
+os.environ["DATABASE_URL"] = per_worker_database(
+    os.environ.get(
+        "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow_test"
+    )
 )
-os.environ["CACHE_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ["CACHE_URL"] = per_worker_redis(
+    os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+)
 # TEST_BROKER_URL=amqp://… runs the suite on RabbitMQ (`make test-rabbitmq`); the cache
 # stays Redis. Unset, Redis is the broker too.
 os.environ["BROKER_URL"] = os.environ.get("TEST_BROKER_URL") or os.environ["CACHE_URL"]

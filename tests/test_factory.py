@@ -11,6 +11,7 @@ from app.runtime import runtime
 from core.cache import read_model_key
 from core.config import Settings
 from harness.database import rebuild_database
+from harness.test_stores import sibling_database
 from tests.conftest import ADMIN, settings
 
 
@@ -69,7 +70,7 @@ def test_admin_token_comes_from_the_apps_own_settings(db_connection):
 def test_a_second_app_with_other_settings_really_uses_its_database_and_cache(committed):
     """flaskr's pattern: an app made with other settings writes to its own database and
     caches in its own Redis, while the default app's stores see nothing of it."""
-    other_url = settings.database_url.rsplit("/", 1)[0] + "/tutorflow_test_second_app"
+    other_url = sibling_database(settings.database_url, "second_app")
     other_cache = settings.cache_url.rsplit("/", 1)[0] + "/15"
     rebuild_database(other_url)
     other_redis = redis.Redis.from_url(other_cache)

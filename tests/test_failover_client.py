@@ -58,6 +58,7 @@ def test_the_api_answers_503_with_retry_after_when_its_server_was_demoted(commit
     assert response.json["error"]["code"] == "unavailable"
 
 
+@pytest.mark.usefixtures("engine")  # the test database, built
 def test_unreachable_is_told_apart_from_a_failed_statement():
     nobody = create_engine(
         "postgresql+psycopg2://postgres@127.0.0.1:1/x", connect_args={"connect_timeout": 2}
@@ -76,6 +77,7 @@ def test_unreachable_is_told_apart_from_a_failed_statement():
         working.dispose()
 
 
+@pytest.mark.usefixtures("engine")  # the test database, built
 def test_a_lock_not_granted_in_time_is_told_apart_too():
     """A row lock not granted within lock_timeout: not an unreachable database, but it
     rides past max_retries as one does (its holder may be a worker cut off

@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.cli import ensure_database
+from harness.test_stores import sibling_database
 from tests.conftest import settings
 
 
@@ -24,7 +25,7 @@ def test_models_and_migrations_do_not_drift(engine):
 
 
 def test_migrations_downgrade_to_base_and_upgrade_again():
-    url = make_url(settings.database_url).set(database="tutorflow_test_migrations")
+    url = make_url(sibling_database(settings.database_url, "migrations"))
     url_text = url.render_as_string(hide_password=False)
     ensure_database(url_text)
     config = _config(url_text)
@@ -43,7 +44,7 @@ def test_migrations_downgrade_to_base_and_upgrade_again():
 def test_0003_converts_existing_rows_as_its_docstring_says():
     """Sessions get their end, trainers UTC and all-day hours, and of two overlapping
     scheduled sessions of one trainer the later-created is cancelled, with its event."""
-    url = make_url(settings.database_url).set(database="tutorflow_test_migrations")
+    url = make_url(sibling_database(settings.database_url, "migrations"))
     url_text = url.render_as_string(hide_password=False)
     ensure_database(url_text)
     config = _config(url_text)
@@ -100,7 +101,7 @@ OLD_ROWS = [
 def test_0008_folds_the_call_into_redelivery_and_names_each_kind_and_reverses():
     """A letter's task, arguments and chain become its `redelivery`; its kind is what its
     error's name meant for the reasons until then; downgrading gives the columns back."""
-    url = make_url(settings.database_url).set(database="tutorflow_test_migrations")
+    url = make_url(sibling_database(settings.database_url, "migrations"))
     url_text = url.render_as_string(hide_password=False)
     ensure_database(url_text)
     config = _config(url_text)
