@@ -465,14 +465,15 @@ def http_ab(
     stop_at = time.monotonic() + seconds
 
     def loop(index: int) -> None:
-        order = list(stores) if index % 2 == 0 else list(stores)[::-1]
         opened = {
             each.name: http.client.HTTPConnection(common.HOST, each.port, timeout=30)
-            for each in order
+            for each in stores
         }
+        turn = index
         try:
             while time.monotonic() < stop_at:
-                for each in order:
+                turn += 1  # which store goes first alternates, as in `interleaved`
+                for each in stores if turn % 2 == 0 else stores[::-1]:
                     method, path, token = request(each)
                     started = time.perf_counter()
                     status, _ = common.send(

@@ -28,10 +28,11 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from domain import notifications
 from domain.availability import Wanted, claim_trainer, find_trainer
-from domain.bookings import change_load, trainer_calendars
+from domain.bookings import trainer_calendars
 from domain.calendar import (
     PlannedSession,
     Shift,
@@ -169,10 +170,19 @@ _NEW_PURCHASE = select(Purchase).from_statement(
     )
 )
 
-# The allocation as inserted, with no unit-of-work flush (an ORM add cost one).
+# allocate_trainer's three writes in one statement, the allocation as inserted (no
+# unit-of-work flush: an ORM add cost one): the hold `hold_id` converted (NULL: none, a
+# payment made before holds), the trainer's place taken (change_load's +1; the
+# CHECK on active_students refuses an overfill), the allocation inserted. Both rows are
+# already locked by this transaction (_HOLD_LOCKED; the trainer by claim_trainer or
+# find_trainer).
 _NEW_ALLOCATION = select(Allocation).from_statement(
     text(
-        "INSERT INTO trainer_allocations"
+        "WITH converted AS ("
+        "UPDATE holds SET status = :hold_status WHERE id = :hold_id"
+        "), placed AS ("
+        "UPDATE trainers SET active_students = active_students + 1 WHERE id = :trainer_id"
+        ") INSERT INTO trainer_allocations"
         " (purchase_id, student_id, course_id, trainer_id, time_slot, sessions_total, status)"
         " VALUES (:purchase_id, :student_id, :course_id, :trainer_id, :time_slot,"
         " :sessions_total, :status) RETURNING *"
@@ -283,11 +293,11 @@ def allocate_trainer(
         if trainer_id is None:
             _refuse(session, purchase, hold, now)
             return None
-        write_now(session, hold, status=HoldStatus.CONVERTED)
-    change_load(session, trainer_id, +1)
     allocation = session.scalars(
-        _NEW_ALLOCATION,  # the row as inserted
+        _NEW_ALLOCATION,  # the hold converted, the place taken, the row as inserted
         {
+            "hold_id": None if hold is None else hold.id,
+            "hold_status": HoldStatus.CONVERTED,
             "purchase_id": purchase.id,
             "student_id": purchase.student_id,
             "course_id": purchase.course_id,
@@ -297,6 +307,8 @@ def allocate_trainer(
             "status": AllocationStatus.APPROVED,
         },
     ).one()
+    if hold is not None:
+        set_committed_value(hold, "status", HoldStatus.CONVERTED)  # as the UPDATE wrote it
     record_event(
         session,
         correlation_id=purchase.payment_id,
