@@ -63,8 +63,10 @@ BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside i
 HOST = "127.0.0.1"
 CHAIN_QUEUES = ("provider", "pipeline")  # where a chain's messages wait
 SLOTS = 50  # distinct time slots: a trainer holds one allocation per slot
-FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}  # dev and test data
-FORBIDDEN_REDIS_DBS = {0, 9}
+# The dev data and `make test`'s (tutorflow_test, and tutorflow_test_gw0, _gw1 … with Redis
+# 9, 10 … under pytest -n: harness/test_stores.py).
+FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}
+FORBIDDEN_REDIS_DBS = {0, 9, 10}
 
 
 def _redis_db(url: str) -> int:
@@ -75,7 +77,7 @@ def _redis_db(url: str) -> int:
 def _refuse_shared_stores() -> None:
     """A bench drops schemas and flushes Redis: never on the dev or test stores."""
     database = make_url(settings.database_url).database
-    if database in FORBIDDEN_DATABASES:
+    if database in FORBIDDEN_DATABASES or (database or "").startswith("tutorflow_test_gw"):
         raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
     for name, url in (("BROKER_URL", settings.broker_url), ("CACHE_URL", settings.cache_url)):
         if url.startswith("redis") and _redis_db(url) in FORBIDDEN_REDIS_DBS:

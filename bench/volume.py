@@ -38,10 +38,11 @@ the two databases are measured side by side:
   TOP_UP_BATCH_SIZE, in a transaction rolled back afterwards: `--top-up-runs`),
   reported per active allocation the pass sees;
 - over HTTP, a gunicorn on each database (the project's gunicorn.conf.py,
-  bench.reference_wsgi:app) and `--connections` threads, each sending to both in
-  turn for `--seconds`: POST /api/v1/payments/{id}/confirm (a fresh pending payment
-  each, as bench.confirm_api), GET /api/v1/students/{id}/home (the cached read model:
-  a Redis hit) and the same read model built from PostgreSQL on every request
+  bench.reference_wsgi:app) and `--connections` threads (one by default), each sending
+  to both in turn for `--seconds`, which one first alternating:
+  POST /api/v1/payments/{id}/confirm (a fresh pending payment each, as
+  bench.confirm_api), GET /api/v1/students/{id}/home (the cached read model: a Redis
+  hit) and the same read model built from PostgreSQL on every request
   (/bench/ref/home-uncached: what a miss costs).
 
 The clock of this process stands at bench.availability.NOW (Wednesday 3 March 2027,
@@ -53,11 +54,15 @@ times do), time, the indexes and sequential scans of each statement are printed,
 loaded database's plans written to `--plans` (bench/profiles/volume-plans.txt).
 
     python -m bench.volume [--allocations 100000] [--rounds 1] [--seconds 10]
-        [--connections 8] [--calls 30] [--base live|catalogue] [--skip-seed]
+        [--connections 1] [--calls 30] [--base live|catalogue] [--skip-seed]
         [--same-database]
 
 `--same-database` puts both sides on the seed database (the columns keep their names):
-what the harness alone makes of two identical stores.
+what the harness alone makes of two identical stores. With one connection an HTTP figure
+is a request's own time, and between identical stores it read 0.88-1.06x (best round);
+with eight, the two gunicorns' queues on two cores made it (0.78-1.65x, and 0.45-2.2x in
+single rounds), so more connections measure the machine's scheduling, not the data's
+cost: latency under load is bench.knee's.
 """
 
 from __future__ import annotations
@@ -767,7 +772,9 @@ def main() -> None:
     parser.add_argument("--allocations", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10, help="per HTTP case and round")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--connections", type=int, default=1, help="HTTP client threads (see --same-database)"
+    )
     parser.add_argument(
         "--calls", type=int, default=100, help="in-process calls per path (course 1: a fifth)"
     )
