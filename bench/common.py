@@ -63,9 +63,11 @@ BIN = Path(sys.executable).parent  # the venv's gunicorn and celery sit beside i
 HOST = "127.0.0.1"
 CHAIN_QUEUES = ("provider", "pipeline")  # where a chain's messages wait
 SLOTS = 50  # distinct time slots: a trainer holds one allocation per slot
-# The dev data and `make test`'s (tutorflow_test, and tutorflow_test_gw0, _gw1 … with Redis
-# 9, 10 … under pytest -n: harness/test_stores.py).
-FORBIDDEN_DATABASES = {"tutorflow", "tutorflow_test"}
+# The dev data and the tests': tutorflow, and tutorflow_test with every database named
+# from it (per pytest -n process, tutorflow_test_gw0 …, with Redis 9, 10 …; the migration
+# test's: harness/test_stores.py).
+DEV_DATABASE = "tutorflow"
+TEST_DATABASE_PREFIX = "tutorflow_test"
 FORBIDDEN_REDIS_DBS = {0, 9, 10}
 
 
@@ -77,7 +79,7 @@ def _redis_db(url: str) -> int:
 def _refuse_shared_stores() -> None:
     """A bench drops schemas and flushes Redis: never on the dev or test stores."""
     database = make_url(settings.database_url).database
-    if database in FORBIDDEN_DATABASES or (database or "").startswith("tutorflow_test_gw"):
+    if database == DEV_DATABASE or (database or "").startswith(TEST_DATABASE_PREFIX):
         raise SystemExit(f"bench refuses DATABASE_URL database {database!r}")
     for name, url in (("BROKER_URL", settings.broker_url), ("CACHE_URL", settings.cache_url)):
         if url.startswith("redis") and _redis_db(url) in FORBIDDEN_REDIS_DBS:
