@@ -40,6 +40,8 @@ from sqlalchemy.orm import Session
 
 from domain.allocation import TrainerLoad, rank_trainers
 from domain.bookings import (
+    HELD_SPAN_COLUMNS,
+    TrainerCalendar,
     booked_epochs,
     is_live_hold,
     live_allocations,
@@ -229,7 +231,14 @@ def claim_trainer(
 ) -> bool:
     """Lock the trainer (in a savepoint) and check, with fresh statements, that it can
     take the student's whole tier: True keeps the lock; False rolls the savepoint back,
-    releasing it."""
+    releasing it.
+
+    The trainer is one who teaches the course (find_trainer's candidates, or a hold's
+    trainer, found the same way; a trainer's courses are set when it is created). What
+    can change meanwhile is checked here under the lock: active, a place free (its
+    students and live holds, as trainer_loads counts them) and the time free. Four
+    statements: the savepoint, the locking read of the trainer's row and hours, its
+    booked time, the release."""
     savepoint = session.begin_nested()
     calendar = trainer_calendars(
         session,
@@ -239,16 +248,20 @@ def claim_trainer(
         leave_out_allocation=moving_allocation,
         leave_out_hold=leave_out_hold,
     ).get(trainer_id)
-    loads = trainer_loads(
-        session, wanted.course_id, now=now, trainer_id=trainer_id, leave_out_hold=leave_out_hold
-    )
-    if calendar is not None and loads and loads[0].eligible:
+    if calendar is not None and _has_place(trainer_id, calendar):
         busy = calendar.busy if require_free else Busy()
         if span_fits(tier_span(wanted, now), hours=calendar.hours, busy=busy):
             savepoint.commit()
             return True
     savepoint.rollback()
     return False
+
+
+def _has_place(trainer_id: int, calendar: TrainerCalendar) -> bool:
+    """The locked trainer's place as trainer_loads would read it for a course it teaches."""
+    places = calendar.places
+    load = places.active_students + calendar.live_holds
+    return TrainerLoad(trainer_id, places.is_active, True, load, places.max_students).eligible
 
 
 def offers(
@@ -526,16 +539,9 @@ class HeldSpan:
 
 
 def course_live_holds(session: Session, course_id: int, *, now: datetime) -> list[HeldSpan]:
-    """The live holds of the trainers who teach the course (live_holds' rows, as tuples)."""
+    """The live holds of the trainers who teach the course."""
     teachers = select(TrainerCourse.trainer_id).where(TrainerCourse.course_id == course_id)
-    query = select(
-        Hold.trainer_id,
-        Hold.timezone,
-        Hold.time_slot,
-        Hold.session_minutes,
-        Hold.sessions,
-        Hold.starts_after,
-    ).where(Hold.trainer_id.in_(teachers), is_live_hold(now))
+    query = select(*HELD_SPAN_COLUMNS).where(Hold.trainer_id.in_(teachers), is_live_hold(now))
     return [HeldSpan(*row) for row in session.execute(query)]
 
 

@@ -20,16 +20,22 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CompoundSelect,
+    Date,
     DateTime,
     Integer,
     Select,
+    String,
+    Time,
     and_,
     any_,
     bindparam,
     cast,
     func,
     literal,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session
@@ -51,10 +57,23 @@ from models import (
 )
 
 
+@dataclass(frozen=True)
+class Places:
+    """A trainer's row as the locking read returned it: whether it takes students, and
+    how many it has and may have (live holds not counted)."""
+
+    is_active: bool
+    active_students: int
+    max_students: int
+
+
 @dataclass
 class TrainerCalendar:
     hours: WorkingHours
     busy: Busy
+    places: Places
+    # The live holds among `busy` (with projections only; the hold left out is not one).
+    live_holds: int = 0
 
 
 def lock_trainers(session: Session, trainer_ids: Iterable[int]) -> list[int]:
@@ -72,14 +91,26 @@ def working_hours(
 ) -> dict[int, WorkingHours]:
     """The trainers' zones and weeks in one round trip; with `lock`, their rows locked
     too (FOR UPDATE OF trainers, in id order)."""
-    zones: dict[int, str] = {}
+    return {
+        trainer_id: hours for trainer_id, (hours, _) in _hours(session, trainer_ids, lock).items()
+    }
+
+
+def _hours(
+    session: Session, trainer_ids: list[int], lock: bool
+) -> dict[int, tuple[WorkingHours, Places]]:
+    """working_hours, with each trainer's Places from the same row."""
+    places: dict[int, tuple[str, Places]] = {}
     days: dict[int, dict] = defaultdict(dict)
     rows = session.execute(_working_hours_query(lock), {"trainer_ids": list(trainer_ids)})
-    for trainer_id, zone, weekday, starts, ends in rows:
-        zones[trainer_id] = zone
+    for trainer_id, zone, active, students, most, weekday, starts, ends in rows:
+        places[trainer_id] = (zone, Places(active, students, most))
         if weekday is not None:
             days[trainer_id][weekday] = (starts, ends)
-    return {trainer_id: WorkingHours(zone, days[trainer_id]) for trainer_id, zone in zones.items()}
+    return {
+        trainer_id: (WorkingHours(zone, days[trainer_id]), place)
+        for trainer_id, (zone, place) in places.items()
+    }
 
 
 # The reads every step and checkout makes of a trainer's time, built once per shape with
@@ -92,7 +123,16 @@ _NOW = bindparam("now", type_=DateTime(timezone=True))
 @cache
 def _working_hours_query(lock: bool) -> Select[Any]:
     query = (
-        select(Trainer.id, Trainer.timezone, WorkingDay.weekday, WorkingDay.starts, WorkingDay.ends)
+        select(
+            Trainer.id,
+            Trainer.timezone,
+            Trainer.is_active,
+            Trainer.active_students,
+            Trainer.max_students,
+            WorkingDay.weekday,
+            WorkingDay.starts,
+            WorkingDay.ends,
+        )
         .outerjoin(WorkingDay, WorkingDay.trainer_id == Trainer.id)
         .where(Trainer.id == any_(_TRAINER_IDS))
         .order_by(Trainer.id)
@@ -130,28 +170,109 @@ def trainer_calendars(
     each live allocation's tier will claim are booked too, and so is the whole span of
     each live hold (what a new student's whole tier must not meet). The sessions of
     `leave_out_allocation` (the allocation being moved) and the hold of the payment
-    `leave_out_hold` (the one being turned into its allocation) are left out."""
+    `leave_out_hold` (the one being turned into its allocation) are left out.
+
+    Two round trips either way: the locking read first, then the booked time, so that
+    what is booked is read by a statement that starts after the locks are granted
+    (READ COMMITTED: it sees every writer this one waited for)."""
     ordered = sorted(set(trainer_ids))
     if not ordered:
         return {}
-    hours = working_hours(session, ordered, lock=lock)
+    hours = _hours(session, ordered, lock)
     intervals: dict[int, list] = defaultdict(list)
-    booked = session.execute(
-        _booked_query(leave_out_allocation is not None),
-        {"trainer_ids": ordered, "now": now, "leave_out_allocation": leave_out_allocation},
-    )
-    for trainer_id, starts_at, ends_at in booked:
-        intervals[trainer_id].append((starts_at, ends_at))
-    if with_projections:
-        for row in _live_allocations(session, ordered, leave_out_allocation):
-            intervals[row.trainer_id].extend(_rest_of_tier(row, now))
-        for hold in live_holds(session, ordered, now=now, leave_out=leave_out_hold):
-            intervals[hold.trainer_id].extend(hold_span(hold, now))
+    holds: dict[int, int] = defaultdict(int)
+    params = {
+        "trainer_ids": ordered,
+        "now": now,
+        "leave_out_allocation": leave_out_allocation,
+        "leave_out_hold": leave_out_hold,
+    }
+    if not with_projections:
+        booked = session.execute(_booked_query(leave_out_allocation is not None), params)
+        for trainer_id, starts_at, ends_at in booked:
+            intervals[trainer_id].append((starts_at, ends_at))
+    else:
+        query = _booked_time_query(leave_out_allocation is not None, leave_out_hold is not None)
+        for row in session.execute(query, params):
+            intervals[row.trainer_id].extend(_booked_intervals(row, now))
+            holds[row.trainer_id] += row.kind == _HOLD
     return {
-        trainer_id: TrainerCalendar(hours[trainer_id], Busy(intervals[trainer_id]))
+        trainer_id: TrainerCalendar(
+            hours[trainer_id][0],
+            Busy(intervals[trainer_id]),
+            hours[trainer_id][1],
+            holds[trainer_id],
+        )
         for trainer_id in ordered
         if trainer_id in hours
     }
+
+
+# The kinds of _booked_time_query's rows.
+_SESSION, _ALLOCATION, _HOLD = "session", "allocation", "hold"
+
+
+@cache
+def _booked_time_query(leave_out_allocation: bool, leave_out_hold: bool) -> CompoundSelect:
+    """trainer_calendars' three reads of booked time in one statement (UNION ALL, a
+    `kind` column): the scheduled sessions (_booked_query), the live allocations
+    (_live_allocations_query) and the live holds (_live_holds_query), each with its own
+    conditions unchanged. A row is (kind, trainer_id, starts_at, ends_at) for a session,
+    and (kind, trainer_id, timezone, time_slot, minutes, count, after) for what a
+    projection needs: the sessions still to come of an allocation's tier after its last
+    date, or a hold's whole tier after the day it counts from."""
+    booked = _booked_query(leave_out_allocation).subquery()
+    allocations = _live_allocations_query(leave_out_allocation, False).subquery()
+    holds = _live_holds_query(leave_out_hold).subquery()
+    at = cast(null(), DateTime(timezone=True))
+    unset = (cast(null(), String), cast(null(), Time), cast(null(), Integer))
+    return union_all(
+        select(
+            literal(_SESSION).label("kind"),
+            booked.c.trainer_id,
+            booked.c.starts_at,
+            booked.c.ends_at,
+            *unset,
+            cast(null(), Integer),
+            cast(null(), Date),
+        ),
+        select(
+            literal(_ALLOCATION),
+            allocations.c.trainer_id,
+            at,
+            at,
+            allocations.c.timezone,
+            allocations.c.time_slot,
+            allocations.c.session_minutes,
+            allocations.c.sessions_total - allocations.c.used,
+            allocations.c.last_date,
+        ),
+        select(
+            literal(_HOLD),
+            holds.c.trainer_id,
+            at,
+            at,
+            holds.c.timezone,
+            holds.c.time_slot,
+            holds.c.session_minutes,
+            holds.c.sessions,
+            holds.c.starts_after,
+        ),
+    )
+
+
+def _booked_intervals(row: Any, now: datetime) -> list[tuple[datetime, datetime]]:
+    """The intervals one row of _booked_time_query books (columns by position: kind,
+    trainer, start, end, zone, time, minutes, count, after)."""
+    kind, _, starts_at, ends_at, timezone, slot, minutes, count, after = row
+    if kind == _SESSION:
+        return [(starts_at, ends_at)]
+    if kind == _ALLOCATION:  # as _rest_of_tier
+        today = now.date()
+        after = max(after or today, today)
+    return projected(
+        now=now, timezone=timezone, slot=slot, minutes=minutes, count=count, after=after
+    )
 
 
 def booked_sessions(
@@ -198,7 +319,7 @@ def _live_allocations(
 ):
     return session.execute(
         _live_allocations_query(leave_out is not None, only is not None),
-        {"trainer_ids": list(trainer_ids), "leave_out": leave_out, "only": only},
+        {"trainer_ids": list(trainer_ids), "leave_out_allocation": leave_out, "only": only},
     ).all()
 
 
@@ -229,7 +350,7 @@ def _live_allocations_query(leave_out: bool, only: bool) -> Select[Any]:
         .where(Allocation.trainer_id == any_(_TRAINER_IDS), Allocation.status.in_(HOLDING_STATUSES))
     )
     if leave_out:
-        query = query.where(Allocation.id != bindparam("leave_out"))
+        query = query.where(Allocation.id != bindparam("leave_out_allocation"))
     if only:
         query = query.where(Allocation.id == bindparam("only"))
     return query
@@ -263,35 +384,29 @@ def is_live_hold(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]
     return and_(Hold.status == HoldStatus.HELD, Hold.expires_at > now)
 
 
-def live_holds(
-    session: Session, trainer_ids: list[int], *, now: datetime, leave_out: uuid.UUID | None = None
-) -> list[Hold]:
-    return list(
-        session.scalars(
-            _live_holds_query(leave_out is not None),
-            {"trainer_ids": list(trainer_ids), "now": now, "leave_out": leave_out},
-        )
-    )
+# A live hold as both reads of them select it (here and availability.course_live_holds):
+# its trainer and what its span is projected from (calendar.projected).
+HELD_SPAN_COLUMNS = (
+    Hold.trainer_id,
+    Hold.timezone,
+    Hold.time_slot,
+    Hold.session_minutes,
+    Hold.sessions,
+    Hold.starts_after,
+)
 
 
 @cache
-def _live_holds_query(leave_out: bool) -> Select[Any]:
-    query = select(Hold).where(Hold.trainer_id == any_(_TRAINER_IDS), is_live_hold(_NOW))
-    if leave_out:
-        query = query.where(Hold.payment_id != bindparam("leave_out", type_=Hold.payment_id.type))
-    return query
-
-
-def hold_span(hold: Hold, now: datetime) -> list[tuple[datetime, datetime]]:
-    """The intervals a hold books: its tier's sessions, from the day it counts from."""
-    return projected(
-        now=now,
-        timezone=hold.timezone,
-        slot=hold.time_slot,
-        minutes=hold.session_minutes,
-        count=hold.sessions,
-        after=hold.starts_after,
+def _live_holds_query(leave_out_hold: bool) -> Select[Any]:
+    """The trainers' live holds (HELD_SPAN_COLUMNS)."""
+    query = select(*HELD_SPAN_COLUMNS).where(
+        Hold.trainer_id == any_(_TRAINER_IDS), is_live_hold(_NOW)
     )
+    if leave_out_hold:
+        query = query.where(
+            Hold.payment_id != bindparam("leave_out_hold", type_=Hold.payment_id.type)
+        )
+    return query
 
 
 def holding_allocations(session: Session, trainer_id: int) -> list[tuple[int, Any, int]]:

@@ -4,6 +4,7 @@ with a place; the endpoint's bad input."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -254,3 +255,37 @@ def test_a_malformed_time_at_checkout_is_422_and_writes_nothing(client, db_sessi
     assert "time_slot" in str(response.json["error"])
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
     assert db_session.scalar(select(func.count()).select_from(Hold)) == 0
+
+
+def test_the_locked_check_counts_a_trainers_live_holds_and_activity(db_session):
+    """claim_trainer decides, under the trainer's lock, whether a place is free as
+    trainer_loads counts places: a live hold takes one (but the hold being turned into
+    its allocation), an expired hold none, and an inactive trainer has none. Without a
+    race, find_trainer's unlocked prefilter refuses such a trainer first; when
+    checkouts race, this check is the one that decides."""
+    course = make_course(db_session)
+    trainer = make_trainer(db_session, [course], max_students=1, working_hours=EVERY_DAY_8_TO_20)
+    first, second = make_student(db_session, "UTC"), make_student(db_session, "UTC")
+    now = datetime(2027, 5, 3, 6, 0, tzinfo=UTC)
+    hold = availability.place_hold(
+        db_session,
+        payment_id=uuid.uuid4(),
+        student_id=first.id,
+        course_id=course.id,
+        tier=10,
+        slot=time(9, 0),
+        now=now,
+        hold_minutes=15,
+    )
+    assert hold.trainer_id == trainer.id
+    later = availability.Wanted(course.id, second.timezone, time(15, 0), 60, 10)  # time free
+
+    def claims(at: datetime, **leave_out: uuid.UUID) -> bool:
+        return availability.claim_trainer(db_session, trainer.id, later, now=at, **leave_out)
+
+    assert not claims(now)  # the only place is held
+    assert claims(now, leave_out_hold=hold.payment_id)
+    assert claims(now + timedelta(minutes=16))  # the hold expired
+    trainer.is_active = False
+    db_session.flush()
+    assert not claims(now + timedelta(minutes=16))
