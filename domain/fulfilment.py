@@ -160,12 +160,17 @@ def _still_paid_for(payment: Payment) -> Payment:
     return payment
 
 
-# Plain SQL: SQLAlchemy gives a PostgreSQL INSERT … ON CONFLICT no cache key, so built
-# with pg_insert it was compiled afresh on every step (BENCHMARKS.md, "Issue 25").
+# create_purchase's usual case in one statement: the payment share-locked and still paid
+# for (what lock_live_payment insists on), and its purchase inserted from it. Plain SQL:
+# SQLAlchemy gives a PostgreSQL INSERT … ON CONFLICT no cache key, so built with
+# pg_insert it was compiled afresh on every step (BENCHMARKS.md, "Issue 25").
 _NEW_PURCHASE = select(Purchase).from_statement(
     text(
-        "INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)"
-        " VALUES (CAST(:payment_id AS uuid), :student_id, :course_id, :tier, :time_slot)"
+        "WITH paid AS ("
+        " SELECT id, student_id, course_id, tier, time_slot FROM payments"
+        " WHERE id = CAST(:payment_id AS uuid) AND status = :succeeded FOR SHARE)"
+        " INSERT INTO student_course_purchases (payment_id, student_id, course_id, tier, time_slot)"
+        " SELECT id, student_id, course_id, tier, time_slot FROM paid"
         " ON CONFLICT DO NOTHING RETURNING *"
     )
 )
@@ -191,20 +196,17 @@ _NEW_ALLOCATION = select(Allocation).from_statement(
 
 
 def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
-    payment = lock_live_payment(session, payment_id)
+    """The payment's purchase, made once. No row from the one statement: the payment is
+    not (or no longer) paid for, which lock_live_payment's read then says, or the
+    purchase exists (a redelivery: returned), or another purchase of the course is
+    active (refused for good)."""
     # ON CONFLICT covers both a purchase already made for this payment (redelivery)
     # and another active purchase of the same course (told apart just below).
-    purchase = session.scalar(
-        _NEW_PURCHASE,  # the row as inserted: no second read
-        {
-            "payment_id": str(payment.id),
-            "student_id": payment.student_id,
-            "course_id": payment.course_id,
-            "tier": payment.tier,
-            "time_slot": payment.time_slot,
-        },
+    purchase = session.scalar(  # the row as inserted: no second read
+        _NEW_PURCHASE, {"payment_id": str(payment_id), "succeeded": PaymentStatus.SUCCEEDED}
     )
     if purchase is None:
+        payment = lock_live_payment(session, payment_id)
         existing = session.scalar(select(Purchase).where(Purchase.payment_id == payment.id))
         if existing is not None:
             return existing
@@ -214,8 +216,8 @@ def create_purchase(session: Session, payment_id: uuid.UUID) -> Purchase:
         )
     record_event(
         session,
-        correlation_id=payment.id,
-        student_id=payment.student_id,
+        correlation_id=payment_id,
+        student_id=purchase.student_id,
         event_type=EventType.PURCHASE_CREATED,
         payload={"purchase_id": purchase.id},
     )

@@ -17,8 +17,10 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Integer,
     Select,
     String,
+    Table,
     bindparam,
     cast,
     exists,
@@ -358,6 +360,26 @@ _PAYMENT_LOCKED = (
     .execution_options(populate_existing=True)
 )
 
+# The usual verdict in one statement (it locks, checks and writes): a confirming payment
+# for exactly the price the provider reports turns succeeded. Anything else (another
+# status, a mismatch, no such payment) is decided by verify's locked read. Parameters
+# are not named after the table's columns (an UPDATE would SET those).
+_PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
+_VERIFIED = (
+    update(_PAYMENTS)
+    .where(
+        _PAYMENTS.c.id == bindparam("verified_payment_id", type_=Payment.id.type),
+        _PAYMENTS.c.status == PaymentStatus.CONFIRMING,
+        _PAYMENTS.c.amount_cents == bindparam("reported_amount_cents", type_=Integer),
+        _PAYMENTS.c.currency == bindparam("reported_currency", type_=String),
+    )
+    .values(
+        status=PaymentStatus.SUCCEEDED,
+        updated_at=bindparam("verified_at", type_=DateTime(timezone=True)),
+    )
+    .returning(_PAYMENTS.c.student_id, _PAYMENTS.c.amount_cents)
+)
+
 _INTENT_OF = select(Payment.status, Payment.provider_payment_id).where(
     Payment.id == bindparam("payment_id", type_=Payment.id.type)
 )
@@ -380,6 +402,25 @@ def verify(session: Session, payment_id: uuid.UUID, report: ProviderReport) -> V
     """Apply the provider's word to a confirming payment, with its event. A mismatch of
     amount, currency or payment id is a PermanentStepError (dead letter at once): it
     needs a human, and nothing is granted meanwhile."""
+    if report.status == "succeeded" and report.metadata_payment_id == str(payment_id):
+        verified = session.execute(
+            _VERIFIED,
+            {
+                "verified_payment_id": payment_id,
+                "reported_amount_cents": report.amount_cents,
+                "reported_currency": report.currency,
+                "verified_at": utcnow(),
+            },
+        ).one_or_none()
+        if verified is not None:
+            record_event(
+                session,
+                correlation_id=payment_id,
+                student_id=verified.student_id,
+                event_type=EventType.PAYMENT_VERIFIED,
+                payload={"amount_cents": verified.amount_cents},
+            )
+            return Verdict.VERIFIED
     payment = session.scalar(_PAYMENT_LOCKED, {"payment_id": payment_id})
     if payment is None:
         raise PermanentStepError(f"payment {payment_id} does not exist")

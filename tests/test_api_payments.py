@@ -2,11 +2,23 @@
 and the payment's fulfilment view."""
 
 import uuid
+from dataclasses import replace
 
+import pytest
 from sqlalchemy import delete, func, select
 
-from domain.payments import request_confirmation
-from models import CoursePrice, DeadLetter, OutboxKind, OutboxMessage, Payment, Purchase
+from domain import payments
+from domain.errors import PermanentStepError
+from domain.payments import ProviderReport, Verdict, request_confirmation
+from models import (
+    CoursePrice,
+    DeadLetter,
+    DomainEvent,
+    OutboxKind,
+    OutboxMessage,
+    Payment,
+    Purchase,
+)
 from tasks.pipeline import verify_payment
 from tests.conftest import ADMIN, student_auth
 from tests.factories import (
@@ -303,3 +315,38 @@ def test_a_provider_amount_that_differs_from_the_catalogue_is_dead_lettered_at_o
     db_session.expire_all()
     assert db_session.get(Payment, payment.id).status == "confirming"
     assert db_session.scalar(select(func.count()).select_from(Purchase)) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "reported", "named"),
+    [
+        ("amount_cents", 100, "amount_cents"),
+        ("currency", "usd", "currency"),
+        ("metadata_payment_id", "00000000-0000-4000-8000-000000000000", "payment_id"),
+        ("metadata_payment_id", None, "payment_id"),
+    ],
+)
+def test_verify_grants_only_the_exact_price_for_this_payment_and_only_once(
+    db_session, field, reported, named
+):
+    """The provider's word turns a confirming payment succeeded only when its amount,
+    currency and payment id are the payment's; anything else names what differs and
+    changes nothing. A second verdict (a redelivery) grants nothing twice."""
+    student, course = make_student(db_session), make_sellable_course(db_session)
+    payment = make_payment(db_session, student, course)
+    request_confirmation(db_session, payment.id, student_id=None, source="test")
+    exact = ProviderReport("succeeded", payment.amount_cents, payment.currency, str(payment.id))
+
+    with pytest.raises(PermanentStepError, match=named):
+        payments.verify(db_session, payment.id, replace(exact, **{field: reported}))
+    db_session.expire_all()
+    assert db_session.get_one(Payment, payment.id).status == "confirming"
+
+    assert payments.verify(db_session, payment.id, exact) == Verdict.VERIFIED
+    assert payments.verify(db_session, payment.id, exact) == Verdict.VERIFIED
+    db_session.expire_all()
+    assert db_session.get_one(Payment, payment.id).status == "succeeded"
+    verified = select(func.count()).where(
+        DomainEvent.correlation_id == payment.id, DomainEvent.event_type == "PAYMENT_VERIFIED"
+    )
+    assert db_session.scalar(verified) == 1

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from domain import fulfilment
-from domain.errors import NoTrainerAvailable, PermanentStepError
+from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from models import (
     Allocation,
     DeadLetter,
@@ -204,3 +204,35 @@ def test_trainer_counter_and_capacity_check_hold_in_the_database(db_session):
         db_session.flush()
     db_session.rollback()
     assert count(db_session, Trainer) == 0
+
+
+def test_a_purchase_is_made_once_and_only_for_a_payment_still_paid_for(db_session):
+    """create_purchase: a verified payment gets one purchase, however often asked; a
+    payment not verified yet is refused for good, a refunded one cancels the step; a
+    second payment for a course already active is refused; none of those writes."""
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course])
+    unverified = make_payment(db_session, student, course)
+    with pytest.raises(PermanentStepError, match="not succeeded"):
+        fulfilment.create_purchase(db_session, unverified.id)
+    assert count(db_session, Purchase) == 0
+
+    paid = make_payment(db_session, student, course, confirmed=True)
+    # Checked out before the first was fulfilled (a checkout after it is refused).
+    again = make_payment(db_session, student, course, slot=time(9, 0), confirmed=True)
+    first = fulfilment.create_purchase(db_session, paid.id)
+    assert fulfilment.create_purchase(db_session, paid.id).id == first.id
+    assert count(db_session, Purchase) == 1
+    made = select(func.count()).where(
+        DomainEvent.correlation_id == paid.id, DomainEvent.event_type == "PURCHASE_CREATED"
+    )
+    assert db_session.scalar(made) == 1
+
+    with pytest.raises(PermanentStepError, match="already has course"):
+        fulfilment.create_purchase(db_session, again.id)
+    refunded = make_payment(db_session, make_student(db_session), course, confirmed=True)
+    refunded.status = PaymentStatus.REFUNDED
+    db_session.flush()
+    with pytest.raises(StepCancelled):
+        fulfilment.create_purchase(db_session, refunded.id)
+    assert count(db_session, Purchase) == 1
