@@ -14,10 +14,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from domain.errors import Conflict
-from domain.payments import fail, payment_for_intent, request_confirmation
+from domain.payments import fail, request_confirmation
 from domain.refunds import refund_payment
 from models import Database, Payment
 
@@ -32,27 +32,23 @@ class WebhookOutcome:
     status: str | None = None
 
 
-def _payment_of(session: Any, event_type: str, obj: dict[str, Any]) -> Payment | None:
-    """The payment an event is about: by the intent (or the refunded charge's intent)
-    it names; the metadata's payment id must agree when present."""
+def _intent_of(event_type: str, obj: dict[str, Any]) -> str | None:
+    """The PaymentIntent an event we act on is about (a refunded charge names its own)."""
+    if event_type not in HANDLED:
+        return None
     intent_id = obj.get("payment_intent") if event_type == "charge.refunded" else obj.get("id")
-    payment = payment_for_intent(session, str(intent_id)) if intent_id else None
-    claimed = (obj.get("metadata") or {}).get("payment_id")
-    if payment is not None and claimed not in (None, str(payment.id)):
-        raise Conflict(
-            "provider_metadata_mismatch",
-            "The event's payment id does not match its PaymentIntent.",
-            payment_intent=intent_id,
-        )
-    return payment
+    return str(intent_id) if intent_id else None
 
 
-# Plain SQL: built with pg_insert, an INSERT … ON CONFLICT has no cache key in SQLAlchemy
-# and was compiled afresh on every delivery (BENCHMARKS.md, "Issue 25").
+# The event's row, with the payment its intent names, in one statement; no row back: a
+# delivery seen before. Plain SQL: an INSERT … ON CONFLICT built with pg_insert has no
+# cache key in SQLAlchemy and was compiled afresh on every delivery (BENCHMARKS.md,
+# "Issue 25").
 _FIRST_DELIVERY = text(
     "INSERT INTO webhook_events (id, type, payment_id)"
-    " VALUES (:id, :type, CAST(:payment_id AS uuid)) ON CONFLICT DO NOTHING RETURNING id"
-)
+    " VALUES (:id, :type, (SELECT id FROM payments WHERE provider_payment_id = :intent_id))"
+    " ON CONFLICT DO NOTHING RETURNING payment_id"
+).columns(payment_id=Payment.id.type)
 
 
 def receive(
@@ -64,33 +60,35 @@ def receive(
     hold_minutes: float,
 ) -> WebhookOutcome:
     with database.transaction() as session:
-        # The payment first (a read), so the event's row is written once, with it.
-        payment = _payment_of(session, event_type, obj) if event_type in HANDLED else None
-        first_delivery = session.scalar(
-            _FIRST_DELIVERY,
-            {
-                "id": event_id,
-                "type": event_type,
-                "payment_id": str(payment.id) if payment is not None else None,
-            },
-        )
+        intent_id = _intent_of(event_type, obj)
+        first_delivery = session.execute(
+            _FIRST_DELIVERY, {"id": event_id, "type": event_type, "intent_id": intent_id}
+        ).one_or_none()
         if first_delivery is None:
             return WebhookOutcome(duplicate=True, handled=event_type in HANDLED)
-        if payment is None:  # not a type we act on, or not ours (another integration)
+        payment_id: uuid.UUID | None = first_delivery.payment_id
+        if payment_id is None:  # not a type we act on, or not ours (another integration)
             return WebhookOutcome(duplicate=False, handled=False)
+        claimed = (obj.get("metadata") or {}).get("payment_id")
+        if claimed not in (None, str(payment_id)):  # the event's row is rolled back
+            raise Conflict(
+                "provider_metadata_mismatch",
+                "The event's payment id does not match its PaymentIntent.",
+                payment_intent=intent_id,
+            )
         if event_type == "payment_intent.succeeded":
             confirmation = request_confirmation(
                 session,
-                payment.id,
+                payment_id,
                 student_id=None,
                 source="webhook",
                 hold_minutes=hold_minutes,
             )
-            return WebhookOutcome(False, True, payment.id, confirmation.payment.status)
+            return WebhookOutcome(False, True, payment_id, confirmation.payment.status)
         if event_type == "payment_intent.payment_failed":
             reason = (obj.get("last_payment_error") or {}).get("message") or "Payment failed."
-            fail(session, payment.id, reason=str(reason), source="webhook")
+            fail(session, payment_id, reason=str(reason), source="webhook")
         else:
-            refund_payment(session, payment.id, source="webhook")
-        session.refresh(payment)
-        return WebhookOutcome(False, True, payment.id, payment.status)
+            refund_payment(session, payment_id, source="webhook")
+        status = session.scalar(select(Payment.status).where(Payment.id == payment_id))
+        return WebhookOutcome(False, True, payment_id, status)

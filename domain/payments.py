@@ -501,7 +501,3 @@ def fail(session: Session, payment_id: uuid.UUID, *, reason: str, source: str) -
             payload={"reason": reason, "source": source},
         )
     return payment
-
-
-def payment_for_intent(session: Session, provider_payment_id: str) -> Payment | None:
-    return session.scalar(select(Payment).where(Payment.provider_payment_id == provider_payment_id))
