@@ -224,23 +224,20 @@ def _booked_time_query(leave_out_allocation: bool, leave_out_hold: bool) -> Comp
     booked = _booked_query(leave_out_allocation).subquery()
     allocations = _live_allocations_query(leave_out_allocation, False).subquery()
     holds = _live_holds_query(leave_out_hold).subquery()
-    at = cast(null(), DateTime(timezone=True))
-    unset = (cast(null(), String), cast(null(), Time), cast(null(), Integer))
+    no_interval = (cast(null(), DateTime(timezone=True)),) * 2
+    no_projection = tuple(cast(null(), type_) for type_ in (String, Time, Integer, Integer, Date))
     return union_all(
         select(
             literal(_SESSION).label("kind"),
             booked.c.trainer_id,
             booked.c.starts_at,
             booked.c.ends_at,
-            *unset,
-            cast(null(), Integer),
-            cast(null(), Date),
+            *no_projection,
         ),
         select(
             literal(_ALLOCATION),
             allocations.c.trainer_id,
-            at,
-            at,
+            *no_interval,
             allocations.c.timezone,
             allocations.c.time_slot,
             allocations.c.session_minutes,
@@ -250,8 +247,7 @@ def _booked_time_query(leave_out_allocation: bool, leave_out_hold: bool) -> Comp
         select(
             literal(_HOLD),
             holds.c.trainer_id,
-            at,
-            at,
+            *no_interval,
             holds.c.timezone,
             holds.c.time_slot,
             holds.c.session_minutes,
