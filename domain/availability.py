@@ -99,23 +99,17 @@ def trainer_loads(
     course_id: int,
     *,
     now: datetime,
-    trainer_id: int | None = None,
     first: list[tuple[datetime, datetime]] | None = None,
     leave_out_hold: uuid.UUID | None = None,
 ) -> list[TrainerLoad]:
-    """The course's active trainers (or one trainer), their load counting live holds
+    """The course's active trainers, their load counting live holds
     (but the hold `leave_out_hold`, the one being turned into its allocation). With
     `first` (the student's first sessions), trainers booked at any of them are left out
     at once, in SQL (the exclusion constraint's GiST index answers it): a cheap
     necessary condition, so the full check (span_fits) rarely meets a trainer it must
     refuse."""
-    params = {
-        "course_id": course_id,
-        "now": now,
-        "trainer_id": trainer_id,
-        "leave_out_hold": leave_out_hold,
-    }
-    query = _loads_query(leave_out_hold is not None, trainer_id is not None)
+    params = {"course_id": course_id, "now": now, "leave_out_hold": leave_out_hold}
+    query = _loads_query(leave_out_hold is not None)
     if first:
         booked = func.tstzrange(TutoringSession.starts_at, TutoringSession.ends_at)
         clash = exists().where(
@@ -128,9 +122,9 @@ def trainer_loads(
 
 
 @cache
-def _loads_query(leave_out_hold: bool, one_trainer: bool) -> Select[Any]:
+def _loads_query(leave_out_hold: bool) -> Select[Any]:
     """trainer_loads' statement but the `first` prefilter, built once per shape (its
-    bound parameters: course_id, now, trainer_id, leave_out_hold)."""
+    bound parameters: course_id, now, leave_out_hold)."""
     teaches = exists().where(
         TrainerCourse.trainer_id == Trainer.id,
         TrainerCourse.course_id == bindparam("course_id", type_=BigInteger),
@@ -142,16 +136,13 @@ def _loads_query(leave_out_hold: bool, one_trainer: bool) -> Select[Any]:
     if leave_out_hold:
         holding.append(Hold.payment_id != bindparam("leave_out_hold", type_=Hold.payment_id.type))
     held = select(func.count()).where(*holding).scalar_subquery()
-    query = select(
+    return select(
         Trainer.id,
         Trainer.is_active,
         teaches.label("teaches"),
         (Trainer.active_students + held).label("load"),
         Trainer.max_students,
-    )
-    if one_trainer:
-        return query.where(Trainer.id == bindparam("trainer_id", type_=BigInteger))
-    return query.where(teaches, Trainer.is_active)
+    ).where(teaches, Trainer.is_active)
 
 
 # How many of the student's first sessions the SQL prefilter checks (find_trainer).
