@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from typing import Any
 
@@ -263,9 +263,8 @@ def _booked_intervals(row: Any, now: datetime) -> list[tuple[datetime, datetime]
     kind, _, starts_at, ends_at, timezone, slot, minutes, count, after = row
     if kind == _SESSION:
         return [(starts_at, ends_at)]
-    if kind == _ALLOCATION:  # as _rest_of_tier
-        today = now.date()
-        after = max(after or today, today)
+    if kind == _ALLOCATION:
+        after = _rest_after(after, now)
     return projected(
         now=now, timezone=timezone, slot=slot, minutes=minutes, count=count, after=after
     )
@@ -471,5 +470,12 @@ def _rest_of_tier(row: Any, now: datetime) -> list[tuple[datetime, datetime]]:
         slot=row.time_slot,
         minutes=row.session_minutes,
         count=row.sessions_total - row.used,
-        after=max(row.last_date or now.date(), now.date()),
+        after=_rest_after(row.last_date, now),
     )
+
+
+def _rest_after(last_date: date | None, now: datetime) -> date:
+    """The day the rest of an allocation's tier follows: its last session's date, or
+    today if that is past (or there is none yet)."""
+    today = now.date()
+    return max(last_date or today, today)
