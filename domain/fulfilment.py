@@ -60,7 +60,6 @@ from models import (
     Student,
     TutoringSession,
     outbox,
-    write_now,
 )
 
 
@@ -130,7 +129,20 @@ _WANTED = (
 
 # schedule_window's read, one round trip: the student, trainer and course (the planner's
 # zone and length, the booking notice's names and addresses) and the allocation's
-# sessions so far: used (not cancelled), still ahead, the last date.
+# sessions so far: used (not cancelled), still ahead, the last date. The same statement
+# moves an approved allocation to active (its first window is being booked now; the row
+# is already locked by this transaction). A data-modifying CTE: the read beside it sees
+# the row as it was, and a later error in the step rolls it back with the rest. Plain
+# SQL: as an update() it would take the read's student_id, trainer_id and course_id
+# parameters, named like the allocation's columns, for more columns to SET.
+_ACTIVATED = (
+    text(
+        "UPDATE trainer_allocations SET status = :active_status"
+        " WHERE id = :allocation_id AND status = :approved_status"
+    )
+    .columns()
+    .cte("activated")
+)
 _WINDOW_SO_FAR = (
     select(
         func.count().filter(TutoringSession.status != SessionStatus.CANCELLED).label("used"),
@@ -147,9 +159,13 @@ _WINDOW_SO_FAR = (
     .where(TutoringSession.allocation_id == _ALLOCATION_ID)
     .subquery("so_far")  # an aggregate: always one row
 )
-_PEOPLE_AND_WINDOW = notifications.PARTIES.add_columns(
-    _WINDOW_SO_FAR.c.used, _WINDOW_SO_FAR.c.future, _WINDOW_SO_FAR.c.last_date
-).join(_WINDOW_SO_FAR, true())
+_PEOPLE_AND_WINDOW = (
+    notifications.PARTIES.add_columns(
+        _WINDOW_SO_FAR.c.used, _WINDOW_SO_FAR.c.future, _WINDOW_SO_FAR.c.last_date
+    )
+    .join(_WINDOW_SO_FAR, true())
+    .add_cte(_ACTIVATED)
+)
 
 
 def _still_paid_for(payment: Payment) -> Payment:
@@ -405,8 +421,12 @@ def schedule_window(
             "course_id": allocation.course_id,
             "allocation_id": allocation.id,
             "now": now,
+            "approved_status": AllocationStatus.APPROVED,
+            "active_status": AllocationStatus.ACTIVE,
         },
     ).one()
+    if allocation.status == AllocationStatus.APPROVED:  # as the read's CTE wrote it
+        set_committed_value(allocation, "status", AllocationStatus.ACTIVE)
     people: notifications.Parties = (read.Student, read.Trainer, read.Course)
     wanted = wanted_by(session, allocation, people)
     needed = sessions_needed(
@@ -427,8 +447,6 @@ def schedule_window(
     )
     created = insert_sessions(session, allocation, plan.sessions)
     record_shifts(session, payment_id, allocation, plan.shifts)
-    if allocation.status == AllocationStatus.APPROVED:
-        write_now(session, allocation, status=AllocationStatus.ACTIVE)
     if created:
         # The student's confirmation and the trainer's notice, sent off the chain.
         notifications.sessions_booked_notice(
