@@ -38,40 +38,73 @@ class Delivery:
     run: step_runs.Run | None = None
 
 
+class _AlreadyProcessed(Exception):
+    """The inbox row was there when the step wrote its own: a duplicate committed first."""
+
+
 def once(database: Database, delivery: Delivery, effect: Callable[[Session], T]) -> T:
     """Run `effect` in one transaction with its inbox row; return its result.
 
-    A step that already committed (redelivery after a crash, a duplicate publish, a
-    replay) returns the result it stored, so the chain continues unchanged. A
-    StepCancelled from the effect rolls back and propagates."""
-    with database.transaction() as session:
-        claim = None
-        if delivery.event_type is not None:
-            claim = inbox.claim(
-                session,
-                consumer=delivery.consumer,
-                correlation_id=delivery.correlation_id,
-                event_type=delivery.event_type,
-            )
-            if not claim.claimed:
-                log.info("already processed, returning stored result")
-                stored: T = claim.stored_result
-                return stored
-        result = effect(session)
-        if delivery.run is not None:  # with the inbox's result, in one statement
-            step_runs.record(
-                session,
-                step=delivery.consumer,
-                correlation_id=delivery.correlation_id,
-                run=delivery.run,
-                finished_at=utcnow(),
-                stored=(claim, result) if claim is not None else None,
-            )
-        elif claim is not None:
-            inbox.store_result(session, claim, result)
+    The inbox row goes in last, with the result (domain.inbox). A step that already
+    committed (redelivery after a crash, a duplicate publish, a replay, a duplicate
+    running at the same time) finds it there: its own effect is rolled back and the
+    stored result returned, so the chain continues unchanged; an error its effect
+    raised on the state the first run left gives way to the stored result too. A
+    StepCancelled from the effect of a message not yet processed rolls back and
+    propagates."""
+    key = (
+        None
+        if delivery.event_type is None
+        else inbox.Key(delivery.consumer, delivery.correlation_id, delivery.event_type)
+    )
+    try:
+        with database.transaction() as session:
+            result = effect(session)
+            if not _record(session, delivery, key, result):
+                raise _AlreadyProcessed(f"{delivery.consumer} {delivery.correlation_id}")
+    except Exception as exc:
+        if key is None:
+            raise
+        stored = _stored(database, key, exc)
+        log.info(
+            "already processed, returning stored result",
+            extra={"rolled_back": type(exc).__name__},
+        )
+        stored_result: T = stored.result
+        return stored_result
     # Committed: the after-commit channel (cache, live events, outbox) has run.
     log.info("step done", extra={"result": result})
     return result
+
+
+def _record(session: Session, delivery: Delivery, key: inbox.Key | None, result: object) -> bool:
+    """The step's inbox row and run, last, in one statement; False: a duplicate's row."""
+    if delivery.run is not None:  # with the inbox's row, in one statement
+        return step_runs.record(
+            session,
+            step=delivery.consumer,
+            correlation_id=delivery.correlation_id,
+            run=delivery.run,
+            finished_at=utcnow(),
+            stored=None if key is None else (key, result),
+        )
+    return key is None or inbox.store(session, key, result)
+
+
+def _stored(database: Database, key: inbox.Key, failure: Exception) -> inbox.Stored:
+    """The stored result that `failure` gives way to; else `failure` is raised again
+    (so too when the inbox cannot be read: the database is away, say)."""
+    stored = None
+    try:
+        with database.transaction() as session:  # a new snapshot
+            stored = inbox.stored(session, key)
+    except Exception:
+        log.warning("the inbox could not be read after the step failed", exc_info=True)
+    if stored is None:
+        if isinstance(failure, _AlreadyProcessed):  # pruned meanwhile: ask again later
+            raise TransientStepError(f"the inbox row of {failure} vanished") from failure
+        raise failure
+    return stored
 
 
 def ask_provider(

@@ -22,14 +22,18 @@ _INSERT = (
     "INSERT INTO step_runs (correlation_id, step, task_id, started_at, finished_at, trace_id)"
     " VALUES (:correlation_id, :step, :task_id, :started_at, :finished_at, :trace_id)"
 )
-# With the step's inbox result (domain.inbox.store_result's UPDATE) and the events it
-# recorded (models.take_pending_events) in the same round trip: (result?, events?).
+# With the step's inbox row (domain.inbox.STORE_SQL: its result; the statement answers
+# how many rows it stored, 0 for a duplicate) and the events it recorded
+# (models.take_pending_events) in the same round trip: (inbox row?, events?).
 _RECORD = {
     (False, False): text(_INSERT),
-    (True, False): text(f"WITH stored AS ({inbox.STORE_SQL}) {_INSERT}"),
+    (True, False): text(
+        f"WITH stored AS ({inbox.STORE_SQL}), run AS ({_INSERT}) SELECT count(*) FROM stored"
+    ),
     (False, True): text(f"WITH written AS ({INSERT_EVENTS_SQL}) {_INSERT}"),
     (True, True): text(
-        f"WITH stored AS ({inbox.STORE_SQL}), written AS ({INSERT_EVENTS_SQL}) {_INSERT}"
+        f"WITH stored AS ({inbox.STORE_SQL}), written AS ({INSERT_EVENTS_SQL}),"
+        f" run AS ({_INSERT}) SELECT count(*) FROM stored"
     ),
 }
 
@@ -49,12 +53,13 @@ def record(
     correlation_id: str,
     run: Run,
     finished_at: datetime,
-    stored: tuple[inbox.Claim, Any] | None = None,
-) -> None:
+    stored: tuple[inbox.Key, Any] | None = None,
+) -> bool:
     """One INSERT, in the step's transaction: it exists once the step committed, with
-    the active span's trace id when tracing is on. `stored`: the step's inbox claim and
-    result, stored by the same statement (inbox.store_result, one round trip less); the
-    events the step recorded and that are not written yet go in it too."""
+    the active span's trace id when tracing is on. `stored`: the step's inbox key and
+    result, stored by the same statement (inbox.store, one round trip less); the events
+    the step recorded and that are not written yet go in it too. False: the inbox row
+    was there (a duplicate committed first): the caller rolls back."""
     params: dict[str, Any] = {
         "correlation_id": correlation_id,
         "step": step,
@@ -69,4 +74,5 @@ def record(
     events = take_pending_events(session)
     if events is not None:
         params["events"] = events
-    session.execute(_RECORD[stored is not None, events is not None], params)
+    written = session.execute(_RECORD[stored is not None, events is not None], params)
+    return stored is None or bool(written.scalar_one())

@@ -131,8 +131,9 @@ def _stamp_trace_id(_mapper: object, _connection: object, target: DomainEvent) -
 class ProcessedEvent(Base):
     """The inbox: one row per (consumer, correlation id, consumed event).
 
-    Claimed in the same transaction as the step's effect, and keeping the step's
-    result, so a redelivered message returns that result and does nothing again.
+    Written last in the same transaction as the step's effect, with the step's result,
+    so a redelivered message finds it, rolls its own effect back and returns that
+    result (domain.inbox).
     """
 
     __tablename__ = "processed_events"

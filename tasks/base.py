@@ -1,7 +1,7 @@
 """The base task of every pipeline step: one place for delivery semantics.
 
 It owns, for each run: the log context (correlation id, task id), the transaction,
-the inbox claim that makes a redelivery return the stored result, the post-commit
+the inbox row that makes a redelivery return the stored result, the post-commit
 side effects (the after-commit channel, models.effects) through the use cases
 (actions.steps, which own the transaction and the inbox row), retries with exponential backoff
 and jitter, and — once retries are spent or the error is permanent — the dead letter.

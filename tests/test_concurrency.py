@@ -31,7 +31,7 @@ from models import (
     TutoringSession,
 )
 from tasks.chains import fulfilment_chain
-from tasks.pipeline import allocate_trainer, create_purchase
+from tasks.pipeline import allocate_trainer, create_purchase, schedule_sessions
 from tests.conftest import celery_app, open_session, student_auth
 from tests.factories import make_course, make_payment, make_student, make_trainer
 from tests.webhook_client import deliver, intent_succeeded
@@ -161,3 +161,27 @@ def test_duplicate_deliveries_of_one_step_at_once_have_one_effect(committed):
             select(func.count()).where(DomainEvent.event_type == "PURCHASE_CREATED")
         )
     assert created == 1
+
+
+def test_duplicate_schedules_at_once_book_the_window_and_its_mail_once(committed):
+    """Each duplicate runs its effect after the first committed (the allocation's lock
+    orders them), then finds the inbox row and rolls back."""
+    with open_session() as session, session.begin():
+        student, course = make_student(session), make_course(session)
+        make_trainer(session, [course])
+        payment_id = str(make_payment(session, student, course, confirmed=True).id)
+    purchase_id = create_purchase.run(payment_id, correlation_id=payment_id)
+    allocation_id = allocate_trainer.run(purchase_id, correlation_id=payment_id)
+
+    results = race([lambda: schedule_sessions.run(allocation_id, correlation_id=payment_id)] * 6)
+
+    assert results == [student.id] * 6, results
+    assert counts(TutoringSession, Notification) == [7, 2]
+    with open_session() as session:
+        generated = session.scalar(
+            select(func.count()).where(DomainEvent.event_type == "SESSIONS_GENERATED")
+        )
+        sends = session.scalar(
+            select(func.count()).where(OutboxMessage.kind == "send_notification")
+        )
+    assert (generated, sends) == (1, 1)

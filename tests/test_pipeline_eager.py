@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from domain import fulfilment
+from domain.clock import utcnow
 from domain.errors import NoTrainerAvailable, PermanentStepError, StepCancelled
 from models import (
     Allocation,
@@ -18,6 +19,7 @@ from models import (
     PaymentStatus,
     ProcessedEvent,
     Purchase,
+    SessionStatus,
     Trainer,
     TutoringSession,
 )
@@ -89,6 +91,51 @@ def test_a_redelivered_step_returns_its_stored_result_and_does_nothing(
         select(ProcessedEvent.result).where(ProcessedEvent.consumer.like("%create_purchase"))
     ).one()
     assert stored == purchase_id
+
+
+def test_a_redelivered_step_whose_rerun_would_write_returns_the_stored_result_and_writes_nothing(
+    db_session, eager, confirmed
+):
+    """The inbox row goes in last: a duplicate runs its effect on the state the first
+    run left, and it is rolled back when the row is found there."""
+    payment, _ = confirmed
+    pid = str(payment.id)
+    purchase_id = create_purchase.apply(args=(pid,), kwargs={"correlation_id": pid}).get()
+    allocation_id = allocate_trainer.apply(
+        args=(purchase_id,), kwargs={"correlation_id": pid}
+    ).get()
+    student_id = schedule_sessions.apply(
+        args=(allocation_id,), kwargs={"correlation_id": pid}
+    ).get()
+    cancelled = db_session.scalars(select(TutoringSession).limit(1)).one()
+    cancelled.status = SessionStatus.CANCELLED  # the window now has room for one more
+    db_session.flush()
+
+    again = schedule_sessions.apply(args=(allocation_id,), kwargs={"correlation_id": pid}).get()
+
+    assert again == student_id
+    assert count(db_session, TutoringSession) == 7
+    generated = select(func.count()).where(DomainEvent.event_type == "SESSIONS_GENERATED")
+    assert db_session.scalar(generated) == 1
+    # What the redelivery's effect wrote before it found the row: a rerun writes one.
+    assert len(fulfilment.schedule_sessions(db_session, allocation_id, now=utcnow(), window=7)) == 1
+
+
+def test_a_redelivered_step_whose_rerun_fails_returns_the_stored_result(
+    db_session, eager, confirmed
+):
+    payment, _ = confirmed
+    pid = str(payment.id)
+    purchase_id = create_purchase.apply(args=(pid,), kwargs={"correlation_id": pid}).get()
+    payment.status = PaymentStatus.REFUNDED  # after the purchase: its effect now refuses
+    db_session.flush()
+
+    again = create_purchase.apply(args=(pid,), kwargs={"correlation_id": pid}).get()
+
+    assert again == purchase_id
+    assert count(db_session, Purchase) == 1
+    with pytest.raises(StepCancelled):  # what the redelivery's effect raised
+        fulfilment.create_purchase(db_session, payment.id)
 
 
 def test_domain_steps_are_idempotent_even_without_the_inbox(db_session, confirmed):
