@@ -12,7 +12,17 @@ of the code in one sitting, not a budget. The reference in the same run is the s
 thread's CPU for a trivial SELECT round trip repeated as many times as a payment runs
 statements (a floor that moves with the machine, not the code).
 
+With --instructions it runs itself under valgrind's callgrind and counts the machine
+instructions the main thread executes for the same plain run and the same reference,
+instead of their CPU time. The count does not move with what the machine's other work
+or its speed of the day does (two runs of the same code agree to about 0.1 %, where the
+CPU time moved by ±15 % within an hour on this two-core machine), so it resolves a
+change of a few percent in the application's own side that no timed run here can
+(BENCHMARKS.md, "Issue 25, tenth session"). About 50 times slower than the plain run:
+keep --payments small (10 takes about 40 s).
+
     python -m bench.eager_profile [--payments 200] [--top 30] [--output FILE.prof]
+    python -m bench.eager_profile --instructions [--payments 10] [--statements]
 """
 
 from __future__ import annotations
@@ -36,8 +46,16 @@ import datetime as dt  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
 import pstats  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from aiosmtpd.controller import Controller  # noqa: E402
@@ -55,6 +73,76 @@ from domain.payments import Order  # noqa: E402
 class _Discard:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 OK"
+
+
+# Set in the environment of the run that valgrind starts (--instructions).
+_UNDER_CALLGRIND = "BENCH_UNDER_CALLGRIND"
+
+
+class _Instructions:
+    """The main thread's instructions over a block, counted by callgrind when this
+    process runs under it (else 0): counters zeroed and collection switched on at the
+    block's start, read and switched off at its end (callgrind_control, which reaches
+    the process through valgrind's gdbserver)."""
+
+    def __init__(self) -> None:
+        self.active = os.environ.get(_UNDER_CALLGRIND) == "1"
+
+    def _control(self, *options: str) -> str:
+        return subprocess.run(
+            ["callgrind_control", *options, str(os.getpid())],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    @contextmanager
+    def count(self) -> Iterator[list[int]]:
+        counted = [0]
+        if not self.active:
+            yield counted
+            return
+        self._control("--zero")
+        self._control("--instr=on")
+        try:
+            yield counted
+        finally:
+            totals = self._control("-e")
+            self._control("--instr=off")
+            # "   Th 1  71,652,595": thread 1 is this process's main thread.
+            found = re.search(r"^\s*Th 1\s+([\d,]+)", totals, re.MULTILINE)
+            counted[0] = int(found.group(1).replace(",", "")) if found else 0
+
+
+def _run_under_callgrind(args: argparse.Namespace) -> None:
+    """This bench again, under callgrind (instrumentation off until a block asks)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    env = {key: value for key, value in os.environ.items() if key != "SMTP_URL"}
+    # The same string hashes in every run: dict and set layouts, hence the count, repeat.
+    env.update({_UNDER_CALLGRIND: "1", "PYTHONHASHSEED": "0"})
+    with tempfile.TemporaryDirectory(prefix="tutorflow-callgrind-") as where:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={where}/callgrind.%p",
+            f"--log-file={where}/valgrind.log",
+            sys.executable,
+            "-m",
+            "bench.eager_profile",
+            "--payments",
+            str(args.payments),
+            "--warmup",
+            str(args.warmup),
+            "--no-cprofile",
+            *(["--statements"] if args.statements else []),
+        ]
+        done = subprocess.run(command, env=env, check=False)
+        if done.returncode != 0:
+            print(Path(where, "valgrind.log").read_text()[-3000:], file=sys.stderr)
+            sys.exit(done.returncode)
 
 
 def _count_statements(engine: Any, texts: Counter[str]) -> list[int]:
@@ -80,7 +168,18 @@ def main() -> None:
         action="store_true",
         help="no cProfile pass (to sample the plain run from outside, with py-spy)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions under valgrind's callgrind instead of timing (--payments 10)",
+    )
     args = parser.parse_args()
+    if args.instructions:
+        if "--payments" not in sys.argv:
+            args.payments = 10
+        _run_under_callgrind(args)
+        return
+    instructions = _Instructions()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox's request lines
 
     services = bootstrap(common.settings)
@@ -147,13 +246,17 @@ def main() -> None:
         statement_texts = {text: n / len(measured) for text, n in texts.most_common()}
 
         fresh = checked_out(args.payments)
-        started = time.thread_time()
-        for payment_id in fresh:
-            confirm(payment_id)
-        plain_ms = 1000 * (time.thread_time() - started) / len(fresh)
+        with instructions.count() as plain_instructions:
+            started = time.thread_time()
+            for payment_id in fresh:
+                confirm(payment_id)
+            plain_ms = 1000 * (time.thread_time() - started) / len(fresh)
 
         rounds = max(1, round(per_payment)) * len(fresh)
-        with database.engine.connect() as connection:
+        with (
+            database.engine.connect() as connection,
+            instructions.count() as reference_instructions,
+        ):
             started = time.thread_time()
             for _ in range(rounds):
                 connection.execute(text("SELECT 1")).scalar()
@@ -169,6 +272,27 @@ def main() -> None:
         f"{len(measured) + len(fresh)} payments fulfilled eagerly ({sessions} with their "
         f"sessions, {mails} e-mails sent in all)"
     )
+    if instructions.active:
+        plain_m = plain_instructions[0] / len(fresh) / 1e6
+        reference_m = reference_instructions[0] / len(fresh) / 1e6
+        print(
+            common.table(
+                ["figure (under callgrind)", "millions of this thread's instructions per payment"],
+                [
+                    ["confirm + 5 steps + 2 e-mails, plain", f"{plain_m:.2f}"],
+                    [
+                        f"reference: {per_payment:.1f} x SELECT 1 (the statements a payment runs)",
+                        f"{reference_m:.2f}",
+                    ],
+                    ["ratio to the reference", f"{plain_m / reference_m:.2f}x"],
+                ],
+            )
+        )
+        print(f"\nstatements per payment: {per_payment:.1f}")
+        if args.statements:
+            for text_, n in statement_texts.items():
+                print(f"  {n:4.1f}  {text_}")
+        return
     print(
         common.table(
             ["figure", "ms of this thread's CPU per payment"],
