@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -121,8 +121,11 @@ class Cache:
         """
         key, version = read_model_key(kind, student_id), version_key(student_id)
         try:
-            entry, seen = self.client.eval(
-                _LOOKUP, 4, key, version, f"{STATS_KEY}:{kind}:hit", f"{STATS_KEY}:{kind}:miss"
+            entry, seen = cast(
+                list[Any],
+                self.client.eval(
+                    _LOOKUP, 4, key, version, f"{STATS_KEY}:{kind}:hit", f"{STATS_KEY}:{kind}:miss"
+                ),
             )
         except redis.RedisError:
             log.warning("cache unavailable, reading the database", exc_info=True)
@@ -175,7 +178,7 @@ class Cache:
     def read_model_stats(self) -> dict[str, dict[str, int]]:
         """Hit and miss counts per read model, shared by every API process."""
         names = [f"{STATS_KEY}:{k}:{result}" for k in READ_MODELS for result in ("hit", "miss")]
-        values = self.client.mget(names)
+        values = cast(list[Any], self.client.mget(names))
         stats: dict[str, dict[str, int]] = {kind: {} for kind in READ_MODELS}
         for name, value in zip(names, values, strict=True):
             _, _, kind, result = name.split(":")

@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import redis
 
@@ -96,7 +97,7 @@ class Telemetry:
         self.client = client
 
     def now(self) -> float:
-        seconds, micros = self.client.time()
+        seconds, micros = cast(tuple[int, int], self.client.time())
         return seconds + micros / 1_000_000
 
     # -- writers (best effort) -------------------------------------------------------
@@ -157,7 +158,8 @@ class Telemetry:
     # -- readers (the API's /metrics; they raise redis.RedisError) -------------------
 
     def durations(self) -> dict[str, Durations]:
-        tasks = sorted(_text(name) for name in self.client.smembers(DURATION_TASKS))
+        members = cast(set[bytes | str], self.client.smembers(DURATION_TASKS))
+        tasks = sorted(_text(name) for name in members)
         pipe = self.client.pipeline(transaction=False)
         for task in tasks:
             pipe.hgetall(duration_key(task))
@@ -170,7 +172,8 @@ class Telemetry:
         return found
 
     def retries(self) -> dict[str, int]:
-        return {_text(key): int(value) for key, value in self.client.hgetall(RETRIES).items()}
+        stored = cast(dict[Any, Any], self.client.hgetall(RETRIES))
+        return {_text(key): int(value) for key, value in stored.items()}
 
     def consumers(self, queues: Iterable[str], fresh_seconds: float) -> dict[str, int]:
         """Workers that beat for each queue within `fresh_seconds`."""
@@ -189,7 +192,7 @@ class Telemetry:
         a probe (pybreaker moves to half-open lazily), so it counts as half-open."""
         now = self.now()
         open_ = half_open = 0
-        for process, raw in self.client.hgetall(BREAKERS).items():
+        for process, raw in cast(dict[Any, Any], self.client.hgetall(BREAKERS)).items():
             entry = json.loads(raw)
             age = now - float(entry["at"])
             if age > BREAKER_FORGET_SECONDS:
