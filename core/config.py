@@ -10,6 +10,7 @@ Defaults work on a developer machine with PostgreSQL and Redis on localhost.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,47 @@ def stripe_api_base_for(secret_key: str, configured: str | None) -> str | None:
             "over HTTPS; unset STRIPE_API_BASE"
         )
     return configured
+
+
+STRIPE_API = "https://api.stripe.com"
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy a request to `url` goes through, by the variables requests and curl
+    read (each name in lower case first): `<scheme>_proxy`, else `all_proxy`; none
+    when `no_proxy` names the host: `*`, the host itself (with its port, if the entry
+    gives one), a domain it lies in (`example.com` or `.example.com`), or, for an
+    address, the address or a block of them (`10.0.0.0/8`)."""
+
+    def variable(name: str) -> str | None:
+        return environ.get(name) or environ.get(name.upper()) or None
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    entries = (variable("no_proxy") or "").replace(" ", "").split(",")
+    if any(entry and _names(entry, host, parts.port) for entry in entries):
+        return None
+    return variable(f"{parts.scheme}_proxy") or variable("all_proxy")
+
+
+def _names(entry: str, host: str, port: int | None) -> bool:
+    """Does this `no_proxy` entry name `host` (at `port`)?"""
+    if entry == "*":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        try:
+            return address in ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            pass  # not an address: perhaps host:port
+    name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+    if entry_port and entry_port != str(port):
+        return False
+    name = name.lstrip(".").lower()
+    return host == name or host.endswith(f".{name}")
 
 
 def http_url(bind: str) -> str:
@@ -132,6 +174,10 @@ class Settings:
     stripe_webhook_secrets: tuple[str, ...]
     stripe_connect_timeout: float
     stripe_read_timeout: float
+    # The proxy the provider's calls go through (HTTPS_PROXY, ALL_PROXY, NO_PROXY for
+    # its address: proxy_for), read here once: requests would scan the environment for
+    # it again on every call (core.provider).
+    stripe_proxy: str | None
     # The breaker opens after this many outages in a row and probes again after the reset.
     stripe_breaker_fail_max: int
     stripe_breaker_reset_seconds: float
@@ -270,6 +316,7 @@ class Settings:
             else "redis://127.0.0.1:6379/0"
         )
         stripe_secret_key = env.text("STRIPE_SECRET_KEY", SANDBOX_SECRET_KEY)
+        stripe_api_base = stripe_api_base_for(stripe_secret_key, env.optional("STRIPE_API_BASE"))
         return cls(
             database_url=env.text(
                 "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tutorflow"
@@ -280,11 +327,12 @@ class Settings:
             admin_token=env.text("ADMIN_TOKEN", "dev-admin-token"),
             flower_basic_auth=env.text("FLOWER_BASIC_AUTH", "admin:admin"),
             stripe_secret_key=stripe_secret_key,
-            stripe_api_base=stripe_api_base_for(stripe_secret_key, env.optional("STRIPE_API_BASE")),
+            stripe_api_base=stripe_api_base,
             stripe_publishable_key=env.text("STRIPE_PUBLISHABLE_KEY", "pk_test_tutorflow_sandbox"),
             stripe_webhook_secrets=env.items("STRIPE_WEBHOOK_SECRETS", "whsec_tutorflow_sandbox"),
             stripe_connect_timeout=env.number("STRIPE_CONNECT_TIMEOUT", 2.0),
             stripe_read_timeout=env.number("STRIPE_READ_TIMEOUT", 5.0),
+            stripe_proxy=proxy_for(stripe_api_base or STRIPE_API, env.environ),
             stripe_breaker_fail_max=env.integer("STRIPE_BREAKER_FAIL_MAX", 5),
             stripe_breaker_reset_seconds=env.number("STRIPE_BREAKER_RESET_SECONDS", 30),
             provider_retry_backoff_max=env.integer("PROVIDER_RETRY_BACKOFF_MAX", 150),

@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pybreaker
+import requests
 import stripe
 
 from core.config import Settings
@@ -130,6 +132,27 @@ def _is_outage(error: BaseException) -> bool:
     return isinstance(error, stripe.StripeError) and (status is None or status >= 500)
 
 
+class _Sessions(threading.local):
+    """Each thread's HTTP session (stripe's RequestsClient keeps one per thread), with
+    `trust_env` off: requests would otherwise read the proxy settings, NO_PROXY and
+    ~/.netrc from the environment again on every call (two scans of the process's
+    environment a request: 3 % of a payment's instructions in the eager bench, for the
+    one call the verify step makes; BENCHMARKS.md, "Issue 25, tenth session"). The
+    proxy comes from the settings instead (`Settings.stripe_proxy`, read once)."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+
+class _HttpClient(stripe.RequestsClient):
+    """stripe's requests client, its sessions ours (`_Sessions`)."""
+
+    def __init__(self, timeout: tuple[float, float], proxy: str | None) -> None:
+        super().__init__(timeout=timeout, proxy=proxy)
+        self._thread_local = _Sessions()  # the slot stripe's client keeps its sessions in
+
+
 class PaymentProvider:
     """The provider's API behind one circuit breaker. One per process (bootstrap.py):
     the breaker counts every caller's failures."""
@@ -140,8 +163,9 @@ class PaymentProvider:
             settings.stripe_secret_key,
             base_addresses=base,  # type: ignore[arg-type]
             max_network_retries=0,
-            http_client=stripe.RequestsClient(
-                timeout=(settings.stripe_connect_timeout, settings.stripe_read_timeout)
+            http_client=_HttpClient(
+                timeout=(settings.stripe_connect_timeout, settings.stripe_read_timeout),
+                proxy=settings.stripe_proxy,
             ),
         )
         self.webhook_secrets = settings.stripe_webhook_secrets
