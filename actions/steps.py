@@ -73,7 +73,7 @@ def once(database: Database, delivery: Delivery, effect: Callable[[Session], T])
         stored_result: T = stored.result
         return stored_result
     # Committed: the after-commit channel (cache, live events, outbox) has run.
-    log.info("step done", extra={"result": result})
+    log.info("step done", extra={"step": delivery.consumer, "result": result})
     return result
 
 

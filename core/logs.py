@@ -244,6 +244,10 @@ def configure_logging(
     # Lines a library writes while it loads, about nothing the process does: Alembic's
     # "setup plugin …", seven each time a process first reads the migrations.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # The stripe library's two INFO lines a call ("Request to Stripe api", "Stripe API
+    # response"): the steps and the breaker log what the provider's answer meant; they
+    # come back with DEBUG.
+    logging.getLogger("stripe").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

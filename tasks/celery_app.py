@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, current_app
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
@@ -30,7 +31,7 @@ from core import tracing
 from core.config import Settings
 from core.logs import STARTUP_CHATTER, configure_logging, log_python_warnings, say_ready
 from core.redis_client import without_password
-from tasks import telemetry
+from tasks import chains, telemetry
 from tasks.poison import PoisonedMessages
 
 if TYPE_CHECKING:
@@ -75,19 +76,43 @@ def _running_app() -> TutorflowCelery:
 # due task", the worker's "received" and "succeeded") are DEBUG, not INFO: otherwise they
 # are half of an idle stack's log. The job itself logs INFO when it did something.
 ROUTINE_TASKS = frozenset({"tutorflow.beat.relay_outbox"})
+# A payment's steps that log their own outcome at INFO ("step done" with the step, its
+# result and the payment's ids; "notifications sent"): Celery's "received" and
+# "succeeded" lines about them say nothing more, and are DEBUG. Its lines about a retry,
+# a failure, a rejected or ignored run stay. Six lines fewer a payment, each about
+# 0.2 M instructions through the handler (BENCHMARKS.md, "Issue 25, tenth session").
+OWN_OUTCOME_TASKS = frozenset(
+    {
+        chains.VERIFY_PAYMENT,
+        chains.CREATE_PURCHASE,
+        chains.ALLOCATE_TRAINER,
+        chains.SCHEDULE_SESSIONS,
+        chains.SEND_NOTIFICATION,
+    }
+)
 _CELERY_BOOKKEEPING = frozenset({"celery.beat", "celery.worker.strategy", "celery.app.trace"})
+_RECEIVED_OR_SUCCEEDED = frozenset({LOG_RECEIVED, LOG_SUCCESS})
 
 
 class RoutineTasksAtDebug(logging.Filter):
-    """Lowers Celery's INFO bookkeeping lines about ROUTINE_TASKS to DEBUG (and drops
-    them unless DEBUG is on). Celery has no per-task log level, hence a filter."""
+    """Lowers Celery's INFO bookkeeping lines about ROUTINE_TASKS, and its "received"
+    and "succeeded" lines about OWN_OUTCOME_TASKS, to DEBUG (and drops them unless
+    DEBUG is on). Celery has no per-task log level, hence a filter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO or record.name not in _CELERY_BOOKKEEPING:
             return True
         args = record.args
-        names = args.values() if isinstance(args, dict) else (args or ())
-        if not any(isinstance(name, str) and name in ROUTINE_TASKS for name in names):
+        names = [
+            name
+            for name in (args.values() if isinstance(args, dict) else (args or ()))
+            if isinstance(name, str)
+        ]
+        routine = any(name in ROUTINE_TASKS for name in names)
+        own_outcome = record.msg in _RECEIVED_OR_SUCCEEDED and any(
+            name in OWN_OUTCOME_TASKS for name in names
+        )
+        if not (routine or own_outcome):
             return True
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
         return logging.getLogger().isEnabledFor(logging.DEBUG)

@@ -1,7 +1,8 @@
 """Logs a person can read: text by default (`make up`), JSON lines in the image and
 compose; the outbox relay, which runs every few seconds, says
 nothing above DEBUG when it had nothing to do, and Celery's own lines about it are DEBUG
-too; a relay that published something says so at INFO."""
+too; a relay that published something says so at INFO. A payment's steps say their
+outcome once each."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celery.app.trace import LOG_FAILURE, LOG_IGNORED, LOG_REJECTED, LOG_RETRY
 from celery.beat import ScheduleEntry, Scheduler
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -23,9 +25,11 @@ from core.config import Settings
 from core.logs import configure_logging, log_context
 from domain.payments import request_confirmation
 from models import OutboxMessage
+from tasks import chains
 from tasks.beat import relay_outbox
+from tasks.chains import fulfilment_chain
 from tests.conftest import celery_app
-from tests.factories import make_course, make_payment, make_student
+from tests.factories import make_course, make_payment, make_student, make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +137,47 @@ def test_a_text_line_leaves_out_extra_fields_that_repeat_its_arguments(restore_r
             assert printed.rstrip("\n").endswith(
                 "INFO tutorflow.requests GET /healthz 200 duration_ms=0.17"
             )
+
+
+def test_a_payments_steps_say_their_outcome_once_and_celerys_lines_about_them_are_debug(
+    db_session, eager, capsys, restore_root_logging
+):
+    """The worker's real logging set-up, a payment's chain run eagerly: one "step done"
+    line a step, naming it; Celery's "succeeded" lines about those steps and the stripe
+    library's request and response lines are gone at INFO. refresh_student_views logs no
+    outcome of its own, so Celery's line about it stays."""
+    tasks.celery_app._configure_logging()
+    student, course = make_student(db_session), make_course(db_session)
+    make_trainer(db_session, [course], max_students=2)
+    payment = make_payment(db_session, student, course)  # paid at the sandbox
+    request_confirmation(db_session, payment.id, student_id=None, source="test")
+    db_session.flush()
+    capsys.readouterr()
+    fulfilment_chain(celery_app, str(payment.id)).apply_async()
+    err = capsys.readouterr().err
+
+    assert re.findall(r" INFO actions\.steps .*step done step=(\S+)", err) == [
+        chains.VERIFY_PAYMENT,
+        chains.CREATE_PURCHASE,
+        chains.ALLOCATE_TRAINER,
+        chains.SCHEDULE_SESSIONS,
+    ]
+    assert re.findall(r" INFO celery\.app\.trace Task (\S+)\[\S+\] succeeded", err) == [
+        chains.REFRESH_STUDENT_VIEWS
+    ]
+    assert " stripe " not in err  # the verify step asked the sandbox through the library
+
+
+@pytest.mark.parametrize("line", [LOG_RETRY, LOG_FAILURE, LOG_IGNORED, LOG_REJECTED])
+def test_celerys_other_lines_about_those_steps_stay(line):
+    record = logging.LogRecord(
+        "celery.app.trace",
+        logging.INFO,
+        __file__,
+        0,
+        line,
+        ({"name": chains.CREATE_PURCHASE, "id": "t-1", "exc": "boom", "description": "x"},),
+        None,
+    )
+    assert tasks.celery_app.RoutineTasksAtDebug().filter(record)
+    assert record.levelno == logging.INFO
