@@ -91,7 +91,7 @@ OWN_OUTCOME_TASKS = frozenset(
     }
 )
 _CELERY_BOOKKEEPING = frozenset({"celery.beat", "celery.worker.strategy", "celery.app.trace"})
-_RECEIVED_OR_SUCCEEDED = frozenset({LOG_RECEIVED, LOG_SUCCESS})
+_RECEIVED_OR_SUCCEEDED = (LOG_RECEIVED, LOG_SUCCESS)  # compared, never hashed: any msg
 
 
 class RoutineTasksAtDebug(logging.Filter):

@@ -168,7 +168,9 @@ def test_a_payments_steps_say_their_outcome_once_and_celerys_lines_about_them_ar
     assert " stripe " not in err  # the verify step asked the sandbox through the library
 
 
-@pytest.mark.parametrize("line", [LOG_RETRY, LOG_FAILURE, LOG_IGNORED, LOG_REJECTED])
+@pytest.mark.parametrize(
+    "line", [LOG_RETRY, LOG_FAILURE, LOG_IGNORED, LOG_REJECTED, {"a message": "not a string"}]
+)
 def test_celerys_other_lines_about_those_steps_stay(line):
     record = logging.LogRecord(
         "celery.app.trace",
