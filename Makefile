@@ -78,6 +78,7 @@ test-rabbitmq: services  ## the worker tests on RabbitMQ (rabbitmqctl: the vhost
 
 bench: services  ## figures for BENCHMARKS.md (own database and Redis db)
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null || echo "no wrk: Python load generator"
+	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null || echo "no valgrind: no instruction count"
 	$(BIN)/python -m bench.run_all --output bench-report.md
 
 # Issue 25's "cost as the data grows" alone (`make bench` runs it too): confirm, home,
