@@ -272,44 +272,25 @@ def main() -> None:
         f"{len(measured) + len(fresh)} payments fulfilled eagerly ({sessions} with their "
         f"sessions, {mails} e-mails sent in all)"
     )
+    reference_row = f"reference: {per_payment:.1f} x SELECT 1 (the statements a payment runs)"
     if instructions.active:
-        plain_m = plain_instructions[0] / len(fresh) / 1e6
-        reference_m = reference_instructions[0] / len(fresh) / 1e6
-        print(
-            common.table(
-                ["figure (under callgrind)", "millions of this thread's instructions per payment"],
-                [
-                    ["confirm + 5 steps + 2 e-mails, plain", f"{plain_m:.2f}"],
-                    [
-                        f"reference: {per_payment:.1f} x SELECT 1 (the statements a payment runs)",
-                        f"{reference_m:.2f}",
-                    ],
-                    ["ratio to the reference", f"{plain_m / reference_m:.2f}x"],
-                ],
-            )
-        )
-        print(f"\nstatements per payment: {per_payment:.1f}")
-        if args.statements:
-            for text_, n in statement_texts.items():
-                print(f"  {n:4.1f}  {text_}")
-        return
-    print(
-        common.table(
-            ["figure", "ms of this thread's CPU per payment"],
-            [
-                ["confirm + 5 steps + 2 e-mails, plain", f"{plain_ms:.2f}"],
-                [
-                    "the same, first pass" + ("" if args.no_cprofile else " (under cProfile)"),
-                    f"{profiled_ms:.2f}",
-                ],
-                [
-                    f"reference: {per_payment:.1f} x SELECT 1 (the statements a payment runs)",
-                    f"{reference_ms:.2f}",
-                ],
-                ["ratio to the reference", f"{plain_ms / reference_ms:.2f}x"],
-            ],
-        )
-    )
+        plain = plain_instructions[0] / len(fresh) / 1e6
+        reference = reference_instructions[0] / len(fresh) / 1e6
+        header = ["figure (under callgrind)", "millions of this thread's instructions per payment"]
+        rows = [["confirm + 5 steps + 2 e-mails, plain", f"{plain:.2f}"]]
+    else:
+        plain, reference = plain_ms, reference_ms
+        header = ["figure", "ms of this thread's CPU per payment"]
+        first_pass = "the same, first pass" + ("" if args.no_cprofile else " (under cProfile)")
+        rows = [
+            ["confirm + 5 steps + 2 e-mails, plain", f"{plain_ms:.2f}"],
+            [first_pass, f"{profiled_ms:.2f}"],
+        ]
+    rows += [
+        [reference_row, f"{reference:.2f}"],
+        ["ratio to the reference", f"{plain / reference:.2f}x"],
+    ]
+    print(common.table(header, rows))
     print(f"\nstatements per payment: {per_payment:.1f}")
     if args.statements:
         for text_, n in statement_texts.items():
