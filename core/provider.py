@@ -1,6 +1,8 @@
 """The payment provider (Stripe), through its official library, behind a circuit breaker.
 
-One `PaymentProvider` per process and settings: one HTTP session, one breaker. Calls have
+One `PaymentProvider` per process and settings: one breaker, and one HTTP session a
+thread (stripe's client keeps them so; `_Sessions`), all through the proxy the settings
+name, if any. Calls have
 short connect and read timeouts and no library-level retries (the verify step retries
 with backoff; the API answers 503 at once). Outcomes are sorted for the callers:
 
