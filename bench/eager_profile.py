@@ -42,20 +42,9 @@ os.environ.setdefault("SMTP_URL", f"smtp://127.0.0.1:{_SMTP_PORT}")
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
-import datetime as dt  # noqa: E402
-import io  # noqa: E402
 import logging  # noqa: E402
-import pstats  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from aiosmtpd.controller import Controller  # noqa: E402
@@ -65,84 +54,15 @@ import bench.common as common  # noqa: E402  (before any project module reads th
 import tasks.notifications  # noqa: E402  (the task modules, registered for eager runs)
 import tasks.pipeline  # noqa: E402, F401
 from actions import payments as actions  # noqa: E402
-from bench.knee import TIER, new_students, seed_realistic  # noqa: E402
+from bench import profiling  # noqa: E402
+from bench.knee import checked_out_here, seed_realistic  # noqa: E402
+from bench.profiling import Instructions  # noqa: E402
 from bootstrap import bootstrap  # noqa: E402
-from domain.payments import Order  # noqa: E402
 
 
 class _Discard:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 OK"
-
-
-# Set in the environment of the run that valgrind starts (--instructions).
-_UNDER_CALLGRIND = "BENCH_UNDER_CALLGRIND"
-
-
-class _Instructions:
-    """The main thread's instructions over a block, counted by callgrind when this
-    process runs under it (else 0): counters zeroed and collection switched on at the
-    block's start, read and switched off at its end (callgrind_control, which reaches
-    the process through valgrind's gdbserver)."""
-
-    def __init__(self) -> None:
-        self.active = os.environ.get(_UNDER_CALLGRIND) == "1"
-
-    def _control(self, *options: str) -> str:
-        return subprocess.run(
-            ["callgrind_control", *options, str(os.getpid())],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-
-    @contextmanager
-    def count(self) -> Iterator[list[int]]:
-        counted = [0]
-        if not self.active:
-            yield counted
-            return
-        self._control("--zero")
-        self._control("--instr=on")
-        try:
-            yield counted
-        finally:
-            totals = self._control("-e")
-            self._control("--instr=off")
-            # "   Th 1  71,652,595": thread 1 is this process's main thread.
-            found = re.search(r"^\s*Th 1\s+([\d,]+)", totals, re.MULTILINE)
-            counted[0] = int(found.group(1).replace(",", "")) if found else 0
-
-
-def _run_under_callgrind(args: argparse.Namespace) -> None:
-    """This bench again, under callgrind (instrumentation off until a block asks)."""
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        sys.exit("--instructions needs valgrind (Debian: apt-get install valgrind)")
-    env = {key: value for key, value in os.environ.items() if key != "SMTP_URL"}
-    # The same string hashes in every run: dict and set layouts, hence the count, repeat.
-    env.update({_UNDER_CALLGRIND: "1", "PYTHONHASHSEED": "0"})
-    with tempfile.TemporaryDirectory(prefix="tutorflow-callgrind-") as where:
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            "--separate-threads=yes",
-            f"--callgrind-out-file={where}/callgrind.%p",
-            f"--log-file={where}/valgrind.log",
-            sys.executable,
-            "-m",
-            "bench.eager_profile",
-            "--payments",
-            str(args.payments),
-            "--warmup",
-            str(args.warmup),
-            "--no-cprofile",
-            *(["--statements"] if args.statements else []),
-        ]
-        done = subprocess.run(command, env=env, check=False)
-        if done.returncode != 0:
-            print(Path(where, "valgrind.log").read_text()[-3000:], file=sys.stderr)
-            sys.exit(done.returncode)
 
 
 def _count_statements(engine: Any, texts: Counter[str]) -> list[int]:
@@ -158,28 +78,14 @@ def _count_statements(engine: Any, texts: Counter[str]) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--payments", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20, help="payments before the clock")
-    parser.add_argument("--top", type=int, default=30)
-    parser.add_argument("--output", help="write the cProfile stats here (.prof)")
+    profiling.add_arguments(parser)
     parser.add_argument("--statements", action="store_true", help="list them, per payment")
-    parser.add_argument(
-        "--no-cprofile",
-        action="store_true",
-        help="no cProfile pass (to sample the plain run from outside, with py-spy)",
-    )
-    parser.add_argument(
-        "--instructions",
-        action="store_true",
-        help="count instructions under valgrind's callgrind instead of timing (--payments 10)",
-    )
     args = parser.parse_args()
-    if args.instructions:
-        if "--payments" not in sys.argv:
-            args.payments = 10
-        _run_under_callgrind(args)
+    if profiling.counted_instead(
+        args, "bench.eager_profile", [*(["--statements"] if args.statements else [])]
+    ):
         return
-    instructions = _Instructions()
+    instructions = Instructions()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox's request lines
 
     services = bootstrap(common.settings)
@@ -195,26 +101,7 @@ def main() -> None:
         course_id = seed_realistic(total)
         database = services.worker_database
 
-        def checked_out(count: int) -> list[Any]:
-            """New students check out (a trainer's place held, the PaymentIntent made)
-            and pay at the sandbox, as in the knee bench; not timed."""
-            payments = []
-            for student_id, slot in new_students(count):
-                hour, minute = map(int, slot.split(":"))
-                answer = actions.checkout(
-                    services.api_database,
-                    services.provider,
-                    Order(student_id, course_id, TIER, dt.time(hour, minute)),
-                    idempotency_key=None,
-                    fingerprint="",
-                    render=lambda payment, *_: {"id": payment.id},
-                    hold_minutes=common.settings.hold_minutes,
-                )
-                payments.append(answer.body["id"])
-            common.pay_at_the_provider(payments)
-            return payments
-
-        payments = checked_out(args.warmup + args.payments)
+        payments = checked_out_here(services, course_id, args.warmup + args.payments)
         texts: Counter[str] = Counter()
         statements = _count_statements(database.engine, texts)
 
@@ -245,7 +132,7 @@ def main() -> None:
         per_payment = statements[0] / len(measured)
         statement_texts = {text: n / len(measured) for text, n in texts.most_common()}
 
-        fresh = checked_out(args.payments)
+        fresh = checked_out_here(services, course_id, args.payments)
         with instructions.count() as plain_instructions:
             started = time.thread_time()
             for payment_id in fresh:
@@ -295,15 +182,7 @@ def main() -> None:
     if args.statements:
         for text_, n in statement_texts.items():
             print(f"  {n:4.1f}  {text_}")
-    if args.no_cprofile:
-        return
-    if args.output:
-        profile.dump_stats(args.output)
-    for order in ("tottime", "cumulative"):
-        out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(args.top)
-        print(f"\n## top {args.top} by {order}\n")
-        print(out.getvalue().split("\n", 6)[-1])
+    profiling.print_profile(profile, args, "the confirm, the steps, the e-mails")
 
 
 if __name__ == "__main__":

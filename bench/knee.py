@@ -46,6 +46,7 @@ read alike).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import http.client
 import random
 import shutil
@@ -64,10 +65,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 import bench.common as common
+from actions import payments as payment_actions
 from bench import pyspy
 from bench import stack as stacks
 from bench.e2e_latency import Client, Track, latencies, open_loop, payment_job, reference_job
 from bench.noop_tasks import DONE_CHANNEL
+from bootstrap import Services
+from domain.payments import Order
 from harness.brokers import queue_length
 
 HOME = "/api/v1/students/{student_id}/home"
@@ -403,6 +407,28 @@ def checkout(client: Client, course_id: int, count: int) -> list[Purchase]:
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, new_students(count)))
+
+
+def checked_out_here(services: Services, course_id: int, count: int) -> list[uuid.UUID]:
+    """`count` new students check out in this process (a trainer's place held, the
+    PaymentIntent made at the sandbox) and pay at the sandbox, as in the knee; their
+    payments' ids, in order. For the in-process profiles (bench.eager_profile,
+    bench.api_profile); not timed."""
+    payments = []
+    for student_id, slot in new_students(count):
+        hour, minute = map(int, slot.split(":"))
+        answer = payment_actions.checkout(
+            services.api_database,
+            services.provider,
+            Order(student_id, course_id, TIER, dt.time(hour, minute)),
+            idempotency_key=None,
+            fingerprint="",
+            render=lambda payment, *_: {"id": payment.id},
+            hold_minutes=common.settings.hold_minutes,
+        )
+        payments.append(answer.body["id"])
+    common.pay_at_the_provider(payments)
+    return payments
 
 
 def purchase_job(client: Client, browser: Browser, poller: SessionsPoller) -> Any:

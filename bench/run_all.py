@@ -52,15 +52,26 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
         ["--allocations", "20000", "--calls", "20", "--seconds", "3", "--top-up-runs", "1"],
     ),
 }
-NOT_SCRIPTS = {"__init__", "common", "noop_tasks", "pyspy", "reference_wsgi", "run_all", "stack"}
+NOT_SCRIPTS = {
+    "__init__",
+    "common",
+    "noop_tasks",
+    "profiling",
+    "pyspy",
+    "reference_wsgi",
+    "run_all",
+    "stack",
+}
 # Run again with these arguments added, each a section of its own: the knee with the
 # provider's real latency too (the bare chain, which never calls it, only at the CPU
 # table's rate).
-# The eager run counted in instructions under callgrind as well (about a minute), the
-# figure that does not move with the machine's speed of the day.
+# The eager run and the API's two requests counted in instructions under callgrind as
+# well (about a minute each), the figure that does not move with the machine's speed of
+# the day.
 VARIANTS: dict[str, list[list[str]]] = {
     "knee": [["--provider-ms", "150", "--reference", "cpu"]],
     "eager_profile": [["--instructions"]],
+    "api_profile": [["--instructions"]],
 }
 # Run a second time with `--tracing on` (OpenTelemetry exporting to a local sink): the
 # report ends with their figures with tracing off and on side by side.
