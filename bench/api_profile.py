@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from flask import jsonify, request
+from flask import Flask, jsonify, request
 from sqlalchemy import text
 
 import bench.common as common
@@ -118,12 +118,58 @@ def paid(services: Any, course_id: int, count: int) -> list[Payment]:
     return payments
 
 
+def _hooks_without(app: Flask, name: str) -> None:
+    """The app's before- and after-request hooks whose function's repr names `name`."""
+    for hooks in (app.before_request_funcs, app.after_request_funcs):
+        for key, funcs in hooks.items():
+            hooks[key] = [f for f in funcs if name not in repr(getattr(f, "func", f))]
+
+
+def _jwt_verified_once(services: Any) -> None:
+    """Each token verified when it is issued (before the clock), then looked up."""
+    tokens = services.tokens
+    issue, verify, known = tokens.issue, tokens.verify, {}
+
+    def issued(student_id: int) -> str:
+        token = issue(student_id)
+        known[token] = verify(token)
+        return str(token)
+
+    tokens.issue, tokens.verify = issued, lambda token: known.get(token) or verify(token)
+
+
+# What --without takes out of the app for a run (to price one part: run with and without
+# it, counted): each is a bench-only change to this process's app.
+WITHOUT: dict[str, Callable[[Flask, Any], None]] = {
+    # flask-talisman's security headers (its before- and after-request hooks)
+    "talisman": lambda app, _: _hooks_without(app, "Talisman"),
+    # flask-limiter's check of the public endpoints (a Redis counter)
+    "limiter": lambda app, _: [setattr(x, "enabled", False) for x in app.extensions["limiter"]],
+    # the request's latency histogram and its log line (app/metrics.py)
+    "metrics": lambda app, _: _hooks_without(app, "_observe"),
+    # the request's log line only
+    "request-log": lambda *_: logging.getLogger("tutorflow.requests").setLevel(logging.WARNING),
+    # the student's token verified once per token, not per request
+    "jwt": lambda _, services: _jwt_verified_once(services),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     profiling.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="the app's (make up's: INFO)")
+    parser.add_argument(
+        "--without",
+        default="",
+        help=f"parts of the app left out, to price them: {', '.join(WITHOUT)} (comma-separated)",
+    )
     args = parser.parse_args()
-    if profiling.counted_instead(args, "bench.api_profile", ["--log-level", args.log_level]):
+    without = [part for part in args.without.split(",") if part]
+    unknown = set(without) - WITHOUT.keys()
+    if unknown:
+        parser.error(f"--without: no part named {', '.join(sorted(unknown))}")
+    extra = ["--log-level", args.log_level, "--without", args.without]
+    if profiling.counted_instead(args, "bench.api_profile", extra):
         return
     instructions = Instructions()
     settings = dataclasses.replace(common.settings, log_level=args.log_level)
@@ -134,6 +180,8 @@ def main() -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115  (open for the whole run)
     configure_logging(args.log_level, settings.log_json, stream=devnull)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox's request lines
+    for part in without:
+        WITHOUT[part](app, services)
     client = app.test_client()
 
     def post(path: str, **kwargs: Any) -> None:
@@ -194,6 +242,7 @@ def main() -> None:
     print(
         f"{len(warm) + len(profiled) + len(fresh)} payments confirmed through the API "
         f"({confirming} confirming), log level {args.log_level}"
+        + (f", without {', '.join(without)}" if without else "")
     )
     unit = "millions of this thread's instructions" if instructions.active else "ms of CPU"
     api = figures["webhook"] + figures["confirm"]
