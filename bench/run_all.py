@@ -65,13 +65,14 @@ NOT_SCRIPTS = {
 # Run again with these arguments added, each a section of its own: the knee with the
 # provider's real latency too (the bare chain, which never calls it, only at the CPU
 # table's rate).
-# The eager run and the API's two requests counted in instructions under callgrind as
-# well (about a minute each), the figure that does not move with the machine's speed of
-# the day.
+# The eager run, the API's two requests and a task message's publish counted in
+# instructions under callgrind as well (under a minute each), the figure that does not
+# move with the machine's speed of the day.
 VARIANTS: dict[str, list[list[str]]] = {
     "knee": [["--provider-ms", "150", "--reference", "cpu"]],
     "eager_profile": [["--instructions"]],
     "api_profile": [["--instructions"]],
+    "publish_profile": [["--instructions", "--payments", "30"]],
 }
 # Run a second time with `--tracing on` (OpenTelemetry exporting to a local sink): the
 # report ends with their figures with tracing off and on side by side.
