@@ -2,7 +2,7 @@
 API's hand-off of the fulfilment chain, its first link alone, and the next link as a
 worker publishes it when a step returns (celery.app.trace: the step's result as its
 argument, the links left in the message's `chain` option). Every publish of a payment
-is one of these: about seven a payment, in the API and the workers.
+is one of these: six a payment (the API's hand-off, four next links, the e-mails' task).
 
 Beside them, the same worker's publish with parts left out (--instructions counts
 them; timed, each differs by less than this machine's noise): the project's
