@@ -134,9 +134,22 @@ def execute_autocommit(
 ) -> None:
     """Run one statement in its own implicit transaction: a single round trip, no
     session. On a Connection (the bind a sessionmaker may be given), it runs there, in
-    that connection's transaction."""
+    that connection's transaction.
+
+    The driver's autocommit is switched on for the statement and off again, on the
+    pooled connection as it is. Not SQLAlchemy's `isolation_level="AUTOCOMMIT"`: its
+    reset on return sets READ COMMITTED explicitly, after which psycopg2 sends `SET
+    default_transaction_isolation TO DEFAULT` on every later switch, one more round trip
+    each time, three a payment (BENCHMARKS.md, "Issue 25, eleventh session")."""
     if isinstance(bind, Connection):
         bind.execute(statement, params)
         return
-    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(statement, params)
+    with bind.connect() as connection:
+        driver = connection.connection.dbapi_connection
+        assert driver is not None  # a connection just checked out of the pool
+        driver.autocommit = True
+        try:
+            connection.execute(statement, params)
+        finally:
+            if not driver.closed:  # a lost connection is invalidated, not given back
+                driver.autocommit = False
