@@ -112,7 +112,7 @@ def ask_provider(
 ) -> payments.ProviderReport | None:
     """The provider's word on the payment's intent, asked outside any transaction;
     None when the payment no longer waits for it (verified already, or settled)."""
-    with database.session() as session:
+    with database.reading() as session:
         intent_id = payments.intent_to_verify(session, payment_id)
     if intent_id is None:
         return None

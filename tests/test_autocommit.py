@@ -1,10 +1,12 @@
-"""`execute_autocommit` (the outbox's stamp, the e-mails' claim and marks): one statement
-that commits on its own, in one round trip, on a pooled connection given back as it was
-found. Real PostgreSQL; the server's own view of each backend (pg_stat_activity) tells
-what it was last sent."""
+"""Statements outside a transaction, on a pooled connection given back as it was found:
+`execute_autocommit` (the outbox's stamp, the e-mails' claim and marks), one statement
+that commits on its own in one round trip, and `Database.reading()` (the verify step's
+read before it asks the provider), reads with no BEGIN nor ROLLBACK. Real PostgreSQL;
+the server's own view of each backend (pg_stat_activity) tells what it was last sent."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from models import execute_autocommit
+from models import Database, execute_autocommit
 from tests.conftest import settings
 
 
@@ -84,5 +86,34 @@ def test_a_lost_connection_raises_its_own_error_and_the_pool_recovers(
     assert lost.value.connection_invalidated
 
     execute_autocommit(one_connection, insert, {})  # a new connection, same pool
+    with engine.connect() as other:
+        assert other.execute(text(f"SELECT count(*) FROM {probe}")).scalar_one() == 1
+
+
+@pytest.fixture
+def one_connection_database() -> Iterator[Database]:
+    database = Database(dataclasses.replace(settings, db_pool_size=1, db_max_overflow=0))
+    yield database
+    database.engine.dispose()
+
+
+def test_a_read_sends_neither_begin_nor_rollback(
+    engine: Engine, one_connection_database: Database, probe: str
+) -> None:
+    database = one_connection_database
+    with engine.begin() as connection:
+        connection.execute(text(f"INSERT INTO {probe} (n) VALUES (1)"))
+
+    with database.reading() as session:
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert session.execute(text(f"SELECT count(*) FROM {probe}")).scalar_one() == 1
+
+    # Its last statement was the server's last word from it: no ROLLBACK at the end.
+    assert last_sent(engine, pid) == f"SELECT count(*) FROM {probe}"
+    # The connection went back out of autocommit: a transaction on it still rolls back.
+    with pytest.raises(RuntimeError), database.transaction() as session:
+        session.execute(text(f"INSERT INTO {probe} (n) VALUES (2)"))
+        assert session.connection().connection.dbapi_connection.autocommit is False
+        raise RuntimeError("roll back")
     with engine.connect() as other:
         assert other.execute(text(f"SELECT count(*) FROM {probe}")).scalar_one() == 1
