@@ -112,9 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def counted_instead(args: argparse.Namespace, module: str, extra: list[str]) -> bool:
+def counted_instead(
+    args: argparse.Namespace, module: str, extra: list[str], *, drop_env: tuple[str, ...] = ()
+) -> bool:
     """With --instructions: `module` run again under callgrind (10 payments unless
-    --payments says), with its own `extra` options; True once it has run."""
+    --payments says), with its own `extra` options (and `drop_env`, as
+    `rerun_under_callgrind` takes it); True once it has run."""
     if not args.instructions:
         return False
     payments = args.payments if "--payments" in sys.argv else 10
@@ -125,7 +128,7 @@ def counted_instead(args: argparse.Namespace, module: str, extra: list[str]) -> 
             "--no-cprofile",
             *extra,
         ],
-        drop_env=("SMTP_URL",),
+        drop_env=drop_env,
     )
     return True
 
