@@ -48,7 +48,7 @@ from bench.knee import checked_out_here, seed_realistic
 from bench.profiling import Instructions
 from bootstrap import bootstrap
 from core.logs import configure_logging
-from sandbox.app import API_VERSION, SandboxConfig, sign
+from sandbox.app import SandboxConfig, new_event, sign
 
 WEBHOOK = "/api/v1/webhooks/stripe"
 CONFIRM = "/api/v1/payments/%s/confirm"
@@ -97,17 +97,7 @@ def paid(services: Any, course_id: int, count: int) -> list[Payment]:
     secret = SandboxConfig().webhook_secret
     for payment_id in ids:
         intent_id, student_id = rows[payment_id]
-        event = {
-            "id": f"evt_{uuid.uuid4().hex[:24]}",
-            "object": "event",
-            "api_version": API_VERSION,
-            "created": int(time.time()),
-            "livemode": False,
-            "type": "payment_intent.succeeded",
-            "data": {"object": _intent(intent_id)},
-            "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-        }
+        event = new_event("payment_intent.succeeded", _intent(intent_id))
         body = json.dumps(event).encode()
         headers = {
             "Content-Type": "application/json",

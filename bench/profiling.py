@@ -1,6 +1,6 @@
-"""What the in-process profiles share (bench.eager_profile, bench.api_profile): their
-options, the cProfile tables, and machine instructions counted by valgrind's callgrind
-(`--instructions`).
+"""What the in-process profiles share (bench.eager_profile, bench.api_profile,
+bench.publish_profile): their options, the cProfile tables, and machine instructions
+counted by valgrind's callgrind (`--instructions`).
 
 A script reruns itself under callgrind with collection off (`rerun_under_callgrind`)
 and counts only the blocks it means (`Instructions.count`). The count of the same code

@@ -77,6 +77,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
+def new_event(type_: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """A Stripe event about `obj` (a copy of it as it is now), as a webhook carries it."""
+    return {
+        "id": new_id("evt"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": int(time.time()),
+        "livemode": False,
+        "type": type_,
+        "data": {"object": dict(obj)},
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+    }
+
+
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
     """Stripe's scheme: t=<unix>,v1=HMAC-SHA256(secret, "t.payload")."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
@@ -159,17 +174,7 @@ def create_sandbox(config: SandboxConfig | None = None) -> Flask:
     app.extensions["sandbox"] = {"store": store, "mode": mode, "webhooks": webhooks}
 
     def emit(type_: str, obj: dict[str, Any]) -> None:
-        event = {
-            "id": new_id("evt"),
-            "object": "event",
-            "api_version": API_VERSION,
-            "created": int(time.time()),
-            "livemode": False,
-            "type": type_,
-            "data": {"object": dict(obj)},
-            "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-        }
+        event = new_event(type_, obj)
         store.events.append(event)
         webhooks.send(event)
 
